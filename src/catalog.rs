@@ -1,0 +1,327 @@
+//! The repository layout in the object store (format 1, see docs/FORMAT.md) and the WAL
+//! inventory derived from a listing. Pure: names in, structure out.
+//!
+//! ```text
+//! archive.json                                            identity of the archive (plain JSON)
+//! wal/<TLI>/<SEGMENT>.seg                                 one complete segment
+//! wal/<TLI>/<SEGMENT>.<START>-<END>.part                  bytes [START, END) of a segment not yet complete
+//! history/<TLI>.history.<PARENT>-<SWITCHLSN>              a timeline history file
+//! ```
+//! `<TLI>` and offsets are 8 upper-case hex digits, `<SWITCHLSN>` 16. Objects are immutable:
+//! the state of the archive is derived from listings only.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wal::{Lsn, SegNo, SegmentName, TimelineId, WalSegSize};
+
+pub const ARCHIVE_META: &str = "archive.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The archive's identity, written once when an archive is first used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArchiveMeta {
+    pub format: u32,
+    /// PostgreSQL's system identifier, as a decimal string (it does not fit a JSON double).
+    pub system_identifier: String,
+    pub wal_segment_size: u64,
+    pub created_by: String,
+}
+
+pub fn segment_key(name: SegmentName) -> String {
+    format!("wal/{:08X}/{name}.seg", name.tli.0)
+}
+
+pub fn part_key(name: SegmentName, start: u64, end: u64) -> String {
+    format!("wal/{:08X}/{name}.{start:08X}-{end:08X}.part", name.tli.0)
+}
+
+/// Prefix under which every object of one segment lives.
+pub fn segment_prefix(name: SegmentName) -> String {
+    format!("wal/{:08X}/{name}.", name.tli.0)
+}
+
+pub fn history_key(tli: TimelineId, parent: TimelineId, switch: Lsn) -> String {
+    format!("history/{:08X}.history.{:08X}-{:016X}", tli.0, parent.0, switch.0)
+}
+
+pub fn history_prefix(tli: TimelineId) -> String {
+    format!("history/{:08X}.history.", tli.0)
+}
+
+/// One WAL object, parsed from its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalObject {
+    pub key: String,
+    pub name: SegmentName,
+    pub segno: SegNo,
+    /// Byte range inside the segment.
+    pub start: u64,
+    pub end: u64,
+    pub complete: bool,
+}
+
+impl WalObject {
+    pub fn start_lsn(&self, seg: WalSegSize) -> Lsn {
+        Lsn(self.segno.start_lsn(seg).0 + self.start)
+    }
+    pub fn end_lsn(&self, seg: WalSegSize) -> Lsn {
+        Lsn(self.segno.start_lsn(seg).0 + self.end)
+    }
+}
+
+/// A history object, parsed from its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryObject {
+    pub key: String,
+    pub tli: TimelineId,
+    pub parent: TimelineId,
+    pub switch: Lsn,
+}
+
+fn hex32(s: &str) -> Option<u32> {
+    (s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+/// Parse a WAL key; `None` for anything else (foreign files are ignored, not fatal).
+pub fn parse_wal_key(key: &str, seg: WalSegSize) -> Option<WalObject> {
+    let rest = key.strip_prefix("wal/")?;
+    let (tli_dir, file) = rest.split_once('/')?;
+    let tli = hex32(tli_dir)?;
+    let name: SegmentName = file.get(..24)?.parse().ok()?;
+    if name.tli.0 != tli {
+        return None;
+    }
+    let segno = name.segno(seg)?;
+    let tail = file.get(24..)?;
+    if tail == ".seg" {
+        return Some(WalObject {
+            key: key.into(),
+            name,
+            segno,
+            start: 0,
+            end: seg.bytes(),
+            complete: true,
+        });
+    }
+    let range = tail.strip_prefix('.')?.strip_suffix(".part")?;
+    let (a, b) = range.split_once('-')?;
+    let (start, end) = (u64::from(hex32(a)?), u64::from(hex32(b)?));
+    (start < end && end <= seg.bytes()).then(|| WalObject {
+        key: key.into(),
+        name,
+        segno,
+        start,
+        end,
+        complete: false,
+    })
+}
+
+pub fn parse_history_key(key: &str) -> Option<HistoryObject> {
+    let rest = key.strip_prefix("history/")?;
+    let (tli, rest) = rest.split_once(".history.")?;
+    let (parent, switch) = rest.split_once('-')?;
+    let switch = (switch.len() == 16)
+        .then(|| u64::from_str_radix(switch, 16).ok())
+        .flatten()?;
+    Some(HistoryObject {
+        key: key.into(),
+        tli: TimelineId(hex32(tli)?),
+        parent: TimelineId(hex32(parent)?),
+        switch: Lsn(switch),
+    })
+}
+
+/// A contiguous range of archived WAL on one timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WalRange {
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Everything WAL-related an archive listing says.
+#[derive(Debug, Default, Clone)]
+pub struct WalInventory {
+    /// Objects per timeline, sorted by (segno, start).
+    pub objects: BTreeMap<TimelineId, Vec<WalObject>>,
+    pub histories: BTreeMap<TimelineId, HistoryObject>,
+}
+
+impl WalInventory {
+    pub fn from_keys<'a>(keys: impl IntoIterator<Item = &'a str>, seg: WalSegSize) -> WalInventory {
+        let mut inv = WalInventory::default();
+        for k in keys {
+            if let Some(o) = parse_wal_key(k, seg) {
+                inv.objects.entry(o.name.tli).or_default().push(o);
+            } else if let Some(h) = parse_history_key(k) {
+                inv.histories.insert(h.tli, h);
+            }
+        }
+        for v in inv.objects.values_mut() {
+            v.sort_by_key(|o| (o.segno, o.start, std::cmp::Reverse(o.end)));
+        }
+        inv
+    }
+
+    /// Contiguous ranges per timeline, in LSN order.
+    pub fn ranges(&self, seg: WalSegSize) -> Vec<WalRange> {
+        let mut out = Vec::new();
+        for (tli, objs) in &self.objects {
+            let mut cur: Option<(Lsn, Lsn)> = None;
+            for o in objs {
+                let (s, e) = (o.start_lsn(seg), o.end_lsn(seg));
+                cur = match cur {
+                    Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
+                    Some((cs, ce)) => {
+                        out.push(WalRange {
+                            timeline: tli.0,
+                            start_lsn: cs,
+                            end_lsn: ce,
+                        });
+                        Some((s, e))
+                    }
+                    None => Some((s, e)),
+                };
+            }
+            if let Some((cs, ce)) = cur {
+                out.push(WalRange {
+                    timeline: tli.0,
+                    start_lsn: cs,
+                    end_lsn: ce,
+                });
+            }
+        }
+        out
+    }
+
+    /// Where a streamer resumes: the newest timeline holding WAL and the end of its last
+    /// contiguous range.
+    pub fn resume_point(&self, seg: WalSegSize) -> Option<(TimelineId, Lsn)> {
+        self.ranges(seg)
+            .into_iter()
+            .max_by_key(|r| (r.timeline, r.end_lsn))
+            .map(|r| (TimelineId(r.timeline), r.end_lsn))
+    }
+
+    /// Objects that make up one segment, best first: the complete object if there is one,
+    /// else the parts.
+    pub fn segment_objects(&self, name: SegmentName) -> Vec<&WalObject> {
+        let Some(objs) = self.objects.get(&name.tli) else {
+            return Vec::new();
+        };
+        let mine: Vec<&WalObject> = objs.iter().filter(|o| o.name == name).collect();
+        match mine.iter().find(|o| o.complete) {
+            Some(c) => vec![*c],
+            None => mine,
+        }
+    }
+}
+
+/// Which parts to concatenate to rebuild the prefix of a segment that starts at offset 0:
+/// returns the chosen parts in order and the end offset reached. Overlapping parts (from a
+/// restart) are allowed: later bytes come from the part that extends furthest.
+pub fn assemble_plan<'a>(parts: &[&'a WalObject]) -> (Vec<&'a WalObject>, u64) {
+    let mut chosen = Vec::new();
+    let mut end = 0u64;
+    loop {
+        let next = parts
+            .iter()
+            .filter(|p| p.start <= end && p.end > end)
+            .max_by_key(|p| p.end);
+        match next {
+            Some(p) => {
+                chosen.push(*p);
+                end = p.end;
+            }
+            None => return (chosen, end),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: WalSegSize = WalSegSize::DEFAULT;
+
+    fn name(tli: u32, segno: u64) -> SegmentName {
+        SegmentName::new(TimelineId(tli), SegNo(segno), SEG)
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let n = name(1, 0x12A);
+        let k = segment_key(n);
+        assert_eq!(k, "wal/00000001/00000001000000010000002A.seg");
+        let o = parse_wal_key(&k, SEG).unwrap();
+        assert!(o.complete);
+        assert_eq!(o.start_lsn(SEG), "1/2A000000".parse().unwrap());
+        let p = part_key(n, 0x100, 0x2000);
+        assert_eq!(p, "wal/00000001/00000001000000010000002A.00000100-00002000.part");
+        let o = parse_wal_key(&p, SEG).unwrap();
+        assert_eq!((o.start, o.end, o.complete), (0x100, 0x2000, false));
+        let h = history_key(TimelineId(2), TimelineId(1), "0/5000060".parse().unwrap());
+        assert_eq!(h, "history/00000002.history.00000001-0000000005000060");
+        let ho = parse_history_key(&h).unwrap();
+        assert_eq!((ho.tli, ho.parent, ho.switch.0), (TimelineId(2), TimelineId(1), 0x5000060));
+        for bad in [
+            "wal/00000001/00000002000000010000002A.seg",
+            "wal/00000001/00000001000000010000002A.segx",
+            "wal/00000001/00000001000000010000002A.00002000-00000100.part",
+            "wal/00000001/00000001000000010000002A.00000000-02000000.part",
+            "wal/00000001/000000010000000100000100.seg",
+            "other/file",
+        ] {
+            assert_eq!(parse_wal_key(bad, SEG), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges_merge_parts_and_segments_and_show_gaps() {
+        let keys = vec![
+            segment_key(name(1, 1)),
+            segment_key(name(1, 2)),
+            part_key(name(1, 3), 0, 0x1000),
+            part_key(name(1, 3), 0x1000, 0x3000),
+            segment_key(name(1, 5)),
+            part_key(name(2, 5), 0, 0x10),
+        ];
+        let inv = WalInventory::from_keys(keys.iter().map(String::as_str), SEG);
+        let r = inv.ranges(SEG);
+        assert_eq!(r.len(), 3);
+        assert_eq!((r[0].start_lsn, r[0].end_lsn), (Lsn(0x100_0000), Lsn(0x300_3000)));
+        assert_eq!((r[1].start_lsn, r[1].end_lsn), (Lsn(0x500_0000), Lsn(0x600_0000)));
+        assert_eq!(inv.resume_point(SEG), Some((TimelineId(2), Lsn(0x500_0010))));
+    }
+
+    #[test]
+    fn assemble_overlapping_parts() {
+        let keys = [
+            part_key(name(1, 3), 0, 0x1000),
+            part_key(name(1, 3), 0x800, 0x1800),
+            part_key(name(1, 3), 0x1000, 0x2000),
+            part_key(name(1, 3), 0x3000, 0x4000),
+        ];
+        let inv = WalInventory::from_keys(keys.iter().map(String::as_str), SEG);
+        let objs = inv.segment_objects(name(1, 3));
+        assert_eq!(objs.len(), 4);
+        let (chosen, end) = assemble_plan(&objs);
+        assert_eq!(end, 0x2000);
+        assert_eq!(chosen.len(), 2);
+        let keys = [part_key(name(1, 3), 0, 0x1000), segment_key(name(1, 3))];
+        let inv = WalInventory::from_keys(keys.iter().map(String::as_str), SEG);
+        let objs = inv.segment_objects(name(1, 3));
+        assert_eq!(objs.len(), 1);
+        assert!(objs[0].complete);
+    }
+}

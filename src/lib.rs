@@ -1,0 +1,15 @@
+//! lifeboat: keeps PostgreSQL recoverable after a real disaster. WAL is streamed over the
+//! replication protocol, sealed (zstd, age, CRC32) and mirrored to every configured provider;
+//! the flush position reported to PostgreSQL never passes WAL that is not durably stored.
+
+pub mod archive;
+pub mod catalog;
+pub mod config;
+pub mod pg;
+pub mod pipeline;
+pub mod protocol;
+pub mod storage;
+pub mod stream;
+pub mod verify;
+pub mod wal;
+pub mod walfetch;

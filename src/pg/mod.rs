@@ -1,0 +1,93 @@
+//! The native PostgreSQL client: connection, TLS, authentication and the replication
+//! commands. It knows nothing about storage.
+
+pub mod conn;
+pub mod conninfo;
+pub mod replication;
+pub mod tls;
+
+pub use conn::{Connection, QueryResult};
+
+use crate::protocol::{ErrorFields, ProtocolError};
+use thiserror::Error;
+
+/// Errors from talking to PostgreSQL. Messages name the server and, where the cause is
+/// usually a setting, carry a hint.
+#[derive(Debug, Error)]
+pub enum PgError {
+    #[error("could not connect to {target}: {reason} (hint: is PostgreSQL running there and accepting TCP/IP connections? check postgres.conninfo)")]
+    Connect { target: String, reason: String },
+    #[error("{0}")]
+    Tls(String),
+    #[error("authentication as \"{user}\" failed: {reason} (hint: {hint})")]
+    Auth {
+        user: String,
+        reason: String,
+        hint: String,
+    },
+    #[error("server error: {}{}", .fields, hint_for(.fields).map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+    Server { fields: ErrorFields },
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("server {0} closed the connection")]
+    Closed(String),
+    #[error("{0}")]
+    ConnInfo(String),
+}
+
+impl From<ProtocolError> for PgError {
+    fn from(e: ProtocolError) -> Self {
+        PgError::Protocol(e.to_string())
+    }
+}
+
+impl PgError {
+    pub fn from_server(fields: ErrorFields) -> PgError {
+        PgError::Server { fields }
+    }
+
+    /// The SQLSTATE of a server error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            PgError::Server { fields } => Some(fields.code.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Configuration problems that retrying will not fix.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            PgError::Auth { .. } | PgError::Tls(_) | PgError::ConnInfo(_) => true,
+            PgError::Server { fields } => matches!(
+                fields.code.as_str(),
+                "28P01" | "28000" | "42501" | "42704" | "3D000"
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Hints for the server errors an operator meets when setting up a streamer.
+fn hint_for(f: &ErrorFields) -> Option<String> {
+    if let Some(h) = &f.hint {
+        return Some(h.clone());
+    }
+    let m = f.message.as_str();
+    Some(match f.code.as_str() {
+        "28P01" => "check the password in postgres.conninfo, PGPASSWORD or ~/.pgpass".into(),
+        "28000" if m.contains("pg_hba.conf") => {
+            "add a line like \"host replication lifeboat 10.0.0.0/8 scram-sha-256\" to pg_hba.conf (the database column must be the keyword replication) and reload".into()
+        }
+        "42501" if m.contains("replication") || m.contains("REPLICATION") => {
+            "grant it with ALTER ROLE ... WITH REPLICATION".into()
+        }
+        "53300" => "raise max_wal_senders (or max_connections) on the server, or stop another replication client".into(),
+        "42704" if m.contains("replication slot") => {
+            "create it with lifeboat (set postgres.create_slot = true) or with SELECT pg_create_physical_replication_slot(...)".into()
+        }
+        "58P01" => "the server already recycled that WAL: use a replication slot so it keeps WAL until lifeboat has archived it, then take a new base backup".into(),
+        _ => return None,
+    })
+}

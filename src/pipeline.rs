@@ -1,0 +1,317 @@
+//! The object pipeline: plain bytes → zstd → age (to public recipients only) → framed with
+//! a CRC32 trailer that anyone can check without the key.
+//!
+//! Stored object layout (documented in docs/FORMAT.md):
+//!
+//! ```text
+//! "LBOBJ\x01\0\0"  8-byte header (format version 1)
+//! age ciphertext   binary age v1 file whose plaintext is one zstd frame
+//! plain_len        u64 big-endian: length of the original bytes
+//! crc32            u32 big-endian: CRC32 (IEEE) of every byte before it
+//! "LBT1"           trailer magic
+//! ```
+//!
+//! Every writer ends with `finish()` returning what it did ([`Sealed`]); nothing relies on
+//! `Drop`, because an unfinished age stream is a truncated object.
+
+use std::io::{self, Read, Write};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+const HEADER: &[u8; 8] = b"LBOBJ\x01\0\0";
+const TRAILER_MAGIC: &[u8; 4] = b"LBT1";
+const TRAILER_LEN: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("invalid age recipient \"{0}\" (hint: recipients are public keys starting with age1, as printed by age-keygen -y)")]
+    BadRecipient(String),
+    #[error("no age recipients configured (hint: set encryption.recipients to at least one public key from age-keygen)")]
+    NoRecipients,
+    #[error("cannot read age identity file {path}: {reason} (hint: the file holds AGE-SECRET-KEY-1... lines, as written by age-keygen)")]
+    BadIdentity { path: String, reason: String },
+    #[error("object is not a lifeboat object or is truncated ({0})")]
+    Framing(&'static str),
+    #[error("object checksum mismatch: stored CRC32 {stored:08x}, computed {computed:08x} (the object was altered or damaged)")]
+    Crc { stored: u32, computed: u32 },
+    #[error("cannot decrypt: {0}")]
+    Decrypt(String),
+    #[error("decrypted object has {got} bytes, its trailer says {want}")]
+    Length { got: u64, want: u64 },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// What sealing produced.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub bytes: Vec<u8>,
+    pub plain_len: u64,
+    pub crc32: u32,
+}
+
+impl Sealed {
+    pub fn stored_len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+/// Seals objects for a fixed set of recipients.
+#[derive(Clone)]
+pub struct Sealer {
+    recipients: Arc<Vec<age::x25519::Recipient>>,
+    level: i32,
+}
+
+impl Sealer {
+    pub fn new(recipients: &[String], level: i32) -> Result<Sealer, PipelineError> {
+        if recipients.is_empty() {
+            return Err(PipelineError::NoRecipients);
+        }
+        let parsed = recipients
+            .iter()
+            .map(|r| {
+                age::x25519::Recipient::from_str(r.trim())
+                    .map_err(|_| PipelineError::BadRecipient(r.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Sealer {
+            recipients: Arc::new(parsed),
+            level,
+        })
+    }
+
+    /// Seal everything `input` yields.
+    pub fn seal_reader(&self, mut input: impl Read) -> Result<Sealed, PipelineError> {
+        let mut w = self.writer(Vec::new())?;
+        io::copy(&mut input, &mut w)?;
+        let (bytes, plain_len, crc32) = w.finish()?;
+        Ok(Sealed {
+            bytes,
+            plain_len,
+            crc32,
+        })
+    }
+
+    pub fn seal(&self, data: &[u8]) -> Result<Sealed, PipelineError> {
+        self.seal_reader(data)
+    }
+
+    /// A streaming sealer writing the stored form into `out`.
+    pub fn writer<W: Write>(&self, out: W) -> Result<SealWriter<W>, PipelineError> {
+        let mut crc = CrcWriter {
+            inner: out,
+            hasher: crc32fast::Hasher::new(),
+        };
+        crc.write_all(HEADER)?;
+        let enc = age::Encryptor::with_recipients(
+            self.recipients.iter().map(|r| r as &dyn age::Recipient),
+        )
+        .map_err(|e| PipelineError::Decrypt(e.to_string()))?;
+        let age_w = enc.wrap_output(crc)?;
+        let z = zstd::stream::write::Encoder::new(age_w, self.level)?;
+        Ok(SealWriter { z, plain_len: 0 })
+    }
+}
+
+/// Streaming form of the pipeline. Call [`SealWriter::finish`].
+pub struct SealWriter<W: Write> {
+    z: zstd::stream::write::Encoder<'static, age::stream::StreamWriter<CrcWriter<W>>>,
+    plain_len: u64,
+}
+
+impl<W: Write> Write for SealWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.z.write(buf)?;
+        self.plain_len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.z.flush()
+    }
+}
+
+impl<W: Write> SealWriter<W> {
+    /// Finish zstd, then age, then write the trailer. Returns the sink, the plain length
+    /// and the CRC32 of the stored bytes.
+    pub fn finish(self) -> Result<(W, u64, u32), PipelineError> {
+        let age_w = self.z.finish()?;
+        let mut crc = age_w.finish()?;
+        crc.write_all(&self.plain_len.to_be_bytes())?;
+        let sum = crc.hasher.clone().finalize();
+        let mut out = crc.inner;
+        out.write_all(&sum.to_be_bytes())?;
+        out.write_all(TRAILER_MAGIC)?;
+        Ok((out, self.plain_len, sum))
+    }
+}
+
+struct CrcWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What the frame says about an object, checked without the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub plain_len: u64,
+    pub crc32: u32,
+}
+
+/// Verify an object's framing and CRC32 (no key needed).
+pub fn check(stored: &[u8]) -> Result<Checked, PipelineError> {
+    if stored.len() < HEADER.len() + TRAILER_LEN {
+        return Err(PipelineError::Framing("too short"));
+    }
+    if &stored[..HEADER.len()] != HEADER {
+        return Err(PipelineError::Framing("bad header"));
+    }
+    let t = &stored[stored.len() - TRAILER_LEN..];
+    if &t[12..16] != TRAILER_MAGIC {
+        return Err(PipelineError::Framing("bad trailer"));
+    }
+    let plain_len = u64::from_be_bytes(t[0..8].try_into().expect("8 bytes"));
+    let stored_crc = u32::from_be_bytes(t[8..12].try_into().expect("4 bytes"));
+    let computed = crc32fast::hash(&stored[..stored.len() - 8]);
+    if computed != stored_crc {
+        return Err(PipelineError::Crc {
+            stored: stored_crc,
+            computed,
+        });
+    }
+    Ok(Checked {
+        plain_len,
+        crc32: stored_crc,
+    })
+}
+
+/// Decryption keys (age identities), held only by restore hosts.
+pub struct Opener {
+    identities: Vec<Box<dyn age::Identity>>,
+}
+
+impl Opener {
+    pub fn from_file(path: &std::path::Path) -> Result<Opener, PipelineError> {
+        let bad = |reason: String| PipelineError::BadIdentity {
+            path: path.display().to_string(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        let ids = age::IdentityFile::from_buffer(io::BufReader::new(file))
+            .map_err(|e| bad(e.to_string()))?
+            .into_identities()
+            .map_err(|e| bad(e.to_string()))?;
+        if ids.is_empty() {
+            return Err(bad("no identities in the file".into()));
+        }
+        Ok(Opener { identities: ids })
+    }
+
+    /// Check, decrypt and decompress an object into `out`. Returns the plain length.
+    pub fn open_into(&self, stored: &[u8], mut out: impl Write) -> Result<u64, PipelineError> {
+        let c = check(stored)?;
+        let body = &stored[HEADER.len()..stored.len() - TRAILER_LEN];
+        let dec = age::Decryptor::new_buffered(body).map_err(|e| PipelineError::Decrypt(decrypt_msg(&e)))?;
+        let r = dec
+            .decrypt(self.identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+            .map_err(|e| PipelineError::Decrypt(decrypt_msg(&e)))?;
+        let mut z = zstd::stream::read::Decoder::new(r)?;
+        let n = io::copy(&mut z, &mut out).map_err(|e| {
+            PipelineError::Decrypt(format!("{e} (the object fails authentication or decompression)"))
+        })?;
+        if n != c.plain_len {
+            return Err(PipelineError::Length {
+                got: n,
+                want: c.plain_len,
+            });
+        }
+        Ok(n)
+    }
+
+    pub fn open(&self, stored: &[u8]) -> Result<Vec<u8>, PipelineError> {
+        let mut v = Vec::new();
+        self.open_into(stored, &mut v)?;
+        Ok(v)
+    }
+}
+
+fn decrypt_msg(e: &age::DecryptError) -> String {
+    match e {
+        age::DecryptError::NoMatchingKeys => {
+            "no identity matches this object's recipients (hint: use the identity file whose public key is in encryption.recipients)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use age::secrecy::ExposeSecret;
+
+    fn keypair() -> (String, tempfile::NamedTempFile) {
+        let id = age::x25519::Identity::generate();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "{}", id.to_string().expose_secret()).unwrap();
+        (id.to_public().to_string(), f)
+    }
+
+    #[test]
+    fn round_trip_and_crc() {
+        let (r, idf) = keypair();
+        let s = Sealer::new(&[r], 3).unwrap();
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_be_bytes()).collect();
+        let sealed = s.seal(&data).unwrap();
+        assert_eq!(sealed.plain_len, data.len() as u64);
+        let c = check(&sealed.bytes).unwrap();
+        assert_eq!(c.crc32, sealed.crc32);
+        let o = Opener::from_file(idf.path()).unwrap();
+        assert_eq!(o.open(&sealed.bytes).unwrap(), data);
+    }
+
+    #[test]
+    fn tamper_and_truncate_are_refused() {
+        let (r, idf) = keypair();
+        let s = Sealer::new(&[r], 3).unwrap();
+        let sealed = s.seal(b"hello wal").unwrap();
+        let o = Opener::from_file(idf.path()).unwrap();
+        let mut t = sealed.bytes.clone();
+        let mid = t.len() / 2;
+        t[mid] ^= 1;
+        assert!(matches!(check(&t), Err(PipelineError::Crc { .. })));
+        assert!(o.open(&t).is_err());
+        let cut = &sealed.bytes[..sealed.bytes.len() - 3];
+        assert_eq!(
+            check(cut).unwrap_err().to_string(),
+            "object is not a lifeboat object or is truncated (bad trailer)"
+        );
+    }
+
+    #[test]
+    fn wrong_identity_is_named() {
+        let (r, _) = keypair();
+        let (_, other) = keypair();
+        let sealed = Sealer::new(&[r], 1).unwrap().seal(b"x").unwrap();
+        let err = Opener::from_file(other.path()).unwrap().open(&sealed.bytes).unwrap_err();
+        assert_eq!(err.to_string(), "cannot decrypt: no identity matches this object's recipients (hint: use the identity file whose public key is in encryption.recipients)");
+    }
+
+    #[test]
+    fn bad_recipient_is_named() {
+        let err = Sealer::new(&["age1notakey".into()], 3).err().unwrap();
+        assert_eq!(err.to_string(), "invalid age recipient \"age1notakey\" (hint: recipients are public keys starting with age1, as printed by age-keygen -y)");
+    }
+}

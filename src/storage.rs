@@ -1,0 +1,402 @@
+//! A small object-store trait, the `file://` backend and the mirror that writes every object
+//! to all configured providers.
+//!
+//! Invariants:
+//! - `put` returns only once the object is durable (file store: temp file, fsync, rename,
+//!   fsync directory) and is atomic: a reader sees the whole object or none.
+//! - `Mirror::put` returns only once every provider has the object.
+//! - `list` returns keys sorted, so a prefix listing yields WAL in LSN order.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Error)]
+#[error("storage \"{provider}\": {op} {key}: {message}{}", .hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+pub struct StorageError {
+    pub provider: String,
+    pub op: &'static str,
+    pub key: String,
+    pub message: String,
+    pub hint: Option<String>,
+    pub retryable: bool,
+}
+
+impl StorageError {
+    /// Whether trying again may succeed (network blips, full disks being cleaned up) as
+    /// opposed to a configuration problem.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+/// What a backend can do; asked, not assumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    pub object_lock: bool,
+    pub delete: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+pub trait ObjectStore: Send + Sync {
+    fn name(&self) -> &str;
+    fn features(&self) -> Features;
+    /// Store `data` under `key`, durably and atomically.
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, Result<(), StorageError>>;
+    /// The object, or `None` when it does not exist.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Option<Bytes>, StorageError>>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<ObjectMeta>, StorageError>>;
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>>;
+}
+
+/// Open a provider from its URL.
+pub fn open(name: &str, url: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "storage \"{name}\": url \"{url}\" must be an absolute path (hint: file:///var/lib/lifeboat/archive)"
+            ));
+        }
+        return Ok(Arc::new(FileStore::new(name, PathBuf::from(path))));
+    }
+    if url.starts_with("s3://") {
+        return Err(format!(
+            "storage \"{name}\": s3:// providers are not available in this build yet (hint: use a file:// provider)"
+        ));
+    }
+    Err(format!(
+        "storage \"{name}\": unsupported url \"{url}\" (hint: use file:///absolute/path)"
+    ))
+}
+
+/// The `file://` backend: one file per object under a root directory.
+pub struct FileStore {
+    name: String,
+    root: PathBuf,
+}
+
+const TMP_PREFIX: &str = ".tmp.";
+
+impl FileStore {
+    pub fn new(name: &str, root: PathBuf) -> FileStore {
+        FileStore {
+            name: name.to_string(),
+            root,
+        }
+    }
+
+    fn err(&self, op: &'static str, key: &str, e: std::io::Error) -> StorageError {
+        let (hint, retryable) = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => (
+                Some(format!(
+                    "make {} writable by the user lifeboat runs as",
+                    self.root.display()
+                )),
+                false,
+            ),
+            std::io::ErrorKind::StorageFull => (Some("free space on the archive's file system".to_string()), true),
+            _ => (None, true),
+        };
+        StorageError {
+            provider: self.name.clone(),
+            op,
+            key: key.to_string(),
+            message: format!("{e} (in {})", self.root.display()),
+            hint,
+            retryable,
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        if key.is_empty()
+            || key.starts_with('/')
+            || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(StorageError {
+                provider: self.name.clone(),
+                op: "resolve",
+                key: key.into(),
+                message: "invalid object key".into(),
+                hint: None,
+                retryable: false,
+            });
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn put_sync(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("a key has a parent: the root");
+        create_dirs_durably(&self.root, dir).map_err(|e| self.err("put", key, e))?;
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("keys are UTF-8 and non-empty");
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{file_name}.{}",
+            rand::random::<u32>()
+        ));
+        let res = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res.map_err(|e| self.err("put", key, e))
+    }
+
+    fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        // Walk from the deepest directory named by the prefix.
+        let dir_part = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir_part)
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(d) = stack.pop() {
+            let rd = match std::fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.err("list", prefix, e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| self.err("list", prefix, e))?;
+                let ft = ent.file_type().map_err(|e| self.err("list", prefix, e))?;
+                let p = ent.path();
+                if ft.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let name = ent.file_name();
+                if name.to_string_lossy().starts_with(TMP_PREFIX) {
+                    continue;
+                }
+                let Ok(rel) = p.strip_prefix(&self.root) else {
+                    continue;
+                };
+                let key = rel.to_string_lossy().replace('\\', "/");
+                if key.starts_with(prefix) {
+                    let size = ent.metadata().map(|m| m.len()).unwrap_or(0);
+                    out.push(ObjectMeta { key, size });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+}
+
+/// Create `dir` (under `root`) and fsync each parent whose entry we added.
+fn create_dirs_durably(root: &Path, dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.is_dir() {
+        missing.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) if d != root => d = p,
+            _ => break,
+        }
+    }
+    for m in missing.iter().rev() {
+        match std::fs::create_dir(m) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(p) = m.parent() {
+            std::fs::File::open(p)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+impl ObjectStore for FileStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            object_lock: false,
+            delete: true,
+        }
+    }
+
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let me = FileStore::new(&self.name, self.root.clone());
+            let key2 = key.to_string();
+            tokio::task::spawn_blocking(move || me.put_sync(&key2, &data))
+                .await
+                .expect("file put task panicked")
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Option<Bytes>, StorageError>> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            match tokio::fs::read(&path).await {
+                Ok(v) => Ok(Some(Bytes::from(v))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(self.err("get", key, e)),
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<ObjectMeta>, StorageError>> {
+        Box::pin(async move {
+            let me = FileStore::new(&self.name, self.root.clone());
+            let p = prefix.to_string();
+            tokio::task::spawn_blocking(move || me.list_sync(&p))
+                .await
+                .expect("file list task panicked")
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(self.err("delete", key, e)),
+            }
+        })
+    }
+}
+
+/// Every configured provider; writes go to all, reads prefer the first.
+#[derive(Clone)]
+pub struct Mirror {
+    pub providers: Vec<Arc<dyn ObjectStore>>,
+}
+
+impl Mirror {
+    pub fn new(providers: Vec<Arc<dyn ObjectStore>>) -> Mirror {
+        Mirror { providers }
+    }
+
+    /// Write to all providers concurrently; succeed only when all have it. The first error
+    /// is returned (the others are logged).
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let mut set = tokio::task::JoinSet::new();
+        for p in &self.providers {
+            let p = p.clone();
+            let k = key.to_string();
+            let d = data.clone();
+            set.spawn(async move { p.put(&k, d).await });
+        }
+        let mut first = None;
+        while let Some(r) = set.join_next().await {
+            match r.expect("put task panicked") {
+                Ok(()) => {}
+                Err(e) if first.is_none() => first = Some(e),
+                Err(e) => tracing::warn!(error = %e, "write failed"),
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Read `key` from the first provider that has a copy passing `verify`, logging any
+    /// fallback. `Ok(None)` when no provider has it.
+    pub async fn get_verified<E: std::fmt::Display>(
+        &self,
+        key: &str,
+        verify: impl Fn(&[u8]) -> Result<(), E>,
+    ) -> Result<Option<(Bytes, String)>, String> {
+        let mut problems = Vec::new();
+        for p in &self.providers {
+            match p.get(key).await {
+                Ok(Some(b)) => match verify(&b) {
+                    Ok(()) => {
+                        if !problems.is_empty() {
+                            tracing::warn!(provider = p.name(), key, "read from fallback provider");
+                        }
+                        return Ok(Some((b, p.name().to_string())));
+                    }
+                    Err(e) => problems.push(format!("storage \"{}\": {key}: {e}", p.name())),
+                },
+                Ok(None) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if problems.is_empty() {
+            Ok(None)
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_store_conformance() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::new("t", d.path().join("archive"));
+        assert_eq!(s.get("wal/a").await.unwrap(), None);
+        s.put("wal/00000001/b", Bytes::from_static(b"2")).await.unwrap();
+        s.put("wal/00000001/a", Bytes::from_static(b"1")).await.unwrap();
+        s.put("history/x", Bytes::from_static(b"h")).await.unwrap();
+        s.put("wal/00000001/a", Bytes::from_static(b"11")).await.unwrap();
+        assert_eq!(s.get("wal/00000001/a").await.unwrap().unwrap(), Bytes::from_static(b"11"));
+        let keys: Vec<_> = s.list("wal/").await.unwrap().into_iter().map(|m| m.key).collect();
+        assert_eq!(keys, vec!["wal/00000001/a", "wal/00000001/b"]);
+        let keys: Vec<_> = s.list("wal/00000001/a").await.unwrap().into_iter().map(|m| m.key).collect();
+        assert_eq!(keys, vec!["wal/00000001/a"]);
+        assert_eq!(s.list("").await.unwrap().len(), 3);
+        assert!(s.list("nothing/").await.unwrap().is_empty());
+        s.delete("wal/00000001/a").await.unwrap();
+        assert_eq!(s.get("wal/00000001/a").await.unwrap(), None);
+        assert!(s.put("../escape", Bytes::new()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn mirror_writes_everywhere_and_falls_back() {
+        let d = tempfile::tempdir().unwrap();
+        let a: Arc<dyn ObjectStore> = Arc::new(FileStore::new("a", d.path().join("a")));
+        let b: Arc<dyn ObjectStore> = Arc::new(FileStore::new("b", d.path().join("b")));
+        let m = Mirror::new(vec![a.clone(), b.clone()]);
+        m.put("k", Bytes::from_static(b"good")).await.unwrap();
+        assert!(b.get("k").await.unwrap().is_some());
+        a.put("k", Bytes::from_static(b"bad!")).await.unwrap();
+        let (got, from) = m
+            .get_verified("k", |b| if b == b"good" { Ok(()) } else { Err("corrupt") })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((got.as_ref(), from.as_str()), (&b"good"[..], "b"));
+        assert_eq!(m.get_verified("none", |_| Ok::<(), String>(())).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,683 @@
+//! `lifeboat stream`: the dedicated replication-slot consumer.
+//!
+//! One task owns the replication connection. WAL bytes go to a spool file per segment;
+//! a complete segment, or the unsent tail of one after `wal.max_delay`, becomes an upload
+//! job. Jobs are sealed (zstd, age, CRC32) in parallel on blocking threads but stored in
+//! submission order by a single storer task, which reports each stored end position back.
+//!
+//! Invariants:
+//! - `acked` (the flush LSN we report) only ever takes an end position the storer has
+//!   confirmed on every provider, and never decreases.
+//! - Objects reach each provider in LSN order, so after any crash each provider's WAL is
+//!   contiguous up to its end, and resuming from the lowest end leaves no hole.
+//! - A restart re-streams from the start of the segment holding the resume point (like
+//!   pg_receivewal), so a complete segment can always be sealed from the spool.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::archive::Archive;
+use crate::catalog;
+use crate::config::Config;
+use crate::pg::conninfo::ConnParams;
+use crate::pg::replication::{StartOutcome, StreamEvent};
+use crate::pg::{Connection, PgError};
+use crate::pipeline::{Sealed, Sealer};
+use crate::storage::Mirror;
+use crate::wal::{Lsn, SegmentName, TimelineHistory, TimelineId, WalSegSize};
+
+/// How many sealed-but-unstored jobs may be in flight (bounds memory).
+const PIPELINE_DEPTH: usize = 3;
+
+enum JobKind {
+    Segment,
+    Part { start: u64, end: u64, last: bool },
+    History { parent: TimelineId, switch: Lsn, content: Bytes },
+}
+
+struct Job {
+    name: SegmentName,
+    kind: JobKind,
+    spool: PathBuf,
+    /// The position this job makes durable once stored.
+    end: Lsn,
+}
+
+/// Sent by the storer for each job stored on every provider, in order.
+type Ack = Result<Lsn, String>;
+
+struct Uploader {
+    queue: mpsc::Sender<(Job, JoinHandle<Result<Sealed, String>>)>,
+    acks: mpsc::UnboundedReceiver<Ack>,
+    sealer: Sealer,
+    seg: WalSegSize,
+    fsync: bool,
+    storer: JoinHandle<()>,
+}
+
+impl Uploader {
+    fn start(mirror: Mirror, sealer: Sealer, seg: WalSegSize, fsync: bool) -> Uploader {
+        let (tx, mut rx) = mpsc::channel::<(Job, JoinHandle<Result<Sealed, String>>)>(PIPELINE_DEPTH);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let storer = tokio::spawn(async move {
+            while let Some((job, handle)) = rx.recv().await {
+                let sealed = match handle.await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let _ = ack_tx.send(Err(e));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = ack_tx.send(Err(format!("sealing task failed: {e}")));
+                        return;
+                    }
+                };
+                let key = match &job.kind {
+                    JobKind::Segment => catalog::segment_key(job.name),
+                    JobKind::Part { start, end, .. } => catalog::part_key(job.name, *start, *end),
+                    JobKind::History { parent, switch, .. } => {
+                        catalog::history_key(job.name.tli, *parent, *switch)
+                    }
+                };
+                let data = Bytes::from(sealed.bytes);
+                let mut backoff = Duration::from_millis(500);
+                loop {
+                    match mirror.put(&key, data.clone()).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, key, retry_in = ?backoff, "archiving failed; WAL stays unacknowledged and the slot keeps it");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+                tracing::debug!(key, stored = data.len(), plain = sealed.plain_len, end = %job.end, "archived");
+                let remove = match job.kind {
+                    JobKind::Segment => true,
+                    JobKind::Part { last, .. } => last,
+                    JobKind::History { .. } => false,
+                };
+                if remove {
+                    let _ = std::fs::remove_file(&job.spool);
+                }
+                if ack_tx.send(Ok(job.end)).is_err() {
+                    return;
+                }
+            }
+        });
+        Uploader {
+            queue: tx,
+            acks: ack_rx,
+            sealer,
+            seg,
+            fsync,
+            storer,
+        }
+    }
+
+    async fn submit(&self, job: Job) -> Result<()> {
+        let sealer = self.sealer.clone();
+        let seg = self.seg.bytes();
+        let fsync = self.fsync;
+        let spool = job.spool.clone();
+        let range = match &job.kind {
+            JobKind::Segment => Some((0, seg)),
+            JobKind::Part { start, end, .. } => Some((*start, *end)),
+            JobKind::History { .. } => None,
+        };
+        let content = match &job.kind {
+            JobKind::History { content, .. } => Some(content.clone()),
+            _ => None,
+        };
+        let handle = tokio::task::spawn_blocking(move || -> Result<Sealed, String> {
+            match (range, content) {
+                (Some((start, end)), _) => seal_range(&sealer, &spool, start, end, fsync)
+                    .map_err(|e| format!("sealing {}: {e:#}", spool.display())),
+                (None, Some(c)) => sealer.seal(&c).map_err(|e| e.to_string()),
+                (None, None) => Err("empty job".into()),
+            }
+        });
+        self.queue
+            .send((job, handle))
+            .await
+            .map_err(|_| anyhow!("the archiving task stopped"))
+    }
+}
+
+fn seal_range(sealer: &Sealer, path: &Path, start: u64, end: u64, fsync: bool) -> Result<Sealed> {
+    let f = File::open(path)?;
+    if fsync {
+        f.sync_data()?;
+    }
+    let len = f.metadata()?.len();
+    if len < end {
+        bail!("spool file has {len} bytes, expected at least {end}");
+    }
+    let reader = std::io::Read::take(RangeReader { f, pos: start }, end - start);
+    Ok(sealer.seal_reader(std::io::BufReader::with_capacity(256 * 1024, reader))?)
+}
+
+struct RangeReader {
+    f: File,
+    pos: u64,
+}
+
+impl std::io::Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.f.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The segment being received, in the spool.
+struct SpoolFile {
+    name: SegmentName,
+    path: PathBuf,
+    file: File,
+}
+
+/// Positions of the stream. `acked <= submitted <= written` on one timeline.
+struct State {
+    seg: WalSegSize,
+    tli: TimelineId,
+    /// End of WAL written to the spool.
+    written: Lsn,
+    /// End of WAL handed to the uploader.
+    submitted: Lsn,
+    /// The flush position reported to the server: stored on every provider.
+    acked: Lsn,
+    pending_since: Option<Instant>,
+    spool_dir: PathBuf,
+    current: Option<SpoolFile>,
+    histories: HashSet<TimelineId>,
+}
+
+impl State {
+    fn spool_path(&self, name: SegmentName) -> PathBuf {
+        self.spool_dir.join(format!("{name}.partial"))
+    }
+
+    /// Write WAL received at `start`, cutting at segment boundaries; returns the jobs for
+    /// segments this completed.
+    fn write(&mut self, start: Lsn, data: &[u8]) -> Result<Vec<Job>> {
+        if start != self.written {
+            bail!(
+                "the server sent WAL at {start}, but lifeboat expected {} (protocol violation)",
+                self.written
+            );
+        }
+        let mut jobs = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            let off = self.written.segment_offset(self.seg);
+            let n = ((self.seg.bytes() - off) as usize).min(rest.len());
+            let name = SegmentName::new(self.tli, self.written.segno(self.seg), self.seg);
+            if self.current.as_ref().map(|c| c.name) != Some(name) {
+                let path = self.spool_path(name);
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .read(true)
+                    .truncate(off == 0)
+                    .open(&path)
+                    .with_context(|| format!("opening spool file {}", path.display()))?;
+                self.current = Some(SpoolFile { name, path, file });
+            }
+            let cur = self.current.as_ref().expect("just set");
+            cur.file
+                .write_all_at(&rest[..n], off)
+                .with_context(|| format!("writing spool file {}", cur.path.display()))?;
+            self.written = Lsn(self.written.0 + n as u64);
+            rest = &rest[n..];
+            if self.pending_since.is_none() && self.written > self.submitted {
+                self.pending_since = Some(Instant::now());
+            }
+            if self.written.segment_offset(self.seg) == 0 {
+                let cur = self.current.take().expect("writing into it");
+                jobs.push(Job {
+                    name: cur.name,
+                    kind: JobKind::Segment,
+                    spool: cur.path,
+                    end: self.written,
+                });
+                self.submitted = self.written;
+                self.pending_since = None;
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The unsent tail of the current segment as a part, if there is one.
+    fn take_part(&mut self, last: bool) -> Option<Job> {
+        if self.written <= self.submitted {
+            return None;
+        }
+        let cur = self.current.as_ref()?;
+        let seg_start = self.written.segment_start(self.seg);
+        let start = self.submitted.max(seg_start).0 - seg_start.0;
+        let end = self.written.0 - seg_start.0;
+        self.submitted = self.written;
+        self.pending_since = None;
+        let job = Job {
+            name: cur.name,
+            kind: JobKind::Part { start, end, last },
+            spool: cur.path.clone(),
+            end: self.written,
+        };
+        if last {
+            self.current = None;
+        }
+        Some(job)
+    }
+}
+
+pub struct StreamOptions {
+    pub endpos: Option<Lsn>,
+}
+
+/// Run the streamer until `endpos` is archived, a signal arrives, or a permanent error.
+pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
+    let params = ConnParams::parse_with_process_env(&cfg.postgres.conninfo)
+        .map_err(|e| anyhow!("postgres.conninfo: {e}"))?;
+    let sealer = Sealer::new(&cfg.encryption.recipients, cfg.wal.compression_level)?;
+    let archive = Archive::open(cfg)?;
+    std::fs::create_dir_all(&cfg.wal.spool_dir).with_context(|| {
+        format!(
+            "cannot create spool directory {} (hint: set wal.spool_dir to a writable directory)",
+            cfg.wal.spool_dir.display()
+        )
+    })?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping: archiving what was received, then exiting");
+        let _ = stop_tx.send(true);
+    });
+
+    let mut streamer: Option<Streamer> = None;
+    let mut backoff = Duration::from_secs(1);
+    let mut ever_streamed = false;
+    loop {
+        let attempt = async {
+            let mut conn = Connection::connect(&params, true).await?;
+            let ident = conn.identify_system().await?;
+            let seg = conn.wal_segment_size().await?;
+            Ok::<_, anyhow::Error>((conn, ident, seg))
+        }
+        .await;
+        let (mut conn, ident, seg) = match attempt {
+            Ok(x) => x,
+            Err(e) => {
+                let permanent = e.downcast_ref::<PgError>().is_some_and(PgError::is_permanent);
+                if !ever_streamed && permanent {
+                    return Err(e);
+                }
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot connect");
+                if wait_or_stop(backoff, &stop_rx).await {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let s = match &mut streamer {
+            Some(s) => {
+                if s.system_id != ident.system_id {
+                    bail!("the server at {} is database system {}, but this streamer archives system {}\nhint: never mix two clusters in one archive", conn.target, ident.system_id, s.system_id);
+                }
+                s
+            }
+            None => {
+                archive.ensure_meta(ident.system_id, seg).await?;
+                let resume = archive.resume_point(seg).await?;
+                let mut histories = HashSet::new();
+                for p in &archive.mirror.providers {
+                    let inv = archive.inventory(p.as_ref(), seg).await?;
+                    histories.extend(inv.histories.keys().copied());
+                }
+                let uploader =
+                    Uploader::start(archive.mirror.clone(), sealer.clone(), seg, cfg.wal.spool_fsync);
+                streamer.insert(Streamer {
+                    system_id: ident.system_id,
+                    uploader,
+                    state: State {
+                        seg,
+                        tli: resume.map(|r| r.0).unwrap_or(ident.timeline),
+                        written: Lsn::INVALID,
+                        submitted: resume.map(|r| r.1).unwrap_or(Lsn::INVALID),
+                        acked: resume.map(|r| r.1).unwrap_or(Lsn::INVALID),
+                        pending_since: None,
+                        spool_dir: cfg.wal.spool_dir.clone(),
+                        current: None,
+                        histories,
+                    },
+                    resume_known: resume.is_some(),
+                    max_delay: cfg.max_delay(),
+                    status_interval: cfg.status_interval(),
+                    slot: cfg.postgres.slot.clone(),
+                    create_slot: cfg.postgres.create_slot,
+                })
+            }
+        };
+        if let Some(end) = opts.endpos {
+            if s.state.acked >= end {
+                tracing::info!(endpos = %end, "everything before the end position is archived");
+                return Ok(());
+            }
+        }
+        let result = s.stream(&mut conn, ident.timeline, ident.xlogpos, opts.endpos, &stop_rx).await;
+        // Whatever happened, let every submitted job finish before touching the spool again.
+        s.drain().await?;
+        match result {
+            Ok(Outcome::Done) => {
+                conn.close().await;
+                return Ok(());
+            }
+            Ok(Outcome::Reconnect(why)) => {
+                ever_streamed = true;
+                backoff = Duration::from_secs(1);
+                tracing::warn!(reason = %why, "stream ended; reconnecting");
+            }
+            Err(e) => {
+                let permanent = e.downcast_ref::<PgError>().is_some_and(PgError::is_permanent);
+                if !ever_streamed && permanent {
+                    return Err(e);
+                }
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "stream failed; reconnecting");
+            }
+        }
+        if wait_or_stop(backoff, &stop_rx).await {
+            return Ok(());
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn wait_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
+    let mut stop = stop.clone();
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+enum Outcome {
+    Done,
+    Reconnect(String),
+}
+
+struct Streamer {
+    system_id: u64,
+    uploader: Uploader,
+    state: State,
+    resume_known: bool,
+    max_delay: Duration,
+    status_interval: Duration,
+    slot: Option<String>,
+    create_slot: bool,
+}
+
+impl Streamer {
+    /// Wait until everything submitted is stored.
+    async fn drain(&mut self) -> Result<()> {
+        while self.state.acked < self.state.submitted {
+            match self.uploader.acks.recv().await {
+                Some(a) => self.on_ack(a)?,
+                None => bail!("the archiving task stopped"),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, a: Ack) -> Result<()> {
+        let end = a.map_err(|e| anyhow!(e))?;
+        if end > self.state.acked {
+            self.state.acked = end;
+        }
+        Ok(())
+    }
+
+    async fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
+        for j in jobs {
+            self.uploader.submit(j).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_history(&mut self, conn: &mut Connection, tli: TimelineId) -> Result<()> {
+        if tli.0 <= 1 || self.state.histories.contains(&tli) {
+            return Ok(());
+        }
+        let content = conn.timeline_history(tli).await?;
+        let text = String::from_utf8_lossy(&content);
+        let hist = TimelineHistory::parse(&text)
+            .with_context(|| format!("timeline history of timeline {tli}"))?;
+        let parent = hist
+            .parent()
+            .ok_or_else(|| anyhow!("the history file of timeline {tli} is empty"))?
+            .clone();
+        let name = SegmentName {
+            tli,
+            log: 0,
+            seg: 0,
+        };
+        self.uploader
+            .submit(Job {
+                name,
+                kind: JobKind::History {
+                    parent: parent.tli,
+                    switch: parent.switch_lsn,
+                    content,
+                },
+                spool: PathBuf::new(),
+                // A history file makes no WAL durable: it acknowledges what already is.
+                end: self.state.acked,
+            })
+            .await?;
+        self.drain().await?;
+        self.state.histories.insert(tli);
+        tracing::info!(timeline = %tli, parent = %parent.tli, switch = %parent.switch_lsn, "archived timeline history");
+        Ok(())
+    }
+
+    async fn stream(
+        &mut self,
+        conn: &mut Connection,
+        server_tli: TimelineId,
+        server_pos: Lsn,
+        endpos: Option<Lsn>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Outcome> {
+        let seg = self.state.seg;
+        if let Some(slot) = self.slot.clone() {
+            if self.create_slot {
+                if conn.create_physical_slot(&slot).await? {
+                    tracing::info!(slot, "created physical replication slot");
+                }
+            } else if let Some(info) = conn.read_replication_slot(&slot).await? {
+                if info.restart_lsn.is_none() {
+                    return Err(PgError::from_server(crate::protocol::ErrorFields {
+                        severity: "ERROR".into(),
+                        code: "42704".into(),
+                        message: format!("replication slot \"{slot}\" does not exist"),
+                        detail: None,
+                        hint: Some("create it, or set postgres.create_slot = true".into()),
+                    })
+                    .into());
+                }
+            }
+        }
+        if !self.resume_known {
+            // Empty archive: start where the slot holds WAL, else at the server's position.
+            let mut start = (server_tli, server_pos);
+            if let Some(slot) = self.slot.clone() {
+                if let Some(info) = conn.read_replication_slot(&slot).await? {
+                    if let (Some(l), Some(t)) = (info.restart_lsn, info.restart_tli) {
+                        start = (t, l);
+                    }
+                }
+            }
+            self.state.tli = start.0;
+            self.state.submitted = start.1.segment_start(seg);
+            self.resume_known = true;
+            tracing::info!(timeline = %start.0, start = %self.state.submitted, "archive is empty: starting at the server's position");
+        }
+        loop {
+            let tli = self.state.tli;
+            self.ensure_history(conn, tli).await?;
+            let start = self.state.submitted.segment_start(seg);
+            self.state.written = start;
+            self.state.current = None;
+            tracing::info!(timeline = %tli, start = %start, "starting replication");
+            let outcome = conn
+                .start_replication(self.slot.as_deref(), start, tli)
+                .await?;
+            let next = match outcome {
+                StartOutcome::TimelineEnded {
+                    next_tli,
+                    next_start,
+                } => Some((next_tli, next_start)),
+                StartOutcome::Streaming => {
+                    match self.copy_both(conn, endpos, stop).await? {
+                        CopyEnd::TimelineEnded(n) => n,
+                        CopyEnd::Stopped => return Ok(Outcome::Done),
+                        CopyEnd::ServerShutdown => {
+                            return Ok(Outcome::Reconnect("the server shut down".into()))
+                        }
+                    }
+                }
+            };
+            let Some((next_tli, next_start)) = next else {
+                return Ok(Outcome::Reconnect("the server ended the stream".into()));
+            };
+            // The old timeline's last segment is partial: archive its tail, then follow.
+            if let Some(j) = self.state.take_part(true) {
+                self.submit(vec![j]).await?;
+            }
+            self.drain().await?;
+            if let Some(cur) = self.state.current.take() {
+                let _ = std::fs::remove_file(cur.path);
+            }
+            tracing::info!(from = %tli, to = %next_tli, at = %next_start, "timeline switch");
+            self.state.tli = next_tli;
+            // Parts of the new timeline's first segment start at its offset 0.
+            self.state.submitted = next_start.segment_start(seg);
+        }
+    }
+
+    /// Stop cleanly: archive the tail, report it, then end the COPY.
+    async fn finish_copy(&mut self, conn: &mut Connection) -> Result<()> {
+        if let Some(j) = self.state.take_part(false) {
+            self.submit(vec![j]).await?;
+        }
+        self.drain().await?;
+        conn.send_status(self.state.written, self.state.acked, false).await?;
+        conn.stop_streaming().await?;
+        Ok(())
+    }
+
+    async fn copy_both(
+        &mut self,
+        conn: &mut Connection,
+        endpos: Option<Lsn>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<CopyEnd> {
+        let mut stop = stop.clone();
+        let tick = (self.max_delay / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = Instant::now();
+        let mut reported = Lsn::INVALID;
+        conn.send_status(self.state.written, self.state.acked, false).await?;
+        loop {
+            tokio::select! {
+                ev = conn.next_event() => {
+                    match ev? {
+                        StreamEvent::Wal { start, data } => {
+                            let jobs = self.state.write(start, &data)?;
+                            self.submit(jobs).await?;
+                            if let Some(end) = endpos {
+                                if self.state.written >= end {
+                                    self.finish_copy(conn).await?;
+                                    tracing::info!(endpos = %end, archived = %self.state.acked, "end position reached and archived");
+                                    return Ok(CopyEnd::Stopped);
+                                }
+                            }
+                        }
+                        StreamEvent::Keepalive { wal_end, reply_requested } => {
+                            if reply_requested {
+                                // The server waits on us (e.g. to shut down): send the tail now.
+                                if self.state.written >= wal_end {
+                                    if let Some(j) = self.state.take_part(false) {
+                                        self.submit(vec![j]).await?;
+                                    }
+                                }
+                                conn.send_status(self.state.written, self.state.acked, false).await?;
+                                last_status = Instant::now();
+                                reported = self.state.acked;
+                            }
+                        }
+                        StreamEvent::Ended { next } => return Ok(CopyEnd::TimelineEnded(next)),
+                        StreamEvent::ServerShutdown => return Ok(CopyEnd::ServerShutdown),
+                    }
+                }
+                ack = self.uploader.acks.recv() => {
+                    match ack {
+                        Some(a) => self.on_ack(a)?,
+                        None => bail!("the archiving task stopped"),
+                    }
+                }
+                _ = ticker.tick() => {
+                    if let Some(since) = self.state.pending_since {
+                        if since.elapsed() >= self.max_delay {
+                            if let Some(j) = self.state.take_part(false) {
+                                self.submit(vec![j]).await?;
+                            }
+                        }
+                    }
+                }
+                _ = stop.changed() => {
+                    self.finish_copy(conn).await?;
+                    return Ok(CopyEnd::Stopped);
+                }
+            }
+            if self.state.acked != reported || last_status.elapsed() >= self.status_interval {
+                conn.send_status(self.state.written, self.state.acked, false).await?;
+                reported = self.state.acked;
+                last_status = Instant::now();
+            }
+        }
+    }
+}
+
+enum CopyEnd {
+    TimelineEnded(Option<(TimelineId, Lsn)>),
+    Stopped,
+    ServerShutdown,
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        self.storer.abort();
+    }
+}

@@ -1,0 +1,155 @@
+//! `lifeboat verify [--full]`: archive integrity on every provider. Without a key: the CRC32
+//! and framing of every object, WAL continuity per timeline, and the timeline history
+//! chain. With `--full`: every object is also decrypted, authenticated and its length checked.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::archive::Archive;
+use crate::catalog::{self, WalInventory, WalRange};
+use crate::pipeline::{self, Opener};
+use crate::wal::{TimelineHistory, TimelineId, WalSegSize};
+
+#[derive(Debug, Serialize)]
+pub struct ProviderReport {
+    pub provider: String,
+    pub objects: usize,
+    pub bytes: u64,
+    pub wal: Vec<WalRange>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub full: bool,
+    pub providers: Vec<ProviderReport>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.providers.iter().all(|p| p.problems.is_empty())
+    }
+}
+
+pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
+    let mut report = Report {
+        full: opener.is_some(),
+        providers: Vec::new(),
+    };
+    let meta = archive.meta().await?;
+    for p in &archive.mirror.providers {
+        let mut pr = ProviderReport {
+            provider: p.name().to_string(),
+            objects: 0,
+            bytes: 0,
+            wal: Vec::new(),
+            problems: Vec::new(),
+        };
+        let Some(meta) = &meta else {
+            pr.problems.push(format!("{} is missing: the archive was never written", catalog::ARCHIVE_META));
+            report.providers.push(pr);
+            continue;
+        };
+        let seg = WalSegSize::new(meta.wal_segment_size)?;
+        if p.get(catalog::ARCHIVE_META).await?.is_none() {
+            pr.problems.push(format!("{} is missing on this provider", catalog::ARCHIVE_META));
+        }
+        let inv = archive.inventory(p.as_ref(), seg).await?;
+        let mut listed = p.list("wal/").await?;
+        listed.extend(p.list("history/").await?);
+        for m in &listed {
+            let known = catalog::parse_wal_key(&m.key, seg).is_some()
+                || catalog::parse_history_key(&m.key).is_some();
+            if !known {
+                pr.problems.push(format!("{}: unexpected object name", m.key));
+                continue;
+            }
+            pr.objects += 1;
+            pr.bytes += m.size;
+            let Some(b) = p.get(&m.key).await? else {
+                pr.problems.push(format!("{}: listed but cannot be read", m.key));
+                continue;
+            };
+            let checked = match pipeline::check(&b) {
+                Ok(c) => c,
+                Err(e) => {
+                    pr.problems.push(format!("{}: {e}", m.key));
+                    continue;
+                }
+            };
+            let want_len = catalog::parse_wal_key(&m.key, seg).map(|o| o.end - o.start);
+            if let Some(w) = want_len {
+                if checked.plain_len != w {
+                    pr.problems.push(format!("{}: trailer says {} bytes, the name says {w}", m.key, checked.plain_len));
+                }
+            }
+            if let Some(o) = opener {
+                match o.open(&b) {
+                    Ok(plain) => {
+                        if let Some(h) = catalog::parse_history_key(&m.key) {
+                            check_history_content(&h, &plain, &mut pr.problems);
+                        }
+                    }
+                    Err(e) => pr.problems.push(format!("{}: {e}", m.key)),
+                }
+            }
+        }
+        pr.wal = inv.ranges(seg);
+        continuity(&inv, &pr.wal, &mut pr.problems);
+        report.providers.push(pr);
+    }
+    Ok(report)
+}
+
+fn check_history_content(h: &catalog::HistoryObject, plain: &[u8], problems: &mut Vec<String>) {
+    match TimelineHistory::parse(&String::from_utf8_lossy(plain)) {
+        Ok(hist) => match hist.parent() {
+            Some(e) if e.tli == h.parent && e.switch_lsn == h.switch => {}
+            _ => problems.push(format!(
+                "{}: content does not match its name (parent {} at {})",
+                h.key, h.parent, h.switch
+            )),
+        },
+        Err(e) => problems.push(format!("{}: {e}", h.key)),
+    }
+}
+
+/// Gaps inside a timeline, and the history chain between timelines.
+fn continuity(inv: &WalInventory, ranges: &[WalRange], problems: &mut Vec<String>) {
+    for w in ranges.windows(2) {
+        if w[0].timeline == w[1].timeline {
+            problems.push(format!(
+                "WAL gap {}–{} on timeline {}",
+                w[0].end_lsn, w[1].start_lsn, w[0].timeline
+            ));
+        }
+    }
+    for tli in inv.objects.keys().filter(|t| t.0 > 1) {
+        let Some(h) = inv.histories.get(tli) else {
+            problems.push(format!(
+                "timeline {tli} has WAL but no history file (hint: the streamer archives it at the switch; run lifeboat stream against the new primary)"
+            ));
+            continue;
+        };
+        let parent_ranges: Vec<&WalRange> = ranges.iter().filter(|r| TimelineId(r.timeline) == h.parent).collect();
+        if let Some(last) = parent_ranges.last() {
+            if last.end_lsn < h.switch && last.start_lsn <= h.switch {
+                problems.push(format!(
+                    "timeline {} ends at {} but timeline {tli} branched from it at {}: WAL gap {}–{} on timeline {}",
+                    h.parent, last.end_lsn, h.switch, last.end_lsn, h.switch, h.parent
+                ));
+            }
+        }
+        if let (false, Some(first)) = (
+            parent_ranges.is_empty(),
+            ranges.iter().find(|r| TimelineId(r.timeline) == *tli),
+        ) {
+            if first.start_lsn > h.switch {
+                problems.push(format!(
+                    "timeline {tli} begins at {} but branched at {}: WAL gap {}–{} on timeline {tli}",
+                    first.start_lsn, h.switch, h.switch, first.start_lsn
+                ));
+            }
+        }
+    }
+}
