@@ -92,7 +92,10 @@ impl Archive {
     pub async fn inventory(&self, p: &dyn ObjectStore, seg: WalSegSize) -> Result<WalInventory> {
         let mut keys = p.list("wal/").await?;
         keys.extend(p.list("history/").await?);
-        Ok(WalInventory::from_keys(keys.iter().map(|m| m.key.as_str()), seg))
+        Ok(WalInventory::from_keys(
+            keys.iter().map(|m| m.key.as_str()),
+            seg,
+        ))
     }
 
     /// Where streaming resumes: the lowest of the providers' resume points, so that no
@@ -114,8 +117,12 @@ impl Archive {
 async fn read_meta(p: &dyn ObjectStore) -> Result<Option<ArchiveMeta>> {
     match p.get(catalog::ARCHIVE_META).await? {
         None => Ok(None),
-        Some(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .with_context(|| format!("storage \"{}\": {} is not valid", p.name(), catalog::ARCHIVE_META)),
+        Some(b) => serde_json::from_slice(&b).map(Some).with_context(|| {
+            format!(
+                "storage \"{}\": {} is not valid",
+                p.name(),
+                catalog::ARCHIVE_META
+            )
+        }),
     }
 }

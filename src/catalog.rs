@@ -43,7 +43,10 @@ pub fn segment_prefix(name: SegmentName) -> String {
 }
 
 pub fn history_key(tli: TimelineId, parent: TimelineId, switch: Lsn) -> String {
-    format!("history/{:08X}.history.{:08X}-{:016X}", tli.0, parent.0, switch.0)
+    format!(
+        "history/{:08X}.history.{:08X}-{:016X}",
+        tli.0, parent.0, switch.0
+    )
 }
 
 pub fn history_prefix(tli: TimelineId) -> String {
@@ -267,13 +270,19 @@ mod tests {
         assert!(o.complete);
         assert_eq!(o.start_lsn(SEG), "1/2A000000".parse().unwrap());
         let p = part_key(n, 0x100, 0x2000);
-        assert_eq!(p, "wal/00000001/00000001000000010000002A.00000100-00002000.part");
+        assert_eq!(
+            p,
+            "wal/00000001/00000001000000010000002A.00000100-00002000.part"
+        );
         let o = parse_wal_key(&p, SEG).unwrap();
         assert_eq!((o.start, o.end, o.complete), (0x100, 0x2000, false));
         let h = history_key(TimelineId(2), TimelineId(1), "0/5000060".parse().unwrap());
         assert_eq!(h, "history/00000002.history.00000001-0000000005000060");
         let ho = parse_history_key(&h).unwrap();
-        assert_eq!((ho.tli, ho.parent, ho.switch.0), (TimelineId(2), TimelineId(1), 0x5000060));
+        assert_eq!(
+            (ho.tli, ho.parent, ho.switch.0),
+            (TimelineId(2), TimelineId(1), 0x5000060)
+        );
         for bad in [
             "wal/00000001/00000002000000010000002A.seg",
             "wal/00000001/00000001000000010000002A.segx",
@@ -299,9 +308,18 @@ mod tests {
         let inv = WalInventory::from_keys(keys.iter().map(String::as_str), SEG);
         let r = inv.ranges(SEG);
         assert_eq!(r.len(), 3);
-        assert_eq!((r[0].start_lsn, r[0].end_lsn), (Lsn(0x100_0000), Lsn(0x300_3000)));
-        assert_eq!((r[1].start_lsn, r[1].end_lsn), (Lsn(0x500_0000), Lsn(0x600_0000)));
-        assert_eq!(inv.resume_point(SEG), Some((TimelineId(2), Lsn(0x500_0010))));
+        assert_eq!(
+            (r[0].start_lsn, r[0].end_lsn),
+            (Lsn(0x100_0000), Lsn(0x300_3000))
+        );
+        assert_eq!(
+            (r[1].start_lsn, r[1].end_lsn),
+            (Lsn(0x500_0000), Lsn(0x600_0000))
+        );
+        assert_eq!(
+            inv.resume_point(SEG),
+            Some((TimelineId(2), Lsn(0x500_0010)))
+        );
     }
 
     #[test]

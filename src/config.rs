@@ -162,11 +162,14 @@ impl Config {
             hint: Some(hint.to_string()),
         };
         parse_duration(&self.wal.max_delay).map_err(|m| {
-            err("wal.max_delay", m, "write a duration like \"1s\" or \"500ms\"")
+            err(
+                "wal.max_delay",
+                m,
+                "write a duration like \"1s\" or \"500ms\"",
+            )
         })?;
-        parse_duration(&self.wal.status_interval).map_err(|m| {
-            err("wal.status_interval", m, "write a duration like \"10s\"")
-        })?;
+        parse_duration(&self.wal.status_interval)
+            .map_err(|m| err("wal.status_interval", m, "write a duration like \"10s\""))?;
         if !(1..=22).contains(&self.wal.compression_level) {
             return Err(err(
                 "wal.compression_level",
@@ -193,7 +196,11 @@ impl Config {
                 ));
             }
             if let Err(m) = crate::storage::open(&s.name, &s.url) {
-                return Err(err(&format!("storage[{i}].url"), m, "see the README's storage section"));
+                return Err(err(
+                    &format!("storage[{i}].url"),
+                    m,
+                    "see the README's storage section",
+                ));
             }
         }
         if let Some(slot) = &self.postgres.slot {
@@ -219,7 +226,10 @@ impl Config {
             return Err(ConfigError {
                 file: file.into(),
                 message: "no [[storage]] provider configured".into(),
-                hint: Some("add [[storage]] name = \"local\" url = \"file:///var/lib/lifeboat/archive\"".into()),
+                hint: Some(
+                    "add [[storage]] name = \"local\" url = \"file:///var/lib/lifeboat/archive\""
+                        .into(),
+                ),
             });
         }
         if self.encryption.recipients.is_empty() {
@@ -242,7 +252,8 @@ impl Config {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("\"{s}\" is not a duration ({e})"))?;
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("\"{s}\" is not a duration ({e})"))?;
     if d.is_zero() {
         return Err(format!("\"{s}\" must be greater than zero"));
     }
@@ -262,7 +273,11 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let e = Config::parse("[postgres]\nconninfo = \"x\"\nslott = \"a\"\n", "/etc/lb.toml").unwrap_err();
+        let e = Config::parse(
+            "[postgres]\nconninfo = \"x\"\nslott = \"a\"\n",
+            "/etc/lb.toml",
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "/etc/lb.toml: line 3, column 1: unknown field `slott`, expected one of `conninfo`, `slot`, `create_slot`\nhint: check the spelling against the keys listed in the README's configuration section"
@@ -271,7 +286,8 @@ mod tests {
 
     #[test]
     fn bad_recipient_names_index() {
-        let e = Config::parse("[encryption]\nrecipients = [\"age1bogus\"]\n", "c.toml").unwrap_err();
+        let e =
+            Config::parse("[encryption]\nrecipients = [\"age1bogus\"]\n", "c.toml").unwrap_err();
         assert_eq!(
             e.to_string(),
             "c.toml: encryption.recipients[0]: \"age1bogus\" is not an age public key\nhint: recipients are public keys starting with age1, as printed by age-keygen -y"
@@ -285,12 +301,20 @@ mod tests {
         assert_eq!(c.postgres.slot.as_deref(), Some("lifeboat"));
         assert!(c.postgres.create_slot);
         let e = Config::parse("[wal]\nmax_delay = \"soon\"\n", "c").unwrap_err();
-        assert!(e.to_string().starts_with("c: wal.max_delay: \"soon\" is not a duration"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("c: wal.max_delay: \"soon\" is not a duration"),
+            "{e}"
+        );
     }
 
     #[test]
     fn storage_url_checked() {
-        let e = Config::parse("[[storage]]\nname = \"a\"\nurl = \"file://relative\"\n", "c").unwrap_err();
+        let e = Config::parse(
+            "[[storage]]\nname = \"a\"\nurl = \"file://relative\"\n",
+            "c",
+        )
+        .unwrap_err();
         assert_eq!(e.to_string(), "c: storage[0].url: storage \"a\": url \"file://relative\" must be an absolute path (hint: file:///var/lib/lifeboat/archive)\nhint: see the README's storage section");
     }
 }

@@ -17,7 +17,11 @@ use lifeboat::{stream, verify, walfetch};
 const DEFAULT_CONFIG: &str = "/etc/lifeboat/lifeboat.toml";
 
 #[derive(Parser)]
-#[command(name = "lifeboat", version, about = "Point-in-time recovery for PostgreSQL: WAL streaming into an encrypted, verifiable, mirrored archive")]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Point-in-time recovery for PostgreSQL: WAL streaming into an encrypted, verifiable, mirrored archive"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "LIFEBOAT_CONFIG")]
@@ -73,8 +77,16 @@ struct Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(err: anyhow::Error) -> Self {
-        let code = if err.downcast_ref::<ConfigError>().is_some() { 2 } else { 1 };
-        Failure { code, err, quiet: false }
+        let code = if err.downcast_ref::<ConfigError>().is_some() {
+            2
+        } else {
+            1
+        };
+        Failure {
+            code,
+            err,
+            quiet: false,
+        }
     }
 }
 
@@ -117,7 +129,8 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("lifeboat={level},warn")));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -125,7 +138,10 @@ fn init_logging(cli: &Cli) {
 }
 
 fn load_config(cli: &Cli) -> Result<(Config, String), Failure> {
-    let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let cfg = Config::load(&path).map_err(|e| Failure::from(anyhow::Error::new(e)))?;
     Ok((cfg, path.display().to_string()))
 }
@@ -167,10 +183,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Verify { full } => {
             let archive = Archive::open(&cfg)?;
-            let op = if *full { Some(opener(&cli, &cfg)?) } else { None };
+            let op = if *full {
+                Some(opener(&cli, &cfg)?)
+            } else {
+                None
+            };
             let report = verify::run(&archive, op.as_ref()).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding the report")?
+                );
             } else {
                 for p in &report.providers {
                     println!(
@@ -178,10 +201,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         p.provider,
                         p.objects,
                         p.bytes,
-                        if p.problems.is_empty() { "ok" } else { "PROBLEMS" }
+                        if p.problems.is_empty() {
+                            "ok"
+                        } else {
+                            "PROBLEMS"
+                        }
                     );
                     for r in &p.wal {
-                        println!("  timeline {}: WAL {} – {}", r.timeline, r.start_lsn, r.end_lsn);
+                        println!(
+                            "  timeline {}: WAL {} – {}",
+                            r.timeline, r.start_lsn, r.end_lsn
+                        );
                     }
                     for pr in &p.problems {
                         println!("  problem: {pr}");
@@ -205,7 +235,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(()) => Ok(()),
                 Err(e) if e.downcast_ref::<walfetch::NotFound>().is_some() => {
                     tracing::debug!("{e}");
-                    Err(Failure { code: 1, err: e, quiet: true })
+                    Err(Failure {
+                        code: 1,
+                        err: e,
+                        quiet: true,
+                    })
                 }
                 // Exit status above 125 makes PostgreSQL stop recovery instead of treating
                 // the file as the end of WAL: a damaged archive must never end recovery early.
@@ -214,7 +248,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     err: e,
                     quiet: false,
                 }),
-                Err(e) => Err(Failure { code: 126, err: e, quiet: false }),
+                Err(e) => Err(Failure {
+                    code: 126,
+                    err: e,
+                    quiet: false,
+                }),
             }
         }
     }

@@ -224,13 +224,20 @@ impl Opener {
     pub fn open_into(&self, stored: &[u8], mut out: impl Write) -> Result<u64, PipelineError> {
         let c = check(stored)?;
         let body = &stored[HEADER.len()..stored.len() - TRAILER_LEN];
-        let dec = age::Decryptor::new_buffered(body).map_err(|e| PipelineError::Decrypt(decrypt_msg(&e)))?;
+        let dec = age::Decryptor::new_buffered(body)
+            .map_err(|e| PipelineError::Decrypt(decrypt_msg(&e)))?;
         let r = dec
-            .decrypt(self.identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+            .decrypt(
+                self.identities
+                    .iter()
+                    .map(|i| i.as_ref() as &dyn age::Identity),
+            )
             .map_err(|e| PipelineError::Decrypt(decrypt_msg(&e)))?;
         let mut z = zstd::stream::read::Decoder::new(r)?;
         let n = io::copy(&mut z, &mut out).map_err(|e| {
-            PipelineError::Decrypt(format!("{e} (the object fails authentication or decompression)"))
+            PipelineError::Decrypt(format!(
+                "{e} (the object fails authentication or decompression)"
+            ))
         })?;
         if n != c.plain_len {
             return Err(PipelineError::Length {
@@ -273,7 +280,9 @@ mod tests {
     fn round_trip_and_crc() {
         let (r, idf) = keypair();
         let s = Sealer::new(&[r], 3).unwrap();
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_be_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_be_bytes())
+            .collect();
         let sealed = s.seal(&data).unwrap();
         assert_eq!(sealed.plain_len, data.len() as u64);
         let c = check(&sealed.bytes).unwrap();
@@ -305,7 +314,10 @@ mod tests {
         let (r, _) = keypair();
         let (_, other) = keypair();
         let sealed = Sealer::new(&[r], 1).unwrap().seal(b"x").unwrap();
-        let err = Opener::from_file(other.path()).unwrap().open(&sealed.bytes).unwrap_err();
+        let err = Opener::from_file(other.path())
+            .unwrap()
+            .open(&sealed.bytes)
+            .unwrap_err();
         assert_eq!(err.to_string(), "cannot decrypt: no identity matches this object's recipients (hint: use the identity file whose public key is in encryption.recipients)");
     }
 

@@ -63,7 +63,10 @@ pub enum AuthRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     Auth(AuthRequest),
-    ParameterStatus { name: String, value: String },
+    ParameterStatus {
+        name: String,
+        value: String,
+    },
     BackendKeyData,
     ReadyForQuery(u8),
     RowDescription(Vec<String>),
@@ -365,7 +368,10 @@ mod tests {
             assert_eq!(b.len(), cut);
         }
         let mut b = BytesMut::from(&whole[..]);
-        assert_eq!(split_message(&mut b).unwrap(), Some(Backend::ReadyForQuery(b'I')));
+        assert_eq!(
+            split_message(&mut b).unwrap(),
+            Some(Backend::ReadyForQuery(b'I'))
+        );
         assert!(b.is_empty());
     }
 
@@ -383,7 +389,10 @@ mod tests {
         let mut b = BytesMut::new();
         b.extend_from_slice(&frame(b'W', &[0, 0, 0]));
         b.extend_from_slice(&frame(b'v', &[0, 0, 0, 0, 0, 0, 0, 0]));
-        assert_eq!(split_message(&mut b).unwrap(), Some(Backend::CopyBothResponse));
+        assert_eq!(
+            split_message(&mut b).unwrap(),
+            Some(Backend::CopyBothResponse)
+        );
         assert_eq!(
             split_message(&mut b).unwrap(),
             Some(Backend::NegotiateProtocolVersion)
@@ -541,7 +550,9 @@ mod tests {
         }
         assert_eq!(got.len(), 6);
         assert_eq!(got[0], Backend::CopyDone);
-        assert!(matches!(&got[2], Backend::DataRow(v) if v[1].as_deref() == Some(&b"0/5000060"[..])));
+        assert!(
+            matches!(&got[2], Backend::DataRow(v) if v[1].as_deref() == Some(&b"0/5000060"[..]))
+        );
         assert_eq!(got[5], Backend::ReadyForQuery(b'I'));
         // 3. server shutdown: CommandComplete "COPY 0" with no CopyDone.
         let mut b = BytesMut::from(&frame(b'C', b"COPY 0\0")[..]);
@@ -556,7 +567,9 @@ mod tests {
                 b"SERROR\0C58P01\0Mrequested WAL segment 000000010000000000000001 has already been removed\0\0",
             )[..],
         );
-        assert!(matches!(split_message(&mut b).unwrap(), Some(Backend::Error(f)) if f.code == "58P01"));
+        assert!(
+            matches!(split_message(&mut b).unwrap(), Some(Backend::Error(f)) if f.code == "58P01")
+        );
     }
 
     #[test]

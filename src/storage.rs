@@ -107,7 +107,10 @@ impl FileStore {
                 )),
                 false,
             ),
-            std::io::ErrorKind::StorageFull => (Some("free space on the archive's file system".to_string()), true),
+            std::io::ErrorKind::StorageFull => (
+                Some("free space on the archive's file system".to_string()),
+                true,
+            ),
             _ => (None, true),
         };
         StorageError {
@@ -123,7 +126,9 @@ impl FileStore {
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         if key.is_empty()
             || key.starts_with('/')
-            || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+            || key
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
         {
             return Err(StorageError {
                 provider: self.name.clone(),
@@ -145,10 +150,7 @@ impl FileStore {
             .file_name()
             .and_then(|n| n.to_str())
             .expect("keys are UTF-8 and non-empty");
-        let tmp = dir.join(format!(
-            "{TMP_PREFIX}{file_name}.{}",
-            rand::random::<u32>()
-        ));
+        let tmp = dir.join(format!("{TMP_PREFIX}{file_name}.{}", rand::random::<u32>()));
         let res = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(data)?;
@@ -366,14 +368,35 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = FileStore::new("t", d.path().join("archive"));
         assert_eq!(s.get("wal/a").await.unwrap(), None);
-        s.put("wal/00000001/b", Bytes::from_static(b"2")).await.unwrap();
-        s.put("wal/00000001/a", Bytes::from_static(b"1")).await.unwrap();
+        s.put("wal/00000001/b", Bytes::from_static(b"2"))
+            .await
+            .unwrap();
+        s.put("wal/00000001/a", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
         s.put("history/x", Bytes::from_static(b"h")).await.unwrap();
-        s.put("wal/00000001/a", Bytes::from_static(b"11")).await.unwrap();
-        assert_eq!(s.get("wal/00000001/a").await.unwrap().unwrap(), Bytes::from_static(b"11"));
-        let keys: Vec<_> = s.list("wal/").await.unwrap().into_iter().map(|m| m.key).collect();
+        s.put("wal/00000001/a", Bytes::from_static(b"11"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get("wal/00000001/a").await.unwrap().unwrap(),
+            Bytes::from_static(b"11")
+        );
+        let keys: Vec<_> = s
+            .list("wal/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(keys, vec!["wal/00000001/a", "wal/00000001/b"]);
-        let keys: Vec<_> = s.list("wal/00000001/a").await.unwrap().into_iter().map(|m| m.key).collect();
+        let keys: Vec<_> = s
+            .list("wal/00000001/a")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(keys, vec!["wal/00000001/a"]);
         assert_eq!(s.list("").await.unwrap().len(), 3);
         assert!(s.list("nothing/").await.unwrap().is_empty());
@@ -397,6 +420,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((got.as_ref(), from.as_str()), (&b"good"[..], "b"));
-        assert_eq!(m.get_verified("none", |_| Ok::<(), String>(())).await.unwrap(), None);
+        assert_eq!(
+            m.get_verified("none", |_| Ok::<(), String>(()))
+                .await
+                .unwrap(),
+            None
+        );
     }
 }

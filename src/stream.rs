@@ -39,8 +39,16 @@ const PIPELINE_DEPTH: usize = 3;
 
 enum JobKind {
     Segment,
-    Part { start: u64, end: u64, last: bool },
-    History { parent: TimelineId, switch: Lsn, content: Bytes },
+    Part {
+        start: u64,
+        end: u64,
+        last: bool,
+    },
+    History {
+        parent: TimelineId,
+        switch: Lsn,
+        content: Bytes,
+    },
 }
 
 struct Job {
@@ -65,7 +73,8 @@ struct Uploader {
 
 impl Uploader {
     fn start(mirror: Mirror, sealer: Sealer, seg: WalSegSize, fsync: bool) -> Uploader {
-        let (tx, mut rx) = mpsc::channel::<(Job, JoinHandle<Result<Sealed, String>>)>(PIPELINE_DEPTH);
+        let (tx, mut rx) =
+            mpsc::channel::<(Job, JoinHandle<Result<Sealed, String>>)>(PIPELINE_DEPTH);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let storer = tokio::spawn(async move {
             while let Some((job, handle)) = rx.recv().await {
@@ -299,10 +308,11 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -325,8 +335,12 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
         let (mut conn, ident, seg) = match attempt {
             Ok(x) => x,
             Err(e) => {
-                let permanent = e.downcast_ref::<PgError>().is_some_and(PgError::is_permanent);
-                if !ever_streamed && permanent {
+                let permanent = e
+                    .downcast_ref::<PgError>()
+                    .is_some_and(PgError::is_permanent);
+                // A one-shot run (--endpos) fails at once when it cannot start at all; the
+                // service keeps trying, as pg_receivewal does.
+                if !ever_streamed && (permanent || opts.endpos.is_some()) {
                     return Err(e);
                 }
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot connect");
@@ -352,8 +366,12 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     let inv = archive.inventory(p.as_ref(), seg).await?;
                     histories.extend(inv.histories.keys().copied());
                 }
-                let uploader =
-                    Uploader::start(archive.mirror.clone(), sealer.clone(), seg, cfg.wal.spool_fsync);
+                let uploader = Uploader::start(
+                    archive.mirror.clone(),
+                    sealer.clone(),
+                    seg,
+                    cfg.wal.spool_fsync,
+                );
                 streamer.insert(Streamer {
                     system_id: ident.system_id,
                     uploader,
@@ -382,7 +400,15 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                 return Ok(());
             }
         }
-        let result = s.stream(&mut conn, ident.timeline, ident.xlogpos, opts.endpos, &stop_rx).await;
+        let result = s
+            .stream(
+                &mut conn,
+                ident.timeline,
+                ident.xlogpos,
+                opts.endpos,
+                &stop_rx,
+            )
+            .await;
         // Whatever happened, let every submitted job finish before touching the spool again.
         s.drain().await?;
         match result {
@@ -396,7 +422,9 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                 tracing::warn!(reason = %why, "stream ended; reconnecting");
             }
             Err(e) => {
-                let permanent = e.downcast_ref::<PgError>().is_some_and(PgError::is_permanent);
+                let permanent = e
+                    .downcast_ref::<PgError>()
+                    .is_some_and(PgError::is_permanent);
                 if !ever_streamed && permanent {
                     return Err(e);
                 }
@@ -557,15 +585,13 @@ impl Streamer {
                     next_tli,
                     next_start,
                 } => Some((next_tli, next_start)),
-                StartOutcome::Streaming => {
-                    match self.copy_both(conn, endpos, stop).await? {
-                        CopyEnd::TimelineEnded(n) => n,
-                        CopyEnd::Stopped => return Ok(Outcome::Done),
-                        CopyEnd::ServerShutdown => {
-                            return Ok(Outcome::Reconnect("the server shut down".into()))
-                        }
+                StartOutcome::Streaming => match self.copy_both(conn, endpos, stop).await? {
+                    CopyEnd::TimelineEnded(n) => n,
+                    CopyEnd::Stopped => return Ok(Outcome::Done),
+                    CopyEnd::ServerShutdown => {
+                        return Ok(Outcome::Reconnect("the server shut down".into()))
                     }
-                }
+                },
             };
             let Some((next_tli, next_start)) = next else {
                 return Ok(Outcome::Reconnect("the server ended the stream".into()));
@@ -591,7 +617,8 @@ impl Streamer {
             self.submit(vec![j]).await?;
         }
         self.drain().await?;
-        conn.send_status(self.state.written, self.state.acked, false).await?;
+        conn.send_status(self.state.written, self.state.acked, false)
+            .await?;
         conn.stop_streaming().await?;
         Ok(())
     }
@@ -603,12 +630,14 @@ impl Streamer {
         stop: &watch::Receiver<bool>,
     ) -> Result<CopyEnd> {
         let mut stop = stop.clone();
-        let tick = (self.max_delay / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let tick =
+            (self.max_delay / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_status = Instant::now();
         let mut reported = Lsn::INVALID;
-        conn.send_status(self.state.written, self.state.acked, false).await?;
+        conn.send_status(self.state.written, self.state.acked, false)
+            .await?;
         loop {
             tokio::select! {
                 ev = conn.next_event() => {
@@ -662,7 +691,8 @@ impl Streamer {
                 }
             }
             if self.state.acked != reported || last_status.elapsed() >= self.status_interval {
-                conn.send_status(self.state.written, self.state.acked, false).await?;
+                conn.send_status(self.state.written, self.state.acked, false)
+                    .await?;
                 reported = self.state.acked;
                 last_status = Instant::now();
             }

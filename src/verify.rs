@@ -46,13 +46,19 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
             problems: Vec::new(),
         };
         let Some(meta) = &meta else {
-            pr.problems.push(format!("{} is missing: the archive was never written", catalog::ARCHIVE_META));
+            pr.problems.push(format!(
+                "{} is missing: the archive was never written",
+                catalog::ARCHIVE_META
+            ));
             report.providers.push(pr);
             continue;
         };
         let seg = WalSegSize::new(meta.wal_segment_size)?;
         if p.get(catalog::ARCHIVE_META).await?.is_none() {
-            pr.problems.push(format!("{} is missing on this provider", catalog::ARCHIVE_META));
+            pr.problems.push(format!(
+                "{} is missing on this provider",
+                catalog::ARCHIVE_META
+            ));
         }
         let inv = archive.inventory(p.as_ref(), seg).await?;
         let mut listed = p.list("wal/").await?;
@@ -61,13 +67,15 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
             let known = catalog::parse_wal_key(&m.key, seg).is_some()
                 || catalog::parse_history_key(&m.key).is_some();
             if !known {
-                pr.problems.push(format!("{}: unexpected object name", m.key));
+                pr.problems
+                    .push(format!("{}: unexpected object name", m.key));
                 continue;
             }
             pr.objects += 1;
             pr.bytes += m.size;
             let Some(b) = p.get(&m.key).await? else {
-                pr.problems.push(format!("{}: listed but cannot be read", m.key));
+                pr.problems
+                    .push(format!("{}: listed but cannot be read", m.key));
                 continue;
             };
             let checked = match pipeline::check(&b) {
@@ -80,7 +88,10 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
             let want_len = catalog::parse_wal_key(&m.key, seg).map(|o| o.end - o.start);
             if let Some(w) = want_len {
                 if checked.plain_len != w {
-                    pr.problems.push(format!("{}: trailer says {} bytes, the name says {w}", m.key, checked.plain_len));
+                    pr.problems.push(format!(
+                        "{}: trailer says {} bytes, the name says {w}",
+                        m.key, checked.plain_len
+                    ));
                 }
             }
             if let Some(o) = opener {
@@ -131,7 +142,10 @@ fn continuity(inv: &WalInventory, ranges: &[WalRange], problems: &mut Vec<String
             ));
             continue;
         };
-        let parent_ranges: Vec<&WalRange> = ranges.iter().filter(|r| TimelineId(r.timeline) == h.parent).collect();
+        let parent_ranges: Vec<&WalRange> = ranges
+            .iter()
+            .filter(|r| TimelineId(r.timeline) == h.parent)
+            .collect();
         if let Some(last) = parent_ranges.last() {
             if last.end_lsn < h.switch && last.start_lsn <= h.switch {
                 problems.push(format!(

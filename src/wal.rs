@@ -83,7 +83,8 @@ impl FromStr for Lsn {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || WalError::BadLsn(s.to_string());
         let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
-        let valid = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+        let valid =
+            |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
         if !valid(hi) || !valid(lo) {
             return Err(bad());
         }
@@ -248,7 +249,8 @@ impl FromStr for WalFileName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(hex) = s.strip_suffix(".history") {
             if hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let t = u32::from_str_radix(hex, 16).map_err(|_| WalError::BadFileName(s.into()))?;
+                let t =
+                    u32::from_str_radix(hex, 16).map_err(|_| WalError::BadFileName(s.into()))?;
                 if t > 0 {
                     return Ok(WalFileName::History(TimelineId(t)));
                 }
@@ -355,7 +357,10 @@ mod tests {
         let name = SegmentName::new(TimelineId(1), lsn.segno(seg), seg);
         assert_eq!(name.to_string(), "00000001000000010000002A");
         assert_eq!(name.segno(seg), Some(lsn.segno(seg)));
-        assert_eq!("00000001000000010000002A".parse::<SegmentName>().unwrap(), name);
+        assert_eq!(
+            "00000001000000010000002A".parse::<SegmentName>().unwrap(),
+            name
+        );
     }
 
     #[test]

@@ -43,7 +43,11 @@ pub async fn run(archive: &Archive, opener: &Opener, file: &str, dest: &Path) ->
         match res {
             Ok(true) => {
                 if !problems.is_empty() {
-                    tracing::warn!(provider = p.name(), file, "served from the fallback provider");
+                    tracing::warn!(
+                        provider = p.name(),
+                        file,
+                        "served from the fallback provider"
+                    );
                 }
                 return Ok(());
             }
@@ -104,7 +108,12 @@ async fn fetch_segment(
             .ok_or_else(|| anyhow!("{} vanished while reading", o.key))?;
         let plain = opener.open(&b).with_context(|| o.key.clone())?;
         if plain.len() as u64 != seg.bytes() {
-            bail!("{}: holds {} bytes, a segment has {}", o.key, plain.len(), seg.bytes());
+            bail!(
+                "{}: holds {} bytes, a segment has {}",
+                o.key,
+                plain.len(),
+                seg.bytes()
+            );
         }
         write_atomically(dest, |f| f.write_all(&plain))?;
         return Ok(true);
@@ -124,7 +133,12 @@ async fn fetch_segment(
         pipeline::check(&b).with_context(|| o.key.clone())?;
         let plain = opener.open(&b).with_context(|| o.key.clone())?;
         if plain.len() as u64 != o.end - o.start {
-            bail!("{}: holds {} bytes, its name says {}", o.key, plain.len(), o.end - o.start);
+            bail!(
+                "{}: holds {} bytes, its name says {}",
+                o.key,
+                plain.len(),
+                o.end - o.start
+            );
         }
         chunks.push((o.start, plain));
     }

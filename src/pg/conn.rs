@@ -56,9 +56,13 @@ impl Connection {
     pub async fn connect(params: &ConnParams, replication: bool) -> Result<Connection, PgError> {
         let timeout = params.connect_timeout.unwrap_or(Duration::from_secs(30));
         let mut last = None;
-        for target in &params.targets {
-            match tokio::time::timeout(timeout, Self::connect_one(params, target, replication))
-                .await
+        for (i, target) in params.targets.iter().enumerate() {
+            let hostaddr = params.hostaddrs.get(i).copied().flatten();
+            match tokio::time::timeout(
+                timeout,
+                Self::connect_one(params, target, hostaddr, replication),
+            )
+            .await
             {
                 Ok(Ok(c)) => return Ok(c),
                 Ok(Err(e)) => last = Some(e),
@@ -79,6 +83,7 @@ impl Connection {
     async fn connect_one(
         params: &ConnParams,
         target: &(Host, u16),
+        hostaddr: Option<std::net::IpAddr>,
         replication: bool,
     ) -> Result<Connection, PgError> {
         let where_ = describe(target);
@@ -88,9 +93,11 @@ impl Connection {
         };
         let mut stream: Pin<Box<dyn Stream>> = match &target.0 {
             Host::Tcp(h) => {
-                let s = TcpStream::connect((h.as_str(), target.1))
-                    .await
-                    .map_err(io_err)?;
+                let s = match hostaddr {
+                    Some(ip) => TcpStream::connect((ip, target.1)).await,
+                    None => TcpStream::connect((h.as_str(), target.1)).await,
+                }
+                .map_err(io_err)?;
                 s.set_nodelay(true).ok();
                 let s = Box::pin(s);
                 match &params.sslmode {
@@ -226,8 +233,9 @@ impl Connection {
                     return Err(PgError::Auth {
                         user: params.user.clone(),
                         reason: format!("unsupported authentication method (code {n})"),
-                        hint: "use trust, password, md5 or scram-sha-256 for this role in pg_hba.conf"
-                            .into(),
+                        hint:
+                            "use trust, password, md5 or scram-sha-256 for this role in pg_hba.conf"
+                                .into(),
                     })
                 }
                 Backend::Error(f) => return Err(PgError::from_server(f)),
@@ -328,7 +336,9 @@ impl Connection {
                         .collect();
                     match out.last_mut() {
                         Some(r) => r.rows.push(row),
-                        None => return Err(PgError::Protocol("DataRow before RowDescription".into())),
+                        None => {
+                            return Err(PgError::Protocol("DataRow before RowDescription".into()))
+                        }
                     }
                 }
                 Backend::Error(f) => err = Some(PgError::from_server(f)),
@@ -351,7 +361,9 @@ impl Connection {
     pub async fn query_one_set(&mut self, sql: &str) -> Result<QueryResult, PgError> {
         let mut sets = self.simple_query(sql).await?;
         if sets.is_empty() {
-            return Err(PgError::Protocol(format!("\"{sql}\" returned no result set")));
+            return Err(PgError::Protocol(format!(
+                "\"{sql}\" returned no result set"
+            )));
         }
         Ok(sets.swap_remove(0))
     }

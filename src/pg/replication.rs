@@ -31,17 +31,28 @@ pub enum StartOutcome {
     Streaming,
     /// We asked to start exactly at the end of a historic timeline: no COPY, just where the
     /// next timeline starts.
-    TimelineEnded { next_tli: TimelineId, next_start: Lsn },
+    TimelineEnded {
+        next_tli: TimelineId,
+        next_start: Lsn,
+    },
 }
 
 /// One event of an open replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
-    Wal { start: Lsn, data: Bytes },
-    Keepalive { wal_end: Lsn, reply_requested: bool },
+    Wal {
+        start: Lsn,
+        data: Bytes,
+    },
+    Keepalive {
+        wal_end: Lsn,
+        reply_requested: bool,
+    },
     /// The timeline we stream ended (it is historic now); the server is back at
     /// ReadyForQuery. `next` is `None` when the stream ended because we asked it to.
-    Ended { next: Option<(TimelineId, Lsn)> },
+    Ended {
+        next: Option<(TimelineId, Lsn)>,
+    },
     /// The server shut down (`COPY 0` without CopyDone); the connection is closing.
     ServerShutdown,
 }

@@ -149,7 +149,9 @@ pub fn cache_dir() -> PathBuf {
     if is_root() {
         return PathBuf::from("/var/cache/lifeboat");
     }
-    let home = env::var_os("HOME").filter(|v| !v.is_empty()).unwrap_or_else(|| "/tmp".into());
+    let home = env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "/tmp".into());
     PathBuf::from(home).join(".cache").join("lifeboat")
 }
 
@@ -170,7 +172,10 @@ pub fn available_majors() -> Vec<u32> {
         .map(|s| {
             s.split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|t| !t.is_empty())
-                .map(|t| t.parse().unwrap_or_else(|_| panic!("bad LIFEBOAT_PG_MAJORS entry {t:?}")))
+                .map(|t| {
+                    t.parse()
+                        .unwrap_or_else(|_| panic!("bad LIFEBOAT_PG_MAJORS entry {t:?}"))
+                })
                 .collect()
         });
     ALL_MAJORS
@@ -241,12 +246,20 @@ pub fn chown_to_pg_user(path: &Path) {
 pub fn chown_tree_to_pg_user(path: &Path) {
     if pg_os_ids().is_some() {
         let out = run_timeout(
-            Command::new("chown").arg("-R").arg(format!("{TEST_OS_USER}:")).arg(path),
+            Command::new("chown")
+                .arg("-R")
+                .arg(format!("{TEST_OS_USER}:"))
+                .arg(path),
             Duration::from_secs(120),
             None,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert!(out.status.success(), "chown -R {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "chown -R {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -307,7 +320,10 @@ pub fn pg_tempdir(prefix: &str) -> tempfile::TempDir {
 /// binding, and never hands out the same port twice in this process.
 pub fn free_port() -> u16 {
     static USED: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let mut used = USED.get_or_init(|| Mutex::new(HashSet::new())).lock().unwrap_or_else(|e| e.into_inner());
+    let mut used = USED
+        .get_or_init(|| Mutex::new(HashSet::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let eph_lo: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|t| t.parse().ok()))
@@ -359,7 +375,10 @@ pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
 pub fn as_pg_user(cmd: &Command) -> Command {
     let mut c = if pg_os_ids().is_some() {
         let mut c = Command::new("runuser");
-        c.arg("-u").arg(TEST_OS_USER).arg("--").arg(cmd.get_program());
+        c.arg("-u")
+            .arg(TEST_OS_USER)
+            .arg("--")
+            .arg(cmd.get_program());
         c
     } else {
         Command::new(cmd.get_program())
@@ -389,11 +408,21 @@ fn describe(cmd: &Command) -> String {
 /// Run a command to completion with a timeout, capturing stdout/stderr. `stdin` is fed
 /// (then closed) if given, else stdin is /dev/null. On timeout the child is killed and an
 /// Err is returned. A non-zero exit is NOT an error here (check `status`).
-pub fn run_timeout(cmd: &mut Command, timeout: Duration, stdin: Option<&[u8]>) -> Result<Output, String> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("spawn `{}`: {e}", describe(cmd)))?;
+pub fn run_timeout(
+    cmd: &mut Command,
+    timeout: Duration,
+    stdin: Option<&[u8]>,
+) -> Result<Output, String> {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("spawn `{}`: {e}", describe(cmd)))?;
     if let Some(data) = stdin {
         let mut w = child.stdin.take().unwrap();
         let data = data.to_vec();
@@ -453,7 +482,11 @@ pub fn run_timeout(cmd: &mut Command, timeout: Duration, stdin: Option<&[u8]>) -
         }
     }
     let [stdout, stderr] = parts;
-    Ok(Output { status, stdout, stderr })
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// Run, panic on timeout or non-zero exit (message includes both streams); returns stdout.
@@ -506,7 +539,11 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn send_signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn wait_dead(pids: &[u32], timeout: Duration) -> bool {
@@ -557,7 +594,10 @@ impl Default for ClusterOpts {
 
 impl ClusterOpts {
     pub fn ssl() -> Self {
-        ClusterOpts { ssl: true, ..Default::default() }
+        ClusterOpts {
+            ssl: true,
+            ..Default::default()
+        }
     }
     pub fn conf(mut self, line: impl Into<String>) -> Self {
         self.extra_conf.push(line.into());
@@ -672,15 +712,42 @@ pub fn generate_tls(dir: &Path) {
         run_ok(&mut c, t);
     };
     openssl(&[
-        "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-sha256",
-        "-subj", "/CN=lifeboat-test-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "3650",
+        "-sha256",
+        "-subj",
+        "/CN=lifeboat-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     openssl(&[
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
     ]);
     fs::write(
         dir.join("server.ext"),
@@ -692,8 +759,23 @@ pub fn generate_tls(dir: &Path) {
     .unwrap();
     let serial = format!("0x{:016x}", rand::thread_rng().gen::<u64>() >> 1);
     openssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", &serial,
-        "-days", "3650", "-sha256", "-extfile", "server.ext", "-out", "server.crt",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        &serial,
+        "-days",
+        "3650",
+        "-sha256",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
     ]);
     for f in ["ca.crt", "server.crt"] {
         set_mode(&dir.join(f), 0o644);
@@ -715,7 +797,15 @@ impl PgCluster {
 
         let mut c = clean_command(pg.bin("initdb"));
         c.arg("-D").arg(&pg.datadir);
-        c.args(["-U", SUPERUSER, "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"]);
+        c.args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--no-locale",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         if let Some(mb) = opts.wal_segsize_mb {
             c.arg(format!("--wal-segsize={mb}"));
         }
@@ -730,7 +820,8 @@ impl PgCluster {
         }
         c.args(&opts.initdb_args);
         c.current_dir(&pg.base_dir);
-        let out = run_timeout(&mut as_pg_user(&c), Duration::from_secs(180), None).unwrap_or_else(|e| panic!("{e}"));
+        let out = run_timeout(&mut as_pg_user(&c), Duration::from_secs(180), None)
+            .unwrap_or_else(|e| panic!("{e}"));
         if !out.status.success() {
             panic!(
                 "initdb (PostgreSQL {major}) failed ({}):\nstdout: {}\nstderr: {}",
@@ -743,12 +834,24 @@ impl PgCluster {
         if opts.ssl {
             let tls = pg.base_dir.join("tls");
             generate_tls(&tls);
-            write_pg_file(&pg.datadir.join("server.crt"), &fs::read(tls.join("server.crt")).unwrap(), 0o644);
-            write_pg_file(&pg.datadir.join("server.key"), &fs::read(tls.join("server.key")).unwrap(), 0o600);
+            write_pg_file(
+                &pg.datadir.join("server.crt"),
+                &fs::read(tls.join("server.crt")).unwrap(),
+                0o644,
+            );
+            write_pg_file(
+                &pg.datadir.join("server.key"),
+                &fs::read(tls.join("server.key")).unwrap(),
+                0o600,
+            );
             pg.ca_cert = Some(tls.join("ca.crt"));
         }
         append_file(&pg.datadir.join("postgresql.conf"), &harness_conf(&opts));
-        write_pg_file(&pg.datadir.join("pg_hba.conf"), hba_conf(opts.ssl).as_bytes(), 0o600);
+        write_pg_file(
+            &pg.datadir.join("pg_hba.conf"),
+            hba_conf(opts.ssl).as_bytes(),
+            0o600,
+        );
 
         pg.start_fresh_port(Duration::from_secs(PG_CTL_TIMEOUT_S as u64));
         if opts.create_roles {
@@ -769,7 +872,9 @@ impl PgCluster {
         if fs::rename(src, &pg.datadir).is_err() {
             fs::create_dir_all(&pg.datadir).unwrap();
             let mut c = Command::new("cp");
-            c.arg("-a").arg(format!("{}/.", src.display())).arg(&pg.datadir);
+            c.arg("-a")
+                .arg(format!("{}/.", src.display()))
+                .arg(&pg.datadir);
             run_ok(&mut c, Duration::from_secs(600));
         }
         chown_tree_to_pg_user(&pg.datadir);
@@ -828,7 +933,8 @@ impl PgCluster {
                 Ok(()) => return,
                 Err(e) => {
                     let log = fs::read(&self.log_path).unwrap_or_default();
-                    let new = String::from_utf8_lossy(&log[(log_before as usize).min(log.len())..]).into_owned();
+                    let new = String::from_utf8_lossy(&log[(log_before as usize).min(log.len())..])
+                        .into_owned();
                     if new.contains("could not bind") || new.contains("Address already in use") {
                         last = e;
                         continue;
@@ -837,7 +943,10 @@ impl PgCluster {
                 }
             }
         }
-        panic!("could not start PostgreSQL {} after 5 port attempts: {last}", self.major);
+        panic!(
+            "could not start PostgreSQL {} after 5 port attempts: {last}",
+            self.major
+        );
     }
 
     fn pg_ctl_start(&self, timeout: Duration) -> Result<(), String> {
@@ -925,7 +1034,16 @@ impl PgCluster {
         let mut c = clean_command(self.bin("psql"));
         c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", db, "-f", "-"]);
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                db,
+                "-f",
+                "-",
+            ]);
         let out = run_timeout(&mut c, CMD_TIMEOUT, Some(sql.as_bytes()))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -943,7 +1061,12 @@ impl PgCluster {
     /// stdin so multiple statements run separately); panics on failure; trimmed stdout.
     pub fn psql(&self, sql: &str) -> String {
         self.try_psql(sql).unwrap_or_else(|e| {
-            panic!("PostgreSQL {} port {}: {e}\nSQL: {sql}\n--- server log tail ---\n{}", self.major, self.port, self.log_tail())
+            panic!(
+                "PostgreSQL {} port {}: {e}\nSQL: {sql}\n--- server log tail ---\n{}",
+                self.major,
+                self.port,
+                self.log_tail()
+            )
         })
     }
 
@@ -951,7 +1074,17 @@ impl PgCluster {
     /// authentication paths. Err(stderr) on failure.
     pub fn psql_conninfo(&self, conninfo: &str, sql: &str) -> Result<String, String> {
         let mut c = clean_command(self.bin("psql"));
-        c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"]);
+        c.args([
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-f",
+            "-",
+        ]);
         let out = run_timeout(&mut c, CMD_TIMEOUT, Some(sql.as_bytes()))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -1006,18 +1139,31 @@ impl PgCluster {
     /// TLS with certificate + host name verification: `host=localhost hostaddr=127.0.0.1
     /// ... sslmode=verify-full sslrootcert=<ca>`.
     pub fn conninfo_verify_full(&self, user: &str, password: Option<&str>) -> String {
-        let ca = self.ca_cert.as_ref().expect("cluster was not started with ssl: true");
-        let mut s = format!("host=localhost hostaddr=127.0.0.1 port={} user={user}", self.port);
+        let ca = self
+            .ca_cert
+            .as_ref()
+            .expect("cluster was not started with ssl: true");
+        let mut s = format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user={user}",
+            self.port
+        );
         if let Some(p) = password {
             s.push_str(&format!(" password={p}"));
         }
-        s.push_str(&format!(" dbname=postgres sslmode=verify-full sslrootcert={}", ca.display()));
+        s.push_str(&format!(
+            " dbname=postgres sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ));
         s
     }
 
     /// libpq keyword string over the unix socket (trust auth for every role).
     pub fn socket_conninfo(&self, user: &str) -> String {
-        format!("host={} port={} user={user} dbname=postgres", self.socket_dir.display(), self.port)
+        format!(
+            "host={} port={} user={user} dbname=postgres",
+            self.socket_dir.display(),
+            self.port
+        )
     }
 
     /// CA certificate that signed the server cert (Some only with `ssl: true`).
@@ -1057,7 +1203,8 @@ impl PgCluster {
                 self.remove_stale_lock_files();
             }
         }
-        self.pg_ctl_start(Duration::from_secs(PG_CTL_TIMEOUT_S as u64)).unwrap_or_else(|e| panic!("{e}"));
+        self.pg_ctl_start(Duration::from_secs(PG_CTL_TIMEOUT_S as u64))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn restart(&self) {
@@ -1069,10 +1216,15 @@ impl PgCluster {
     /// exit on their own when they notice the postmaster died; SIGKILLed after 30 s).
     /// `start_again()` then performs crash recovery.
     pub fn kill9_postmaster(&self) {
-        let pid = self.postmaster_pid().expect("no postmaster.pid: server not running");
+        let pid = self
+            .postmaster_pid()
+            .expect("no postmaster.pid: server not running");
         let kids = children_of(pid);
         send_signal(pid, "KILL");
-        assert!(wait_dead(&[pid], Duration::from_secs(10)), "postmaster {pid} survived SIGKILL");
+        assert!(
+            wait_dead(&[pid], Duration::from_secs(10)),
+            "postmaster {pid} survived SIGKILL"
+        );
         if !wait_dead(&kids, Duration::from_secs(30)) {
             for k in &kids {
                 if pid_alive(*k) {
@@ -1117,7 +1269,9 @@ impl PgCluster {
             &clients.min(2).to_string(),
             "postgres",
         ]);
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         c.spawn().unwrap_or_else(|e| panic!("spawn pgbench: {e}"))
     }
 
@@ -1132,9 +1286,24 @@ impl PgCluster {
         let mut c = clean_command(self.bin("pg_basebackup"));
         c.arg("-D").arg(&sb.datadir);
         c.arg("-h").arg(&self.socket_dir);
-        c.args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-R", "-X", "stream", "-c", "fast", "-C", "-S", &slot, "--no-sync"]);
+        c.args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            SUPERUSER,
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-C",
+            "-S",
+            &slot,
+            "--no-sync",
+        ]);
         c.current_dir(&sb.base_dir);
-        let out = run_timeout(&mut as_pg_user(&c), Duration::from_secs(600), None).unwrap_or_else(|e| panic!("{e}"));
+        let out = run_timeout(&mut as_pg_user(&c), Duration::from_secs(600), None)
+            .unwrap_or_else(|e| panic!("{e}"));
         if !out.status.success() {
             panic!(
                 "pg_basebackup for standby failed ({}):\nstdout: {}\nstderr: {}\n--- primary log tail ---\n{}",
@@ -1158,7 +1327,11 @@ impl PgCluster {
         }
         sb.start_fresh_port(Duration::from_secs(PG_CTL_TIMEOUT_S as u64));
         sb.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(60));
-        sb.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", Duration::from_secs(60));
+        sb.wait_for(
+            "SELECT status FROM pg_stat_wal_receiver",
+            "streaming",
+            Duration::from_secs(60),
+        );
         sb
     }
 
@@ -1213,26 +1386,32 @@ impl PgCluster {
     /// The cluster's system identifier (pg_control_system()).
     pub fn system_identifier(&self) -> u64 {
         let s = self.psql("SELECT system_identifier FROM pg_control_system()");
-        s.parse().unwrap_or_else(|_| panic!("bad system identifier {s:?}"))
+        s.parse()
+            .unwrap_or_else(|_| panic!("bad system identifier {s:?}"))
     }
 
     /// WAL segment size in bytes.
     pub fn wal_segment_size(&self) -> u64 {
         // current_setting reports e.g. "16MB"; pg_settings.setting is in bytes on 11+.
         let s = self.psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'");
-        s.parse().unwrap_or_else(|_| panic!("bad wal_segment_size {s:?}"))
+        s.parse()
+            .unwrap_or_else(|_| panic!("bad wal_segment_size {s:?}"))
     }
 
     /// Last ~80 lines of the server log.
     pub fn log_tail(&self) -> String {
-        let s = fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let s = fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(80)..].join("\n")
     }
 
     /// Full server log.
     pub fn log(&self) -> String {
-        fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -1251,7 +1430,10 @@ impl Drop for PgCluster {
         if let Some(pid) = self.postmaster_pid() {
             if pid_alive(pid) {
                 let kids = children_of(pid);
-                let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"], Duration::from_secs(40));
+                let _ = self.pg_ctl(
+                    &["stop", "-m", "immediate", "-w", "-t", "30"],
+                    Duration::from_secs(40),
+                );
                 if pid_alive(pid) {
                     send_signal(pid, "KILL");
                     wait_dead(&[pid], Duration::from_secs(5));
@@ -1285,7 +1467,10 @@ impl Drop for PgCluster {
                 c.env("PGCONNECT_TIMEOUT", "3");
                 match run_timeout(&mut c, Duration::from_secs(10), None) {
                     Ok(o) if o.status.success() => break,
-                    Ok(o) if String::from_utf8_lossy(&o.stderr).contains("is active") && Instant::now() < deadline => {
+                    Ok(o)
+                        if String::from_utf8_lossy(&o.stderr).contains("is active")
+                            && Instant::now() < deadline =>
+                    {
                         thread::sleep(Duration::from_millis(100));
                     }
                     _ => break,
@@ -1293,10 +1478,16 @@ impl Drop for PgCluster {
             }
         }
         let keep = env::var_os("LIFEBOAT_KEEP_PG").is_some_and(|v| !v.is_empty() && v != "0")
-            || (panicking && env::var_os("LIFEBOAT_KEEP_PG_ON_FAILURE").is_some_and(|v| !v.is_empty() && v != "0"));
+            || (panicking
+                && env::var_os("LIFEBOAT_KEEP_PG_ON_FAILURE")
+                    .is_some_and(|v| !v.is_empty() && v != "0"));
         if let Some(t) = self.tmp.take() {
             if keep {
-                eprintln!("keeping PostgreSQL {} cluster dir {}", self.major, t.path().display());
+                eprintln!(
+                    "keeping PostgreSQL {} cluster dir {}",
+                    self.major,
+                    t.path().display()
+                );
                 std::mem::forget(t);
             } else if env::var_os("LIFEBOAT_SYNC_CLEANUP").is_none() {
                 // Deleting a freshly written data dir can take seconds (ext4 with `discard`,

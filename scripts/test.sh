@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests need (PostgreSQL 14-18, age, zstd, openssl), then runs the whole
+# suite: formatting, clippy, unit tests and the integration tests against real servers.
+#
+#   scripts/test.sh                         # everything
+#   LIFEBOAT_PG_MAJORS="15" scripts/test.sh # only some majors for the per-version tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test] %s\n' "$*" >&2; }
+
+need_apt=()
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v age-keygen >/dev/null || need_apt+=(age)
+command -v runuser >/dev/null || need_apt+=(util-linux)
+if ((${#need_apt[@]})); then
+  if [[ $(id -u) == 0 ]]; then
+    log "installing ${need_apt[*]}"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    log "missing ${need_apt[*]}: install them (apt-get install ${need_apt[*]})"; exit 1
+  fi
+fi
+
+bash scripts/install-pg.sh
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+log "cargo test"
+# Integration tests start several PostgreSQL servers each; two at a time fit 2 cores.
+cargo test --quiet -- --test-threads="${LIFEBOAT_TEST_THREADS:-2}"
