@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn ranges_merge_parts_and_segments_and_show_gaps() {
-        let keys = vec![
+        let keys = [
             segment_key(name(1, 1)),
             segment_key(name(1, 2)),
             part_key(name(1, 3), 0, 0x1000),

@@ -93,7 +93,7 @@ pub fn split_message(buf: &mut BytesMut) -> Result<Option<Backend>, ProtocolErro
     }
     let tag = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len < 4 || len > MAX_MESSAGE {
+    if !(4..=MAX_MESSAGE).contains(&len) {
         return Err(violation(format!(
             "message '{}' has impossible length {len}",
             tag as char

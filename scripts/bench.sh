@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Benchmarks, run side by side with the peers named in the issues; prints ratios.
+#
+#   scripts/bench.sh stream     # lifeboat stream --endpos vs pg_receivewal, same WAL range
+#
+# Env: LIFEBOAT_BENCH_MAJOR (default 15), LIFEBOAT_BENCH_WAL_MB (default 1536),
+#      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHAT="${1:-stream}"
+MAJOR="${LIFEBOAT_BENCH_MAJOR:-15}"
+WAL_MB="${LIFEBOAT_BENCH_WAL_MB:-1536}"
+ROUNDS="${LIFEBOAT_BENCH_ROUNDS:-2}"
+
+[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+command -v age-keygen >/dev/null || { apt-get update -qq && apt-get install -y -qq age >/dev/null; }
+LIFEBOAT_PG_MAJORS="$MAJOR" bash scripts/install-pg.sh >/dev/null
+if [[ -n "${LIFEBOAT_CACHE:-}" ]]; then CACHE="$LIFEBOAT_CACHE"
+elif [[ $(id -u) == 0 ]]; then CACHE=/var/cache/lifeboat
+else CACHE="$HOME/.cache/lifeboat"; fi
+BIN="$CACHE/pg/$MAJOR/bin"
+cargo build --release --quiet
+LB="$PWD/target/release/lifeboat"
+
+WORK=$(mktemp -d "${LIFEBOAT_BENCH_DIR:-/tmp}/lifeboat-bench.XXXXXX")
+chmod 755 "$WORK"
+AS=()
+if [[ $(id -u) == 0 ]]; then AS=(runuser -u lifeboat-test --); chown lifeboat-test "$WORK"; fi
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cleanup() {
+  "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"${AS[@]}" "$BIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-locale -E UTF8 -N >/dev/null
+cat >> "$WORK/data/postgresql.conf" <<EOF
+port = $PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 20
+max_wal_size = 8GB
+shared_buffers = 256MB
+EOF
+"${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
+PSQL=("$BIN/psql" -X -At -h "$WORK" -p "$PORT" -U postgres -d postgres)
+
+bench_stream() {
+  local slots=()
+  for i in $(seq 1 "$ROUNDS"); do slots+=("rw$i" "lb$i"); done
+  for s in "${slots[@]}"; do "${PSQL[@]}" -c "SELECT pg_create_physical_replication_slot('$s', true)" >/dev/null; done
+  local start
+  start=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
+  echo "generating ~${WAL_MB} MiB of WAL (pgbench tables plus random-ish text) from $start ..."
+  local rows=$((WAL_MB * 1024 * 1024 / 160))
+  "${PSQL[@]}" -c "CREATE TABLE filler AS SELECT g AS id, md5(g::text) || repeat(substr(md5((g*7)::text), 1, 16), 3) AS t FROM generate_series(1, $rows) g" >/dev/null
+  "${PSQL[@]}" -c "SELECT pg_switch_wal()" >/dev/null
+  local end
+  end=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
+  local mb
+  mb=$("${PSQL[@]}" -c "SELECT round(pg_wal_lsn_diff('$end', '$start') / 1048576)")
+  echo "range $start .. $end: $mb MiB of WAL"
+  age-keygen -o "$WORK/id.txt" 2>/dev/null
+  local rcpt
+  rcpt=$(age-keygen -y "$WORK/id.txt")
+
+  local rw_t=() rw_m=() lb_t=() lb_m=()
+  for i in $(seq 1 "$ROUNDS"); do
+    rm -rf "$WORK/rw"; mkdir -p "$WORK/rw"; sync
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "$BIN/pg_receivewal" -D "$WORK/rw" -h 127.0.0.1 -p "$PORT" -U postgres \
+      --slot "rw$i" --endpos "$end" -n
+    read -r t m < "$WORK/t"; rw_t+=("$t"); rw_m+=("$m")
+    echo "round $i pg_receivewal (fsync, uncompressed):     ${t}s, peak RSS $((m / 1024)) MiB"
+    rm -rf "$WORK/rw"
+
+    rm -rf "$WORK/arch" "$WORK/spool"; sync
+    cat > "$WORK/lb.toml" <<EOF
+[postgres]
+conninfo = "host=127.0.0.1 port=$PORT user=postgres sslmode=disable"
+slot = "lb$i"
+create_slot = false
+[encryption]
+recipients = ["$rcpt"]
+[wal]
+spool_dir = "$WORK/spool"
+[[storage]]
+name = "local"
+url = "file://$WORK/arch"
+EOF
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q stream --endpos "$end"
+    read -r t m < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
+    local stored
+    stored=$(du -sm "$WORK/arch" | cut -f1)
+    echo "round $i lifeboat stream (zstd, age, fsync'd):   ${t}s, peak RSS $((m / 1024)) MiB, stored ${stored} MiB"
+  done
+  python3 - "${rw_t[*]}" "${lb_t[*]}" "${lb_m[*]}" "$mb" <<'EOF'
+import sys
+rw = [float(x) for x in sys.argv[1].split()]
+lb = [float(x) for x in sys.argv[2].split()]
+rss = max(int(x) for x in sys.argv[3].split()) / 1024
+mb = float(sys.argv[4])
+b_rw, b_lb = min(rw), min(lb)
+print(f"\nstream benchmark, {mb:.0f} MiB of WAL, best of {len(rw)} alternating rounds")
+print(f"  pg_receivewal  {b_rw:7.2f} s  {mb / b_rw:7.1f} MiB/s")
+print(f"  lifeboat       {b_lb:7.2f} s  {mb / b_lb:7.1f} MiB/s  peak RSS {rss:.1f} MiB")
+print(f"  ratio lifeboat/pg_receivewal wall time: {b_lb / b_rw:.2f}x (target <= 1.0x); peak RSS target <= 64 MiB")
+EOF
+}
+
+case "$WHAT" in
+  stream) bench_stream ;;
+  *) echo "usage: scripts/bench.sh stream" >&2; exit 2 ;;
+esac
