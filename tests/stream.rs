@@ -20,7 +20,8 @@ fn lifeboat_for(pg: &PgCluster) -> Lb {
 /// position; every complete segment lifeboat serves equals pg_receivewal's byte for byte,
 /// and the partial last segment matches up to the end position.
 fn byte_identity(major: u32) {
-    let pg = PgCluster::start(major, ClusterOpts::default());
+    // Commits without waiting for the slow test disk, so pgbench writes WAL quickly.
+    let pg = PgCluster::start(major, ClusterOpts::default().conf("synchronous_commit = off"));
     pg.pgbench_init(4);
     let lb = lifeboat_for(&pg);
     let start = parse_lsn(&pg.current_lsn());
