@@ -21,7 +21,10 @@ fn lifeboat_for(pg: &PgCluster) -> Lb {
 /// and the partial last segment matches up to the end position.
 fn byte_identity(major: u32) {
     // Commits without waiting for the slow test disk, so pgbench writes WAL quickly.
-    let pg = PgCluster::start(major, ClusterOpts::default().conf("synchronous_commit = off"));
+    let pg = PgCluster::start(
+        major,
+        ClusterOpts::default().conf("synchronous_commit = off"),
+    );
     pg.pgbench_init(4);
     let lb = lifeboat_for(&pg);
     let start = parse_lsn(&pg.current_lsn());
@@ -44,13 +47,16 @@ fn byte_identity(major: u32) {
             .stderr(std::process::Stdio::piped());
         c.spawn().unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // pgbench's small transactions plus bulk inserts, so records of every size cross the
+    // segment boundaries, and enough WAL is written even on a slow disk.
+    pg.psql("CREATE TABLE filler(id int, t text)");
+    let deadline = Instant::now() + Duration::from_secs(300);
     while parse_lsn(&pg.current_lsn()) < endpos + SEG {
         assert!(
             Instant::now() < deadline,
-            "pgbench did not produce enough WAL"
+            "the load did not produce enough WAL"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        pg.psql("INSERT INTO filler SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
     }
     let _ = bench.kill();
     let _ = bench.wait();
