@@ -3,7 +3,7 @@
 #
 #   scripts/bench.sh stream     # lifeboat stream --endpos vs pg_receivewal, same WAL range
 #
-# Env: LIFEBOAT_BENCH_MAJOR (default 15), LIFEBOAT_BENCH_WAL_MB (default 1536),
+# Env: LIFEBOAT_BENCH_MAJOR (default 15), LIFEBOAT_BENCH_WAL_CONF (extra [wal] lines), LIFEBOAT_BENCH_WAL_MB (default 1536),
 #      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,8 @@ bench_stream() {
   local rows=$((WAL_MB * 1024 * 1024 / 160))
   "${PSQL[@]}" -c "CREATE TABLE filler AS SELECT g AS id, md5(g::text) || repeat(substr(md5((g*7)::text), 1, 16), 3) AS t FROM generate_series(1, $rows) g" >/dev/null
   "${PSQL[@]}" -c "SELECT pg_switch_wal()" >/dev/null
+  # Let the checkpoint write the generated data out before timing anything.
+  "${PSQL[@]}" -c "CHECKPOINT" >/dev/null; sync
   local end
   end=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
   local mb
@@ -85,6 +87,7 @@ create_slot = false
 recipients = ["$rcpt"]
 [wal]
 spool_dir = "$WORK/spool"
+${LIFEBOAT_BENCH_WAL_CONF:-}
 [[storage]]
 name = "local"
 url = "file://$WORK/arch"

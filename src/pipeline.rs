@@ -84,8 +84,17 @@ impl Sealer {
     }
 
     /// Seal everything `input` yields.
-    pub fn seal_reader(&self, mut input: impl Read) -> Result<Sealed, PipelineError> {
-        let mut w = self.writer(Vec::new())?;
+    pub fn seal_reader(&self, input: impl Read) -> Result<Sealed, PipelineError> {
+        self.seal_reader_with_capacity(input, 0)
+    }
+
+    /// Seal everything `input` yields into a buffer that starts with room for `hint` bytes.
+    pub fn seal_reader_with_capacity(
+        &self,
+        mut input: impl Read,
+        hint: usize,
+    ) -> Result<Sealed, PipelineError> {
+        let mut w = self.writer(Vec::with_capacity(hint))?;
         io::copy(&mut input, &mut w)?;
         let (bytes, plain_len, crc32) = w.finish()?;
         Ok(Sealed {

@@ -35,7 +35,7 @@ use crate::storage::Mirror;
 use crate::wal::{Lsn, SegmentName, TimelineHistory, TimelineId, WalSegSize};
 
 /// How many sealed-but-unstored jobs may be in flight (bounds memory).
-const PIPELINE_DEPTH: usize = 3;
+const PIPELINE_DEPTH: usize = 2;
 
 enum JobKind {
     Segment,
@@ -68,6 +68,8 @@ struct Uploader {
     sealer: Sealer,
     seg: WalSegSize,
     fsync: bool,
+    /// Sealing is CPU-bound: at most one job per core at a time.
+    sealing: std::sync::Arc<tokio::sync::Semaphore>,
     storer: JoinHandle<()>,
 }
 
@@ -128,6 +130,9 @@ impl Uploader {
             sealer,
             seg,
             fsync,
+            sealing: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             storer,
         }
     }
@@ -146,7 +151,14 @@ impl Uploader {
             JobKind::History { content, .. } => Some(content.clone()),
             _ => None,
         };
+        let permit = self
+            .sealing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| anyhow!("the archiving task stopped"))?;
         let handle = tokio::task::spawn_blocking(move || -> Result<Sealed, String> {
+            let _permit = permit;
             match (range, content) {
                 (Some((start, end)), _) => seal_range(&sealer, &spool, start, end, fsync)
                     .map_err(|e| format!("sealing {}: {e:#}", spool.display())),
@@ -171,7 +183,10 @@ fn seal_range(sealer: &Sealer, path: &Path, start: u64, end: u64, fsync: bool) -
         bail!("spool file has {len} bytes, expected at least {end}");
     }
     let reader = std::io::Read::take(RangeReader { f, pos: start }, end - start);
-    Ok(sealer.seal_reader(std::io::BufReader::with_capacity(256 * 1024, reader))?)
+    // WAL typically compresses 3-4x: reserve for that rather than growing by doubling.
+    let hint = ((end - start) / 3) as usize;
+    Ok(sealer
+        .seal_reader_with_capacity(std::io::BufReader::with_capacity(256 * 1024, reader), hint)?)
 }
 
 struct RangeReader {
