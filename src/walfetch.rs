@@ -35,6 +35,7 @@ pub async fn run(archive: &Archive, opener: &Opener, file: &str, dest: &Path) ->
         .ok_or_else(|| NotFound(format!("{file} (the archive is empty)")))?;
     let seg = WalSegSize::new(meta.wal_segment_size)?;
     let mut problems = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
     for p in &archive.mirror.providers {
         let res = match name {
             WalFileName::History(tli) => fetch_history(p.as_ref(), opener, tli, dest).await,
@@ -42,16 +43,17 @@ pub async fn run(archive: &Archive, opener: &Opener, file: &str, dest: &Path) ->
         };
         match res {
             Ok(true) => {
-                if !problems.is_empty() {
+                if !problems.is_empty() || !missing.is_empty() {
                     tracing::warn!(
                         provider = p.name(),
                         file,
+                        missing_on = ?missing,
                         "served from the fallback provider"
                     );
                 }
                 return Ok(());
             }
-            Ok(false) => {}
+            Ok(false) => missing.push(p.name().to_string()),
             Err(e) => {
                 tracing::warn!(provider = p.name(), file, error = %format!("{e:#}"), "unusable copy");
                 problems.push(format!("storage \"{}\": {e:#}", p.name()));

@@ -695,3 +695,87 @@ fn every_auth_method_and_tls_mode_streams() {
         .replace("host=localhost", "host=db.example");
     check_stream_error(&Lb::new(&bad), 1, "error: TLS handshake with db.example:");
 }
+
+#[test]
+fn two_file_providers_get_every_object_and_reads_fall_back() {
+    let pg = PgCluster::start(15, ClusterOpts::default());
+    let second = tempfile::tempdir().unwrap();
+    let lb = Lb::with(
+        &pg.conninfo(REPL_USER, Some(REPL_PASSWORD)),
+        "",
+        &format!(
+            "[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n",
+            second.path().display()
+        ),
+    );
+    lb.run_ok(
+        &["stream", "--endpos", &pg.current_lsn()],
+        Duration::from_secs(60),
+    );
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1200000) x");
+    let end = parse_lsn(&pg.switch_wal());
+    lb.run_ok(
+        &["stream", "--endpos", &fmt_lsn(end)],
+        Duration::from_secs(120),
+    );
+
+    let list = |root: &Path| {
+        let mut v = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    v.push(
+                        e.path()
+                            .strip_prefix(root)
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        v.sort();
+        v
+    };
+    let a = list(&lb.archive);
+    let b = list(second.path());
+    assert_eq!(a, b, "both providers hold the same objects");
+    let segs: Vec<&String> = a.iter().filter(|k| k.ends_with(".seg")).collect();
+    assert!(segs.len() >= 3, "{segs:?}");
+
+    // Lose a middle segment on the first provider: verify names the gap there and only
+    // there; wal-fetch serves it from the second provider and says so.
+    let lost = segs[1].clone();
+    std::fs::remove_file(lb.archive.join(&lost)).unwrap();
+    let (ok, report) = lb.verify(false);
+    assert!(!ok);
+    let name = Path::new(&lost).file_name().unwrap().to_string_lossy()[..24].to_string();
+    let seg_start = {
+        let segno = u64::from_str_radix(&name[8..16], 16).unwrap() * 256
+            + u64::from_str_radix(&name[16..24], 16).unwrap();
+        segno * SEG
+    };
+    assert_eq!(
+        report["providers"][0]["problems"],
+        serde_json::json!([format!(
+            "WAL gap {}–{} on timeline 1",
+            fmt_lsn(seg_start),
+            fmt_lsn(seg_start + SEG)
+        )])
+    );
+    assert_eq!(report["providers"][1]["problems"], serde_json::json!([]));
+    let dest = lb.dir.path().join(&name);
+    let out = lb.wal_fetch(&name, &dest);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("served from the fallback provider"));
+    // The slot keeps the server's copy until lifeboat acknowledged it, and no checkpoint
+    // ran since: the oracle is still there.
+    let live = std::fs::read(pg.wal_dir().join(&name)).expect("server still has the segment");
+    assert!(
+        std::fs::read(&dest).unwrap() == live,
+        "served segment equals the server's"
+    );
+}
