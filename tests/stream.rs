@@ -779,3 +779,47 @@ fn two_file_providers_get_every_object_and_reads_fall_back() {
         "served segment equals the server's"
     );
 }
+
+#[test]
+fn password_from_pgpass_and_pgpassword_and_uri() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgCluster::start(15, ClusterOpts::default());
+    // ~/.pgpass (lifeboat runs with HOME set to the workspace).
+    let lb = Lb::new(&format!(
+        "host=127.0.0.1 port={} user=lifeboat sslmode=disable",
+        pg.port
+    ));
+    let pgpass = lb.dir.path().join(".pgpass");
+    std::fs::write(
+        &pgpass,
+        format!(
+            "127.0.0.1:{}:replication:lifeboat:{REPL_PASSWORD}\n",
+            pg.port
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let end = pg.current_lsn();
+    lb.run_ok(&["stream", "--endpos", &end], Duration::from_secs(60));
+    pg.psql("SELECT pg_drop_replication_slot('lifeboat')");
+    // PGPASSWORD and PGPORT from the environment.
+    let lb = Lb::new("host=127.0.0.1 user=lifeboat sslmode=disable");
+    let mut c = lb.cmd();
+    c.env("PGPASSWORD", REPL_PASSWORD)
+        .env("PGPORT", pg.port.to_string())
+        .args(["stream", "--endpos", &end]);
+    let out = run_timeout(&mut c, Duration::from_secs(60), None).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg.psql("SELECT pg_drop_replication_slot('lifeboat')");
+    // A postgresql:// URI with a percent-encoded password.
+    let lb = Lb::new(&format!(
+        "postgresql://lifeboat:{}@127.0.0.1:{}/postgres?sslmode=disable",
+        REPL_PASSWORD.replace('-', "%2D"),
+        pg.port
+    ));
+    lb.run_ok(&["stream", "--endpos", &end], Duration::from_secs(60));
+}
