@@ -90,7 +90,21 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// Sealed WAL objects are multi-megabyte buffers allocated and freed on several threads.
+/// glibc raises its mmap threshold after the first such free and then keeps the freed
+/// blocks in per-thread arenas, which more than doubled peak RSS in the stream benchmark
+/// (67 MiB vs 25 MiB). A fixed threshold returns them to the system at once.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any other
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging(&cli);
     let rt = match tokio::runtime::Builder::new_multi_thread()
