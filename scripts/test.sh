@@ -30,4 +30,13 @@ log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 log "cargo test"
 # Integration tests start several PostgreSQL servers each; two at a time fit 2 cores.
-cargo test --quiet -- --test-threads="${LIFEBOAT_TEST_THREADS:-2}"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+set +e
+cargo test --lib --bins --tests -- --test-threads="${LIFEBOAT_TEST_THREADS:-2}" 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$out"
+exit "$status"
