@@ -21,7 +21,7 @@ impl Archive {
         let providers = cfg
             .storage
             .iter()
-            .map(|s| storage::open(&s.name, &s.url).map_err(|e| anyhow!(e)))
+            .map(|s| storage::open(s).map_err(|e| anyhow!(e)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Archive {
             mirror: Mirror::new(providers),

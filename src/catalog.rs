@@ -343,3 +343,188 @@ mod tests {
         assert!(objs[0].complete);
     }
 }
+
+// ------------------------------------------------------------------------------------
+// Base backups
+//
+// ```text
+// backups/<ID>/<TAR>.<SEQ>        part SEQ (6 decimal digits, from 000000) of tar TAR (sealed)
+// backups/<ID>/backup_manifest    PostgreSQL's backup manifest (sealed)
+// backups/<ID>/backup.json        the metadata (plain JSON), written last: the commit marker
+// ```
+// A backup exists only once its `backup.json` exists.
+
+pub const BACKUPS_PREFIX: &str = "backups/";
+pub const BACKUP_META_FILE: &str = "backup.json";
+
+pub fn backup_prefix(id: &str) -> String {
+    format!("{BACKUPS_PREFIX}{id}/")
+}
+
+pub fn backup_part_key(id: &str, tar: &str, seq: u32) -> String {
+    format!("{BACKUPS_PREFIX}{id}/{tar}.{seq:06}")
+}
+
+pub fn backup_manifest_key(id: &str) -> String {
+    format!("{BACKUPS_PREFIX}{id}/backup_manifest")
+}
+
+pub fn backup_meta_key(id: &str) -> String {
+    format!("{BACKUPS_PREFIX}{id}/{BACKUP_META_FILE}")
+}
+
+/// The backup id of a `backups/<ID>/backup.json` key.
+pub fn parse_backup_meta_key(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(BACKUPS_PREFIX)?;
+    let (id, file) = rest.split_once('/')?;
+    (file == BACKUP_META_FILE && is_backup_id(id)).then_some(id)
+}
+
+/// Backup ids are the UTC start time, `YYYYMMDDTHHMMSSZ`, optionally followed by `-N` when
+/// two backups start in the same second: they sort by time.
+pub fn is_backup_id(id: &str) -> bool {
+    let (base, suffix) = match id.split_once('-') {
+        Some((b, s)) => (b, Some(s)),
+        None => (id, None),
+    };
+    let b = base.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+        && suffix.map_or(true, |s| {
+            !s.is_empty() && s.len() <= 4 && s.bytes().all(|c| c.is_ascii_digit())
+        })
+}
+
+/// The backup id for a start time given as RFC 3339 seconds (`2026-11-24T08:30:12Z`).
+pub fn backup_id_from_rfc3339(t: &str) -> String {
+    t.chars().filter(|c| *c != '-' && *c != ':').collect()
+}
+
+impl<'de> Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One sealed part of a backup tar.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupPart {
+    pub key: String,
+    /// The tar this part belongs to (`base.tar`, `<oid>.tar`).
+    pub tar: String,
+    pub seq: u32,
+    pub plain_len: u64,
+    pub stored_len: u64,
+    /// CRC32 of the stored object, as in its trailer.
+    pub crc32: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupTablespace {
+    /// `None` for the base directory.
+    pub oid: Option<u32>,
+    pub location: Option<String>,
+    pub tar: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupExtension {
+    pub name: String,
+    pub version: String,
+}
+
+/// `backups/<ID>/backup.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupMeta {
+    pub format: u32,
+    pub id: String,
+    pub label: String,
+    pub system_identifier: String,
+    /// `server_version_num`, e.g. 170002.
+    pub pg_version: u32,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub end_timeline: u32,
+    pub end_lsn: Lsn,
+    pub start_time: String,
+    pub end_time: String,
+    pub plain_size: u64,
+    pub stored_size: u64,
+    pub tablespaces: Vec<BackupTablespace>,
+    pub parts: Vec<BackupPart>,
+    pub manifest: BackupPart,
+    /// `None` when they could not be read (the role may not be allowed to connect to a
+    /// database).
+    pub extensions: Option<Vec<BackupExtension>>,
+    pub shared_preload_libraries: Option<String>,
+    pub data_checksums: bool,
+    pub wal_segment_size: u64,
+    pub from_standby: bool,
+    pub created_by: String,
+}
+
+/// Whether the archived WAL `ranges` hold everything a backup needs: from its start on its
+/// start timeline to its end on its end timeline.
+pub fn wal_covers(ranges: &[WalRange], start_tli: u32, start: Lsn, end_tli: u32, end: Lsn) -> bool {
+    let has = |tli: u32, from: Lsn, to: Lsn| {
+        ranges
+            .iter()
+            .any(|r| r.timeline == tli && r.start_lsn <= from && r.end_lsn >= to)
+    };
+    if start_tli == end_tli {
+        has(start_tli, start, end)
+    } else {
+        // A timeline switch during the backup (backup from a standby that was promoted):
+        // the start and the end must each be covered on their own timeline.
+        has(start_tli, start, start) && has(end_tli, end, end)
+    }
+}
+
+#[cfg(test)]
+mod backup_tests {
+    use super::*;
+
+    #[test]
+    fn backup_keys() {
+        let id = backup_id_from_rfc3339("2026-11-24T08:30:12Z");
+        assert_eq!(id, "20261124T083012Z");
+        assert!(is_backup_id(&id));
+        assert!(is_backup_id("20261124T083012Z-2"));
+        assert!(!is_backup_id("20261124T083012"));
+        assert!(!is_backup_id("2026112xT083012Z"));
+        assert_eq!(
+            backup_part_key(&id, "base.tar", 7),
+            "backups/20261124T083012Z/base.tar.000007"
+        );
+        assert_eq!(
+            backup_manifest_key(&id),
+            "backups/20261124T083012Z/backup_manifest"
+        );
+        let m = backup_meta_key(&id);
+        assert_eq!(m, "backups/20261124T083012Z/backup.json");
+        assert_eq!(parse_backup_meta_key(&m), Some(id.as_str()));
+        assert_eq!(
+            parse_backup_meta_key("backups/20261124T083012Z/base.tar.000000"),
+            None
+        );
+        assert_eq!(parse_backup_meta_key("backups/junk/backup.json"), None);
+    }
+
+    #[test]
+    fn coverage() {
+        let r = |tli, s, e| WalRange {
+            timeline: tli,
+            start_lsn: Lsn(s),
+            end_lsn: Lsn(e),
+        };
+        let ranges = [r(1, 0x100, 0x500), r(1, 0x700, 0x900), r(2, 0x880, 0x1000)];
+        assert!(wal_covers(&ranges, 1, Lsn(0x100), 1, Lsn(0x500)));
+        assert!(!wal_covers(&ranges, 1, Lsn(0x400), 1, Lsn(0x800)));
+        assert!(!wal_covers(&ranges, 1, Lsn(0x0), 1, Lsn(0x200)));
+        assert!(wal_covers(&ranges, 1, Lsn(0x800), 2, Lsn(0x900)));
+        assert!(!wal_covers(&[], 1, Lsn(1), 1, Lsn(2)));
+    }
+}

@@ -18,7 +18,32 @@ pub struct Config {
     #[serde(default)]
     pub storage: Vec<StorageConfig>,
     #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
     pub retention: Option<toml::Value>,
+}
+
+/// The local spool: sealed objects wait there (fsync'd) until every provider has them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Most bytes held for providers that are down; past it lifeboat stops acknowledging.
+    #[serde(default = "default_spool_max")]
+    pub max_size: String,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_size: default_spool_max(),
+        }
+    }
+}
+
+fn default_spool_max() -> String {
+    "4GiB".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,9 +92,6 @@ pub struct WalConfig {
     /// zstd level for WAL objects.
     #[serde(default = "default_level")]
     pub compression_level: i32,
-    /// fsync the spool before each object leaves the host.
-    #[serde(default = "yes")]
-    pub spool_fsync: bool,
     /// How often a status update is sent even when nothing changed.
     #[serde(default = "default_status_interval")]
     pub status_interval: String,
@@ -81,7 +103,6 @@ impl Default for WalConfig {
             max_delay: default_max_delay(),
             spool_dir: default_spool(),
             compression_level: default_level(),
-            spool_fsync: true,
             status_interval: default_status_interval(),
         }
     }
@@ -102,6 +123,56 @@ fn default_level() -> i32 {
     1
 }
 
+/// `[backup]`: base backups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Size of the parts a tar stream is cut into, e.g. "64MiB". Memory use of a backup is
+    /// about (cores + 2) parts.
+    #[serde(default = "default_part_size")]
+    pub part_size: String,
+    /// Server-side rate limit in kB/s (BASE_BACKUP MAX_RATE, 32..=1048576).
+    pub max_rate: Option<u32>,
+    /// zstd level for backup parts.
+    #[serde(default = "default_backup_level")]
+    pub compression_level: i32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            part_size: default_part_size(),
+            max_rate: None,
+            compression_level: default_backup_level(),
+        }
+    }
+}
+
+fn default_part_size() -> String {
+    "64MiB".into()
+}
+fn default_backup_level() -> i32 {
+    3
+}
+
+/// Parse a byte size: a number with an optional unit (B, kB/KiB, MB/MiB, GB/GiB; the
+/// decimal spellings mean powers of 1024, as PostgreSQL's own settings do).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("\"{s}\" is not a size"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("\"{s}\" has an unknown unit")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("\"{s}\" is too large"))
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -112,7 +183,41 @@ pub struct StorageConfig {
     pub force_path_style: Option<bool>,
     pub access_key_id_env: Option<String>,
     pub secret_access_key_env: Option<String>,
-    pub object_lock: Option<toml::Value>,
+    /// A named profile of the AWS shared config/credentials files, instead of the two
+    /// environment variables.
+    pub profile: Option<String>,
+    /// Write every object with an Object Lock retention date; the bucket must have Object
+    /// Lock enabled (checked at start).
+    pub object_lock: Option<ObjectLockConfig>,
+    /// When the SDK computes request checksums: "when_required" (the default for a custom
+    /// `endpoint`: S3-compatible servers break on the SDK's trailing checksums) or
+    /// "when_supported" (the default for AWS itself). Every put carries an explicit CRC32
+    /// header either way.
+    pub request_checksum_calculation: Option<ChecksumWhen>,
+    /// When the SDK validates response checksums; same values and defaults.
+    pub response_checksum_validation: Option<ChecksumWhen>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumWhen {
+    WhenSupported,
+    WhenRequired,
+}
+
+/// `object_lock = { mode = "governance"|"compliance", days = N }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockConfig {
+    pub mode: ObjectLockMode,
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectLockMode {
+    Governance,
+    Compliance,
 }
 
 /// A configuration error: what, where, and a hint.
@@ -170,6 +275,13 @@ impl Config {
                 "write a duration like \"1s\" or \"500ms\"",
             )
         })?;
+        parse_size(&self.spool.max_size).map_err(|m| {
+            err(
+                "spool.max_size",
+                m,
+                "write a size like \"4GiB\" or \"512MB\"",
+            )
+        })?;
         parse_duration(&self.wal.status_interval)
             .map_err(|m| err("wal.status_interval", m, "write a duration like \"10s\""))?;
         if !(1..=22).contains(&self.wal.compression_level) {
@@ -177,6 +289,33 @@ impl Config {
                 "wal.compression_level",
                 format!("{} is out of range", self.wal.compression_level),
                 "zstd levels run from 1 to 22; 1 is the default",
+            ));
+        }
+        match parse_size(&self.backup.part_size) {
+            Ok(n) if (1 << 20..=1 << 30).contains(&n) => {}
+            Ok(_) => {
+                return Err(err(
+                    "backup.part_size",
+                    format!("\"{}\" is out of range", self.backup.part_size),
+                    "parts are from 1MiB to 1GiB; 64MiB is the default",
+                ))
+            }
+            Err(m) => return Err(err("backup.part_size", m, "write a size like \"64MiB\"")),
+        }
+        if let Some(r) = self.backup.max_rate {
+            if !(32..=1_048_576).contains(&r) {
+                return Err(err(
+                    "backup.max_rate",
+                    format!("{r} is out of range"),
+                    "the rate is in kB/s, from 32 to 1048576, as PostgreSQL's MAX_RATE",
+                ));
+            }
+        }
+        if !(1..=22).contains(&self.backup.compression_level) {
+            return Err(err(
+                "backup.compression_level",
+                format!("{} is out of range", self.backup.compression_level),
+                "zstd levels run from 1 to 22; 3 is the default",
             ));
         }
         for (i, r) in self.encryption.recipients.iter().enumerate() {
@@ -197,9 +336,9 @@ impl Config {
                     "give every provider its own name",
                 ));
             }
-            if let Err(m) = crate::storage::open(&s.name, &s.url) {
+            if let Err((key, m)) = crate::storage::validate(s) {
                 return Err(err(
-                    &format!("storage[{i}].url"),
+                    &format!("storage[{i}].{key}"),
                     m,
                     "see the README's storage section",
                 ));
@@ -246,6 +385,15 @@ impl Config {
 
     pub fn max_delay(&self) -> Duration {
         parse_duration(&self.wal.max_delay).unwrap_or(Duration::from_secs(1))
+    }
+
+    pub fn spool_max_size(&self) -> u64 {
+        parse_size(&self.spool.max_size).unwrap_or(4 << 30)
+    }
+
+    /// `backup.part_size` in bytes (validated at load).
+    pub fn backup_part_size(&self) -> usize {
+        parse_size(&self.backup.part_size).unwrap_or(64 << 20) as usize
     }
 
     pub fn status_interval(&self) -> Duration {
@@ -308,6 +456,38 @@ mod tests {
                 .starts_with("c: wal.max_delay: \"soon\" is not a duration"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512MB"), Ok(512 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("1 kB"), Ok(1024));
+        assert_eq!(parse_size("lots"), Err("\"lots\" is not a size".into()));
+        assert_eq!(parse_size("5XB"), Err("\"5XB\" has an unknown unit".into()));
+        let e = Config::parse("[spool]\nmax_size = \"big\"\n", "c").unwrap_err();
+        assert_eq!(e.to_string(), "c: spool.max_size: \"big\" is not a size\nhint: write a size like \"4GiB\" or \"512MB\"");
+    }
+
+    #[test]
+    fn backup_table() {
+        let c = Config::parse("", "c").unwrap();
+        assert_eq!(c.backup_part_size(), 64 << 20);
+        assert_eq!(c.backup.compression_level, 3);
+        let c = Config::parse("[backup]\npart_size = \"2MiB\"\nmax_rate = 64\n", "c").unwrap();
+        assert_eq!(c.backup_part_size(), 2 << 20);
+        assert_eq!(c.backup.max_rate, Some(64));
+        let e = Config::parse("[backup]\nmax_rate = 1\n", "c").unwrap_err();
+        assert_eq!(e.to_string(), "c: backup.max_rate: 1 is out of range\nhint: the rate is in kB/s, from 32 to 1048576, as PostgreSQL's MAX_RATE");
+        let e = Config::parse("[backup]\npart_size = \"lots\"\n", "c").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c: backup.part_size: \"lots\" is not a size\nhint: write a size like \"64MiB\""
+        );
+        assert!(Config::parse("[backup]\nparts = 1\n", "c").is_err());
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512 kB"), Ok(512 << 10));
     }
 
     #[test]

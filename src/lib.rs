@@ -3,11 +3,15 @@
 //! the flush position reported to PostgreSQL never passes WAL that is not durably stored.
 
 pub mod archive;
+pub mod backup;
 pub mod catalog;
 pub mod config;
+pub mod list;
+pub mod outbox;
 pub mod pg;
 pub mod pipeline;
 pub mod protocol;
+pub mod s3;
 pub mod storage;
 pub mod stream;
 pub mod verify;

@@ -12,7 +12,7 @@ use lifeboat::archive::Archive;
 use lifeboat::config::{Config, ConfigError};
 use lifeboat::pipeline::Opener;
 use lifeboat::wal::Lsn;
-use lifeboat::{stream, verify, walfetch};
+use lifeboat::{backup, list, stream, verify, walfetch};
 
 const DEFAULT_CONFIG: &str = "/etc/lifeboat/lifeboat.toml";
 
@@ -66,6 +66,20 @@ enum Command {
     },
     /// The restore_command: write WAL file SEGMENT to DEST.
     WalFetch { segment: String, dest: PathBuf },
+    /// Take a base backup over BASE_BACKUP and archive it.
+    Backup {
+        /// The backup label (default: "lifeboat <ID>").
+        #[arg(long)]
+        label: Option<String>,
+        /// Request an immediate checkpoint instead of a spread one.
+        #[arg(long)]
+        fast: bool,
+        /// How long to wait for a running `lifeboat stream` to archive the backup's WAL.
+        #[arg(long, default_value = "60s")]
+        wal_timeout: String,
+    },
+    /// Backups and WAL coverage per timeline.
+    List,
 }
 
 /// A failure with its exit code.
@@ -241,6 +255,65 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     quiet: false,
                 })
             }
+        }
+        Command::Backup {
+            label,
+            fast,
+            wal_timeout,
+        } => {
+            cfg.require_for_writing(&cfg_path)
+                .map_err(|e| Failure::from(anyhow::Error::new(e)))?;
+            let wal_timeout =
+                humantime::parse_duration(wal_timeout.trim()).map_err(|e| Failure {
+                    code: 2,
+                    err: anyhow!("--wal-timeout: \"{wal_timeout}\" is not a duration ({e})"),
+                    quiet: false,
+                })?;
+            let out = backup::run(
+                &cfg,
+                backup::BackupOptions {
+                    label: label.clone(),
+                    fast: *fast,
+                    wal_timeout,
+                },
+            )
+            .await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).context("encoding the report")?
+                );
+            } else {
+                println!(
+                    "backup {}: {} parts, {} bytes ({} stored), WAL {} – {} on timeline {}, {}",
+                    out.meta.id,
+                    out.meta.parts.len(),
+                    out.meta.plain_size,
+                    out.meta.stored_size,
+                    out.meta.start_lsn,
+                    out.meta.end_lsn,
+                    out.meta.end_timeline,
+                    if out.restorable {
+                        "restorable"
+                    } else {
+                        "not restorable until its WAL is archived"
+                    }
+                );
+            }
+            Ok(())
+        }
+        Command::List => {
+            let archive = Archive::open(&cfg)?;
+            let report = list::run(&archive).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding the report")?
+                );
+            } else {
+                print!("{}", list::render(&report));
+            }
+            Ok(())
         }
         Command::WalFetch { segment, dest } => {
             let archive = Archive::open(&cfg)?;

@@ -1,4 +1,4 @@
-//! A small object-store trait, the `file://` backend and the mirror that writes every object
+//! A small object-store trait, the `file://` backend (the `s3://` one is in `crate::s3`) and the mirror that writes every object
 //! to all configured providers.
 //!
 //! Invariants:
@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use thiserror::Error;
+
+use crate::config::StorageConfig;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -60,26 +62,72 @@ pub trait ObjectStore: Send + Sync {
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<ObjectMeta>, StorageError>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>>;
+    /// Reach the provider and check that it can serve this configuration (bucket exists,
+    /// credentials work, Object Lock is there when asked for). Every other call does this
+    /// first, once; commands call it to fail early with a clear message.
+    fn check(&self) -> BoxFut<'_, Result<(), StorageError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
-/// Open a provider from its URL.
-pub fn open(name: &str, url: &str) -> Result<Arc<dyn ObjectStore>, String> {
+/// Check a provider's configuration without touching the network: `Err((key, message))`
+/// names the offending key of the `[[storage]]` entry.
+pub fn validate(cfg: &StorageConfig) -> Result<(), (&'static str, String)> {
+    let name = &cfg.name;
+    let url = &cfg.url;
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
-            return Err(format!(
-                "storage \"{name}\": url \"{url}\" must be an absolute path (hint: file:///var/lib/lifeboat/archive)"
+            return Err((
+                "url",
+                format!(
+                    "storage \"{name}\": url \"{url}\" must be an absolute path (hint: file:///var/lib/lifeboat/archive)"
+                ),
             ));
         }
-        return Ok(Arc::new(FileStore::new(name, PathBuf::from(path))));
+        let s3_only = [
+            ("endpoint", cfg.endpoint.is_some()),
+            ("region", cfg.region.is_some()),
+            ("force_path_style", cfg.force_path_style.is_some()),
+            ("access_key_id_env", cfg.access_key_id_env.is_some()),
+            ("secret_access_key_env", cfg.secret_access_key_env.is_some()),
+            ("profile", cfg.profile.is_some()),
+            ("object_lock", cfg.object_lock.is_some()),
+            (
+                "request_checksum_calculation",
+                cfg.request_checksum_calculation.is_some(),
+            ),
+            (
+                "response_checksum_validation",
+                cfg.response_checksum_validation.is_some(),
+            ),
+        ];
+        if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
+            return Err((
+                key,
+                format!(
+                    "storage \"{name}\": {key} applies to s3:// providers only, and url is file://"
+                ),
+            ));
+        }
+        return Ok(());
     }
     if url.starts_with("s3://") {
-        return Err(format!(
-            "storage \"{name}\": s3:// providers are not available in this build yet (hint: use a file:// provider)"
-        ));
+        return crate::s3::validate(cfg);
     }
-    Err(format!(
-        "storage \"{name}\": unsupported url \"{url}\" (hint: use file:///absolute/path)"
+    Err((
+        "url",
+        format!("storage \"{name}\": unsupported url \"{url}\" (hint: use file:///absolute/path or s3://bucket/prefix)"),
     ))
+}
+
+/// Open a provider from its configuration. Nothing is sent over the network yet: an S3
+/// provider checks its bucket (and Object Lock) on first use.
+pub fn open(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, String> {
+    validate(cfg).map_err(|(_, m)| m)?;
+    if let Some(path) = cfg.url.strip_prefix("file://") {
+        return Ok(Arc::new(FileStore::new(&cfg.name, PathBuf::from(path))));
+    }
+    Ok(Arc::new(crate::s3::S3Store::new(cfg)?))
 }
 
 /// The `file://` backend: one file per object under a root directory.

@@ -27,11 +27,11 @@ use tokio::task::JoinHandle;
 use crate::archive::Archive;
 use crate::catalog;
 use crate::config::Config;
+use crate::outbox::{Ack, Delivery, Outgoing};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::replication::{StartOutcome, StreamEvent};
 use crate::pg::{Connection, PgError};
 use crate::pipeline::{Sealed, Sealer};
-use crate::storage::Mirror;
 use crate::wal::{Lsn, SegmentName, TimelineHistory, TimelineId, WalSegSize};
 
 /// How many sealed-but-unstored jobs may be in flight (bounds memory).
@@ -59,26 +59,32 @@ struct Job {
     end: Lsn,
 }
 
-/// Sent by the storer for each job stored on every provider, in order.
-type Ack = Result<Lsn, String>;
-
 struct Uploader {
     queue: mpsc::Sender<(Job, JoinHandle<Result<Sealed, String>>)>,
     acks: mpsc::UnboundedReceiver<Ack>,
     sealer: Sealer,
     seg: WalSegSize,
-    fsync: bool,
     /// Sealing is CPU-bound: at most one job per core at a time.
     sealing: std::sync::Arc<tokio::sync::Semaphore>,
     storer: JoinHandle<()>,
+    _delivery: Delivery,
 }
 
 impl Uploader {
-    fn start(mirror: Mirror, sealer: Sealer, seg: WalSegSize, fsync: bool) -> Uploader {
+    fn start(
+        providers: Vec<std::sync::Arc<dyn crate::storage::ObjectStore>>,
+        sealer: Sealer,
+        seg: WalSegSize,
+        outbox: PathBuf,
+        max_spool: u64,
+    ) -> Result<Uploader> {
         let (tx, mut rx) =
             mpsc::channel::<(Job, JoinHandle<Result<Sealed, String>>)>(PIPELINE_DEPTH);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let delivery = Delivery::start(providers, outbox, max_spool, ack_tx.clone())?;
+        let input = delivery.input.clone();
         let storer = tokio::spawn(async move {
+            // Sealing runs in parallel; objects leave in submission order.
             while let Some((job, handle)) = rx.recv().await {
                 let sealed = match handle.await {
                     Ok(Ok(s)) => s,
@@ -98,49 +104,39 @@ impl Uploader {
                         catalog::history_key(job.name.tli, *parent, *switch)
                     }
                 };
-                let data = Bytes::from(sealed.bytes);
-                let mut backoff = Duration::from_millis(500);
-                loop {
-                    match mirror.put(&key, data.clone()).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::error!(error = %e, key, retry_in = ?backoff, "archiving failed; WAL stays unacknowledged and the slot keeps it");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
-                        }
-                    }
-                }
-                tracing::debug!(key, stored = data.len(), plain = sealed.plain_len, end = %job.end, "archived");
                 let remove = match job.kind {
                     JobKind::Segment => true,
                     JobKind::Part { last, .. } => last,
                     JobKind::History { .. } => false,
                 };
-                if remove {
-                    let _ = std::fs::remove_file(&job.spool);
-                }
-                if ack_tx.send(Ok(job.end)).is_err() {
+                tracing::debug!(key, stored = sealed.bytes.len(), plain = sealed.plain_len, end = %job.end, "sealed");
+                let out = Outgoing {
+                    key,
+                    end: Some(job.end),
+                    bytes: Bytes::from(sealed.bytes),
+                    remove_after: remove.then_some(job.spool),
+                };
+                if input.send(out).await.is_err() {
                     return;
                 }
             }
         });
-        Uploader {
+        Ok(Uploader {
             queue: tx,
             acks: ack_rx,
             sealer,
             seg,
-            fsync,
             sealing: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             storer,
-        }
+            _delivery: delivery,
+        })
     }
 
     async fn submit(&self, job: Job) -> Result<()> {
         let sealer = self.sealer.clone();
         let seg = self.seg.bytes();
-        let fsync = self.fsync;
         let spool = job.spool.clone();
         let range = match &job.kind {
             JobKind::Segment => Some((0, seg)),
@@ -160,7 +156,7 @@ impl Uploader {
         let handle = tokio::task::spawn_blocking(move || -> Result<Sealed, String> {
             let _permit = permit;
             match (range, content) {
-                (Some((start, end)), _) => seal_range(&sealer, &spool, start, end, fsync)
+                (Some((start, end)), _) => seal_range(&sealer, &spool, start, end)
                     .map_err(|e| format!("sealing {}: {e:#}", spool.display())),
                 (None, Some(c)) => sealer.seal(&c).map_err(|e| e.to_string()),
                 (None, None) => Err("empty job".into()),
@@ -173,11 +169,8 @@ impl Uploader {
     }
 }
 
-fn seal_range(sealer: &Sealer, path: &Path, start: u64, end: u64, fsync: bool) -> Result<Sealed> {
+fn seal_range(sealer: &Sealer, path: &Path, start: u64, end: u64) -> Result<Sealed> {
     let f = File::open(path)?;
-    if fsync {
-        f.sync_data()?;
-    }
     let len = f.metadata()?.len();
     if len < end {
         bail!("spool file has {len} bytes, expected at least {end}");
@@ -382,11 +375,12 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     histories.extend(inv.histories.keys().copied());
                 }
                 let uploader = Uploader::start(
-                    archive.mirror.clone(),
+                    archive.mirror.providers.clone(),
                     sealer.clone(),
                     seg,
-                    cfg.wal.spool_fsync,
-                );
+                    cfg.wal.spool_dir.join("outbox"),
+                    cfg.spool_max_size(),
+                )?;
                 streamer.insert(Streamer {
                     system_id: ident.system_id,
                     uploader,

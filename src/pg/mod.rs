@@ -1,6 +1,7 @@
 //! The native PostgreSQL client: connection, TLS, authentication and the replication
 //! commands. It knows nothing about storage.
 
+pub mod basebackup;
 pub mod conn;
 pub mod conninfo;
 pub mod replication;

@@ -1,0 +1,546 @@
+//! `lifeboat backup`: a base backup over BASE_BACKUP, streamed into the archive.
+//!
+//! One task owns the replication connection and reads the backup's events. Each tar stream
+//! is cut into parts of `backup.part_size`; a full part is sealed (zstd, age, CRC32) on a
+//! blocking thread and then written to every provider, while the connection keeps reading.
+//!
+//! Invariants:
+//! - At most `cores + 1` parts are in flight (being sealed or stored), plus the one being
+//!   filled: memory is bounded by about `(cores + 2) × part_size` × 2 whatever the size of
+//!   the database. When all slots are taken, reading stops and the server waits (TCP
+//!   backpressure).
+//! - `backups/<ID>/backup.json` is written last, after every part and the manifest are on
+//!   every provider: a backup without it does not exist (`list` ignores it). An interrupted
+//!   backup leaves only unreferenced parts.
+//! - The database is read once, however many providers there are.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::archive::Archive;
+use crate::catalog::{self, BackupExtension, BackupMeta, BackupPart, BackupTablespace, WalRange};
+use crate::config::Config;
+use crate::pg::basebackup::{BackupRequest, BaseBackup, Event};
+use crate::pg::conninfo::ConnParams;
+use crate::pg::{Connection, PgError};
+use crate::pipeline::Sealer;
+use crate::storage::Mirror;
+use crate::wal::{Lsn, TimelineId, WalSegSize};
+
+pub struct BackupOptions {
+    pub label: Option<String>,
+    pub fast: bool,
+    /// How long to wait for the streamer to archive the backup's WAL.
+    pub wal_timeout: Duration,
+}
+
+/// What `backup` did.
+#[derive(Debug, Serialize)]
+pub struct BackupOutcome {
+    #[serde(flatten)]
+    pub meta: BackupMeta,
+    /// The WAL from start to end is archived on every provider.
+    pub restorable: bool,
+}
+
+/// Cuts tar streams into parts and seals and stores them in parallel, bounded.
+struct PartWriter {
+    mirror: Mirror,
+    sealer: Sealer,
+    id: String,
+    part_size: usize,
+    slots: Arc<Semaphore>,
+    tasks: JoinSet<Result<BackupPart>>,
+    done: Vec<BackupPart>,
+    /// The tar being received: name, next sequence number, buffered bytes.
+    cur: Option<(String, u32, Vec<u8>)>,
+}
+
+impl PartWriter {
+    fn new(mirror: Mirror, sealer: Sealer, id: String, part_size: usize) -> PartWriter {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        PartWriter {
+            mirror,
+            sealer,
+            id,
+            part_size,
+            slots: Arc::new(Semaphore::new(cores + 1)),
+            tasks: JoinSet::new(),
+            done: Vec::new(),
+            cur: None,
+        }
+    }
+
+    /// Collect finished parts; fail on the first error.
+    fn reap(&mut self) -> Result<()> {
+        while let Some(r) = self.tasks.try_join_next() {
+            self.done
+                .push(r.map_err(|e| anyhow!("a part task failed: {e}"))??);
+        }
+        Ok(())
+    }
+
+    async fn begin_tar(&mut self, name: String) -> Result<()> {
+        self.end_tar().await?;
+        if self.done.iter().any(|p| p.tar == name) {
+            bail!("the server sent archive {name} twice");
+        }
+        self.cur = Some((name, 0, Vec::with_capacity(self.part_size)));
+        Ok(())
+    }
+
+    async fn push(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let part_size = self.part_size;
+            let (_, _, buf) = self
+                .cur
+                .as_mut()
+                .ok_or_else(|| anyhow!("the server sent archive data before an archive began"))?;
+            let n = (part_size - buf.len()).min(data.len());
+            buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if buf.len() == part_size {
+                self.flush_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand the buffered bytes of the current tar to a sealing task.
+    async fn flush_part(&mut self) -> Result<()> {
+        let part_size = self.part_size;
+        let Some((tar, seq, buf)) = self.cur.as_mut() else {
+            return Ok(());
+        };
+        let data = std::mem::replace(buf, Vec::with_capacity(part_size));
+        let (tar, this) = (tar.clone(), *seq);
+        *seq += 1;
+        self.reap()?;
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let key = catalog::backup_part_key(&self.id, &tar, this);
+        let sealer = self.sealer.clone();
+        let mirror = self.mirror.clone();
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let plain_len = data.len() as u64;
+            let sealed = tokio::task::spawn_blocking(move || sealer.seal(&data))
+                .await
+                .map_err(|e| anyhow!("sealing task failed: {e}"))??;
+            let part = BackupPart {
+                key: key.clone(),
+                tar,
+                seq: this,
+                plain_len,
+                stored_len: sealed.stored_len(),
+                crc32: sealed.crc32,
+            };
+            mirror.put(&key, Bytes::from(sealed.bytes)).await?;
+            tracing::debug!(
+                key,
+                plain = plain_len,
+                stored = part.stored_len,
+                "part stored"
+            );
+            Ok(part)
+        });
+        Ok(())
+    }
+
+    /// The current tar is complete: its last (possibly short) part goes out.
+    async fn end_tar(&mut self) -> Result<()> {
+        if self.cur.is_some() {
+            self.flush_part().await?;
+            self.cur = None;
+        }
+        Ok(())
+    }
+
+    /// Wait for every part; returns them in (tar order of `tars`, seq) order.
+    async fn finish(mut self, tars: &[String]) -> Result<Vec<BackupPart>> {
+        self.end_tar().await?;
+        while let Some(r) = self.tasks.join_next().await {
+            self.done
+                .push(r.map_err(|e| anyhow!("a part task failed: {e}"))??);
+        }
+        let order = |t: &str| tars.iter().position(|x| x == t).unwrap_or(usize::MAX);
+        self.done.sort_by_key(|p| (order(&p.tar), p.seq));
+        Ok(self.done)
+    }
+}
+
+/// Progress on a terminal (indicatif) or in the logs.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    bytes: u64,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total.max(1));
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                )
+                .expect("a valid template"),
+            );
+            b
+        });
+        Progress {
+            bar,
+            total,
+            bytes: 0,
+            started: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.bytes += n;
+        if let Some(b) = &self.bar {
+            if self.bytes > self.total {
+                self.total = self.bytes;
+                b.set_length(self.total);
+            }
+            b.set_position(self.bytes);
+        } else if self.last_log.elapsed() >= Duration::from_secs(10) {
+            self.last_log = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            let rate = self.bytes as f64 / secs;
+            let eta = (self.total.saturating_sub(self.bytes) as f64 / rate.max(1.0)) as u64;
+            tracing::info!(
+                bytes = self.bytes,
+                total_estimate = self.total,
+                rate_bytes_per_sec = rate as u64,
+                eta_secs = eta,
+                "backup progress"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Extensions through an ordinary connection to the conninfo's database (default
+/// `postgres`).
+async fn read_extensions(params: &ConnParams) -> Result<Vec<BackupExtension>, PgError> {
+    let mut p = params.clone();
+    if p.dbname.is_none() {
+        p.dbname = Some("postgres".into());
+    }
+    let mut c = Connection::connect(&p, false).await?;
+    let r = c
+        .query_one_set("SELECT extname, extversion FROM pg_catalog.pg_extension ORDER BY extname")
+        .await?;
+    c.close().await;
+    Ok(r.rows
+        .into_iter()
+        .map(|row| BackupExtension {
+            name: row.first().cloned().flatten().unwrap_or_default(),
+            version: row.get(1).cloned().flatten().unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// A fresh backup id for `start_time` on the first provider.
+async fn fresh_id(mirror: &Mirror, start_time: &str) -> Result<String> {
+    let base = catalog::backup_id_from_rfc3339(start_time);
+    let first = mirror
+        .providers
+        .first()
+        .ok_or_else(|| anyhow!("no storage provider"))?;
+    for n in 0..1000u32 {
+        let id = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        if first.list(&catalog::backup_prefix(&id)).await?.is_empty() {
+            return Ok(id);
+        }
+    }
+    bail!("cannot find a free backup id for {start_time}")
+}
+
+/// Whether every provider holds the WAL the backup needs.
+async fn wal_archived(
+    archive: &Archive,
+    seg: WalSegSize,
+    m: &BackupMeta,
+) -> Result<(bool, Vec<WalRange>)> {
+    let mut all = true;
+    let mut first_ranges = Vec::new();
+    for (i, p) in archive.mirror.providers.iter().enumerate() {
+        let ranges = archive.inventory(p.as_ref(), seg).await?.ranges(seg);
+        if !catalog::wal_covers(&ranges, m.timeline, m.start_lsn, m.end_timeline, m.end_lsn) {
+            all = false;
+        }
+        if i == 0 {
+            first_ranges = ranges;
+        }
+    }
+    Ok((all, first_ranges))
+}
+
+/// Take a base backup and archive it.
+pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
+    let params = ConnParams::parse_with_process_env(&cfg.postgres.conninfo)
+        .map_err(|e| anyhow!("postgres.conninfo: {e}"))?;
+    let sealer = Sealer::new(&cfg.encryption.recipients, cfg.backup.compression_level)?;
+    let archive = Archive::open(cfg)?;
+
+    let mut conn = Connection::connect(&params, true).await?;
+    let ident = conn.identify_system().await?;
+    let seg = conn.wal_segment_size().await?;
+    archive.ensure_meta(ident.system_id, seg).await?;
+    let pg_version: u32 = conn
+        .show("server_version_num")
+        .await?
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("the server sent an unreadable server_version_num"))?;
+    let data_checksums = conn.show("data_checksums").await? == "on";
+    let shared_preload_libraries = conn.show("shared_preload_libraries").await.ok();
+    let from_standby = conn
+        .show("in_hot_standby")
+        .await
+        .map(|v| v == "on")
+        .unwrap_or(false);
+    let extensions = match read_extensions(&params).await {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the installed extensions through an ordinary connection; recording them as unknown");
+            None
+        }
+    };
+
+    let start_time = now_rfc3339();
+    let id = fresh_id(&archive.mirror, &start_time).await?;
+    let label = opts
+        .label
+        .clone()
+        .unwrap_or_else(|| format!("lifeboat {id}"));
+    let req = BackupRequest {
+        label: label.clone(),
+        fast: opts.fast,
+        max_rate: cfg.backup.max_rate,
+    };
+    tracing::info!(
+        id,
+        label,
+        fast = opts.fast,
+        server = conn.target,
+        "starting base backup"
+    );
+
+    let result = stream_backup(&mut conn, &req, &archive, &sealer, &id, cfg).await;
+    let (start, parts, manifest, tablespaces, end_lsn, end_tli) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            cleanup(&archive.mirror, &id).await;
+            return Err(e);
+        }
+    };
+    conn.close().await;
+
+    let end_time = now_rfc3339();
+    let plain_size: u64 = parts.iter().map(|p| p.plain_len).sum();
+    let stored_size: u64 = parts.iter().map(|p| p.stored_len).sum::<u64>() + manifest.stored_len;
+    let meta = BackupMeta {
+        format: catalog::FORMAT_VERSION,
+        id: id.clone(),
+        label,
+        system_identifier: ident.system_id.to_string(),
+        pg_version,
+        timeline: start.1 .0,
+        start_lsn: start.0,
+        end_timeline: end_tli.0,
+        end_lsn,
+        start_time,
+        end_time,
+        plain_size,
+        stored_size,
+        tablespaces,
+        parts,
+        manifest,
+        extensions,
+        shared_preload_libraries,
+        data_checksums,
+        wal_segment_size: seg.bytes(),
+        from_standby,
+        created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+    };
+    let body = serde_json::to_vec_pretty(&meta).context("encoding backup.json")?;
+    if let Err(e) = archive
+        .mirror
+        .put(&catalog::backup_meta_key(&id), Bytes::from(body))
+        .await
+    {
+        cleanup(&archive.mirror, &id).await;
+        return Err(e.into());
+    }
+    tracing::info!(
+        id,
+        start = %meta.start_lsn,
+        end = %meta.end_lsn,
+        plain = meta.plain_size,
+        stored = meta.stored_size,
+        parts = meta.parts.len(),
+        "base backup stored"
+    );
+
+    // The backup is written; it is restorable once its WAL is archived.
+    let deadline = Instant::now() + opts.wal_timeout;
+    let restorable = loop {
+        let (ok, _) = wal_archived(&archive, seg, &meta).await?;
+        if ok || Instant::now() >= deadline {
+            break ok;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    if restorable {
+        tracing::info!(id, "the backup's WAL is archived: the backup is restorable");
+    } else {
+        tracing::warn!(
+            "backup {id} is not restorable yet: WAL {} – {} on timeline {} is not archived (hint: a lifeboat stream must be running for this cluster; the backup becomes restorable as soon as it has archived that WAL)",
+            meta.start_lsn,
+            meta.end_lsn,
+            meta.end_timeline
+        );
+    }
+    Ok(BackupOutcome { meta, restorable })
+}
+
+type Streamed = (
+    (Lsn, TimelineId),
+    Vec<BackupPart>,
+    BackupPart,
+    Vec<BackupTablespace>,
+    Lsn,
+    TimelineId,
+);
+
+async fn stream_backup(
+    conn: &mut Connection,
+    req: &BackupRequest,
+    archive: &Archive,
+    sealer: &Sealer,
+    id: &str,
+    cfg: &Config,
+) -> Result<Streamed> {
+    let mut bb = BaseBackup::begin(conn, req).await?;
+    let start = (bb.start.start_lsn, bb.start.timeline);
+    tracing::info!(start = %start.0, timeline = %start.1, tablespaces = bb.start.tablespaces.len(), "backup started");
+    let mut tablespaces: Vec<BackupTablespace> = bb
+        .start
+        .tablespaces
+        .iter()
+        .map(|t| BackupTablespace {
+            oid: t.oid,
+            location: t.location.clone(),
+            tar: t.archive_name(),
+        })
+        .collect();
+    let mut progress = Progress::new(bb.start.estimated_size());
+    let mut writer = PartWriter::new(
+        archive.mirror.clone(),
+        sealer.clone(),
+        id.to_string(),
+        cfg.backup_part_size(),
+    );
+    let mut tars: Vec<String> = Vec::new();
+    let mut manifest: Option<Vec<u8>> = None;
+    let mut end = None;
+    while let Some(ev) = bb.next().await? {
+        match ev {
+            Event::Archive {
+                name,
+                tablespace_oid,
+                location,
+            } => {
+                if !tablespaces.iter().any(|t| t.tar == name) {
+                    tablespaces.push(BackupTablespace {
+                        oid: tablespace_oid,
+                        location,
+                        tar: name.clone(),
+                    });
+                }
+                tars.push(name.clone());
+                writer.begin_tar(name).await?;
+            }
+            Event::Data(d) => match manifest.as_mut() {
+                Some(m) => m.extend_from_slice(&d),
+                None => {
+                    progress.add(d.len() as u64);
+                    writer.push(&d).await?;
+                }
+            },
+            Event::Progress(_) => {}
+            Event::ManifestStart => {
+                writer.end_tar().await?;
+                manifest = Some(Vec::new());
+            }
+            Event::End { end_lsn, timeline } => end = Some((end_lsn, timeline)),
+        }
+    }
+    progress.finish();
+    let (end_lsn, end_tli) =
+        end.ok_or_else(|| anyhow!("the backup ended without an end position"))?;
+    let parts = writer.finish(&tars).await?;
+    let manifest = manifest.ok_or_else(|| anyhow!("the server sent no backup manifest"))?;
+    let key = catalog::backup_manifest_key(id);
+    let sealer = sealer.clone();
+    let plain_len = manifest.len() as u64;
+    let sealed = tokio::task::spawn_blocking(move || sealer.seal(&manifest))
+        .await
+        .map_err(|e| anyhow!("sealing task failed: {e}"))??;
+    let manifest_part = BackupPart {
+        key: key.clone(),
+        tar: "backup_manifest".into(),
+        seq: 0,
+        plain_len,
+        stored_len: sealed.stored_len(),
+        crc32: sealed.crc32,
+    };
+    archive.mirror.put(&key, Bytes::from(sealed.bytes)).await?;
+    tablespaces.retain(|t| tars.contains(&t.tar));
+    Ok((start, parts, manifest_part, tablespaces, end_lsn, end_tli))
+}
+
+/// Best effort: remove the objects of a failed backup (they are invisible anyway, having no
+/// backup.json; a provider that cannot delete keeps them until `prune`).
+async fn cleanup(mirror: &Mirror, id: &str) {
+    for p in &mirror.providers {
+        if !p.features().delete {
+            continue;
+        }
+        if let Ok(objs) = p.list(&catalog::backup_prefix(id)).await {
+            for o in objs {
+                let _ = p.delete(&o.key).await;
+            }
+        }
+    }
+}

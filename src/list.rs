@@ -1,0 +1,164 @@
+//! `lifeboat list`: the backups of the archive (those whose `backup.json` exists) and the
+//! WAL coverage per timeline, from the first provider's listing.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::archive::Archive;
+use crate::catalog::{self, BackupMeta, WalRange};
+use crate::wal::{Lsn, WalSegSize};
+
+#[derive(Debug, Serialize)]
+pub struct BackupSummary {
+    pub id: String,
+    pub label: String,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub start_time: String,
+    pub end_time: String,
+    /// The WAL from start to end is archived (on the first provider).
+    pub restorable: bool,
+    pub plain_size: u64,
+    pub stored_size: u64,
+    pub pg_version: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListReport {
+    pub backups: Vec<BackupSummary>,
+    pub wal: Vec<WalRange>,
+}
+
+impl BackupSummary {
+    pub fn new(m: &BackupMeta, wal: &[WalRange]) -> BackupSummary {
+        BackupSummary {
+            id: m.id.clone(),
+            label: m.label.clone(),
+            timeline: m.timeline,
+            start_lsn: m.start_lsn,
+            end_lsn: m.end_lsn,
+            start_time: m.start_time.clone(),
+            end_time: m.end_time.clone(),
+            restorable: catalog::wal_covers(
+                wal,
+                m.timeline,
+                m.start_lsn,
+                m.end_timeline,
+                m.end_lsn,
+            ),
+            plain_size: m.plain_size,
+            stored_size: m.stored_size,
+            pg_version: m.pg_version,
+        }
+    }
+}
+
+/// Every committed backup's metadata, oldest first.
+pub async fn backups(archive: &Archive) -> Result<Vec<BackupMeta>> {
+    let Some(p) = archive.mirror.providers.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for o in p.list(catalog::BACKUPS_PREFIX).await? {
+        if catalog::parse_backup_meta_key(&o.key).is_none() {
+            continue;
+        }
+        let Some(body) = p.get(&o.key).await? else {
+            continue;
+        };
+        let m: BackupMeta = serde_json::from_slice(&body)
+            .with_context(|| format!("storage \"{}\": {} is not valid", p.name(), o.key))?;
+        out.push(m);
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+pub async fn run(archive: &Archive) -> Result<ListReport> {
+    let Some(meta) = archive.meta().await? else {
+        return Ok(ListReport {
+            backups: Vec::new(),
+            wal: Vec::new(),
+        });
+    };
+    let seg =
+        WalSegSize::new(meta.wal_segment_size).map_err(|e| anyhow::anyhow!("archive.json: {e}"))?;
+    let first = archive
+        .mirror
+        .providers
+        .first()
+        .expect("an archive has at least one provider");
+    let wal = archive.inventory(first.as_ref(), seg).await?.ranges(seg);
+    let backups = backups(archive)
+        .await?
+        .iter()
+        .map(|m| BackupSummary::new(m, &wal))
+        .collect();
+    Ok(ListReport { backups, wal })
+}
+
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The human table.
+pub fn render(r: &ListReport) -> String {
+    let mut s = String::new();
+    if r.backups.is_empty() {
+        s.push_str("no backups\n");
+    } else {
+        s.push_str(&format!(
+            "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} LABEL\n",
+            "BACKUP", "TLI", "START LSN", "END LSN", "STARTED", "SIZE", "STORED", "RESTORABLE"
+        ));
+        for b in &r.backups {
+            s.push_str(&format!(
+                "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {}\n",
+                b.id,
+                b.timeline,
+                b.start_lsn.to_string(),
+                b.end_lsn.to_string(),
+                b.start_time,
+                human_size(b.plain_size),
+                human_size(b.stored_size),
+                if b.restorable { "yes" } else { "no (WAL)" },
+                b.label
+            ));
+        }
+    }
+    if r.wal.is_empty() {
+        s.push_str("no WAL archived\n");
+    } else {
+        s.push_str("WAL:\n");
+        for w in &r.wal {
+            s.push_str(&format!(
+                "  timeline {}: {} – {}\n",
+                w.timeline, w.start_lsn, w.end_lsn
+            ));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(10), "10 B");
+        assert_eq!(human_size(3 << 20), "3.0 MiB");
+    }
+}

@@ -1,0 +1,335 @@
+//! Delivery of sealed objects to every provider through an fsync'd outbox.
+//!
+//! Every sealed object is first written to `<spool>/outbox/` and fsync'd, then handed to
+//! one lane per provider. Each lane stores its objects strictly in order and retries with
+//! backoff; a provider that fails is marked down until a write succeeds again.
+//!
+//! Invariants:
+//! - An object's end position is acknowledged once, for every provider, it is stored there
+//!   or the provider is down and the object is in the fsync'd outbox (the documented
+//!   default policy). Acknowledgements are in order and never go backwards.
+//! - An outbox file is deleted only when every provider has stored it; after a crash the
+//!   outbox is replayed to every provider before anything newer.
+//! - When the outbox reaches its size limit no new object is accepted, so nothing more is
+//!   acknowledged: the replication slot holds the WAL on the server. This is logged loudly.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::storage::ObjectStore;
+use crate::wal::Lsn;
+
+/// A sealed object on its way out.
+pub struct Outgoing {
+    pub key: String,
+    /// The WAL position this object makes durable (`None`: acknowledges nothing).
+    pub end: Option<Lsn>,
+    pub bytes: Bytes,
+    /// A raw spool file that may go once the object is in the outbox.
+    pub remove_after: Option<PathBuf>,
+}
+
+struct Obj {
+    seq: u64,
+    key: String,
+    path: PathBuf,
+    len: u64,
+    /// The bytes while some provider may still need them soon; read from `path` otherwise.
+    mem: Mutex<Option<Bytes>>,
+}
+
+impl Obj {
+    fn body(&self) -> std::io::Result<Bytes> {
+        if let Some(b) = self.mem.lock().expect("not poisoned").clone() {
+            return Ok(b);
+        }
+        let raw = std::fs::read(&self.path)?;
+        let (_, body) = split_outbox_file(&raw).ok_or_else(|| {
+            std::io::Error::other(format!("outbox file {} is damaged", self.path.display()))
+        })?;
+        Ok(Bytes::copy_from_slice(body))
+    }
+}
+
+struct Entry {
+    obj: Arc<Obj>,
+    end: Option<Lsn>,
+    stored: Vec<bool>,
+}
+
+enum LaneEvent {
+    Stored(usize, u64),
+    Failed(usize, String),
+}
+
+pub type Ack = std::result::Result<Lsn, String>;
+
+/// Handle to the delivery task.
+pub struct Delivery {
+    pub input: mpsc::Sender<Outgoing>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn outbox_file_bytes(key: &str, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + key.len() + body.len());
+    v.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    v.extend_from_slice(key.as_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn split_outbox_file(raw: &[u8]) -> Option<(&str, &[u8])> {
+    let n = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?) as usize;
+    let key = std::str::from_utf8(raw.get(4..4 + n)?).ok()?;
+    Some((key, &raw[4 + n..]))
+}
+
+/// Objects left in the outbox by an earlier run, oldest first: (seq, key, path, len).
+pub fn leftovers(dir: &Path) -> Result<Vec<(u64, String, PathBuf, u64)>> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for e in rd {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(seq) = name
+            .strip_suffix(".obj")
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue; // temporary files of an interrupted write
+        };
+        let raw = std::fs::read(e.path())?;
+        match split_outbox_file(&raw) {
+            Some((key, body)) if crate::pipeline::check(body).is_ok() => {
+                out.push((seq, key.to_string(), e.path(), raw.len() as u64))
+            }
+            _ => {
+                tracing::warn!(file = %e.path().display(), "ignoring a damaged outbox file");
+            }
+        }
+    }
+    out.sort_by_key(|o| o.0);
+    Ok(out)
+}
+
+fn write_durably(dir: &Path, seq: u64, key: &str, body: &[u8]) -> std::io::Result<PathBuf> {
+    let path = dir.join(format!("{seq:020}.obj"));
+    let tmp = dir.join(format!("{seq:020}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&outbox_file_bytes(key, body))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(path)
+}
+
+impl Delivery {
+    /// Start delivering to `providers`, replaying what an earlier run left in `dir`.
+    /// Acknowledged end positions (or a fatal error) are sent on `ack_tx`.
+    pub fn start(
+        providers: Vec<Arc<dyn ObjectStore>>,
+        dir: PathBuf,
+        max_bytes: u64,
+        ack_tx: mpsc::UnboundedSender<Ack>,
+    ) -> Result<Delivery> {
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "cannot create the outbox {} (hint: check wal.spool_dir)",
+                dir.display()
+            )
+        })?;
+        let old = leftovers(&dir)?;
+        let (in_tx, mut in_rx) = mpsc::channel::<Outgoing>(1);
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<LaneEvent>();
+        let mut tasks = Vec::new();
+        let mut lanes = Vec::new();
+        for (i, p) in providers.iter().enumerate() {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Obj>>();
+            let ev = ev_tx.clone();
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(obj) = rx.recv().await {
+                    let mut backoff = Duration::from_millis(500);
+                    loop {
+                        let res = match obj.body() {
+                            Ok(b) => p.put(&obj.key, b).await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        match res {
+                            Ok(()) => {
+                                let _ = ev.send(LaneEvent::Stored(i, obj.seq));
+                                break;
+                            }
+                            Err(e) => {
+                                let _ = ev.send(LaneEvent::Failed(i, e));
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(30));
+                            }
+                        }
+                    }
+                }
+            }));
+            lanes.push(tx);
+        }
+        let names: Vec<String> = providers.iter().map(|p| p.name().to_string()).collect();
+        let n = providers.len();
+        let main = tokio::spawn(async move {
+            let mut pending: VecDeque<Entry> = VecDeque::new();
+            let mut healthy = vec![true; n];
+            let mut bytes_held: u64 = 0;
+            let mut next_seq: u64 = old.last().map_or(0, |o| o.0 + 1);
+            let mut ack_seq: Option<u64> = None;
+            let mut full_logged = false;
+            for (seq, key, path, len) in old {
+                tracing::info!(key, "replaying an object left in the outbox");
+                let obj = Arc::new(Obj {
+                    seq,
+                    key,
+                    path,
+                    len,
+                    mem: Mutex::new(None),
+                });
+                bytes_held += len;
+                for l in &lanes {
+                    let _ = l.send(obj.clone());
+                }
+                pending.push_back(Entry {
+                    obj,
+                    end: None,
+                    stored: vec![false; n],
+                });
+            }
+            loop {
+                let accept = bytes_held < max_bytes;
+                if !accept && !full_logged {
+                    tracing::error!(
+                        held = bytes_held,
+                        limit = max_bytes,
+                        "the spool is full while a provider is down: lifeboat stops acknowledging WAL, the replication slot keeps it on the server"
+                    );
+                    full_logged = true;
+                }
+                tokio::select! {
+                    ev = ev_rx.recv() => {
+                        let Some(ev) = ev else { return };
+                        match ev {
+                            LaneEvent::Stored(l, seq) => {
+                                if !healthy[l] {
+                                    tracing::warn!(provider = names[l], "provider is back: backfilling from the spool");
+                                }
+                                healthy[l] = true;
+                                if let Some(front) = pending.front() {
+                                    let idx = (seq - front.obj.seq) as usize;
+                                    if let Some(e) = pending.get_mut(idx) {
+                                        e.stored[l] = true;
+                                    }
+                                }
+                            }
+                            LaneEvent::Failed(l, err) => {
+                                if healthy[l] {
+                                    tracing::error!(provider = names[l], error = %err, "provider is down: WAL is held in the fsync'd spool for it and acknowledged from there");
+                                } else {
+                                    tracing::debug!(provider = names[l], error = %err, "still down");
+                                }
+                                healthy[l] = false;
+                                // It will read from the outbox files when it returns.
+                                for e in pending.iter().filter(|e| !e.stored[l]) {
+                                    *e.obj.mem.lock().expect("not poisoned") = None;
+                                }
+                            }
+                        }
+                    }
+                    out = in_rx.recv(), if accept => {
+                        let Some(out) = out else { return };
+                        let seq = next_seq;
+                        next_seq += 1;
+                        let dir2 = dir.clone();
+                        let key2 = out.key.clone();
+                        let body = out.bytes.clone();
+                        let written = tokio::task::spawn_blocking(move || write_durably(&dir2, seq, &key2, &body)).await;
+                        let path = match written {
+                            Ok(Ok(p)) => p,
+                            Ok(Err(e)) => {
+                                let _ = ack_tx.send(Err(format!("cannot write the spool outbox in {}: {e} (hint: free space there or set wal.spool_dir)", dir.display())));
+                                return;
+                            }
+                            Err(e) => {
+                                let _ = ack_tx.send(Err(format!("outbox task failed: {e}")));
+                                return;
+                            }
+                        };
+                        if let Some(raw) = out.remove_after {
+                            let _ = std::fs::remove_file(raw);
+                        }
+                        let len = out.bytes.len() as u64;
+                        bytes_held += len;
+                        full_logged = false;
+                        let keep_in_memory = healthy.iter().all(|h| *h);
+                        let obj = Arc::new(Obj {
+                            seq,
+                            key: out.key,
+                            path,
+                            len,
+                            mem: Mutex::new(keep_in_memory.then_some(out.bytes)),
+                        });
+                        for l in &lanes {
+                            let _ = l.send(obj.clone());
+                        }
+                        pending.push_back(Entry { obj, end: out.end, stored: vec![false; n] });
+                    }
+                }
+                // Acknowledge in order what every provider has, or holds in the spool.
+                let mut last = None;
+                for e in pending.iter() {
+                    if ack_seq.is_some_and(|a| e.obj.seq <= a) {
+                        continue;
+                    }
+                    if (0..n).all(|l| e.stored[l] || !healthy[l]) {
+                        ack_seq = Some(e.obj.seq);
+                        if e.end.is_some() {
+                            last = e.end;
+                        }
+                    } else {
+                        break;
+                    }
+                }
+                if let Some(end) = last {
+                    if ack_tx.send(Ok(end)).is_err() {
+                        return;
+                    }
+                }
+                // Forget what every provider has.
+                while pending.front().is_some_and(|e| e.stored.iter().all(|s| *s)) {
+                    let e = pending.pop_front().expect("checked");
+                    let _ = std::fs::remove_file(&e.obj.path);
+                    bytes_held = bytes_held.saturating_sub(e.obj.len);
+                }
+            }
+        });
+        tasks.push(main);
+        Ok(Delivery {
+            input: in_tx,
+            tasks,
+        })
+    }
+}

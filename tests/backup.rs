@@ -1,0 +1,387 @@
+//! `lifeboat backup` and `lifeboat list` against real PostgreSQL servers. The oracle is
+//! PostgreSQL's own `pg_verifybackup`, run on a data directory rebuilt from the archive
+//! (decrypted, decompressed, extracted) with the archived manifest.
+
+mod common;
+mod lb;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lb::*;
+use lifeboat::pipeline::Opener;
+
+const PARTS: &str = "[backup]\npart_size = \"1MiB\"\n";
+
+fn lifeboat_for(pg: &PgCluster, extra: &str) -> Lb {
+    Lb::with(&pg.conninfo(REPL_USER, Some(REPL_PASSWORD)), "", extra)
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON on stdout ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn list_json(lb: &Lb) -> serde_json::Value {
+    let out = lb.run(&["list", "--json"], Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_of(&out)
+}
+
+/// `lifeboat --json backup ARGS`, which must succeed; its report.
+fn backup_ok(lb: &Lb, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json", "backup"];
+    a.extend_from_slice(args);
+    let out = lb.run(&a, Duration::from_secs(600));
+    assert!(
+        out.status.success(),
+        "lifeboat backup failed ({}): {}\nstream log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        lb.stream_log()
+    );
+    json_of(&out)
+}
+
+/// Start a streamer and wait until it archives the server's current position, so that any
+/// backup taken afterwards has its WAL archived.
+fn start_streamer(pg: &PgCluster, lb: &Lb) -> std::process::Child {
+    let child = lb.spawn_stream();
+    let lsn = parse_lsn(&pg.current_lsn());
+    wait_archived(pg, lsn, Duration::from_secs(120), lb);
+    child
+}
+
+fn stop(mut child: std::process::Child) {
+    sigterm(&mut child);
+    wait_child(&mut child, Duration::from_secs(60), "lifeboat stream");
+}
+
+/// Rebuild a data directory from backup `id` of the archive, the way a restore would:
+/// every part decrypted and decompressed, concatenated per tar, extracted; tablespace tars
+/// into their own directories linked from pg_tblspc; the manifest as backup_manifest.
+fn rebuild(lb: &Lb, id: &str, dest: &Path) -> PathBuf {
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(lb.archive.join(format!("backups/{id}/backup.json"))).unwrap(),
+    )
+    .unwrap();
+    let opener = Opener::from_file(&lb.identity).unwrap();
+    let open = |key: &str| {
+        let stored = std::fs::read(lb.archive.join(key)).unwrap_or_else(|e| panic!("{key}: {e}"));
+        opener
+            .open(&stored)
+            .unwrap_or_else(|e| panic!("{key}: {e}"))
+    };
+    let datadir = dest.join("data");
+    std::fs::create_dir_all(&datadir).unwrap();
+    for ts in meta["tablespaces"].as_array().unwrap() {
+        let tar = ts["tar"].as_str().unwrap();
+        let mut bytes = Vec::new();
+        let mut seq = 0;
+        for p in meta["parts"].as_array().unwrap() {
+            if p["tar"] == tar {
+                assert_eq!(p["seq"].as_u64().unwrap(), seq, "parts in order");
+                seq += 1;
+                let plain = open(p["key"].as_str().unwrap());
+                assert_eq!(plain.len() as u64, p["plain_len"].as_u64().unwrap());
+                bytes.extend_from_slice(&plain);
+            }
+        }
+        assert!(seq > 0, "tar {tar} has no parts");
+        let target = match ts["oid"].as_u64() {
+            None => datadir.clone(),
+            Some(oid) => {
+                let d = dest.join(format!("ts_{oid}"));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::create_dir_all(datadir.join("pg_tblspc")).unwrap();
+                std::os::unix::fs::symlink(&d, datadir.join("pg_tblspc").join(oid.to_string()))
+                    .unwrap();
+                d
+            }
+        };
+        tar::Archive::new(&bytes[..])
+            .unpack(&target)
+            .unwrap_or_else(|e| panic!("extracting {tar}: {e}"));
+    }
+    let manifest = open(meta["manifest"]["key"].as_str().unwrap());
+    std::fs::write(datadir.join("backup_manifest"), manifest).unwrap();
+    datadir
+}
+
+fn verifybackup(pg: &PgCluster, datadir: &Path) {
+    let mut c = clean_command(pg.bin("pg_verifybackup"));
+    c.arg("-n").arg(datadir);
+    let out = run_timeout(&mut c, Duration::from_secs(300), None).unwrap();
+    assert!(
+        out.status.success(),
+        "PostgreSQL {}: pg_verifybackup failed ({}):\n{}{}",
+        pg.major,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn with_tablespace(pg: &PgCluster) -> tempfile::TempDir {
+    let ts = pg_tempdir("lbts-");
+    pg.psql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        ts.path().display()
+    ));
+    pg.psql("CREATE TABLE in_extra TABLESPACE extra AS SELECT g, md5(g::text) AS t FROM generate_series(1, 50000) g");
+    ts
+}
+
+fn backup_every_major(major: u32) {
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    let ts = with_tablespace(&pg);
+    pg.pgbench_init(1);
+    let lb = lifeboat_for(&pg, PARTS);
+    let streamer = start_streamer(&pg, &lb);
+    let report = backup_ok(&lb, &["--fast", "--label", "every major"]);
+    assert_eq!(report["restorable"], true, "{report}");
+    assert_eq!(report["label"], "every major");
+    assert_eq!(
+        report["system_identifier"],
+        pg.system_identifier().to_string()
+    );
+    assert_eq!(report["pg_version"].as_u64().unwrap() / 10000, major as u64);
+    assert_eq!(report["from_standby"], false);
+    let oid: u64 = pg
+        .psql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'")
+        .parse()
+        .unwrap();
+    let tars: Vec<&str> = report["tablespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tar"].as_str().unwrap())
+        .collect();
+    let ts_tar = format!("{oid}.tar");
+    assert!(
+        tars.contains(&"base.tar") && tars.contains(&ts_tar.as_str()),
+        "{tars:?}"
+    );
+    assert!(
+        report["parts"].as_array().unwrap().len() > 3,
+        "1 MiB parts: {report}"
+    );
+    assert!(report["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "plpgsql"));
+    let id = report["id"].as_str().unwrap().to_string();
+
+    let list = list_json(&lb);
+    let b = &list["backups"][0];
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1);
+    assert_eq!(b["id"], id.as_str());
+    assert_eq!(b["restorable"], true);
+    assert_eq!(b["timeline"], 1);
+    let (start, end) = (
+        parse_lsn(b["start_lsn"].as_str().unwrap()),
+        parse_lsn(b["end_lsn"].as_str().unwrap()),
+    );
+    assert!(start < end);
+    let wal = list["wal"].as_array().unwrap();
+    assert!(wal.iter().any(|r| r["timeline"] == 1
+        && parse_lsn(r["start_lsn"].as_str().unwrap()) <= start
+        && parse_lsn(r["end_lsn"].as_str().unwrap()) >= end));
+    stop(streamer);
+
+    let work = tempfile::tempdir().unwrap();
+    let datadir = rebuild(&lb, &id, work.path());
+    assert!(datadir.join("tablespace_map").exists());
+    verifybackup(&pg, &datadir);
+    drop(ts);
+}
+
+#[test]
+fn backup_with_tablespace_passes_pg_verifybackup_every_major() {
+    for major in require_majors() {
+        backup_every_major(major);
+    }
+}
+
+#[test]
+fn backup_from_a_standby_passes_pg_verifybackup() {
+    let majors = require_majors();
+    let mut picks = vec![*majors.iter().min().unwrap(), *majors.iter().max().unwrap()];
+    picks.dedup();
+    for major in picks {
+        let pg = PgCluster::start(major, ClusterOpts::default());
+        pg.pgbench_init(1);
+        let sb = pg.create_standby();
+        // The streamer archives the primary; the backup reads the standby; one archive.
+        let lb = lifeboat_for(&sb, PARTS);
+        let primary_cfg = lb.dir.path().join("primary.toml");
+        std::fs::write(
+            &primary_cfg,
+            std::fs::read_to_string(&lb.config)
+                .unwrap()
+                .replace(&format!("port={}", sb.port), &format!("port={}", pg.port)),
+        )
+        .unwrap();
+        let log = std::fs::File::create(lb.dir.path().join("stream.log")).unwrap();
+        let streamer = Command::new(BIN)
+            .arg("--config")
+            .arg(&primary_cfg)
+            .arg("stream")
+            .env("HOME", lb.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_archived(
+            &pg,
+            parse_lsn(&pg.current_lsn()),
+            Duration::from_secs(120),
+            &lb,
+        );
+        pg.psql("CHECKPOINT");
+        let report = backup_ok(&lb, &["--fast"]);
+        assert_eq!(report["from_standby"], true, "{report}");
+        assert_eq!(report["restorable"], true, "{report}");
+        stop(streamer);
+        let work = tempfile::tempdir().unwrap();
+        let datadir = rebuild(&lb, report["id"].as_str().unwrap(), work.path());
+        verifybackup(&sb, &datadir);
+    }
+}
+
+#[test]
+fn kill_9_during_a_backup_leaves_no_backup_and_the_next_one_works() {
+    let major = newest_major().expect("a PostgreSQL installation");
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    pg.pgbench_init(8);
+    let lb = lifeboat_for(&pg, &format!("{PARTS}max_rate = 4096\n"));
+    let mut child = lb
+        .cmd()
+        .arg("backup")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lb.archive_files("backups/").len() < 3 {
+        assert!(Instant::now() < deadline, "no parts appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended too soon"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill9(&mut child);
+    assert!(!lb.archive_files("backups/").is_empty());
+    let list = list_json(&lb);
+    assert_eq!(list["backups"].as_array().unwrap().len(), 0, "{list}");
+
+    // The next backup works; with no streamer it is written but not restorable.
+    let text = std::fs::read_to_string(&lb.config)
+        .unwrap()
+        .replace("max_rate = 4096\n", "");
+    std::fs::write(&lb.config, text).unwrap();
+    let out = lb.run(&["backup", "--wal-timeout", "1s"], Duration::from_secs(600));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is not restorable yet: WAL ")
+            && stderr.contains("a lifeboat stream must be running"),
+        "{stderr}"
+    );
+    let list = list_json(&lb);
+    let backups = list["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{list}");
+    assert_eq!(backups[0]["restorable"], false);
+    let work = tempfile::tempdir().unwrap();
+    let datadir = rebuild(&lb, backups[0]["id"].as_str().unwrap(), work.path());
+    verifybackup(&pg, &datadir);
+}
+
+fn first_error_line(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in: {err}"))
+        .to_string()
+}
+
+#[test]
+fn bad_input_backup_errors_are_exact() {
+    let a = PgCluster::start(15, ClusterOpts::default());
+    // A role without REPLICATION.
+    let lb = Lb::with(&a.conninfo(NOREPL_USER, Some(NOREPL_PASSWORD)), "", "");
+    let out = lb.run(&["backup"], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        first_error_line(&out),
+        "error: server error: must be superuser or replication role to start walsender (hint: grant it with ALTER ROLE ... WITH REPLICATION)"
+    );
+    assert!(lb.archive_files("backups/").is_empty());
+
+    // Another cluster's archive.
+    let b = PgCluster::start(15, ClusterOpts::default());
+    let lb = lifeboat_for(&a, "");
+    let out = lb.run(
+        &["backup", "--fast", "--wal-timeout", "1s"],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&lb.config)
+        .unwrap()
+        .replace(&format!("port={}", a.port), &format!("port={}", b.port));
+    std::fs::write(&lb.config, text).unwrap();
+    let out = lb.run(&["backup", "--fast"], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        first_error_line(&out),
+        format!(
+            "error: storage \"local\" holds the archive of database system {}, but the server is system {}",
+            a.system_identifier(),
+            b.system_identifier()
+        )
+    );
+    assert_eq!(list_json(&lb)["backups"].as_array().unwrap().len(), 1);
+
+    // max_wal_senders exhausted by a streamer.
+    let c = PgCluster::start(15, ClusterOpts::default().conf("max_wal_senders = 1"));
+    let lb = lifeboat_for(&c, "");
+    let streamer = start_streamer(&c, &lb);
+    let out = lb.run(&["backup"], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        first_error_line(&out),
+        "error: server error: number of requested standby connections exceeds max_wal_senders (currently 1) (hint: raise max_wal_senders (or max_connections) on the server, or stop another replication client)"
+    );
+    stop(streamer);
+
+    // Bad settings.
+    let lb = lifeboat_for(&c, "[backup]\nmax_rate = 5\n");
+    let out = lb.run(&["backup"], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        first_error_line(&out),
+        format!(
+            "error: {}: backup.max_rate: 5 is out of range",
+            lb.config.display()
+        )
+    );
+}
