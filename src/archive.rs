@@ -100,10 +100,19 @@ impl Archive {
 
     /// Where streaming resumes: the lowest of the providers' resume points, so that no
     /// provider is left with a hole. `None` when no provider holds WAL.
-    pub async fn resume_point(&self, seg: WalSegSize) -> Result<Option<(TimelineId, Lsn)>> {
+    /// `pending` are keys of objects waiting in the local outbox, which will reach every
+    /// provider before anything newer.
+    pub async fn resume_point(
+        &self,
+        seg: WalSegSize,
+        pending: &[String],
+    ) -> Result<Option<(TimelineId, Lsn)>> {
         let mut min: Option<(TimelineId, Lsn)> = None;
         for p in &self.mirror.providers {
-            if let Some(r) = self.inventory(p.as_ref(), seg).await?.resume_point(seg) {
+            let mut keys: Vec<String> = p.list("wal/").await?.into_iter().map(|m| m.key).collect();
+            keys.extend(pending.iter().cloned());
+            let inv = WalInventory::from_keys(keys.iter().map(String::as_str), seg);
+            if let Some(r) = inv.resume_point(seg) {
                 min = Some(match min {
                     Some(m) if m <= r => m,
                     _ => r,

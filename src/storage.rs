@@ -124,10 +124,11 @@ pub fn validate(cfg: &StorageConfig) -> Result<(), (&'static str, String)> {
 /// provider checks its bucket (and Object Lock) on first use.
 pub fn open(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, String> {
     validate(cfg).map_err(|(_, m)| m)?;
-    if let Some(path) = cfg.url.strip_prefix("file://") {
-        return Ok(Arc::new(FileStore::new(&cfg.name, PathBuf::from(path))));
-    }
-    Ok(Arc::new(crate::s3::S3Store::new(cfg)?))
+    let store: Arc<dyn ObjectStore> = match cfg.url.strip_prefix("file://") {
+        Some(path) => Arc::new(FileStore::new(&cfg.name, PathBuf::from(path))),
+        None => Arc::new(crate::s3::S3Store::new(cfg)?),
+    };
+    Ok(crate::fault::maybe_wrap(store))
 }
 
 /// The `file://` backend: one file per object under a root directory.

@@ -368,7 +368,12 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
             }
             None => {
                 archive.ensure_meta(ident.system_id, seg).await?;
-                let resume = archive.resume_point(seg).await?;
+                let outbox = cfg.wal.spool_dir.join("outbox");
+                let pending: Vec<String> = crate::outbox::leftovers(&outbox)?
+                    .into_iter()
+                    .map(|(_, key, _, _)| key)
+                    .collect();
+                let resume = archive.resume_point(seg, &pending).await?;
                 let mut histories = HashSet::new();
                 for p in &archive.mirror.providers {
                     let inv = archive.inventory(p.as_ref(), seg).await?;
@@ -378,7 +383,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     archive.mirror.providers.clone(),
                     sealer.clone(),
                     seg,
-                    cfg.wal.spool_dir.join("outbox"),
+                    outbox,
                     cfg.spool_max_size(),
                 )?;
                 streamer.insert(Streamer {

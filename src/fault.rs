@@ -1,0 +1,87 @@
+//! A fault-injecting storage wrapper, for outage tests against real backends.
+//!
+//! `LIFEBOAT_FAULT_INJECT="NAME=/path/flag[,NAME2=/other]"` wraps provider NAME so that every
+//! operation fails with a retryable error while the file `/path/flag` exists. Tests create
+//! and remove the flag to take a provider down and bring it back; nothing else is faked.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::storage::{BoxFut, Features, ObjectMeta, ObjectStore, StorageError};
+
+pub const ENV: &str = "LIFEBOAT_FAULT_INJECT";
+
+struct Faulty {
+    inner: Arc<dyn ObjectStore>,
+    flag: PathBuf,
+}
+
+impl Faulty {
+    fn check(&self, op: &'static str, key: &str) -> Result<(), StorageError> {
+        if self.flag.exists() {
+            return Err(StorageError {
+                provider: self.inner.name().to_string(),
+                op,
+                key: key.to_string(),
+                message: format!("injected fault ({} exists)", self.flag.display()),
+                hint: None,
+                retryable: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ObjectStore for Faulty {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn features(&self) -> Features {
+        self.inner.features()
+    }
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.check("put", key)?;
+            self.inner.put(key, data).await
+        })
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Option<Bytes>, StorageError>> {
+        Box::pin(async move {
+            self.check("get", key)?;
+            self.inner.get(key).await
+        })
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<ObjectMeta>, StorageError>> {
+        Box::pin(async move {
+            self.check("list", prefix)?;
+            self.inner.list(prefix).await
+        })
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.check("delete", key)?;
+            self.inner.delete(key).await
+        })
+    }
+}
+
+/// Wrap `store` when the environment asks for faults on it.
+pub fn maybe_wrap(store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+    let Ok(spec) = std::env::var(ENV) else {
+        return store;
+    };
+    for item in spec.split(',') {
+        if let Some((name, flag)) = item.split_once('=') {
+            if name.trim() == store.name() {
+                tracing::warn!(provider = store.name(), flag, "fault injection enabled");
+                return Arc::new(Faulty {
+                    inner: store,
+                    flag: PathBuf::from(flag.trim()),
+                });
+            }
+        }
+    }
+    store
+}
