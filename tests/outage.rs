@@ -1,0 +1,194 @@
+//! A provider goes down while lifeboat streams under load: archiving goes on through the
+//! fsync'd spool, the slot never passes what is stored or spooled, and the spool backfills
+//! the provider when it returns. The outage is a real storage backend wrapped by lifeboat's
+//! fault injector (`LIFEBOAT_FAULT_INJECT`), the server is real PostgreSQL.
+
+mod common;
+mod lb;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lb::*;
+
+fn files(root: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                v.push(
+                    e.path()
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+struct Setup {
+    pg: PgCluster,
+    lb: Lb,
+    second: tempfile::TempDir,
+    flag: std::path::PathBuf,
+}
+
+fn setup(extra: &str) -> Setup {
+    let pg = PgCluster::start(15, ClusterOpts::default().conf("synchronous_commit = off"));
+    let second = tempfile::tempdir().unwrap();
+    let lb = Lb::with(
+        &pg.conninfo(REPL_USER, Some(REPL_PASSWORD)),
+        "",
+        &format!(
+            "[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n\n{extra}",
+            second.path().display()
+        ),
+    );
+    let flag = lb.dir.path().join("second-is-down");
+    pg.psql("CREATE TABLE filler(id int, t text)");
+    Setup {
+        pg,
+        lb,
+        second,
+        flag,
+    }
+}
+
+fn spawn(s: &Setup) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(s.lb.dir.path().join("stream.log"))
+        .unwrap();
+    let mut c = s.lb.cmd();
+    c.env(
+        "LIFEBOAT_FAULT_INJECT",
+        format!("second={}", s.flag.display()),
+    )
+    .arg("stream")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log);
+    c.spawn().unwrap()
+}
+
+fn write_wal(pg: &PgCluster, mib: u64) -> u64 {
+    let target = parse_lsn(&pg.current_lsn()) + mib * 1024 * 1024;
+    while parse_lsn(&pg.current_lsn()) < target {
+        pg.psql("INSERT INTO filler SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+    }
+    parse_lsn(&pg.current_lsn())
+}
+
+#[test]
+fn provider_outage_under_load_spools_then_backfills() {
+    let s = setup("");
+    let mut stream = spawn(&s);
+    let mut bench = s.pg.pgbench(600, 2);
+    let before = write_wal(&s.pg, 4);
+    wait_archived(&s.pg, before, Duration::from_secs(60), &s.lb);
+
+    // Provider "second" goes down; archiving goes on and is acknowledged from the spool.
+    std::fs::write(&s.flag, b"down").unwrap();
+    let during = write_wal(&s.pg, 40);
+    wait_archived(&s.pg, during, Duration::from_secs(90), &s.lb);
+    let outbox = s.lb.spool.join("outbox");
+    let held = files(&outbox);
+    assert!(
+        !held.is_empty(),
+        "the spool holds what the down provider lacks\n{}",
+        s.lb.stream_log()
+    );
+    let second_during = files(s.second.path());
+    assert!(
+        files(&s.lb.archive).len() > second_during.len(),
+        "the healthy provider went on while the other was down"
+    );
+
+    // It comes back: the spool drains into it, in order, and archiving continues.
+    std::fs::remove_file(&s.flag).unwrap();
+    let after = write_wal(&s.pg, 8);
+    let _ = bench.kill();
+    let _ = bench.wait();
+    let end = parse_lsn(&s.pg.switch_wal());
+    wait_archived(&s.pg, end.max(after), Duration::from_secs(90), &s.lb);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !files(&outbox).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the spool did not drain: {:?}",
+            files(&outbox)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sigterm(&mut stream);
+    let st = wait_child(&mut stream, Duration::from_secs(30), "stream");
+    assert!(st.success(), "{}", s.lb.stream_log());
+    let log = s.lb.stream_log();
+    assert!(
+        log.contains("provider is down: WAL is held in the fsync'd spool"),
+        "{log}"
+    );
+    assert!(
+        log.contains("provider is back: backfilling from the spool"),
+        "{log}"
+    );
+
+    // Both providers complete, identical, without a gap.
+    assert_eq!(files(&s.lb.archive), files(s.second.path()));
+    let (ok, report) = s.lb.verify(false);
+    assert!(ok, "{report}");
+    for p in report["providers"].as_array().unwrap() {
+        assert_eq!(p["wal"].as_array().unwrap().len(), 1, "{report}");
+        assert!(parse_lsn(p["wal"][0]["end_lsn"].as_str().unwrap()) >= end);
+    }
+}
+
+#[test]
+fn full_spool_stops_acknowledging_until_the_provider_returns() {
+    let s = setup("[spool]\nmax_size = \"2MiB\"\n");
+    let mut stream = spawn(&s);
+    let before = write_wal(&s.pg, 2);
+    wait_archived(&s.pg, before, Duration::from_secs(60), &s.lb);
+
+    std::fs::write(&s.flag, b"down").unwrap();
+    let written = write_wal(&s.pg, 48);
+    std::thread::sleep(Duration::from_secs(4));
+    let slot = slot_restart_lsn(&s.pg, "lifeboat").unwrap();
+    assert!(
+        slot + 16 * 1024 * 1024 < written,
+        "with the spool full the slot must stop short of the server: slot {} server {}",
+        fmt_lsn(slot),
+        fmt_lsn(written)
+    );
+    // The slot holds the WAL on the server: nothing unarchived was released.
+    let ranges = s.lb.wal_ranges();
+    assert!(slot <= ranges.last().unwrap().2);
+    assert!(
+        s.lb.stream_log()
+            .contains("the spool is full while a provider is down"),
+        "{}",
+        s.lb.stream_log()
+    );
+
+    std::fs::remove_file(&s.flag).unwrap();
+    let end = parse_lsn(&s.pg.switch_wal());
+    wait_archived(&s.pg, end.max(written), Duration::from_secs(120), &s.lb);
+    sigterm(&mut stream);
+    wait_child(&mut stream, Duration::from_secs(30), "stream");
+    assert_eq!(files(&s.lb.archive), files(s.second.path()));
+    let (ok, report) = s.lb.verify(false);
+    assert!(ok, "{report}");
+}
