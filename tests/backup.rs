@@ -385,3 +385,63 @@ fn bad_input_backup_errors_are_exact() {
         )
     );
 }
+
+/// A backup taken while pgbench writes; the cluster started from it, with WAL served by
+/// `lifeboat wal-fetch` from the archive, reaches consistency and opens.
+#[test]
+fn backup_under_pgbench_restores_to_consistency_with_archived_wal() {
+    let majors = require_majors();
+    let mut picks = vec![*majors.iter().min().unwrap(), *majors.iter().max().unwrap()];
+    picks.dedup();
+    for major in picks {
+        let pg = PgCluster::start(major, ClusterOpts::default());
+        pg.pgbench_init(2);
+        let lb = lifeboat_for(&pg, PARTS);
+        let streamer = start_streamer(&pg, &lb);
+        let mut bench = pg.pgbench(600, 2);
+        std::thread::sleep(Duration::from_secs(2));
+        let report = backup_ok(&lb, &["--fast"]);
+        assert_eq!(report["restorable"], true, "{report}");
+        let _ = bench.kill();
+        let _ = bench.wait();
+        stop(streamer);
+
+        let work = tempfile::tempdir().unwrap();
+        let datadir = rebuild(&lb, report["id"].as_str().unwrap(), work.path());
+        // The server user runs the restore_command: let it read the workspace, and give it a
+        // copy of the binary that a concurrent build cannot replace.
+        let bin = lb.dir.path().join("lifeboat");
+        std::fs::copy(BIN, &bin).unwrap();
+        let mut c = Command::new("chmod");
+        c.arg("-R").arg("a+rX").arg(lb.dir.path());
+        run_ok(&mut c, Duration::from_secs(30));
+        let restore = format!(
+            "{} --config {} --identity {} wal-fetch %f %p",
+            bin.display(),
+            lb.config.display(),
+            lb.identity.display()
+        );
+        let mut auto = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(datadir.join("postgresql.auto.conf"))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut auto,
+            format!(
+                "\nrestore_command = '{restore}'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        std::fs::write(datadir.join("recovery.signal"), "").unwrap();
+        let restored = PgCluster::start_from_datadir(major, &datadir, Duration::from_secs(180));
+        restored.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(120));
+        assert_eq!(
+            restored.psql("SELECT count(*) FROM pgbench_accounts"),
+            "200000",
+            "PostgreSQL {major}"
+        );
+        assert!(restored.log().contains("consistent recovery state reached"));
+    }
+}
