@@ -1,8 +1,10 @@
 //! Delivery of sealed objects to every provider through an fsync'd outbox.
 //!
-//! Every sealed object is first written to `<spool>/outbox/` and fsync'd, then handed to
-//! one lane per provider. Each lane stores its objects strictly in order and retries with
-//! backoff; a provider that fails is marked down until a write succeeds again.
+//! Sealed objects are handed to one lane per provider. Each lane stores its objects
+//! strictly in order and retries with backoff; a provider whose write fails is marked down
+//! until a write succeeds again. While every provider is up, objects stay in memory only
+//! (acknowledged when all have them); when one goes down, every object it still lacks is
+//! written to `<spool>/outbox/` and fsync'd, and so is every new object until it is back.
 //!
 //! Invariants:
 //! - An object's end position is acknowledged once, for every provider, it is stored there
@@ -40,22 +42,55 @@ pub struct Outgoing {
 struct Obj {
     seq: u64,
     key: String,
-    path: PathBuf,
     len: u64,
-    /// The bytes while some provider may still need them soon; read from `path` otherwise.
-    mem: Mutex<Option<Bytes>>,
+    body: Mutex<Body>,
+}
+
+/// In memory until spooled; then only in the outbox file.
+struct Body {
+    mem: Option<Bytes>,
+    spooled: Option<PathBuf>,
 }
 
 impl Obj {
     fn body(&self) -> std::io::Result<Bytes> {
-        if let Some(b) = self.mem.lock().expect("not poisoned").clone() {
-            return Ok(b);
-        }
-        let raw = std::fs::read(&self.path)?;
+        let path = {
+            let b = self.body.lock().expect("not poisoned");
+            if let Some(m) = &b.mem {
+                return Ok(m.clone());
+            }
+            b.spooled.clone()
+        };
+        let path = path.ok_or_else(|| std::io::Error::other("object has no body"))?;
+        let raw = std::fs::read(&path)?;
         let (_, body) = split_outbox_file(&raw).ok_or_else(|| {
-            std::io::Error::other(format!("outbox file {} is damaged", self.path.display()))
+            std::io::Error::other(format!("outbox file {} is damaged", path.display()))
         })?;
         Ok(Bytes::copy_from_slice(body))
+    }
+
+    fn is_spooled(&self) -> bool {
+        self.body.lock().expect("not poisoned").spooled.is_some()
+    }
+
+    /// Write to the outbox (fsync'd) and drop the in-memory copy.
+    async fn spool(&self, dir: &Path) -> std::io::Result<()> {
+        let data = {
+            let b = self.body.lock().expect("not poisoned");
+            if b.spooled.is_some() {
+                return Ok(());
+            }
+            b.mem.clone()
+        };
+        let data = data.ok_or_else(|| std::io::Error::other("object has no body"))?;
+        let (dir, seq, key) = (dir.to_path_buf(), self.seq, self.key.clone());
+        let path = tokio::task::spawn_blocking(move || write_durably(&dir, seq, &key, &data))
+            .await
+            .map_err(std::io::Error::other)??;
+        let mut b = self.body.lock().expect("not poisoned");
+        b.spooled = Some(path);
+        b.mem = None;
+        Ok(())
     }
 }
 
@@ -205,9 +240,11 @@ impl Delivery {
                 let obj = Arc::new(Obj {
                     seq,
                     key,
-                    path,
                     len,
-                    mem: Mutex::new(None),
+                    body: Mutex::new(Body {
+                        mem: None,
+                        spooled: Some(path),
+                    }),
                 });
                 bytes_held += len;
                 for l in &lanes {
@@ -252,9 +289,19 @@ impl Delivery {
                                     tracing::debug!(provider = names[l], error = %err, "still down");
                                 }
                                 healthy[l] = false;
-                                // It will read from the outbox files when it returns.
+                                // Everything it lacks goes to the outbox, in order; it reads
+                                // from there when it returns.
                                 for e in pending.iter().filter(|e| !e.stored[l]) {
-                                    *e.obj.mem.lock().expect("not poisoned") = None;
+                                    if e.obj.is_spooled() {
+                                        continue;
+                                    }
+                                    match e.obj.spool(&dir).await {
+                                        Ok(()) => bytes_held += e.obj.len,
+                                        Err(err) => {
+                                            tracing::error!(error = %err, dir = %dir.display(), "cannot write the spool outbox: WAL stays unacknowledged (hint: free space there or set wal.spool_dir)");
+                                            break;
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -263,35 +310,24 @@ impl Delivery {
                         let Some(out) = out else { return };
                         let seq = next_seq;
                         next_seq += 1;
-                        let dir2 = dir.clone();
-                        let key2 = out.key.clone();
-                        let body = out.bytes.clone();
-                        let written = tokio::task::spawn_blocking(move || write_durably(&dir2, seq, &key2, &body)).await;
-                        let path = match written {
-                            Ok(Ok(p)) => p,
-                            Ok(Err(e)) => {
-                                let _ = ack_tx.send(Err(format!("cannot write the spool outbox in {}: {e} (hint: free space there or set wal.spool_dir)", dir.display())));
-                                return;
-                            }
-                            Err(e) => {
-                                let _ = ack_tx.send(Err(format!("outbox task failed: {e}")));
-                                return;
-                            }
-                        };
                         if let Some(raw) = out.remove_after {
                             let _ = std::fs::remove_file(raw);
                         }
-                        let len = out.bytes.len() as u64;
-                        bytes_held += len;
-                        full_logged = false;
-                        let keep_in_memory = healthy.iter().all(|h| *h);
                         let obj = Arc::new(Obj {
                             seq,
                             key: out.key,
-                            path,
-                            len,
-                            mem: Mutex::new(keep_in_memory.then_some(out.bytes)),
+                            len: out.bytes.len() as u64,
+                            body: Mutex::new(Body { mem: Some(out.bytes), spooled: None }),
                         });
+                        if !healthy.iter().all(|h| *h) {
+                            // A provider is down: hold this object for it.
+                            if let Err(e) = obj.spool(&dir).await {
+                                let _ = ack_tx.send(Err(format!("cannot write the spool outbox in {}: {e} (hint: free space there or set wal.spool_dir)", dir.display())));
+                                return;
+                            }
+                            bytes_held += obj.len;
+                            full_logged = false;
+                        }
                         for l in &lanes {
                             let _ = l.send(obj.clone());
                         }
@@ -304,7 +340,8 @@ impl Delivery {
                     if ack_seq.is_some_and(|a| e.obj.seq <= a) {
                         continue;
                     }
-                    if (0..n).all(|l| e.stored[l] || !healthy[l]) {
+                    let spooled = e.obj.is_spooled();
+                    if (0..n).all(|l| e.stored[l] || (!healthy[l] && spooled)) {
                         ack_seq = Some(e.obj.seq);
                         if e.end.is_some() {
                             last = e.end;
@@ -321,8 +358,11 @@ impl Delivery {
                 // Forget what every provider has.
                 while pending.front().is_some_and(|e| e.stored.iter().all(|s| *s)) {
                     let e = pending.pop_front().expect("checked");
-                    let _ = std::fs::remove_file(&e.obj.path);
-                    bytes_held = bytes_held.saturating_sub(e.obj.len);
+                    let path = e.obj.body.lock().expect("not poisoned").spooled.take();
+                    if let Some(path) = path {
+                        let _ = std::fs::remove_file(path);
+                        bytes_held = bytes_held.saturating_sub(e.obj.len);
+                    }
                 }
             }
         });
