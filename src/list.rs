@@ -157,6 +157,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn table() {
+        let r = ListReport {
+            backups: vec![BackupSummary {
+                id: "20261124T083012Z".into(),
+                label: "nightly".into(),
+                timeline: 1,
+                start_lsn: Lsn(0x500_0028),
+                end_lsn: Lsn(0x500_0138),
+                start_time: "2026-11-24T08:30:12Z".into(),
+                end_time: "2026-11-24T08:31:40Z".into(),
+                restorable: true,
+                plain_size: 24 << 20,
+                stored_size: 3 << 20,
+                pg_version: 170002,
+            }],
+            wal: vec![WalRange {
+                timeline: 1,
+                start_lsn: Lsn(0x100_0000),
+                end_lsn: Lsn(0x600_0000),
+            }],
+        };
+        assert_eq!(
+            render(&r),
+            "BACKUP               TLI START LSN    END LSN      STARTED                    SIZE     STORED RESTORABLE LABEL\n\
+             20261124T083012Z       1 0/5000028    0/5000138    2026-11-24T08:30:12Z   24.0 MiB    3.0 MiB yes        nightly\n\
+             WAL:\n  timeline 1: 0/1000000 – 0/6000000\n"
+        );
+        let empty = ListReport {
+            backups: vec![],
+            wal: vec![],
+        };
+        assert_eq!(render(&empty), "no backups\nno WAL archived\n");
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(human_size(10), "10 B");
         assert_eq!(human_size(3 << 20), "3.0 MiB");
