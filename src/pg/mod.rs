@@ -81,7 +81,11 @@ fn hint_for(f: &ErrorFields) -> Option<String> {
         "28000" if m.contains("pg_hba.conf") => {
             "add a line like \"host replication lifeboat 10.0.0.0/8 scram-sha-256\" to pg_hba.conf (the database column must be the keyword replication) and reload".into()
         }
-        "42501" if m.contains("replication") || m.contains("REPLICATION") => {
+        "42501"
+            if m.contains("replication")
+                || m.contains("REPLICATION")
+                || m.contains("WAL sender") =>
+        {
             "grant it with ALTER ROLE ... WITH REPLICATION".into()
         }
         "53300" => "raise max_wal_senders (or max_connections) on the server, or stop another replication client".into(),
