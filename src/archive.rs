@@ -29,10 +29,20 @@ impl Archive {
     }
 
     /// Read `archive.json` from every provider: they must agree.
+    /// A provider that cannot be reached does not stop a reader when another provider
+    /// answers (its error is logged); with no answer at all, the first error is returned.
     pub async fn meta(&self) -> Result<Option<ArchiveMeta>> {
         let mut found: Option<ArchiveMeta> = None;
+        let mut errors = Vec::new();
         for p in &self.mirror.providers {
-            if let Some(m) = read_meta(p.as_ref()).await? {
+            let m = match read_meta(p.as_ref()).await {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            if let Some(m) = m {
                 if let Some(f) = &found {
                     if f.system_identifier != m.system_identifier {
                         bail!(
@@ -43,6 +53,12 @@ impl Archive {
                 }
                 found = Some(m);
             }
+        }
+        if found.is_none() && !errors.is_empty() {
+            return Err(errors.swap_remove(0));
+        }
+        for e in errors {
+            tracing::warn!(error = %format!("{e:#}"), "a provider is unavailable; reading from the others");
         }
         Ok(found)
     }

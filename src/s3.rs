@@ -605,7 +605,8 @@ impl S3Store {
             return Err(e);
         }
         let parts: Vec<CompletedPart> = parts.into_iter().flatten().collect();
-        self.client
+        let completed = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.url.bucket)
             .key(full)
@@ -613,6 +614,50 @@ impl S3Store {
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("put", key, e))?;
+        let version = completed.version_id().map(str::to_string);
+        self.ensure_retention(key, full, version).await
+    }
+
+    /// Some S3-compatible servers (moto among them) ignore the Object Lock headers of
+    /// CreateMultipartUpload: check the completed object and set its retention if missing.
+    async fn ensure_retention(
+        &self,
+        key: &str,
+        full: &str,
+        version: Option<String>,
+    ) -> Result<(), StorageError> {
+        let Some((mode, until)) = self.retain_until() else {
+            return Ok(());
+        };
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.url.bucket)
+            .key(full)
+            .set_version_id(version.clone())
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("put", key, e))?;
+        if head.object_lock_mode().is_some() && head.object_lock_retain_until_date().is_some() {
+            return Ok(());
+        }
+        tracing::debug!(provider = %self.name, key, "setting retention after multipart upload");
+        self.client
+            .put_object_retention()
+            .bucket(&self.url.bucket)
+            .key(full)
+            .set_version_id(version.or_else(|| head.version_id().map(str::to_string)))
+            .retention(
+                aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(aws_sdk_s3::types::ObjectLockRetentionMode::from(
+                        mode.as_str(),
+                    ))
+                    .retain_until_date(until)
                     .build(),
             )
             .send()
@@ -905,8 +950,9 @@ pub fn classify(p: &Problem, ctx: &ErrorContext<'_>) -> Classified {
     };
     let bucket = ctx.bucket;
     match code {
-        "InvalidAccessKeyId" => c(
-            "the provider does not know this access key id (InvalidAccessKeyId)".into(),
+        // s3s answers NotSignedUp for an unknown key.
+        "InvalidAccessKeyId" | "NotSignedUp" => c(
+            format!("the provider does not know this access key id ({code})"),
             Some(ctx.creds_hint.clone()),
             false,
         ),
