@@ -532,3 +532,57 @@ fn stream_end_to_end_on_s3() {
         stream_to_s3(major);
     }
 }
+
+/// Credentials from a named profile of ~/.aws/credentials (lifeboat runs with HOME set to
+/// the workspace): the good pair works, a wrong secret names the profile in the hint.
+#[test]
+fn profile_credentials() {
+    let fs = S3Server::start(Kind::S3sFs);
+    fs.create_bucket("plain", false);
+    let storage = format!(
+        "[[storage]]\nname = \"offsite\"\nurl = \"s3://plain/a\"\nendpoint = \"{}\"\n\
+         region = \"us-east-1\"\nprofile = \"lbtest\"\n",
+        fs.endpoint
+    );
+    let lb = Lb::with("host=127.0.0.1", "", &storage);
+    let aws = lb.dir.path().join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let write = |secret: &str| {
+        std::fs::write(
+            aws.join("credentials"),
+            format!(
+                "[lbtest]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {secret}\n"
+            ),
+        )
+        .unwrap()
+    };
+    let verify = || {
+        let mut c = lb.cmd();
+        c.args(["--json", "verify"])
+            .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+            .env_remove("AWS_CONFIG_FILE")
+            .env_remove("AWS_PROFILE");
+        run_timeout(&mut c, Duration::from_secs(120), None).unwrap()
+    };
+    write(SECRET_KEY);
+    let out = verify();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Reached, and found the archive empty: the only error is verify's own.
+    assert!(
+        stderr
+            .lines()
+            .all(|l| !l.starts_with("error: ") || l == "error: verification found problems"),
+        "{stderr}"
+    );
+    // The empty archive is reported, per provider: the S3 one was reached.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["providers"][1]["provider"], "offsite", "{v}");
+    write("wrong-secret");
+    let out = verify();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    assert_eq!(line, "error: storage \"offsite\": check s3://plain/a: the secret access key does not match the access key id (SignatureDoesNotMatch) (hint: check the credentials of profile \"lbtest\")", "{stderr}");
+}
