@@ -2,6 +2,7 @@
 # Benchmarks, run side by side with the peers named in the issues; prints ratios.
 #
 #   scripts/bench.sh stream     # lifeboat stream --endpos vs pg_receivewal, same WAL range
+#   scripts/bench.sh backup     # lifeboat backup vs pg_basebackup vs pgbackrest, same cluster
 #
 # Env: LIFEBOAT_BENCH_MAJOR (default 15), LIFEBOAT_BENCH_WAL_CONF (extra [wal] lines), LIFEBOAT_BENCH_WAL_MB (default 1536),
 #      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp).
@@ -112,7 +113,68 @@ print(f"  ratio lifeboat/pg_receivewal wall time: {b_lb / b_rw:.2f}x (target <= 
 EOF
 }
 
+bench_backup() {
+  command -v pgbackrest >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbackrest >/dev/null; }
+  local scale="${LIFEBOAT_BENCH_PGBENCH_SCALE:-70}" text_mb="${LIFEBOAT_BENCH_TEXT_MB:-1000}"
+  echo "building the dataset: pgbench scale $scale plus ~${text_mb} MiB of random-ish text ..."
+  "$BIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
+  local rows=$((text_mb * 1024 * 1024 / 110))
+  "${PSQL[@]}" -c "CREATE TABLE text_data AS SELECT g AS id, md5(g::text) || md5((g * 31)::text) AS a, substr(md5(random()::text), 1, 12) AS b FROM generate_series(1, $rows) g" >/dev/null
+  "${PSQL[@]}" -c "CHECKPOINT" >/dev/null; sync
+  local size
+  size=$("${PSQL[@]}" -c "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")
+  echo "cluster size: $size"
+  age-keygen -o "$WORK/id.txt" 2>/dev/null
+  local rcpt
+  rcpt=$(age-keygen -y "$WORK/id.txt")
+  printf '%s\n' "[postgres]" "conninfo = \"host=127.0.0.1 port=$PORT user=postgres sslmode=disable\"" "slot = \"lifeboat\"" \
+    "[encryption]" "recipients = [\"$rcpt\"]" "[wal]" "spool_dir = \"$WORK/spool\"" \
+    "[backup]" "compression_level = 3" "${LIFEBOAT_BENCH_BACKUP_CONF:-}" \
+    "[[storage]]" "name = \"local\"" "url = \"file://$WORK/arch\"" > "$WORK/lb.toml"
+  # pgbackrest: posix repo, zstd 3, two processes, AES-256-CBC, run as the cluster's owner.
+  mkdir -p "$WORK/pgbr/repo" "$WORK/pgbr/log" "$WORK/pgbr/spool"
+  printf '%s\n' "[global]" "repo1-path=$WORK/pgbr/repo" "repo1-cipher-type=aes-256-cbc" \
+    "repo1-cipher-pass=bench-only-passphrase" "compress-type=zst" "compress-level=3" "process-max=2" \
+    "log-path=$WORK/pgbr/log" "lock-path=$WORK/pgbr/spool" "spool-path=$WORK/pgbr/spool" \
+    "start-fast=y" "archive-check=n" "log-level-console=warn" "" \
+    "[bench]" "pg1-path=$WORK/data" "pg1-socket-path=$WORK" "pg1-port=$PORT" "pg1-user=postgres" \
+    > "$WORK/pgbr/pgbackrest.conf"
+  if [[ $(id -u) == 0 ]]; then chown -R lifeboat-test "$WORK/pgbr"; fi
+  local PGBR=("${AS[@]}" pgbackrest --config="$WORK/pgbr/pgbackrest.conf" --stanza=bench)
+  "${PGBR[@]}" stanza-create >/dev/null
+  mkdir -p "$WORK/bb"
+
+  local lb_t=() lb_m=() bb_t=() br_t=() t m
+  for i in $(seq 1 "$ROUNDS"); do
+    rm -rf "$WORK/arch" "$WORK/spool"; sync
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q backup --fast --wal-timeout 1ms >/dev/null 2>"$WORK/lb.err" \
+      || { cat "$WORK/lb.err"; exit 1; }
+    read -r t m < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
+    echo "round $i lifeboat backup (zstd 3, age, CRC, file://):         ${t}s, peak RSS $((m / 1024)) MiB, stored $(du -sm "$WORK/arch" | cut -f1) MiB"
+
+    rm -rf "$WORK/bb"/*; sync
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/bb" -Ft -Xnone --compress=client-zstd:3 -c fast
+    read -r t m < "$WORK/t"; bb_t+=("$t")
+    echo "round $i pg_basebackup -Ft -Xnone client-zstd:3:                ${t}s, peak RSS $((m / 1024)) MiB, stored $(du -sm "$WORK/bb" | cut -f1) MiB"
+
+    sync
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "${PGBR[@]}" backup --type=full
+    read -r t m < "$WORK/t"; br_t+=("$t")
+    echo "round $i pgbackrest full (zst 3, process-max 2, aes-256-cbc):   ${t}s, peak RSS $((m / 1024)) MiB, repo $(du -sm "$WORK/pgbr/repo" | cut -f1) MiB"
+  done
+  python3 -c '
+import sys
+lb, bb, br = ([float(x) for x in a.split()] for a in sys.argv[1:4])
+rss = max(int(x) for x in sys.argv[4].split()) / 1024
+print(f"\nbackup benchmark, cluster {sys.argv[5]}, best of {len(lb)} alternating rounds")
+print(f"  lifeboat       {min(lb):7.2f} s  peak RSS {rss:.1f} MiB (target <= 128 MiB)")
+print(f"  pg_basebackup  {min(bb):7.2f} s  ratio lifeboat/pg_basebackup {min(lb) / min(bb):.2f}x (target <= 0.6x)")
+print(f"  pgbackrest     {min(br):7.2f} s  ratio lifeboat/pgbackrest    {min(lb) / min(br):.2f}x (target <= 0.5x)")
+' "${lb_t[*]}" "${bb_t[*]}" "${br_t[*]}" "${lb_m[*]}" "$size"
+}
+
 case "$WHAT" in
   stream) bench_stream ;;
-  *) echo "usage: scripts/bench.sh stream" >&2; exit 2 ;;
+  backup) bench_backup ;;
+  *) echo "usage: scripts/bench.sh stream|backup" >&2; exit 2 ;;
 esac

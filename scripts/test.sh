@@ -23,6 +23,8 @@ if ((${#need_apt[@]})); then
 fi
 
 bash scripts/install-pg.sh
+# Two different S3-compatible servers for the provider tests (moto, s3s-fs), on loopback.
+bash scripts/install-s3.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

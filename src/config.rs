@@ -127,7 +127,7 @@ fn default_level() -> i32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
-    /// Size of the parts a tar stream is cut into, e.g. "64MiB". Memory use of a backup is
+    /// Size of the parts a tar stream is cut into, e.g. "8MiB". Memory use of a backup is
     /// about (cores + 2) parts.
     #[serde(default = "default_part_size")]
     pub part_size: String,
@@ -149,7 +149,7 @@ impl Default for BackupConfig {
 }
 
 fn default_part_size() -> String {
-    "64MiB".into()
+    "8MiB".into()
 }
 fn default_backup_level() -> i32 {
     3
@@ -297,7 +297,7 @@ impl Config {
                 return Err(err(
                     "backup.part_size",
                     format!("\"{}\" is out of range", self.backup.part_size),
-                    "parts are from 1MiB to 1GiB; 64MiB is the default",
+                    "parts are from 1MiB to 1GiB; 8MiB is the default",
                 ))
             }
             Err(m) => return Err(err("backup.part_size", m, "write a size like \"64MiB\"")),
@@ -393,7 +393,7 @@ impl Config {
 
     /// `backup.part_size` in bytes (validated at load).
     pub fn backup_part_size(&self) -> usize {
-        parse_size(&self.backup.part_size).unwrap_or(64 << 20) as usize
+        parse_size(&self.backup.part_size).unwrap_or(8 << 20) as usize
     }
 
     pub fn status_interval(&self) -> Duration {
@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn backup_table() {
         let c = Config::parse("", "c").unwrap();
-        assert_eq!(c.backup_part_size(), 64 << 20);
+        assert_eq!(c.backup_part_size(), 8 << 20);
         assert_eq!(c.backup.compression_level, 3);
         let c = Config::parse("[backup]\npart_size = \"2MiB\"\nmax_rate = 64\n", "c").unwrap();
         assert_eq!(c.backup_part_size(), 2 << 20);
