@@ -63,6 +63,12 @@ enum Command {
         /// Also decrypt every object (needs the identity).
         #[arg(long)]
         full: bool,
+        /// Compare the providers' inventories instead.
+        #[arg(long)]
+        providers: bool,
+        /// With --providers: copy what a provider lacks from another (no key needed).
+        #[arg(long, requires = "providers")]
+        repair: bool,
     },
     /// The restore_command: write WAL file SEGMENT to DEST.
     WalFetch { segment: String, dest: PathBuf },
@@ -209,7 +215,52 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             stream::run(&cfg, stream::StreamOptions { endpos }).await?;
             Ok(())
         }
-        Command::Verify { full } => {
+        Command::Verify {
+            providers: true,
+            repair,
+            ..
+        } => {
+            let archive = Archive::open(&cfg)?;
+            let rep = verify::providers(&archive, *repair).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rep).context("encoding the report")?
+                );
+            } else {
+                println!(
+                    "{} providers ({}), {} objects",
+                    rep.providers.len(),
+                    rep.providers.join(", "),
+                    rep.objects
+                );
+                for (k, who) in &rep.missing {
+                    println!("  missing: {k} on {}", who.join(", "));
+                }
+                for (k, sizes) in &rep.differing {
+                    println!("  differs: {k} ({})", sizes.join(", "));
+                }
+                for (k, how) in &rep.repaired {
+                    println!("  repaired: {k} ({how})");
+                }
+                for p in &rep.problems {
+                    println!("  problem: {p}");
+                }
+                if rep.ok() {
+                    println!("  ok: every provider holds every object");
+                }
+            }
+            if rep.ok() {
+                Ok(())
+            } else {
+                Err(Failure {
+                    code: 1,
+                    err: anyhow!("the providers differ (hint: lifeboat verify --providers --repair copies what is missing)"),
+                    quiet: false,
+                })
+            }
+        }
+        Command::Verify { full, .. } => {
             let archive = Archive::open(&cfg)?;
             let op = if *full {
                 Some(opener(&cli, &cfg)?)

@@ -167,3 +167,101 @@ fn continuity(inv: &WalInventory, ranges: &[WalRange], problems: &mut Vec<String
         }
     }
 }
+
+/// What `verify --providers` found: objects some provider lacks or holds differently.
+#[derive(Debug, Serialize)]
+pub struct ProvidersReport {
+    pub providers: Vec<String>,
+    pub objects: usize,
+    /// (key, providers lacking it)
+    pub missing: Vec<(String, Vec<String>)>,
+    /// (key, "provider: size" for each copy) where the copies differ in size
+    pub differing: Vec<(String, Vec<String>)>,
+    pub repaired: Vec<(String, String)>,
+    pub problems: Vec<String>,
+}
+
+impl ProvidersReport {
+    pub fn ok(&self) -> bool {
+        self.missing.is_empty() && self.differing.is_empty() && self.problems.is_empty()
+    }
+}
+
+/// Compare the providers' inventories; with `repair`, copy what one lacks from another
+/// whose copy passes its CRC check (no key needed). Objects are immutable: a key present
+/// everywhere is never rewritten.
+pub async fn providers(archive: &Archive, repair: bool) -> Result<ProvidersReport> {
+    use std::collections::BTreeMap;
+    let ps = &archive.mirror.providers;
+    let mut by_key: BTreeMap<String, Vec<Option<u64>>> = BTreeMap::new();
+    for (i, p) in ps.iter().enumerate() {
+        for m in p.list("").await? {
+            if m.key.starts_with('.') || m.key.contains("/.") {
+                continue;
+            }
+            by_key.entry(m.key).or_insert_with(|| vec![None; ps.len()])[i] = Some(m.size);
+        }
+    }
+    let mut rep = ProvidersReport {
+        providers: ps.iter().map(|p| p.name().to_string()).collect(),
+        objects: by_key.len(),
+        missing: Vec::new(),
+        differing: Vec::new(),
+        repaired: Vec::new(),
+        problems: Vec::new(),
+    };
+    for (key, sizes) in &by_key {
+        let lacking: Vec<usize> = (0..ps.len()).filter(|i| sizes[*i].is_none()).collect();
+        let present: Vec<u64> = sizes.iter().flatten().copied().collect();
+        if present.windows(2).any(|w| w[0] != w[1]) {
+            rep.differing.push((
+                key.clone(),
+                sizes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.map(|s| format!("{}: {s}", ps[i].name())))
+                    .collect(),
+            ));
+        }
+        if lacking.is_empty() {
+            continue;
+        }
+        rep.missing.push((
+            key.clone(),
+            lacking.iter().map(|i| ps[*i].name().to_string()).collect(),
+        ));
+        if !repair {
+            continue;
+        }
+        // A good copy: it must pass the frame check (archive.json is plain JSON).
+        let mut good = None;
+        for (i, p) in ps.iter().enumerate() {
+            if sizes[i].is_none() {
+                continue;
+            }
+            if let Some(b) = p.get(key).await? {
+                if key == catalog::ARCHIVE_META || pipeline::check(&b).is_ok() {
+                    good = Some((b, p.name().to_string()));
+                    break;
+                }
+            }
+        }
+        let Some((bytes, from)) = good else {
+            rep.problems.push(format!(
+                "{key}: no provider has a copy that passes its CRC check"
+            ));
+            continue;
+        };
+        for i in lacking {
+            ps[i].put(key, bytes.clone()).await?;
+            rep.repaired
+                .push((key.clone(), format!("{} -> {}", from, ps[i].name())));
+        }
+    }
+    if repair {
+        let fixed: std::collections::HashSet<&str> =
+            rep.repaired.iter().map(|r| r.0.as_str()).collect();
+        rep.missing.retain(|(k, _)| !fixed.contains(k.as_str()));
+    }
+    Ok(rep)
+}

@@ -192,3 +192,62 @@ fn full_spool_stops_acknowledging_until_the_provider_returns() {
     let (ok, report) = s.lb.verify(false);
     assert!(ok, "{report}");
 }
+
+#[test]
+fn verify_providers_finds_and_repairs_what_one_lacks() {
+    let s = setup("");
+    s.lb.run_ok(
+        &["stream", "--endpos", &s.pg.current_lsn()],
+        Duration::from_secs(60),
+    );
+    let end = write_wal(&s.pg, 40);
+    s.lb.run_ok(
+        &["stream", "--endpos", &fmt_lsn(end)],
+        Duration::from_secs(120),
+    );
+    assert_eq!(files(&s.lb.archive), files(s.second.path()));
+    let segs: Vec<String> = files(s.second.path())
+        .into_iter()
+        .filter(|k| k.ends_with(".seg"))
+        .collect();
+    assert!(segs.len() >= 2, "{segs:?}");
+    // Each provider loses a different segment.
+    std::fs::remove_file(s.second.path().join(&segs[0])).unwrap();
+    std::fs::remove_file(s.lb.archive.join(&segs[1])).unwrap();
+
+    let out = s.lb.run(
+        &["--json", "verify", "--providers"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rep["missing"],
+        serde_json::json!([[segs[0], ["second"]], [segs[1], ["local"]]])
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "error: the providers differ (hint: lifeboat verify --providers --repair copies what is missing)"
+    ));
+
+    let out = s.lb.run(
+        &["--json", "verify", "--providers", "--repair"],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["repaired"].as_array().unwrap().len(), 2, "{rep}");
+    assert_eq!(files(&s.lb.archive), files(s.second.path()));
+    for k in &segs[..2] {
+        assert!(
+            std::fs::read(s.lb.archive.join(k)).unwrap()
+                == std::fs::read(s.second.path().join(k)).unwrap()
+        );
+    }
+    s.lb.run_ok(&["verify", "--providers"], Duration::from_secs(60));
+    let (ok, report) = s.lb.verify(true);
+    assert!(ok, "{report}");
+}
