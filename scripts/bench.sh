@@ -8,18 +8,15 @@
 #      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 WHAT="${1:-stream}"
 MAJOR="${LIFEBOAT_BENCH_MAJOR:-15}"
 WAL_MB="${LIFEBOAT_BENCH_WAL_MB:-1536}"
 ROUNDS="${LIFEBOAT_BENCH_ROUNDS:-2}"
 
-[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-command -v age-keygen >/dev/null || { apt-get update -qq && apt-get install -y -qq age >/dev/null; }
-LIFEBOAT_PG_MAJORS="$MAJOR" bash scripts/install-pg.sh >/dev/null
-if [[ -n "${LIFEBOAT_CACHE:-}" ]]; then CACHE="$LIFEBOAT_CACHE"
-elif [[ $(id -u) == 0 ]]; then CACHE=/var/cache/lifeboat
-else CACHE="$HOME/.cache/lifeboat"; fi
-BIN="$CACHE/pg/$MAJOR/bin"
+[[ -x /usr/bin/time ]] || need_cmd /usr/bin/time time
+need_cmd age-keygen age
+BIN=$(pg_bin_dir "$MAJOR")
 cargo build --release --quiet
 LB="$PWD/target/release/lifeboat"
 

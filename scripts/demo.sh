@@ -7,15 +7,12 @@
 #   scripts/demo.sh            # uses PostgreSQL 15 (LIFEBOAT_DEMO_MAJOR to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 MAJOR="${LIFEBOAT_DEMO_MAJOR:-15}"
 say() { printf '\n== %s\n' "$*"; }
 
-command -v age-keygen >/dev/null || { apt-get update -qq && apt-get install -y -qq age >/dev/null; }
-LIFEBOAT_PG_MAJORS="$MAJOR" bash scripts/install-pg.sh >/dev/null
-if [[ -n "${LIFEBOAT_CACHE:-}" ]]; then CACHE="$LIFEBOAT_CACHE"
-elif [[ $(id -u) == 0 ]]; then CACHE=/var/cache/lifeboat
-else CACHE="$HOME/.cache/lifeboat"; fi
-BIN="$CACHE/pg/$MAJOR/bin"
+need_cmd age-keygen age
+BIN=$(pg_bin_dir "$MAJOR")
 
 say "building lifeboat (release)"
 cargo build --release --quiet

@@ -6,37 +6,11 @@
 mod common;
 mod lb;
 
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use lb::*;
-
-fn files(root: &Path) -> Vec<String> {
-    let mut v = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                v.push(
-                    e.path()
-                        .strip_prefix(root)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    v.sort();
-    v
-}
 
 struct Setup {
     pg: PgCluster,

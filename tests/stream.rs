@@ -719,29 +719,8 @@ fn two_file_providers_get_every_object_and_reads_fall_back() {
         Duration::from_secs(120),
     );
 
-    let list = |root: &Path| {
-        let mut v = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                if e.path().is_dir() {
-                    stack.push(e.path());
-                } else {
-                    v.push(
-                        e.path()
-                            .strip_prefix(root)
-                            .unwrap()
-                            .to_string_lossy()
-                            .into_owned(),
-                    );
-                }
-            }
-        }
-        v.sort();
-        v
-    };
-    let a = list(&lb.archive);
-    let b = list(second.path());
+    let a = files(&lb.archive);
+    let b = files(second.path());
     assert_eq!(a, b, "both providers hold the same objects");
     let segs: Vec<&String> = a.iter().filter(|k| k.ends_with(".seg")).collect();
     assert!(segs.len() >= 3, "{segs:?}");

@@ -190,6 +190,32 @@ impl Lb {
     }
 }
 
+/// Every file under `root`, as sorted paths relative to it.
+pub fn files(root: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                v.push(
+                    e.path()
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
 pub fn parse_lsn(s: &str) -> u64 {
     let (hi, lo) = s
         .trim()
