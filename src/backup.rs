@@ -13,6 +13,10 @@
 //!   every provider: a backup without it does not exist (`list` ignores it). An interrupted
 //!   backup leaves only unreferenced parts.
 //! - The database is read once, however many providers there are.
+//! - Before BASE_BACKUP a second walsender connection holds a TEMPORARY slot reserving WAL
+//!   from before the backup's checkpoint; if no streamer has archived start..end shortly
+//!   after the backup, `backup` streams that WAL itself over that connection through the
+//!   streamer's pipeline (`stream::archive_range`), as `pg_basebackup -X stream` does.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -71,7 +75,9 @@ impl PartWriter {
             sealer,
             id,
             part_size,
-            slots: Arc::new(Semaphore::new(cores + 1)),
+            // One part sealing per core; with the part being filled that bounds memory to
+            // about (cores + 1) x part_size plus the sealed copies.
+            slots: Arc::new(Semaphore::new(cores)),
             tasks: JoinSet::new(),
             done: Vec::new(),
             cur: None,
@@ -135,9 +141,12 @@ impl PartWriter {
         self.tasks.spawn(async move {
             let _permit = permit;
             let plain_len = data.len() as u64;
-            let sealed = tokio::task::spawn_blocking(move || sealer.seal(&data))
-                .await
-                .map_err(|e| anyhow!("sealing task failed: {e}"))??;
+            let hint = data.len() / 3;
+            let sealed = tokio::task::spawn_blocking(move || {
+                sealer.seal_reader_with_capacity(&data[..], hint)
+            })
+            .await
+            .map_err(|e| anyhow!("sealing task failed: {e}"))??;
             let part = BackupPart {
                 key: key.clone(),
                 tar,
@@ -305,6 +314,29 @@ async fn wal_archived(
     Ok((all, first_ranges))
 }
 
+/// A second walsender connection with a TEMPORARY physical slot that reserves WAL from the
+/// last checkpoint's redo position, i.e. from before the backup's own checkpoint. The slot
+/// lives exactly as long as the connection.
+async fn hold_wal(params: &ConnParams, system_id: u64) -> Result<(Connection, String)> {
+    let mut c = Connection::connect(params, true).await?;
+    let ident = c.identify_system().await?;
+    if ident.system_id != system_id {
+        bail!(
+            "the second connection reached database system {}, not {system_id}",
+            ident.system_id
+        );
+    }
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let slot = format!("lifeboat_backup_{}_{nanos}", std::process::id());
+    if !c.create_physical_slot(&slot, true).await? {
+        bail!("replication slot \"{slot}\" already exists");
+    }
+    tracing::debug!(slot, "temporary slot holds the backup's WAL");
+    Ok((c, slot))
+}
+
 /// Take a base backup and archive it.
 pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
     let params = ConnParams::parse_with_process_env(&cfg.postgres.conninfo)
@@ -333,6 +365,19 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         Ok(e) => Some(e),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the installed extensions through an ordinary connection; recording them as unknown");
+            None
+        }
+    };
+
+    // Before the checkpoint: a second connection whose temporary slot holds the backup's
+    // WAL, so the backup can archive it itself when no streamer does.
+    let wal_conn = match hold_wal(&params, ident.system_id).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot hold the backup's WAL with a temporary slot on a second replication connection: relying on a running lifeboat stream to archive it (hint: allow one more walsender in max_wal_senders and one more slot in max_replication_slots)"
+            );
             None
         }
     };
@@ -412,15 +457,57 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         "base backup stored"
     );
 
-    // The backup is written; it is restorable once its WAL is archived.
-    let deadline = Instant::now() + opts.wal_timeout;
-    let restorable = loop {
+    // The backup is written; it is restorable once its WAL is archived. A running streamer
+    // gets a short grace period; then the backup archives the WAL itself from its slot.
+    let wait = match &wal_conn {
+        Some(_) => (cfg.max_delay() * 2)
+            .max(Duration::from_secs(1))
+            .min(opts.wal_timeout),
+        None => opts.wal_timeout,
+    };
+    let deadline = Instant::now() + wait;
+    let mut restorable = loop {
         let (ok, _) = wal_archived(&archive, seg, &meta).await?;
         if ok || Instant::now() >= deadline {
             break ok;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    if let Some((mut wc, slot)) = wal_conn {
+        if !restorable {
+            let spool_dir = cfg.wal.spool_dir.join(format!("backup-{id}"));
+            tracing::info!(id, slot, start = %meta.start_lsn, end = %meta.end_lsn, "archiving the backup's WAL from its temporary slot");
+            let result = crate::stream::archive_range(
+                cfg,
+                &archive,
+                &mut wc,
+                crate::stream::Session {
+                    slot: &slot,
+                    system_id: ident.system_id,
+                    seg,
+                    timeline: start.1,
+                    start: meta.start_lsn,
+                    endpos: meta.end_lsn,
+                    spool_dir: spool_dir.clone(),
+                },
+            )
+            .await;
+            // The slot goes with the connection: nothing in this spool can be resumed.
+            let _ = std::fs::remove_dir_all(&spool_dir);
+            wc.close().await;
+            if let Err(e) = result {
+                bail!(
+                    "backup {id} is stored but not restorable: archiving its WAL {} – {} on timeline {} failed: {e:#}\nhint: fix that and take a new backup, or keep a lifeboat stream running for this cluster",
+                    meta.start_lsn,
+                    meta.end_lsn,
+                    meta.end_timeline
+                );
+            }
+            restorable = wal_archived(&archive, seg, &meta).await?.0;
+        } else {
+            wc.close().await;
+        }
+    }
     if restorable {
         tracing::info!(id, "the backup's WAL is archived: the backup is restorable");
     } else {

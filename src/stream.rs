@@ -452,6 +452,90 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
     }
 }
 
+/// One streaming session over a walsender connection that is already open and holds
+/// `slot` (e.g. a temporary slot that lives only as long as the connection).
+pub struct Session<'a> {
+    pub slot: &'a str,
+    pub system_id: u64,
+    pub seg: WalSegSize,
+    /// Timeline of `start`.
+    pub timeline: TimelineId,
+    /// Streaming starts at the beginning of the segment holding it.
+    pub start: Lsn,
+    /// Streaming stops once everything before it is archived.
+    pub endpos: Lsn,
+    /// A spool directory of this session's own (spool files and outbox): never a running
+    /// streamer's.
+    pub spool_dir: PathBuf,
+}
+
+/// Archive the WAL from `s.start` to `s.endpos` over `conn` with the streamer's pipeline:
+/// the same objects (`.seg` for complete segments, parts for the tail), sealed the same
+/// way, stored in LSN order on every provider. Follows timeline switches. Returns the end
+/// position archived (`>= s.endpos`). The caller owns `conn` and the spool directory.
+///
+/// `lifeboat backup` uses this to archive its own WAL from a temporary slot, as
+/// `pg_basebackup -X stream` does.
+pub async fn archive_range(
+    cfg: &Config,
+    archive: &Archive,
+    conn: &mut Connection,
+    s: Session<'_>,
+) -> Result<Lsn> {
+    std::fs::create_dir_all(&s.spool_dir).with_context(|| {
+        format!(
+            "cannot create spool directory {} (hint: set wal.spool_dir to a writable directory)",
+            s.spool_dir.display()
+        )
+    })?;
+    let sealer = Sealer::new(&cfg.encryption.recipients, cfg.wal.compression_level)?;
+    let mut histories = HashSet::new();
+    for p in &archive.mirror.providers {
+        let inv = archive.inventory(p.as_ref(), s.seg).await?;
+        histories.extend(inv.histories.keys().copied());
+    }
+    let uploader = Uploader::start(
+        archive.mirror.providers.clone(),
+        sealer,
+        s.seg,
+        s.spool_dir.join("outbox"),
+        cfg.spool_max_size(),
+    )?;
+    let start = s.start.segment_start(s.seg);
+    let mut streamer = Streamer {
+        system_id: s.system_id,
+        uploader,
+        state: State {
+            seg: s.seg,
+            tli: s.timeline,
+            written: Lsn::INVALID,
+            submitted: start,
+            acked: start,
+            pending_since: None,
+            spool_dir: s.spool_dir.clone(),
+            current: None,
+            histories,
+        },
+        resume_known: true,
+        max_delay: cfg.max_delay(),
+        status_interval: cfg.status_interval(),
+        slot: Some(s.slot.to_string()),
+        create_slot: false,
+    };
+    // Never signalled: the session ends at `endpos` (the sender must outlive it).
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let result = streamer.follow(conn, Some(s.endpos), &stop_rx).await;
+    streamer.drain().await?;
+    match result? {
+        Outcome::Done => Ok(streamer.state.acked),
+        Outcome::Reconnect(why) => bail!(
+            "the WAL stream ended at {} before {}: {why}",
+            streamer.state.written,
+            s.endpos
+        ),
+    }
+}
+
 async fn wait_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
     let mut stop = stop.clone();
     if *stop.borrow() {
@@ -553,7 +637,7 @@ impl Streamer {
         let seg = self.state.seg;
         if let Some(slot) = self.slot.clone() {
             if self.create_slot {
-                if conn.create_physical_slot(&slot).await? {
+                if conn.create_physical_slot(&slot, false).await? {
                     tracing::info!(slot, "created physical replication slot");
                 }
             } else if let Some(info) = conn.read_replication_slot(&slot).await? {
@@ -584,6 +668,19 @@ impl Streamer {
             self.resume_known = true;
             tracing::info!(timeline = %start.0, start = %self.state.submitted, "archive is empty: starting at the server's position");
         }
+        self.follow(conn, endpos, stop).await
+    }
+
+    /// Stream from the start of the segment holding `state.submitted` on `state.tli`,
+    /// following timeline switches, until `endpos` is archived, a stop, or the server ends
+    /// the stream. The slot, if any, must exist.
+    async fn follow(
+        &mut self,
+        conn: &mut Connection,
+        endpos: Option<Lsn>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Outcome> {
+        let seg = self.state.seg;
         loop {
             let tli = self.state.tli;
             self.ensure_history(conn, tli).await?;

@@ -290,26 +290,32 @@ fn kill_9_during_a_backup_leaves_no_backup_and_the_next_one_works() {
     let list = list_json(&lb);
     assert_eq!(list["backups"].as_array().unwrap().len(), 0, "{list}");
 
-    // The next backup works; with no streamer it is written but not restorable.
+    // The killed backup's temporary slot went with its connection.
+    wait_no_backup_slots(&pg);
+
+    // The next backup works; with no streamer it archives its own WAL and is restorable.
     let text = std::fs::read_to_string(&lb.config)
         .unwrap()
         .replace("max_rate = 4096\n", "");
     std::fs::write(&lb.config, text).unwrap();
-    let out = lb.run(&["backup", "--wal-timeout", "1s"], Duration::from_secs(600));
+    let out = lb.run(&["backup"], Duration::from_secs(600));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("is not restorable yet: WAL ")
-            && stderr.contains("a lifeboat stream must be running"),
-        "{stderr}"
-    );
+    assert!(!stderr.contains("not restorable"), "{stderr}");
     let list = list_json(&lb);
     let backups = list["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 1, "{list}");
-    assert_eq!(backups[0]["restorable"], false);
+    assert_eq!(backups[0]["restorable"], true, "{list}");
+    let id = backups[0]["id"].as_str().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let datadir = rebuild(&lb, backups[0]["id"].as_str().unwrap(), work.path());
+    let datadir = rebuild(&lb, id, work.path());
     verifybackup(&pg, &datadir);
+    let restored = restore_to_consistency(&lb, id, major);
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM pgbench_accounts"),
+        "800000"
+    );
+    wait_no_backup_slots(&pg);
 }
 
 fn first_error_line(out: &std::process::Output) -> String {
@@ -406,42 +412,190 @@ fn backup_under_pgbench_restores_to_consistency_with_archived_wal() {
         let _ = bench.wait();
         stop(streamer);
 
-        let work = tempfile::tempdir().unwrap();
-        let datadir = rebuild(&lb, report["id"].as_str().unwrap(), work.path());
-        // The server user runs the restore_command: let it read the workspace, and give it a
-        // copy of the binary that a concurrent build cannot replace.
-        let bin = lb.dir.path().join("lifeboat");
-        std::fs::copy(BIN, &bin).unwrap();
-        let mut c = Command::new("chmod");
-        c.arg("-R").arg("a+rX").arg(lb.dir.path());
-        run_ok(&mut c, Duration::from_secs(30));
-        let restore = format!(
-            "{} --config {} --identity {} wal-fetch %f %p",
-            bin.display(),
-            lb.config.display(),
-            lb.identity.display()
-        );
-        let mut auto = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(datadir.join("postgresql.auto.conf"))
-            .unwrap();
-        std::io::Write::write_all(
-            &mut auto,
-            format!(
-                "\nrestore_command = '{restore}'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n"
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-        std::fs::write(datadir.join("recovery.signal"), "").unwrap();
-        let restored = PgCluster::start_from_datadir(major, &datadir, Duration::from_secs(180));
-        restored.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(120));
+        let restored = restore_to_consistency(&lb, report["id"].as_str().unwrap(), major);
         assert_eq!(
             restored.psql("SELECT count(*) FROM pgbench_accounts"),
             "200000",
             "PostgreSQL {major}"
         );
-        assert!(restored.log().contains("consistent recovery state reached"));
     }
+}
+
+/// Rebuild backup `id` and start PostgreSQL `major` on it with `lifeboat wal-fetch` as the
+/// restore_command and `recovery_target = 'immediate'`; returns the cluster once it has
+/// reached consistency and been promoted.
+fn restore_to_consistency(lb: &Lb, id: &str, major: u32) -> PgCluster {
+    let work = tempfile::tempdir().unwrap();
+    let datadir = rebuild(lb, id, work.path());
+    // The server user runs the restore_command: let it read the workspace, and give it a
+    // copy of the binary that a concurrent build cannot replace.
+    let bin = lb.dir.path().join("lifeboat");
+    std::fs::copy(BIN, &bin).unwrap();
+    let mut c = Command::new("chmod");
+    c.arg("-R").arg("a+rX").arg(lb.dir.path());
+    run_ok(&mut c, Duration::from_secs(30));
+    let restore = format!(
+        "{} --config {} --identity {} wal-fetch %f %p",
+        bin.display(),
+        lb.config.display(),
+        lb.identity.display()
+    );
+    let mut auto = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(datadir.join("postgresql.auto.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut auto,
+        format!(
+            "\nrestore_command = '{restore}'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(datadir.join("recovery.signal"), "").unwrap();
+    let restored = PgCluster::start_from_datadir(major, &datadir, Duration::from_secs(180));
+    restored.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(120));
+    assert!(
+        restored.log().contains("consistent recovery state reached"),
+        "PostgreSQL {major}: {}",
+        restored.log()
+    );
+    restored
+}
+
+/// Temporary slots of `lifeboat backup` still on the server (they must go with its
+/// connection).
+fn backup_slots(pg: &PgCluster) -> String {
+    pg.psql("SELECT coalesce(string_agg(slot_name, ','), '') FROM pg_replication_slots WHERE slot_name LIKE 'lifeboat_backup_%'")
+}
+
+fn wait_no_backup_slots(pg: &PgCluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !backup_slots(pg).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "temporary slots left: {}",
+            backup_slots(pg)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// With no streamer at all, `backup` archives its own WAL from a temporary slot (as
+/// `pg_basebackup -X stream` does): the backup is restorable at once and a cluster started
+/// from it reaches consistency.
+#[test]
+fn backup_without_a_streamer_archives_its_own_wal_and_restores() {
+    let majors = require_majors();
+    let mut picks = vec![*majors.iter().min().unwrap(), *majors.iter().max().unwrap()];
+    picks.dedup();
+    for major in picks {
+        let pg = PgCluster::start(major, ClusterOpts::default());
+        pg.pgbench_init(2);
+        let lb = lifeboat_for(&pg, PARTS);
+        let mut bench = pg.pgbench(600, 2);
+        std::thread::sleep(Duration::from_secs(2));
+        let started = Instant::now();
+        let out = lb.run(&["--json", "backup", "--fast"], Duration::from_secs(600));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "PostgreSQL {major}: {stderr}");
+        let report = json_of(&out);
+        let _ = bench.kill();
+        let _ = bench.wait();
+        assert_eq!(
+            report["restorable"], true,
+            "PostgreSQL {major}: {report}\n{stderr}"
+        );
+        assert!(
+            stderr.contains("archiving the backup's WAL from its temporary slot"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("not restorable"), "{stderr}");
+        // It did not sit out the 60 s --wal-timeout waiting for a streamer.
+        assert!(started.elapsed() < Duration::from_secs(50), "{stderr}");
+        wait_no_backup_slots(&pg);
+        // Its own spool directory is gone; the streamer's spool was never touched.
+        let leftovers: Vec<_> = std::fs::read_dir(&lb.spool)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        let id = report["id"].as_str().unwrap();
+        let list = list_json(&lb);
+        assert_eq!(list["backups"][0]["id"], id);
+        assert_eq!(list["backups"][0]["restorable"], true, "{list}");
+        let restored = restore_to_consistency(&lb, id, major);
+        assert_eq!(
+            restored.psql("SELECT count(*) FROM pgbench_accounts"),
+            "200000",
+            "PostgreSQL {major}"
+        );
+    }
+}
+
+/// Unmounts a test filesystem however the test ends.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The backup's own WAL streaming runs out of space on the spool: the error names the file
+/// and the cause, the backup is listed as stored but not restorable, no slot is left.
+#[test]
+fn bad_input_disk_full_on_the_spool() {
+    if !is_root() {
+        eprintln!("SKIPPED bad_input_disk_full_on_the_spool: mounting a 1 MiB tmpfs as wal.spool_dir needs root");
+        return;
+    }
+    let major = newest_major().expect("a PostgreSQL installation");
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    pg.pgbench_init(2);
+    // Slow enough that pgbench writes well over 1 MiB of WAL during the backup.
+    let lb = lifeboat_for(&pg, &format!("{PARTS}max_rate = 4096\n"));
+    std::fs::create_dir_all(&lb.spool).unwrap();
+    let mut mount = Command::new("mount");
+    mount
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&lb.spool);
+    run_ok(&mut mount, Duration::from_secs(30));
+    let _mounted = Mount(lb.spool.clone());
+    let mut bench = pg.pgbench(600, 2);
+    let out = lb.run(&["backup", "--fast"], Duration::from_secs(600));
+    let _ = bench.kill();
+    let _ = bench.wait();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = list_json(&lb);
+    let b = &list["backups"][0];
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(b["restorable"], false, "{list}");
+    let (id, start, end) = (
+        b["id"].as_str().unwrap(),
+        b["start_lsn"].as_str().unwrap(),
+        b["end_lsn"].as_str().unwrap(),
+    );
+    let seg = seg_name(1, parse_lsn(start), pg.wal_segment_size());
+    assert_eq!(
+        first_error_line(&out),
+        format!(
+            "error: backup {id} is stored but not restorable: archiving its WAL {start} – {end} on timeline 1 failed: writing spool file {}/backup-{id}/{seg}.partial: No space left on device (os error 28)",
+            lb.spool.display()
+        )
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\nhint: fix that and take a new backup"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_no_backup_slots(&pg);
+    // The failed session's spool is cleaned up.
+    assert_eq!(std::fs::read_dir(&lb.spool).unwrap().count(), 0);
 }

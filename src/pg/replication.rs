@@ -95,12 +95,19 @@ impl Connection {
             .ok_or_else(|| PgError::Protocol(format!("TIMELINE_HISTORY {tli} returned no content")))
     }
 
-    /// Create a physical slot that reserves WAL at once. `Ok(false)` when it already exists.
-    pub async fn create_physical_slot(&mut self, name: &str) -> Result<bool, PgError> {
+    /// Create a physical slot that reserves WAL at once (from the last checkpoint's redo
+    /// position). A `temporary` slot lives only as long as this connection, like the one
+    /// `pg_basebackup -X stream` uses. `Ok(false)` when it already exists.
+    pub async fn create_physical_slot(
+        &mut self,
+        name: &str,
+        temporary: bool,
+    ) -> Result<bool, PgError> {
         match self
             .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL",
-                quote_ident(name)
+                "CREATE_REPLICATION_SLOT {}{} PHYSICAL RESERVE_WAL",
+                quote_ident(name),
+                if temporary { " TEMPORARY" } else { "" }
             ))
             .await
         {
