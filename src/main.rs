@@ -80,7 +80,10 @@ enum Command {
         /// Request an immediate checkpoint instead of a spread one.
         #[arg(long)]
         fast: bool,
-        /// How long to wait for a running `lifeboat stream` to archive the backup's WAL.
+        /// Upper bound on waiting for the backup's WAL to be archived: a running
+        /// `lifeboat stream` gets a short grace period (2 x wal.max_delay), after which the
+        /// backup archives the WAL itself from its temporary slot; the whole wait only
+        /// applies when that slot could not be created.
         #[arg(long, default_value = "60s")]
         wal_timeout: String,
     },
