@@ -275,11 +275,10 @@ impl Delivery {
                                     tracing::warn!(provider = names[l], "provider is back: backfilling from the spool");
                                 }
                                 healthy[l] = true;
-                                if let Some(front) = pending.front() {
-                                    let idx = (seq - front.obj.seq) as usize;
-                                    if let Some(e) = pending.get_mut(idx) {
-                                        e.stored[l] = true;
-                                    }
+                                // By sequence number, not position: replayed outbox files
+                                // may have gaps (a damaged one is skipped).
+                                if let Some(e) = pending.iter_mut().find(|e| e.obj.seq == seq) {
+                                    e.stored[l] = true;
                                 }
                             }
                             LaneEvent::Failed(l, err) => {
