@@ -245,12 +245,7 @@ fn backup_from_a_standby_passes_pg_verifybackup() {
             .stderr(log)
             .spawn()
             .unwrap();
-        wait_archived(
-            &pg,
-            parse_lsn(&pg.current_lsn()),
-            Duration::from_secs(120),
-            &lb,
-        );
+        wait_caught_up(&pg, Duration::from_secs(120), &lb);
         pg.psql("CHECKPOINT");
         let report = backup_ok(&lb, &["--fast"]);
         assert_eq!(report["from_standby"], true, "{report}");

@@ -318,24 +318,14 @@ fn server_restart_and_terminated_walsender_leave_no_gap() {
     let lb = lifeboat_for(&pg);
     let mut s = lb.spawn_stream();
     pg.psql("CREATE TABLE t(x int); INSERT INTO t SELECT generate_series(1, 100000)");
-    wait_archived(
-        &pg,
-        parse_lsn(&pg.current_lsn()),
-        Duration::from_secs(60),
-        &lb,
-    );
+    wait_caught_up(&pg, Duration::from_secs(60), &lb);
     let start = lb.wal_ranges()[0].1;
     let killed = pg.psql(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication WHERE application_name = 'lifeboat'",
     );
     assert_eq!(killed, "1");
     pg.psql("INSERT INTO t SELECT generate_series(1, 100000)");
-    wait_archived(
-        &pg,
-        parse_lsn(&pg.current_lsn()),
-        Duration::from_secs(60),
-        &lb,
-    );
+    wait_caught_up(&pg, Duration::from_secs(60), &lb);
     pg.psql("INSERT INTO t SELECT generate_series(1, 100000)");
     pg.restart();
     pg.psql("INSERT INTO t SELECT generate_series(1, 100000)");
@@ -365,12 +355,7 @@ fn partial_segments_leave_within_max_delay() {
     let lb = lifeboat_for(&pg);
     let mut s = lb.spawn_stream();
     pg.psql("CREATE TABLE t(x int)");
-    wait_archived(
-        &pg,
-        parse_lsn(&pg.current_lsn()),
-        Duration::from_secs(30),
-        &lb,
-    );
+    wait_caught_up(&pg, Duration::from_secs(30), &lb);
     // A small commit: far from a segment boundary, it must still leave within ~max_delay.
     pg.psql("INSERT INTO t VALUES (42)");
     let lsn = parse_lsn(&pg.current_lsn());

@@ -263,13 +263,18 @@ pub fn wait_archived(pg: &PgCluster, lsn: u64, timeout: Duration, lb: &Lb) {
     }
 }
 
+/// Wait until everything the server has written so far is archived.
+pub fn wait_caught_up(pg: &PgCluster, timeout: Duration, lb: &Lb) {
+    wait_archived(pg, parse_lsn(&pg.current_lsn()), timeout, lb);
+}
+
 /// Start `pg_receivewal` (the oracle) into `dir` with its own slot, until `endpos`.
 pub fn spawn_pg_receivewal(pg: &PgCluster, dir: &Path, slot: &str, endpos: Option<u64>) -> Child {
     std::fs::create_dir_all(dir).unwrap();
     let port = pg.port.to_string();
-    let mut create = Command::new(pg.bin("pg_receivewal"));
-    create
-        .args([
+    let receivewal = || {
+        let mut c = Command::new(pg.bin("pg_receivewal"));
+        c.args([
             "-h",
             "127.0.0.1",
             "-p",
@@ -278,28 +283,18 @@ pub fn spawn_pg_receivewal(pg: &PgCluster, dir: &Path, slot: &str, endpos: Optio
             "lifeboat",
             "--slot",
             slot,
-            "--create-slot",
-            "--if-not-exists",
         ])
         .env("PGPASSWORD", crate::common::REPL_PASSWORD)
         .env_remove("PGHOST");
+        c
+    };
+    let mut create = receivewal();
+    create.args(["--create-slot", "--if-not-exists"]);
     run_ok(&mut create, Duration::from_secs(30));
-    let mut c = Command::new(pg.bin("pg_receivewal"));
+    let mut c = receivewal();
     c.arg("-D")
         .arg(dir)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "lifeboat",
-            "--slot",
-            slot,
-            "-n",
-            "--synchronous",
-        ])
-        .env("PGPASSWORD", crate::common::REPL_PASSWORD)
+        .args(["-n", "--synchronous"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
