@@ -209,7 +209,7 @@ pub fn check(stored: &[u8]) -> Result<Checked, PipelineError> {
 
 /// Decryption keys (age identities), held only by restore hosts.
 pub struct Opener {
-    identities: Vec<Box<dyn age::Identity>>,
+    identities: Vec<Box<dyn age::Identity + Send + Sync>>,
 }
 
 impl Opener {
@@ -218,13 +218,20 @@ impl Opener {
             path: path.display().to_string(),
             reason,
         };
-        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-        let ids = age::IdentityFile::from_buffer(io::BufReader::new(file))
-            .map_err(|e| bad(e.to_string()))?
-            .into_identities()
-            .map_err(|e| bad(e.to_string()))?;
-        if ids.is_empty() {
-            return Err(bad("no identities in the file".into()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let id = age::x25519::Identity::from_str(line).map_err(|_| {
+                bad(format!(
+                    "line {} is not an X25519 identity (AGE-SECRET-KEY-1...)",
+                    i + 1
+                ))
+            })?;
+            ids.push(Box::new(id));
         }
         Ok(Opener { identities: ids })
     }

@@ -335,3 +335,40 @@ fn unsafe_kill(pid: i32, sig: i32) {
         .arg(pid.to_string())
         .status();
 }
+
+impl Lb {
+    /// A copy of the binary inside the workspace (which the PostgreSQL user may read), so
+    /// that the restore_command a restore writes survives concurrent rebuilds, and the
+    /// workspace opened to that user (the server runs `wal-fetch` as itself).
+    pub fn restore_bin(&self) -> PathBuf {
+        let bin = self.dir.path().join("lifeboat");
+        if !bin.exists() {
+            std::fs::copy(BIN, &bin).expect("copy the lifeboat binary");
+        }
+        let mut c = Command::new("chmod");
+        c.arg("-R").arg("a+rX").arg(self.dir.path());
+        run_ok(&mut c, Duration::from_secs(30));
+        bin
+    }
+
+    /// `lifeboat --identity ID <args>` run from the workspace copy of the binary.
+    pub fn run_restore_bin(&self, args: &[&str], timeout: Duration) -> Output {
+        let mut c = Command::new(self.restore_bin());
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--identity")
+            .arg(&self.identity)
+            .env_remove("LIFEBOAT_IDENTITY_FILE")
+            .env("HOME", self.dir.path())
+            .args(args);
+        run_timeout(&mut c, timeout, None).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// Start PostgreSQL `major` on a directory `lifeboat restore` wrote and wait until recovery
+/// has finished and the server was promoted.
+pub fn start_restored(major: u32, datadir: &Path) -> PgCluster {
+    let pg = PgCluster::start_from_datadir(major, datadir, Duration::from_secs(300));
+    pg.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(300));
+    pg
+}
