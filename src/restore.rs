@@ -1144,7 +1144,14 @@ async fn extract_all(
             .context("writing tablespace_map")?;
         tracing::info!("tablespace_map rewritten for the new locations (pg_verifybackup needs -i tablespace_map)");
     }
-    // Recovery configuration.
+    // Recovery configuration. A backup taken from a standby carries its standby.signal:
+    // a restore is an archive recovery to a target, not a new standby of a server that
+    // may be gone (pg_verifybackup ignores both signal files).
+    match std::fs::remove_file(pgdata.join("standby.signal")) {
+        Ok(()) => tracing::info!("removed the backed-up standby.signal: this is an archive recovery"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow!("removing standby.signal: {e}")),
+    }
     std::fs::write(pgdata.join("recovery.signal"), b"").context("writing recovery.signal")?;
     let mut auto = std::fs::OpenOptions::new()
         .append(true)
