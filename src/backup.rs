@@ -255,7 +255,9 @@ fn now_rfc3339() -> String {
 
 /// Extensions through an ordinary connection to the conninfo's database (default
 /// `postgres`).
-async fn read_extensions(params: &ConnParams) -> Result<Vec<BackupExtension>, PgError> {
+async fn read_extensions(
+    params: &ConnParams,
+) -> Result<(Vec<BackupExtension>, Option<String>), PgError> {
     let mut p = params.clone();
     if p.dbname.is_none() {
         p.dbname = Some("postgres".into());
@@ -264,14 +266,22 @@ async fn read_extensions(params: &ConnParams) -> Result<Vec<BackupExtension>, Pg
     let r = c
         .query_one_set("SELECT extname, extversion FROM pg_catalog.pg_extension ORDER BY extname")
         .await?;
+    // The bootstrap superuser (OID 10): the role a restore drill connects as.
+    let su = c
+        .query_one_set("SELECT rolname FROM pg_catalog.pg_roles WHERE oid = 10")
+        .await?;
     c.close().await;
-    Ok(r.rows
-        .into_iter()
-        .map(|row| BackupExtension {
-            name: row.first().cloned().flatten().unwrap_or_default(),
-            version: row.get(1).cloned().flatten().unwrap_or_default(),
-        })
-        .collect())
+    let superuser = su.rows.first().and_then(|r| r.first().cloned().flatten());
+    Ok((
+        r.rows
+            .into_iter()
+            .map(|row| BackupExtension {
+                name: row.first().cloned().flatten().unwrap_or_default(),
+                version: row.get(1).cloned().flatten().unwrap_or_default(),
+            })
+            .collect(),
+        superuser,
+    ))
 }
 
 /// A fresh backup id for `start_time` on the first provider.
@@ -361,11 +371,11 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         .await
         .map(|v| v == "on")
         .unwrap_or(false);
-    let extensions = match read_extensions(&params).await {
-        Ok(e) => Some(e),
+    let (extensions, bootstrap_superuser) = match read_extensions(&params).await {
+        Ok((e, su)) => (Some(e), su),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the installed extensions through an ordinary connection; recording them as unknown");
-            None
+            (None, None)
         }
     };
 
@@ -436,6 +446,7 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         data_checksums,
         wal_segment_size: seg.bytes(),
         from_standby,
+        bootstrap_superuser,
         created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
     };
     let body = serde_json::to_vec_pretty(&meta).context("encoding backup.json")?;

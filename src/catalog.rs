@@ -463,6 +463,9 @@ pub struct BackupMeta {
     pub data_checksums: bool,
     pub wal_segment_size: u64,
     pub from_standby: bool,
+    /// The role with OID 10 (what a restore drill connects as); `None` when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_superuser: Option<String>,
     pub created_by: String,
 }
 

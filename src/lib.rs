@@ -6,6 +6,7 @@ pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod config;
+pub mod drill;
 pub mod fault;
 pub mod list;
 pub mod outbox;

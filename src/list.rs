@@ -28,6 +28,18 @@ pub struct BackupSummary {
 pub struct ListReport {
     pub backups: Vec<BackupSummary>,
     pub wal: Vec<WalRange>,
+    /// The most recent restore drill recorded in the archive.
+    pub last_drill: Option<DrillSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrillSummary {
+    pub id: String,
+    pub ok: bool,
+    pub backup: Option<String>,
+    pub target: Option<String>,
+    /// The measured RTO, in seconds.
+    pub total_seconds: f64,
 }
 
 impl BackupSummary {
@@ -80,6 +92,7 @@ pub async fn run(archive: &Archive) -> Result<ListReport> {
         return Ok(ListReport {
             backups: Vec::new(),
             wal: Vec::new(),
+            last_drill: None,
         });
     };
     let seg =
@@ -95,7 +108,21 @@ pub async fn run(archive: &Archive) -> Result<ListReport> {
         .iter()
         .map(|m| BackupSummary::new(m, &wal))
         .collect();
-    Ok(ListReport { backups, wal })
+    let last_drill = crate::drill::drills(archive)
+        .await?
+        .pop()
+        .map(|d| DrillSummary {
+            id: d.id,
+            ok: d.ok,
+            backup: d.backup,
+            target: d.recovery_target,
+            total_seconds: d.phases.total,
+        });
+    Ok(ListReport {
+        backups,
+        wal,
+        last_drill,
+    })
 }
 
 fn human_size(n: u64) -> String {
@@ -149,6 +176,16 @@ pub fn render(r: &ListReport) -> String {
             ));
         }
     }
+    match &r.last_drill {
+        None => s.push_str("no restore drill recorded\n"),
+        Some(d) => s.push_str(&format!(
+            "last drill: {} {} (backup {}, {:.1} s)\n",
+            d.id,
+            if d.ok { "passed" } else { "FAILED" },
+            d.backup.as_deref().unwrap_or("-"),
+            d.total_seconds
+        )),
+    }
     s
 }
 
@@ -177,18 +214,30 @@ mod tests {
                 start_lsn: Lsn(0x100_0000),
                 end_lsn: Lsn(0x600_0000),
             }],
+            last_drill: Some(DrillSummary {
+                id: "20261124T093000Z".into(),
+                ok: true,
+                backup: Some("20261124T083012Z".into()),
+                target: None,
+                total_seconds: 12.34,
+            }),
         };
         assert_eq!(
             render(&r),
             "BACKUP               TLI START LSN    END LSN      STARTED                    SIZE     STORED RESTORABLE LABEL\n\
              20261124T083012Z       1 0/5000028    0/5000138    2026-11-24T08:30:12Z   24.0 MiB    3.0 MiB yes        nightly\n\
-             WAL:\n  timeline 1: 0/1000000 – 0/6000000\n"
+             WAL:\n  timeline 1: 0/1000000 – 0/6000000\n\
+             last drill: 20261124T093000Z passed (backup 20261124T083012Z, 12.3 s)\n"
         );
         let empty = ListReport {
             backups: vec![],
             wal: vec![],
+            last_drill: None,
         };
-        assert_eq!(render(&empty), "no backups\nno WAL archived\n");
+        assert_eq!(
+            render(&empty),
+            "no backups\nno WAL archived\nno restore drill recorded\n"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use lifeboat::pipeline::Opener;
 use lifeboat::plan::{Target, TimelineChoice};
 use lifeboat::restore::{self, RestoreOptions, TargetAction};
 use lifeboat::wal::Lsn;
-use lifeboat::{backup, list, stream, verify, walfetch};
+use lifeboat::{backup, drill, list, stream, verify, walfetch};
 
 const DEFAULT_CONFIG: &str = "/etc/lifeboat/lifeboat.toml";
 
@@ -94,6 +94,39 @@ enum Command {
     /// Restore a base backup into --pgdata and configure recovery to a target
     /// (default: the end of the archived WAL); then `pg_ctl start` finishes the job.
     Restore(RestoreArgs),
+    /// Restore drill: restore into a scratch directory, start PostgreSQL, run checks,
+    /// report timings, record the result in the archive.
+    Drill {
+        /// random, latest or a backup id.
+        #[arg(long, default_value = "random")]
+        backup: String,
+        /// random (a point of the backup's PITR window), latest, or a time.
+        #[arg(long, default_value = "random")]
+        target: String,
+        /// The bin directory of the PostgreSQL to run (default: found by version).
+        #[arg(long, value_name = "DIR")]
+        pg_bin: Option<PathBuf>,
+        /// SQL statements that must succeed and return true.
+        #[arg(long, value_name = "FILE")]
+        check_sql: Option<PathBuf>,
+        /// The database the --check-sql statements run in.
+        #[arg(long, default_value = "postgres")]
+        check_db: String,
+        /// Keep the scratch directory.
+        #[arg(long)]
+        keep: bool,
+        /// The OS user PostgreSQL runs as when lifeboat runs as root (default postgres).
+        #[arg(long, value_name = "USER")]
+        run_as: Option<String>,
+        /// Where the scratch directory is made.
+        #[arg(long, default_value = "/var/tmp", value_name = "DIR")]
+        scratch_dir: PathBuf,
+        /// Upper bound for recovery to reach its target.
+        #[arg(long, default_value = "1h")]
+        timeout: String,
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -609,6 +642,85 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
             Ok(())
+        }
+        Command::Drill {
+            backup,
+            target,
+            pg_bin,
+            check_sql,
+            check_db,
+            keep,
+            run_as,
+            scratch_dir,
+            timeout,
+            jobs,
+        } => {
+            let backup = match backup.as_str() {
+                "random" => drill::BackupChoice::Random,
+                "latest" => drill::BackupChoice::Latest,
+                id => drill::BackupChoice::Id(id.to_string()),
+            };
+            let target = match target.as_str() {
+                "random" => drill::DrillTarget::Random,
+                "latest" => drill::DrillTarget::Latest,
+                t => drill::DrillTarget::Time(
+                    restore::resolve_time(t).map_err(|e| usage(format!("--target: {e}")))?,
+                ),
+            };
+            let timeout = humantime::parse_duration(timeout.trim())
+                .map_err(|e| usage(format!("--timeout: \"{timeout}\" is not a duration ({e})")))?;
+            let identity_path = cli
+                .identity
+                .clone()
+                .or_else(|| cfg.encryption.identity_file.clone())
+                .ok_or_else(|| usage("this command decrypts, and no age identity was given\nhint: pass --identity FILE, set LIFEBOAT_IDENTITY_FILE, or set encryption.identity_file".into()))?;
+            let archive = Archive::open(&cfg)?;
+            let op = std::sync::Arc::new(opener(&cli, &cfg)?);
+            let exe = std::env::current_exe().context("locating the lifeboat binary")?;
+            let opts = drill::DrillOptions {
+                backup,
+                target,
+                pg_bin: pg_bin.clone(),
+                check_sql: check_sql.clone(),
+                check_db: check_db.clone(),
+                keep: *keep,
+                run_as: run_as.clone(),
+                scratch_parent: absolute(scratch_dir),
+                timeout,
+                config_path: absolute(std::path::Path::new(&cfg_path)),
+                identity_path: absolute(&identity_path),
+                jobs: *jobs,
+            };
+            let rep = drill::run(&archive, op, &exe, &opts).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rep).context("encoding the report")?
+                );
+            } else {
+                print!("{}", drill::render(&rep));
+            }
+            if rep.ok {
+                Ok(())
+            } else {
+                Err(Failure {
+                    code: 1,
+                    err: anyhow!(
+                        "drill {} failed{}",
+                        rep.id,
+                        rep.checks
+                            .iter()
+                            .find(|c| !c.ok)
+                            .map(|c| format!(": check {} {}", c.query.replace('\n', " "), c.result))
+                            .or_else(|| rep
+                                .error
+                                .as_ref()
+                                .map(|e| format!(": {}", e.lines().next().unwrap_or(""))))
+                            .unwrap_or_default()
+                    ),
+                    quiet: false,
+                })
+            }
         }
         Command::WalFetch { segment, dest } => {
             let archive = Archive::open(&cfg)?;

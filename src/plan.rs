@@ -688,6 +688,7 @@ mod tests {
             data_checksums: true,
             wal_segment_size: S,
             from_standby: false,
+            bootstrap_superuser: None,
             created_by: String::new(),
         }
     }

@@ -1148,7 +1148,9 @@ async fn extract_all(
     // a restore is an archive recovery to a target, not a new standby of a server that
     // may be gone (pg_verifybackup ignores both signal files).
     match std::fs::remove_file(pgdata.join("standby.signal")) {
-        Ok(()) => tracing::info!("removed the backed-up standby.signal: this is an archive recovery"),
+        Ok(()) => {
+            tracing::info!("removed the backed-up standby.signal: this is an archive recovery")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(anyhow!("removing standby.signal: {e}")),
     }

@@ -233,14 +233,17 @@ pub async fn providers(archive: &Archive, repair: bool) -> Result<ProvidersRepor
         if !repair {
             continue;
         }
-        // A good copy: it must pass the frame check (archive.json is plain JSON).
+        // A good copy: it must pass the frame check.
         let mut good = None;
         for (i, p) in ps.iter().enumerate() {
             if sizes[i].is_none() {
                 continue;
             }
             if let Some(b) = p.get(key).await? {
-                if key == catalog::ARCHIVE_META || pipeline::check(&b).is_ok() {
+                // Metadata (archive.json, backup.json, drills/*.json) is plain JSON.
+                let plain_json = key.ends_with(".json")
+                    && serde_json::from_slice::<serde_json::Value>(&b).is_ok();
+                if plain_json || pipeline::check(&b).is_ok() {
                     good = Some((b, p.name().to_string()));
                     break;
                 }

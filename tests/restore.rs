@@ -414,3 +414,118 @@ fn bad_input_restore_errors_are_exact() {
     );
     assert!(!dir.exists());
 }
+
+/// `lifeboat drill ARGS --json` with the workspace binary; (exit code, report).
+fn drill(lb: &Lb, major: u32, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let scratch = lb.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let bin = pg_bin_dir(major);
+    let mut a = vec![
+        "--json",
+        "drill",
+        "--pg-bin",
+        bin.to_str().unwrap(),
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+        "--timeout",
+        "5m",
+    ];
+    if is_root() {
+        a.extend(["--run-as", TEST_OS_USER]);
+    }
+    a.extend_from_slice(args);
+    let out = lb.run_restore_bin(&a, Duration::from_secs(900));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "drill printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        )
+    });
+    (out.status.code(), v, stderr(&out))
+}
+
+/// A drill on a real archive passes, counts every table, times its phases, records itself
+/// (list shows it) and cleans up; a drill whose check SQL fails exits non-zero and names
+/// the failing query.
+#[test]
+fn drill_passes_and_a_failing_check_fails_it() {
+    let major = newest_major().expect("a PostgreSQL major");
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    let lb = lifeboat_for(&pg);
+    pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, balance int)");
+    pg.psql("INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 5000) g");
+    pg.psql("CREATE SCHEMA audit");
+    pg.psql("CREATE TABLE audit.log AS SELECT g AS id FROM generate_series(1, 77) g");
+    let streamer = stream_and_backup(&pg, &lb);
+    pg.psql("INSERT INTO accounts SELECT g, 5 FROM generate_series(5001, 6000) g");
+    pg.psql("SELECT pg_switch_wal()");
+    wait_caught_up(&pg, Duration::from_secs(120), &lb);
+    stop(streamer);
+
+    let (code, rep, err) = drill(&lb, major, &["--backup", "latest", "--target", "latest"]);
+    assert_eq!(code, Some(0), "{rep:#}\n{err}");
+    assert_eq!(rep["ok"], true);
+    let tables = rep["tables"].as_array().unwrap();
+    let rows = |t: &str| {
+        tables
+            .iter()
+            .find(|x| x["database"] == "postgres" && x["table"] == t)
+            .unwrap_or_else(|| panic!("{t} not counted: {rep:#}"))["rows"]
+            .as_i64()
+    };
+    assert_eq!(rows("public.accounts"), Some(6000));
+    assert_eq!(rows("audit.log"), Some(77));
+    for phase in ["fetch", "extract", "replay", "total"] {
+        assert!(
+            rep["phases"][phase].as_f64().unwrap() > 0.0,
+            "{phase}: {rep:#}"
+        );
+    }
+    assert!(rep["phases"]["total"].as_f64().unwrap() >= rep["phases"]["replay"].as_f64().unwrap());
+    let scratch = lb.dir.path().join("scratch");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "scratch directory removed"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&lb.run_ok(&["list", "--json"], Duration::from_secs(60))).unwrap();
+    assert_eq!(list["last_drill"]["id"], rep["id"]);
+    assert_eq!(list["last_drill"]["ok"], true);
+
+    // A random target inside the window, and a check that fails.
+    let checks = lb.dir.path().join("checks.sql");
+    std::fs::write(
+        &checks,
+        "-- the accounts survived\nSELECT count(*) >= 5000 FROM accounts;\nSELECT sum(balance) = 1 FROM accounts;\n",
+    )
+    .unwrap();
+    let (code, rep, err) = drill(
+        &lb,
+        major,
+        &["--check-sql", checks.to_str().unwrap(), "--keep"],
+    );
+    assert_eq!(code, Some(1), "{rep:#}\n{err}");
+    assert_eq!(rep["ok"], false);
+    assert_eq!(rep["checks"][0]["ok"], true, "{rep:#}");
+    assert_eq!(rep["checks"][1]["ok"], false);
+    assert_eq!(
+        rep["checks"][1]["query"],
+        "SELECT sum(balance) = 1 FROM accounts"
+    );
+    assert!(rep["checks"][1]["result"]
+        .as_str()
+        .unwrap()
+        .starts_with("returned f"));
+    assert!(
+        err.contains("check SELECT sum(balance) = 1 FROM accounts returned f"),
+        "{err}"
+    );
+    let kept = rep["scratch_dir"].as_str().unwrap();
+    assert!(Path::new(kept).join("data/PG_VERSION").exists(), "--keep");
+    assert!(
+        !Path::new(kept).join("identity").exists(),
+        "the identity copy is gone"
+    );
+}
