@@ -3,6 +3,8 @@
 #
 #   scripts/bench.sh stream     # lifeboat stream --endpos vs pg_receivewal, same WAL range
 #   scripts/bench.sh backup     # lifeboat backup vs pg_basebackup vs pgbackrest, same cluster
+#   scripts/bench.sh restore    # lifeboat restore vs pgbackrest restore, same dataset; WAL replay
+#                               # of ~1 GiB through wal-fetch with and without prefetch
 #
 # Env: LIFEBOAT_BENCH_MAJOR (default 15), LIFEBOAT_BENCH_WAL_CONF (extra [wal] lines), LIFEBOAT_BENCH_WAL_MB (default 1536),
 #      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp).
@@ -110,7 +112,9 @@ print(f"  ratio lifeboat/pg_receivewal wall time: {b_lb / b_rw:.2f}x (target <= 
 EOF
 }
 
-bench_backup() {
+# The backup benchmark's dataset, lifeboat's config ($WORK/lb.toml) and pgbackrest's
+# stanza (PGBR). Sets SIZE.
+setup_dataset() {
   command -v pgbackrest >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbackrest >/dev/null; }
   local scale="${LIFEBOAT_BENCH_PGBENCH_SCALE:-70}" text_mb="${LIFEBOAT_BENCH_TEXT_MB:-1000}"
   echo "building the dataset: pgbench scale $scale plus ~${text_mb} MiB of random-ish text ..."
@@ -137,8 +141,14 @@ bench_backup() {
     "[bench]" "pg1-path=$WORK/data" "pg1-socket-path=$WORK" "pg1-port=$PORT" "pg1-user=postgres" \
     > "$WORK/pgbr/pgbackrest.conf"
   if [[ $(id -u) == 0 ]]; then chown -R lifeboat-test "$WORK/pgbr"; fi
-  local PGBR=("${AS[@]}" pgbackrest --config="$WORK/pgbr/pgbackrest.conf" --stanza=bench)
+  PGBR=("${AS[@]}" pgbackrest --config="$WORK/pgbr/pgbackrest.conf" --stanza=bench)
   "${PGBR[@]}" stanza-create >/dev/null
+  SIZE="$size"
+}
+
+bench_backup() {
+  setup_dataset
+  local size="$SIZE"
   mkdir -p "$WORK/bb"
 
   local lb_t=() lb_m=() bb_t=() br_t=() t m
@@ -170,8 +180,92 @@ print(f"  pgbackrest     {min(br):7.2f} s  ratio lifeboat/pgbackrest    {min(lb)
 ' "${lb_t[*]}" "${bb_t[*]}" "${br_t[*]}" "${lb_m[*]}" "$size"
 }
 
+# Start PostgreSQL on a restored directory as the test user; print the seconds until it
+# has replayed to the end of the archive and promoted.
+replay_seconds() {
+  local dir="$1" port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  if [[ $(id -u) == 0 ]]; then chown -R lifeboat-test "$dir"; fi
+  chmod 700 "$dir"
+  local t0 t1
+  t0=$(date +%s.%N)
+  "${AS[@]}" "$BIN/pg_ctl" -D "$dir" -l "$dir.log" -w -t 3600 start \
+    -o "-p $port -c listen_addresses='' -c unix_socket_directories='$WORK' -c archive_mode=off" >/dev/null
+  until [[ $("$BIN/psql" -X -At -h "$WORK" -p "$port" -U postgres -d postgres -c "SELECT pg_is_in_recovery()" 2>/dev/null) == f ]]; do
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  "${AS[@]}" "$BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
+  python3 -c "print(f'{$t1 - $t0:.2f}')"
+}
+
+bench_restore() {
+  setup_dataset
+  local wal_mb="${LIFEBOAT_BENCH_REPLAY_MB:-1024}"
+  # The server (as the test user) runs the restore_command: a readable copy of everything.
+  cp "$LB" "$WORK/lifeboat"; LB="$WORK/lifeboat"
+  chmod 644 "$WORK/id.txt" "$WORK/lb.toml"
+  "$LB" --config "$WORK/lb.toml" -q backup --fast --wal-timeout 1ms >/dev/null
+  "${PGBR[@]}" backup --type=full >/dev/null
+  # ~1 GiB of WAL after the backups, archived by lifeboat stream (and by nobody for
+  # pgbackrest: its restore is timed on files only, the replay comparison is lifeboat's own).
+  local start end
+  "${PSQL[@]}" -c "SELECT pg_create_physical_replication_slot('lifeboat', true)" >/dev/null 2>&1 || true
+  start=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
+  local rows=$((wal_mb * 1024 * 1024 / 160))
+  "${PSQL[@]}" -c "CREATE TABLE replay_filler AS SELECT g AS id, md5(g::text) || repeat(substr(md5((g*7)::text), 1, 16), 3) AS t FROM generate_series(1, $rows) g" >/dev/null
+  end=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
+  "${PSQL[@]}" -c "SELECT pg_switch_wal()" >/dev/null
+  "$LB" --config "$WORK/lb.toml" -q stream --endpos "$end"
+  local replay_mb
+  replay_mb=$("${PSQL[@]}" -c "SELECT round(pg_wal_lsn_diff('$end', '$start') / 1048576)")
+  echo "archived $replay_mb MiB of WAL after the backup"
+
+  local lb_t=() lb_m=() br_t=() t m
+  for i in $(seq 1 "$ROUNDS"); do
+    rm -rf "$WORK/r_lb"; sync
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
+      restore --pgdata "$WORK/r_lb" --pg-bin "$BIN" --target-immediate >/dev/null
+    read -r t m < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
+    echo "round $i lifeboat restore (parallel fetch, age, zstd, manifest check, syncfs): ${t}s, peak RSS $((m / 1024)) MiB"
+    rm -rf "$WORK/r_lb"
+
+    rm -rf "$WORK/r_br"; mkdir -p "$WORK/r_br"; chmod 700 "$WORK/r_br"
+    if [[ $(id -u) == 0 ]]; then chown lifeboat-test "$WORK/r_br"; fi
+    sync
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "${PGBR[@]}" restore --pg1-path="$WORK/r_br" --type=immediate
+    read -r t m < "$WORK/t"; br_t+=("$t")
+    echo "round $i pgbackrest restore (process-max 2, aes-256-cbc, zst):           ${t}s, peak RSS $((m / 1024)) MiB"
+    rm -rf "$WORK/r_br"
+  done
+
+  # WAL replay through wal-fetch: without and with prefetch (one run each).
+  local rp=()
+  for pf in 0 8; do
+    rm -rf "$WORK/r_wal"; sync
+    "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
+      restore --pgdata "$WORK/r_wal" --pg-bin "$BIN" --wal-prefetch "$pf" >/dev/null
+    t=$(replay_seconds "$WORK/r_wal")
+    rp+=("$t")
+    echo "replay of $replay_mb MiB through lifeboat wal-fetch, prefetch $pf: ${t}s"
+    rm -rf "$WORK/r_wal" "$WORK/r_wal.log"
+  done
+  python3 -c '
+import sys
+lb, br = ([float(x) for x in a.split()] for a in sys.argv[1:3])
+rss = max(int(x) for x in sys.argv[3].split()) / 1024
+r0, r8 = (float(x) for x in sys.argv[4].split())
+mb = float(sys.argv[6])
+print(f"\nrestore benchmark, cluster {sys.argv[5]}, best of {len(lb)} alternating rounds")
+print(f"  lifeboat restore    {min(lb):7.2f} s  peak RSS {rss:.1f} MiB")
+print(f"  pgbackrest restore  {min(br):7.2f} s  ratio lifeboat/pgbackrest {min(lb) / min(br):.2f}x (target <= 0.8x)")
+print(f"  WAL replay of {mb:.0f} MiB: without prefetch {r0:.2f} s ({mb / r0:.0f} MiB/s), with prefetch 8 {r8:.2f} s ({mb / r8:.0f} MiB/s), {r0 / r8:.2f}x faster")
+' "${lb_t[*]}" "${br_t[*]}" "${lb_m[*]}" "${rp[*]}" "$SIZE" "$replay_mb"
+}
+
 case "$WHAT" in
   stream) bench_stream ;;
   backup) bench_backup ;;
-  *) echo "usage: scripts/bench.sh stream|backup" >&2; exit 2 ;;
+  restore) bench_restore ;;
+  *) echo "usage: scripts/bench.sh stream|backup|restore" >&2; exit 2 ;;
 esac
