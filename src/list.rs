@@ -66,25 +66,47 @@ impl BackupSummary {
     }
 }
 
-/// Every committed backup's metadata, oldest first.
+/// Every committed backup's metadata, oldest first: the union over the providers (a
+/// backup counts when any provider holds its backup.json), so a lost or unreachable
+/// provider does not hide backups the others hold.
 pub async fn backups(archive: &Archive) -> Result<Vec<BackupMeta>> {
-    let Some(p) = archive.mirror.providers.first() else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for o in p.list(catalog::BACKUPS_PREFIX).await? {
-        if catalog::parse_backup_meta_key(&o.key).is_none() {
-            continue;
-        }
-        let Some(body) = p.get(&o.key).await? else {
-            continue;
+    let mut found: std::collections::BTreeMap<String, BackupMeta> = Default::default();
+    let mut errors = Vec::new();
+    let mut answered = 0;
+    for p in &archive.mirror.providers {
+        let listed = match p.list(catalog::BACKUPS_PREFIX).await {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
         };
-        let m: BackupMeta = serde_json::from_slice(&body)
-            .with_context(|| format!("storage \"{}\": {} is not valid", p.name(), o.key))?;
-        out.push(m);
+        answered += 1;
+        for o in listed {
+            let Some(id) = catalog::parse_backup_meta_key(&o.key) else {
+                continue;
+            };
+            if found.contains_key(id) {
+                continue;
+            }
+            let Some(body) = p.get(&o.key).await? else {
+                continue;
+            };
+            let m: BackupMeta = serde_json::from_slice(&body)
+                .with_context(|| format!("storage \"{}\": {} is not valid", p.name(), o.key))?;
+            found.insert(id.to_string(), m);
+        }
     }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    if answered == 0 {
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e.into());
+        }
+    } else {
+        for e in errors {
+            tracing::warn!(error = %e, "a provider is unavailable; listing backups from the others");
+        }
+    }
+    Ok(found.into_values().collect())
 }
 
 pub async fn run(archive: &Archive) -> Result<ListReport> {

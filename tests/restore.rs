@@ -529,3 +529,54 @@ fn drill_passes_and_a_failing_check_fails_it() {
         "the identity copy is gone"
     );
 }
+
+/// A tablespace restored to a new place with `--tablespace OID=DIR`: the link and
+/// tablespace_map point there, and PostgreSQL reads the table in it after recovery.
+#[test]
+fn tablespace_remapped_with_tablespace_option() {
+    let major = newest_major().expect("a PostgreSQL major");
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    let ts = pg_tempdir("lbts-");
+    pg.psql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        ts.path().display()
+    ));
+    pg.psql("CREATE TABLE in_extra TABLESPACE extra AS SELECT g FROM generate_series(1, 30000) g");
+    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
+    let lb = lifeboat_for(&pg);
+    let streamer = stream_and_backup(&pg, &lb);
+    pg.psql("INSERT INTO in_extra SELECT generate_series(30001, 31000)");
+    pg.psql("SELECT pg_switch_wal()");
+    wait_caught_up(&pg, Duration::from_secs(120), &lb);
+    stop(streamer);
+
+    let work = tempfile::tempdir().unwrap();
+    let moved = pg_tempdir("lbts-moved-");
+    let spec = format!("{oid}={}", moved.path().join("ts").display());
+    let (out, dir) = restore(&lb, major, work.path(), &["--tablespace", &spec]);
+    ok(&out, "restore --tablespace");
+    let link = std::fs::read_link(dir.join("pg_tblspc").join(&oid)).unwrap();
+    assert_eq!(link, moved.path().join("ts"));
+    let map = std::fs::read_to_string(dir.join("tablespace_map")).unwrap();
+    assert_eq!(
+        map,
+        format!("{oid} {}\n", moved.path().join("ts").display())
+    );
+    chown_tree_to_pg_user(&moved.path().join("ts"));
+    let restored = start_restored(major, &dir);
+    assert_eq!(restored.psql("SELECT count(*) FROM in_extra"), "31000");
+    assert_eq!(
+        restored
+            .psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"),
+        moved.path().join("ts").display().to_string()
+    );
+    // A tablespace the backup does not have.
+    let (out, _) = restore(&lb, major, work.path(), &["--tablespace", "4242=/tmp/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--tablespace 4242=...: backup ")
+            && stderr(&out).contains("has no tablespace 4242 (it has: "),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -9,6 +9,7 @@ mod lb;
 #[path = "s3/mod.rs"]
 mod s3srv;
 
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -585,4 +586,119 @@ fn profile_credentials() {
         .find(|l| l.starts_with("error: "))
         .unwrap_or_default();
     assert_eq!(line, "error: storage \"offsite\": check s3://plain/a: the secret access key does not match the access key id (SignatureDoesNotMatch) (hint: check the credentials of profile \"lbtest\")", "{stderr}");
+}
+
+/// Backup, restore plan and drill with the archive on the two S3 servers only (the local
+/// provider's directory is gone): the drill restores from S3, PostgreSQL replays WAL that
+/// `wal-fetch` reads from S3, and every table is there.
+#[test]
+fn backup_restore_and_drill_on_s3() {
+    let major = newest_major().expect("a PostgreSQL major");
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    let moto = S3Server::start(Kind::Moto);
+    let fs = S3Server::start(Kind::S3sFs);
+    moto.create_bucket("archive", true);
+    fs.create_bucket("archive", false);
+    let extra = format!(
+        "[backup]\npart_size = \"1MiB\"\n{}\n{}",
+        moto.storage_toml(
+            "moto",
+            "archive",
+            "pg",
+            "object_lock = { mode = \"governance\", days = 1 }"
+        ),
+        fs.storage_toml("s3s-fs", "archive", "pg", "")
+    );
+    let lb = Lb::with(&pg.conninfo(REPL_USER, Some(REPL_PASSWORD)), "", &extra);
+    let bin = lb.restore_bin();
+    let run = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.arg("--config")
+            .arg(&lb.config)
+            .arg("--identity")
+            .arg(&lb.identity)
+            .env("HOME", lb.dir.path())
+            .envs(cred_env())
+            .args(args);
+        run_timeout(&mut c, Duration::from_secs(600), None).unwrap()
+    };
+    let ok = |out: &std::process::Output, what: &str| {
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    pg.psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 20000) g");
+    ok(&run(&["stream", "--endpos", &pg.current_lsn()]), "stream");
+    ok(&run(&["backup", "--fast"]), "backup");
+    pg.psql("INSERT INTO t SELECT generate_series(20001, 25000)");
+    pg.psql("SELECT pg_switch_wal()");
+    ok(&run(&["stream", "--endpos", &pg.current_lsn()]), "stream");
+    std::fs::remove_dir_all(&lb.archive).unwrap();
+
+    let pgbin = pg_bin_dir(major);
+    let target = lb.dir.path().join("plan-only");
+    let plan = ok(
+        &run(&[
+            "restore",
+            "--pgdata",
+            target.to_str().unwrap(),
+            "--pg-bin",
+            pgbin.to_str().unwrap(),
+            "--dry-run",
+        ]),
+        "restore --dry-run",
+    );
+    assert!(plan.contains("preflight ok"), "{plan}");
+    assert!(!target.exists(), "--dry-run writes nothing");
+
+    let scratch = lb.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    lb.restore_bin(); // opens the new directory to the server's user
+    let mut args = vec![
+        "--json",
+        "drill",
+        "--backup",
+        "latest",
+        "--target",
+        "latest",
+        "--pg-bin",
+        pgbin.to_str().unwrap(),
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+    ];
+    if is_root() {
+        args.extend(["--run-as", TEST_OS_USER]);
+    }
+    let out = run(&args);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(
+        rep["ok"],
+        true,
+        "{rep:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = rep["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["table"] == "public.t")
+        .cloned()
+        .unwrap();
+    assert_eq!(t["rows"], 25000);
+    // The drill is recorded on both S3 providers.
+    for srv in [&moto, &fs] {
+        let keys = srv.keys("archive");
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with("pg/drills/") && k.ends_with(".json")),
+            "{}: {keys:?}",
+            srv.kind.name()
+        );
+    }
 }
