@@ -590,10 +590,22 @@ fn profile_credentials() {
 
 /// Backup, restore plan and drill with the archive on the two S3 servers only (the local
 /// provider's directory is gone): the drill restores from S3, PostgreSQL replays WAL that
-/// `wal-fetch` reads from S3, and every table is there.
+/// `wal-fetch` reads from S3, and every table is there. Before that, with one part corrupt
+/// and one deleted on the first provider, the drill reads them from the next and says so.
 #[test]
 fn backup_restore_and_drill_on_s3() {
-    let major = newest_major().expect("a PostgreSQL major");
+    let mut majors = vec![15];
+    if let Some(n) = newest_major() {
+        if n != 15 {
+            majors.push(n);
+        }
+    }
+    for major in majors {
+        restore_and_drill_on_s3(major);
+    }
+}
+
+fn restore_and_drill_on_s3(major: u32) {
     let pg = PgCluster::start(major, ClusterOpts::default());
     let moto = S3Server::start(Kind::Moto);
     let fs = S3Server::start(Kind::S3sFs);
@@ -637,9 +649,68 @@ fn backup_restore_and_drill_on_s3() {
     pg.psql("INSERT INTO t SELECT generate_series(20001, 25000)");
     pg.psql("SELECT pg_switch_wal()");
     ok(&run(&["stream", "--endpos", &pg.current_lsn()]), "stream");
+    let pgbin = pg_bin_dir(major);
+    let scratch = lb.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    lb.restore_bin(); // opens the new directory to the server's user
+    let mut drill_args = vec![
+        "--json",
+        "drill",
+        "--backup",
+        "latest",
+        "--target",
+        "latest",
+        "--pg-bin",
+        pgbin.to_str().unwrap(),
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+    ];
+    if is_root() {
+        drill_args.extend(["--run-as", TEST_OS_USER]);
+    }
+    let drill = |what: &str| -> (serde_json::Value, String) {
+        let out = run(&drill_args);
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+        });
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(rep["ok"], true, "PG {major} {what}: {rep:#}\n{err}");
+        let t = rep["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["table"] == "public.t")
+            .cloned()
+            .unwrap();
+        assert_eq!(t["rows"], 25000, "{what}");
+        (rep, err)
+    };
+
+    // Fallback: one part corrupt, one missing on the first provider (the local one).
+    let parts: Vec<String> = lb
+        .archive_files("backups/")
+        .into_iter()
+        .filter(|k| k.contains("/base.tar."))
+        .collect();
+    assert!(parts.len() >= 2, "{parts:?}");
+    let corrupt = lb.archive.join(&parts[0]);
+    let mut b = std::fs::read(&corrupt).unwrap();
+    let n = b.len();
+    b[n / 2] ^= 1;
+    std::fs::write(&corrupt, b).unwrap();
+    std::fs::remove_file(lb.archive.join(&parts[1])).unwrap();
+    let (_, err) = drill("with a corrupt and a missing part on storage \"local\"");
+    assert!(
+        err.contains("read from the fallback provider")
+            && err.contains(&parts[0])
+            && err.contains(&parts[1]),
+        "the fallback is reported: {err}"
+    );
+    assert!(err.contains("object checksum mismatch"), "{err}");
+
+    // S3 only.
     std::fs::remove_dir_all(&lb.archive).unwrap();
 
-    let pgbin = pg_bin_dir(major);
     let target = lb.dir.path().join("plan-only");
     let plan = ok(
         &run(&[
@@ -655,42 +726,7 @@ fn backup_restore_and_drill_on_s3() {
     assert!(plan.contains("preflight ok"), "{plan}");
     assert!(!target.exists(), "--dry-run writes nothing");
 
-    let scratch = lb.dir.path().join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    lb.restore_bin(); // opens the new directory to the server's user
-    let mut args = vec![
-        "--json",
-        "drill",
-        "--backup",
-        "latest",
-        "--target",
-        "latest",
-        "--pg-bin",
-        pgbin.to_str().unwrap(),
-        "--scratch-dir",
-        scratch.to_str().unwrap(),
-    ];
-    if is_root() {
-        args.extend(["--run-as", TEST_OS_USER]);
-    }
-    let out = run(&args);
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
-    });
-    assert_eq!(
-        rep["ok"],
-        true,
-        "{rep:#}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t = rep["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["table"] == "public.t")
-        .cloned()
-        .unwrap();
-    assert_eq!(t["rows"], 25000);
+    drill("from S3 only");
     // The drill is recorded on both S3 providers.
     for srv in [&moto, &fs] {
         let keys = srv.keys("archive");
