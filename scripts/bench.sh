@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh stream     # lifeboat stream --endpos vs pg_receivewal, same WAL range
 #   scripts/bench.sh backup     # lifeboat backup vs pg_basebackup vs pgbackrest, same cluster
+#   scripts/bench.sh stream-s3  # lifeboat stream to one file:// store vs to two S3 servers (loopback)
 #   scripts/bench.sh restore    # lifeboat restore vs pgbackrest restore, same dataset; WAL replay
 #                               # of ~1 GiB through wal-fetch with and without prefetch
 #
@@ -27,7 +28,9 @@ chmod 755 "$WORK"
 AS=()
 if [[ $(id -u) == 0 ]]; then AS=(runuser -u lifeboat-test --); chown lifeboat-test "$WORK"; fi
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+S3_PIDS=()
 cleanup() {
+  [[ ${#S3_PIDS[@]} -gt 0 ]] && kill "${S3_PIDS[@]}" 2>/dev/null
   "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -47,10 +50,9 @@ EOF
 "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
 PSQL=("$BIN/psql" -X -At -h "$WORK" -p "$PORT" -U postgres -d postgres)
 
-bench_stream() {
-  local slots=()
-  for i in $(seq 1 "$ROUNDS"); do slots+=("rw$i" "lb$i"); done
-  for s in "${slots[@]}"; do "${PSQL[@]}" -c "SELECT pg_create_physical_replication_slot('$s', true)" >/dev/null; done
+# Create the slots named in $@, then ~WAL_MB of WAL; sets END and MB.
+gen_wal() {
+  for s in "$@"; do "${PSQL[@]}" -c "SELECT pg_create_physical_replication_slot('$s', true)" >/dev/null; done
   local start
   start=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
   echo "generating ~${WAL_MB} MiB of WAL (pgbench tables plus random-ish text) from $start ..."
@@ -64,6 +66,14 @@ bench_stream() {
   local mb
   mb=$("${PSQL[@]}" -c "SELECT round(pg_wal_lsn_diff('$end', '$start') / 1048576)")
   echo "range $start .. $end: $mb MiB of WAL"
+  END="$end"; MB="$mb"
+}
+
+bench_stream() {
+  local slots=()
+  for i in $(seq 1 "$ROUNDS"); do slots+=("rw$i" "lb$i"); done
+  gen_wal "${slots[@]}"
+  local end="$END" mb="$MB"
   age-keygen -o "$WORK/id.txt" 2>/dev/null
   local rcpt
   rcpt=$(age-keygen -y "$WORK/id.txt")
@@ -110,6 +120,85 @@ print(f"  pg_receivewal  {b_rw:7.2f} s  {mb / b_rw:7.1f} MiB/s")
 print(f"  lifeboat       {b_lb:7.2f} s  {mb / b_lb:7.1f} MiB/s  peak RSS {rss:.1f} MiB")
 print(f"  ratio lifeboat/pg_receivewal wall time: {b_lb / b_rw:.2f}x (target <= 1.0x); peak RSS target <= 64 MiB")
 EOF
+}
+
+# Start moto and s3s-fs (from scripts/install-s3.sh) on loopback, each with a bucket
+# "bench" (moto's with Object Lock); writes the [[storage]] TOML for both to $WORK/s3.toml.
+start_s3() {
+  bash scripts/install-s3.sh >/dev/null
+  local cache s3dir mport fport
+  cache="$(pg_cache_dir)/s3"
+  s3dir="$WORK/s3"; mkdir -p "$s3dir/fs"
+  mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  fport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$cache/moto/bin/moto_server" -H 127.0.0.1 -p "$mport" >"$s3dir/moto.log" 2>&1 &
+  S3_PIDS+=($!)
+  "$cache/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$fport" --access-key benchkey \
+    --secret-key bench-secret-0123456789 "$s3dir/fs" >"$s3dir/s3s-fs.log" 2>&1 &
+  S3_PIDS+=($!)
+  export BENCH_S3_KEY=benchkey BENCH_S3_SECRET=bench-secret-0123456789
+  local port
+  for port in "$mport" "$fport"; do
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  done
+  AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=bench-secret-0123456789 "$cache/moto/bin/python" -c '
+import sys, boto3
+for port, lock in ((sys.argv[1], True), (sys.argv[2], False)):
+    c = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+    if lock:
+        c.create_bucket(Bucket="bench", ObjectLockEnabledForBucket=True)
+    else:
+        c.create_bucket(Bucket="bench")
+' "$mport" "$fport"
+  local common=("region = \"us-east-1\"" "force_path_style = true" \
+    "access_key_id_env = \"BENCH_S3_KEY\"" "secret_access_key_env = \"BENCH_S3_SECRET\"")
+  printf '%s\n' "[[storage]]" "name = \"moto\"" "url = \"s3://bench/PREFIX\"" \
+    "endpoint = \"http://127.0.0.1:$mport\"" "${common[@]}" \
+    "object_lock = { mode = \"governance\", days = 1 }" "" \
+    "[[storage]]" "name = \"s3s-fs\"" "url = \"s3://bench/PREFIX\"" \
+    "endpoint = \"http://127.0.0.1:$fport\"" "${common[@]}" > "$WORK/s3.toml"
+}
+
+# lifeboat stream of the same WAL to one file:// store vs to two S3 servers on loopback.
+bench_stream_s3() {
+  local slots=()
+  for i in $(seq 1 "$ROUNDS"); do slots+=("f$i" "s$i"); done
+  gen_wal "${slots[@]}"
+  local end="$END" mb="$MB"
+  age-keygen -o "$WORK/id.txt" 2>/dev/null
+  local rcpt
+  rcpt=$(age-keygen -y "$WORK/id.txt")
+  start_s3
+  local f_t=() s_t=() t m kind
+  for i in $(seq 1 "$ROUNDS"); do
+    for kind in f s; do
+      rm -rf "$WORK/arch" "$WORK/spool"; sync
+      printf '%s\n' "[postgres]" "conninfo = \"host=127.0.0.1 port=$PORT user=postgres sslmode=disable\"" \
+        "slot = \"$kind$i\"" "create_slot = false" "[encryption]" "recipients = [\"$rcpt\"]" \
+        "[wal]" "spool_dir = \"$WORK/spool\"" "${LIFEBOAT_BENCH_WAL_CONF:-}" > "$WORK/lb.toml"
+      if [[ $kind == f ]]; then
+        printf '%s\n' "[[storage]]" "name = \"local\"" "url = \"file://$WORK/arch\"" >> "$WORK/lb.toml"
+      else
+        sed "s#PREFIX#round$i#" "$WORK/s3.toml" >> "$WORK/lb.toml"
+      fi
+      /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q stream --endpos "$end"
+      read -r t m < "$WORK/t"
+      if [[ $kind == f ]]; then
+        f_t+=("$t"); echo "round $i lifeboat stream to one file:// store:   ${t}s, peak RSS $((m / 1024)) MiB"
+      else
+        s_t+=("$t"); echo "round $i lifeboat stream to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB"
+      fi
+    done
+  done
+  kill "${S3_PIDS[@]}" 2>/dev/null || true
+  python3 -c '
+import sys
+f, s = ([float(x) for x in a.split()] for a in sys.argv[1:3])
+mb = float(sys.argv[3])
+print(f"\nstream to S3 benchmark, {mb:.0f} MiB of WAL, best of {len(f)} alternating rounds")
+print(f"  one file:// store   {min(f):7.2f} s")
+print(f"  two S3 providers    {min(s):7.2f} s  ratio {min(s) / min(f):.2f}x (target <= 1.2x)")
+' "${f_t[*]}" "${s_t[*]}" "$mb"
 }
 
 # The backup benchmark's dataset, lifeboat's config ($WORK/lb.toml) and pgbackrest's
@@ -267,5 +356,6 @@ case "$WHAT" in
   stream) bench_stream ;;
   backup) bench_backup ;;
   restore) bench_restore ;;
-  *) echo "usage: scripts/bench.sh stream|backup|restore" >&2; exit 2 ;;
+  stream-s3) bench_stream_s3 ;;
+  *) echo "usage: scripts/bench.sh stream|stream-s3|backup|restore" >&2; exit 2 ;;
 esac
