@@ -284,6 +284,20 @@ async fn read_extensions(
     ))
 }
 
+/// `pg_current_snapshot()` (`xmin:xmax:xip,...`) through an ordinary connection.
+async fn read_snapshot(params: &ConnParams) -> Result<Option<String>, PgError> {
+    let mut p = params.clone();
+    if p.dbname.is_none() {
+        p.dbname = Some("postgres".into());
+    }
+    let mut c = Connection::connect(&p, false).await?;
+    let r = c
+        .query_one_set("SELECT pg_catalog.pg_current_snapshot()::text")
+        .await?;
+    c.close().await;
+    Ok(r.rows.first().and_then(|r| r.first().cloned().flatten()))
+}
+
 /// A fresh backup id for `start_time` on the first provider.
 async fn fresh_id(mirror: &Mirror, start_time: &str) -> Result<String> {
     let base = catalog::backup_id_from_rfc3339(start_time);
@@ -422,6 +436,15 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
     conn.close().await;
 
     let end_time = now_rfc3339();
+    // Which transactions had finished by the end of the backup (a snapshot taken just
+    // after it): a restore to a transaction id picks a backup this one precedes.
+    let snapshot_at_end = match read_snapshot(&params).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a snapshot through an ordinary connection; xid targets will not narrow the backup choice");
+            None
+        }
+    };
     let plain_size: u64 = parts.iter().map(|p| p.plain_len).sum();
     let stored_size: u64 = parts.iter().map(|p| p.stored_len).sum::<u64>() + manifest.stored_len;
     let meta = BackupMeta {
@@ -447,6 +470,7 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         wal_segment_size: seg.bytes(),
         from_standby,
         bootstrap_superuser,
+        snapshot_at_end,
         created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
     };
     let body = serde_json::to_vec_pretty(&meta).context("encoding backup.json")?;

@@ -466,7 +466,37 @@ pub struct BackupMeta {
     /// The role with OID 10 (what a restore drill connects as); `None` when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_superuser: Option<String>,
+    /// `pg_current_snapshot()` just after the backup ended (`xmin:xmax:xip,...`): which
+    /// transactions had finished by then. `None` when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_at_end: Option<String>,
     pub created_by: String,
+}
+
+impl BackupMeta {
+    /// Whether transaction `xid` (as `recovery_target_xid` takes it: 64-bit, or 32-bit
+    /// within the current epoch) can still commit after this backup ended. `None` when the
+    /// backup has no snapshot.
+    pub fn xid_after_end(&self, xid: u64) -> Option<bool> {
+        let s = self.snapshot_at_end.as_deref()?;
+        let mut it = s.splitn(3, ':');
+        let xmin: u64 = it.next()?.parse().ok()?;
+        let xmax: u64 = it.next()?.parse().ok()?;
+        let xip: Vec<u64> = it
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // A 32-bit xid is taken in the epoch of the snapshot.
+        let full = if xid >> 32 == 0 {
+            (xmax & !0xffff_ffff) | xid
+        } else {
+            xid
+        };
+        Some(full >= xmax || (full >= xmin && xip.contains(&full)))
+    }
 }
 
 /// Whether the archived WAL `ranges` hold everything a backup needs: from its start on its

@@ -531,13 +531,15 @@ pub fn plan(
             Target::Immediate => (Some(b.end_lsn), true),
             Target::Lsn(l) => (Some(*l), *l >= b.end_lsn),
             Target::Time(t) => (None, backup_time(b).0 + 1_000_000 <= t.0),
-            Target::Xid(_) | Target::Name(_) => (None, true),
+            Target::Xid(x) => (None, b.xid_after_end(*x).unwrap_or(true)),
+            Target::Name(_) => (None, true),
         };
         considered += 1;
         if !fits {
             if backup.is_some() {
                 return Err(PlanError::Unreachable(match target {
                     Target::Lsn(l) => format!("target LSN {l} is before backup {} became consistent (at {})\nhint: choose an older backup with --backup, or a later target", b.id, b.end_lsn),
+                    Target::Xid(x) => format!("transaction {x} had already finished when backup {} ended ({})\nhint: choose an older backup with --backup", b.id, b.end_time),
                     _ => format!("target {target} is before backup {} ended ({})\nhint: choose an older backup with --backup, or a later target", b.id, b.end_time),
                 }));
             }
@@ -552,6 +554,10 @@ pub fn plan(
                 }
                 let mut notes = Vec::new();
                 match target {
+                    Target::Xid(x) if b.xid_after_end(*x).is_some() => notes.push(format!(
+                        "transaction {x} was still running or not yet started when backup {} ended (its snapshot says so)",
+                        b.id
+                    )),
                     Target::Xid(_) | Target::Name(_) => notes.push(format!(
                         "the position of {target} is only known during replay; if it precedes backup {} PostgreSQL stops with \"recovery ended before configured recovery target was reached\": then restore an older backup with --backup",
                         b.id
@@ -604,6 +610,7 @@ pub fn plan(
         match target {
             Target::Time(t) => format!("target time {t} is before the oldest backup ({} ended at {})\nhint: `lifeboat list` shows the backups; the earliest reachable time is just after {}", oldest.id, oldest.end_time, oldest.end_time),
             Target::Lsn(l) => format!("target LSN {l} is before the oldest backup ({} is consistent at {})\nhint: `lifeboat list` shows the backups", oldest.id, oldest.end_lsn),
+            Target::Xid(x) => format!("transaction {x} had already finished when the oldest backup ({}) ended, so no backup can stop at it\nhint: `lifeboat list` shows the backups", oldest.id),
             _ => format!("no backup can reach {target}"),
         }
     }))
@@ -689,6 +696,7 @@ mod tests {
             wal_segment_size: S,
             from_standby: false,
             bootstrap_superuser: None,
+            snapshot_at_end: None,
             created_by: String::new(),
         }
     }
@@ -967,6 +975,28 @@ mod tests {
             )
             .unwrap_err(),
             PlanError::NoBackups
+        );
+    }
+
+    #[test]
+    fn xid_targets_use_the_backups_snapshot() {
+        let mut a = backup("A", 1, 2 * S, 2 * S + 100, "2026-11-24T08:00:00Z");
+        a.snapshot_at_end = Some("700:705:701,703".into());
+        let mut b = backup("B", 1, 5 * S, 5 * S + 100, "2026-11-24T12:00:00Z");
+        b.snapshot_at_end = Some("900:900:".into());
+        assert_eq!(a.xid_after_end(699), Some(false));
+        assert_eq!(a.xid_after_end(701), Some(true));
+        assert_eq!(a.xid_after_end(702), Some(false));
+        assert_eq!(a.xid_after_end(705), Some(true));
+        assert_eq!(a.xid_after_end((1 << 32) | 10), Some(true), "a later epoch");
+        let i = inv(vec![a, b], vec![r(1, 2 * S, 9 * S)], vec![]);
+        let pick = |x| plan(&i, &Target::Xid(x), TimelineChoice::Latest, None).map(|p| p.backup);
+        assert_eq!(pick(950).unwrap(), "B");
+        assert_eq!(pick(800).unwrap(), "A");
+        assert_eq!(pick(703).unwrap(), "A");
+        assert_eq!(
+            pick(600).unwrap_err().to_string(),
+            "transaction 600 had already finished when the oldest backup (A) ended, so no backup can stop at it\nhint: `lifeboat list` shows the backups"
         );
     }
 

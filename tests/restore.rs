@@ -154,19 +154,47 @@ fn targets_by_lsn_xid_name_immediate_and_latest() {
     pg.psql("INSERT INTO t SELECT generate_series(301, 400)");
     let lsn = pg.current_lsn();
     pg.psql("INSERT INTO t SELECT generate_series(401, 500)");
+    // A second backup: every target above precedes it, so the planner must pick the
+    // first one (by LSN, and for the xid by the second backup's snapshot); a restore
+    // point's position is unknown before replay, so that one names the backup.
+    std::thread::sleep(Duration::from_millis(1100));
+    ok(
+        &lb.run(&["backup", "--fast"], Duration::from_secs(600)),
+        "second backup",
+    );
+    pg.psql("INSERT INTO t SELECT generate_series(501, 600)");
     pg.psql("SELECT pg_switch_wal()");
     wait_caught_up(&pg, Duration::from_secs(120), &lb);
     stop(streamer);
+    let list: serde_json::Value =
+        serde_json::from_str(&lb.run_ok(&["list", "--json"], Duration::from_secs(60))).unwrap();
+    let first = list["backups"][0]["id"].as_str().unwrap().to_string();
+    let second = list["backups"][1]["id"].as_str().unwrap().to_string();
 
     let work = tempfile::tempdir().unwrap();
-    for (args, want) in [
-        (vec!["--target-xid", xid.as_str()], "200"),
-        (vec!["--target-name", "before_400"], "300"),
-        (vec!["--target-lsn", lsn.as_str()], "400"),
-        (vec!["--target-immediate"], "100"),
-        (vec![], "500"),
+    for (args, want, backup) in [
+        (vec!["--target-xid", xid.as_str()], "200", &first),
+        (
+            vec!["--target-name", "before_400", "--backup", &first],
+            "300",
+            &first,
+        ),
+        (vec!["--target-lsn", lsn.as_str()], "400", &first),
+        (
+            vec!["--target-immediate", "--backup", &first],
+            "100",
+            &first,
+        ),
+        (vec!["--target-immediate"], "500", &second),
+        (vec![], "600", &second),
     ] {
-        let restored = restore_and_start(&lb, major, work.path(), &args);
+        let (out, dir) = restore(&lb, major, work.path(), &args);
+        let text = ok(&out, &format!("lifeboat restore {args:?}"));
+        assert!(
+            text.starts_with(&format!("backup    {backup} ")),
+            "{args:?} restores {backup}:\n{text}"
+        );
+        let restored = start_restored(major, &dir);
         assert_eq!(
             restored.psql("SELECT max(id) FROM t"),
             want,
