@@ -57,6 +57,8 @@ pub struct DrillOptions {
     pub config_path: PathBuf,
     pub identity_path: PathBuf,
     pub jobs: usize,
+    /// Segments the restore_command fetches ahead during replay.
+    pub wal_prefetch: u16,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -379,7 +381,11 @@ pub async fn run(
                 Some(&backup.id),
             )
             .map_err(|e| anyhow!(e))?;
-            let (lo, hi) = (backup.end_lsn.0, latest.wal_end_lsn.0);
+            // Not inside the last archived segment: a segment finished by a WAL switch is
+            // zero padding after the switch record, and a target past the last record is
+            // never reached. Any earlier point has a record after it.
+            let last_seg = Lsn(latest.wal_end_lsn.0.saturating_sub(1)).segment_start(inv.seg);
+            let (lo, hi) = (backup.end_lsn.0, last_seg.0);
             if hi > lo + 1 {
                 Target::Lsn(Lsn(rand::thread_rng().gen_range(lo..hi)))
             } else {
@@ -493,12 +499,8 @@ async fn drill_in(
                 .to_string_lossy(),
         )
     };
-    let restore_command = format!(
-        "{} --config {} --identity {} wal-fetch %f %p",
-        q(exe),
-        q(&config),
-        q(&identity)
-    );
+    let restore_command =
+        restore::restore_command_line(&q(exe), &q(&config), &q(&identity), opts.wal_prefetch);
     let ropts = RestoreOptions {
         pgdata: data.clone(),
         target,

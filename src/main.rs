@@ -73,7 +73,21 @@ enum Command {
         repair: bool,
     },
     /// The restore_command: write WAL file SEGMENT to DEST.
-    WalFetch { segment: String, dest: PathBuf },
+    WalFetch {
+        segment: String,
+        dest: PathBuf,
+        /// Fetch this many of the following segments ahead, in parallel, in a background
+        /// worker, so that recovery does not wait for each one (0 = off).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+        prefetch: u16,
+        /// Where prefetched segments wait (default: DEST's directory/lifeboat-prefetch, i.e.
+        /// inside pg_wal). Decrypted WAL: one private directory per data directory.
+        #[arg(long)]
+        queue_dir: Option<PathBuf>,
+        /// Internal: run as the prefetch worker wal-fetch starts.
+        #[arg(long, hide = true, requires = "queue_dir")]
+        prefetch_worker: bool,
+    },
     /// Take a base backup over BASE_BACKUP and archive it.
     Backup {
         /// The backup label (default: "lifeboat <ID>").
@@ -126,6 +140,9 @@ enum Command {
         timeout: String,
         #[arg(long, default_value_t = 4)]
         jobs: usize,
+        /// Segments the restore_command fetches ahead during replay (0 = one at a time).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(0..=64))]
+        wal_prefetch: u16,
     },
 }
 
@@ -171,6 +188,9 @@ struct RestoreArgs {
     /// Parts fetched and decrypted in parallel.
     #[arg(long, default_value_t = 4)]
     jobs: usize,
+    /// Segments the restore_command fetches ahead during replay (0 = one at a time).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(0..=64))]
+    wal_prefetch: u16,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -239,12 +259,42 @@ fn parse_timeline(s: &str) -> Result<TimelineChoice, Failure> {
     }
 }
 
+/// How wal-fetch starts its prefetch worker: this binary with the options that found the
+/// configuration and the identity, and the logging options; walfetch::run_with appends
+/// `--prefetch K --queue-dir Q SEGMENT DEST`. `None` (no worker, still correct) when the
+/// binary cannot be located.
+fn prefetch_worker_command(cli: &Cli, cfg_path: &str) -> Option<std::process::Command> {
+    let exe = std::env::current_exe().ok()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--config")
+        .arg(absolute(std::path::Path::new(cfg_path)));
+    if let Some(id) = &cli.identity {
+        cmd.arg("--identity").arg(absolute(id));
+    }
+    if cli.quiet {
+        cmd.arg("--quiet");
+    }
+    for _ in 0..cli.verbose {
+        cmd.arg("--verbose");
+    }
+    if matches!(cli.log_format, LogFormat::Json) {
+        cmd.arg("--log-format").arg("json");
+    }
+    cmd.arg("wal-fetch").arg("--prefetch-worker");
+    Some(cmd)
+}
+
 fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// The restore_command PostgreSQL will run: this binary, this configuration, this identity.
-fn restore_command(cli: &Cli, cfg: &Config, cfg_path: &str) -> Result<String, Failure> {
+fn restore_command(
+    cli: &Cli,
+    cfg: &Config,
+    cfg_path: &str,
+    prefetch: u16,
+) -> Result<String, Failure> {
     let exe = std::env::current_exe().context("locating the lifeboat binary")?;
     let id = cli
         .identity
@@ -252,11 +302,11 @@ fn restore_command(cli: &Cli, cfg: &Config, cfg_path: &str) -> Result<String, Fa
         .or_else(|| cfg.encryption.identity_file.clone())
         .ok_or_else(|| usage("no age identity given".into()))?;
     let q = |p: &std::path::Path| restore::shell_quote(&absolute(p).to_string_lossy());
-    Ok(format!(
-        "{} --config {} --identity {} wal-fetch %f %p",
-        q(&exe),
-        q(std::path::Path::new(cfg_path)),
-        q(&id)
+    Ok(restore::restore_command_line(
+        &q(&exe),
+        &q(std::path::Path::new(cfg_path)),
+        &q(&id),
+        prefetch,
     ))
 }
 
@@ -569,7 +619,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 force: a.force,
                 tablespaces,
                 pg_bin: a.pg_bin.clone(),
-                restore_command: restore_command(&cli, &cfg, &cfg_path)?,
+                restore_command: restore_command(&cli, &cfg, &cfg_path, a.wal_prefetch)?,
                 jobs: a.jobs,
             };
             if a.dry_run {
@@ -654,6 +704,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             scratch_dir,
             timeout,
             jobs,
+            wal_prefetch,
         } => {
             let backup = match backup.as_str() {
                 "random" => drill::BackupChoice::Random,
@@ -690,6 +741,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 config_path: absolute(std::path::Path::new(&cfg_path)),
                 identity_path: absolute(&identity_path),
                 jobs: *jobs,
+                wal_prefetch: *wal_prefetch,
             };
             let rep = drill::run(&archive, op, &exe, &opts).await?;
             if cli.json {
@@ -722,10 +774,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 })
             }
         }
-        Command::WalFetch { segment, dest } => {
+        Command::WalFetch {
+            segment,
+            dest,
+            prefetch,
+            queue_dir,
+            prefetch_worker,
+        } => {
             let archive = Archive::open(&cfg)?;
             let op = opener(&cli, &cfg)?;
-            match walfetch::run(&archive, &op, segment, dest).await {
+            if *prefetch_worker {
+                // Detached from PostgreSQL: nobody reads its exit status; its stderr is
+                // <queue>/worker.log.
+                let q = queue_dir.as_deref().expect("clap requires --queue-dir");
+                walfetch::prefetch_worker(&archive, &op, q, usize::from(*prefetch)).await?;
+                return Ok(());
+            }
+            let opts = walfetch::FetchOptions {
+                prefetch: usize::from(*prefetch),
+                queue_dir: queue_dir.clone(),
+            };
+            let worker = if *prefetch > 0 {
+                prefetch_worker_command(&cli, &cfg_path)
+            } else {
+                None
+            };
+            match walfetch::run_with(&archive, &op, segment, dest, &opts, worker).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.downcast_ref::<walfetch::NotFound>().is_some() => {
                     tracing::debug!("{e}");

@@ -516,8 +516,8 @@ pub async fn preflight(
     }
     for (dir, n) in need {
         if let Some(free) = free_bytes(&dir) {
-            // Recovery also restores WAL into pg_wal: keep a little room.
-            let want = n + n / 20 + (64 << 20);
+            // Recovery also restores WAL into pg_wal, and the prefetch queue lives there.
+            let want = n + n / 20 + (256 << 20);
             if free < want {
                 problems.push(format!(
                     "not enough disk space for {}: the backup needs {} there, {} is free\nhint: free space or restore elsewhere (--pgdata, --tablespace OID=DIR)",
@@ -841,6 +841,17 @@ pub fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
+}
+
+/// The restore_command: `wal-fetch` of this binary, configuration and identity (all
+/// already shell-quoted), fetching `prefetch` segments ahead.
+pub fn restore_command_line(exe: &str, config: &str, identity: &str, prefetch: u16) -> String {
+    let ahead = if prefetch > 0 {
+        format!(" --prefetch {prefetch}")
+    } else {
+        String::new()
+    };
+    format!("{exe} --config {config} --identity {identity} wal-fetch{ahead} %f %p")
 }
 
 /// A value in postgresql.conf.

@@ -479,6 +479,27 @@ struct Queue {
 }
 
 impl Queue {
+    /// The default queue (`<pgdata>/pg_wal/lifeboat-prefetch`) belongs to a data directory
+    /// whose recovery has ended once PostgreSQL removed its signal file: nothing more will
+    /// be asked. Unknown for a queue elsewhere.
+    fn recovery_over(&self) -> bool {
+        if self.dir.file_name() != Some(std::ffi::OsStr::new(QUEUE_DIR_NAME)) {
+            return false;
+        }
+        let Some(pg_wal) = self.dir.parent() else {
+            return false;
+        };
+        if pg_wal.file_name() != Some(std::ffi::OsStr::new("pg_wal")) {
+            return false;
+        }
+        let Some(pgdata) = pg_wal.parent() else {
+            return false;
+        };
+        pgdata.join("PG_VERSION").exists()
+            && !pgdata.join("recovery.signal").exists()
+            && !pgdata.join("standby.signal").exists()
+    }
+
     fn seg_path(&self, n: SegmentName) -> PathBuf {
         self.dir.join(n.to_string())
     }
@@ -931,6 +952,14 @@ impl Worker<'_> {
         loop {
             if self.q.dir_id() != Some(self.dir_id) {
                 tracing::info!(queue = %self.q.dir.display(), "the queue directory is gone; stopping");
+                return Ok(());
+            }
+            if self.q.recovery_over() {
+                let n = self.q.remove_segments(|_| true);
+                tracing::info!(
+                    removed = n,
+                    "recovery has ended (the data directory has no recovery.signal or standby.signal); stopping"
+                );
                 return Ok(());
             }
             if let Some(w) = self.q.read_want() {
