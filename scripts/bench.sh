@@ -8,7 +8,8 @@
 #                               # of ~1 GiB through wal-fetch with and without prefetch
 #
 # Env: LIFEBOAT_BENCH_MAJOR (default 15), LIFEBOAT_BENCH_WAL_CONF (extra [wal] lines), LIFEBOAT_BENCH_WAL_MB (default 1536),
-#      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp).
+#      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp),
+#      LIFEBOAT_BENCH_KEEP (set: keep the work directory, for profiling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -32,7 +33,7 @@ S3_PIDS=()
 cleanup() {
   [[ ${#S3_PIDS[@]} -gt 0 ]] && kill "${S3_PIDS[@]}" 2>/dev/null
   "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  if [[ -n "${LIFEBOAT_BENCH_KEEP:-}" ]]; then echo "kept $WORK (cluster stopped)" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -294,12 +295,13 @@ bench_restore() {
   # The server (as the test user) runs the restore_command: a readable copy of everything.
   cp "$LB" "$WORK/lifeboat"; LB="$WORK/lifeboat"
   chmod 644 "$WORK/id.txt" "$WORK/lb.toml"
+  # The streamer's slot, before anything: it holds the WAL from the backup on.
+  "${PSQL[@]}" -c "SELECT pg_create_physical_replication_slot('lifeboat', true)" >/dev/null
   "$LB" --config "$WORK/lb.toml" -q backup --fast --wal-timeout 1ms >/dev/null
   "${PGBR[@]}" backup --type=full >/dev/null
   # ~1 GiB of WAL after the backups, archived by lifeboat stream (and by nobody for
   # pgbackrest: its restore is timed on files only, the replay comparison is lifeboat's own).
   local start end
-  "${PSQL[@]}" -c "SELECT pg_create_physical_replication_slot('lifeboat', true)" >/dev/null 2>&1 || true
   start=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
   local rows=$((wal_mb * 1024 * 1024 / 160))
   "${PSQL[@]}" -c "CREATE TABLE replay_filler AS SELECT g AS id, md5(g::text) || repeat(substr(md5((g*7)::text), 1, 16), 3) AS t FROM generate_series(1, $rows) g" >/dev/null

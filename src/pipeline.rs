@@ -265,7 +265,10 @@ impl Opener {
     }
 
     pub fn open(&self, stored: &[u8]) -> Result<Vec<u8>, PipelineError> {
-        let mut v = Vec::new();
+        // Sized once from the trailer (bounded, since the trailer is not authenticated
+        // until decryption succeeds): growing by doubling would copy every byte again.
+        let want = check(stored)?.plain_len.min(1 << 30) as usize;
+        let mut v = Vec::with_capacity(want);
         self.open_into(stored, &mut v)?;
         Ok(v)
     }

@@ -416,6 +416,40 @@ fn bad_input_restore_errors_are_exact() {
     assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
     std::fs::write(&path, &original).unwrap();
 
+    // An extension and a preloaded library this host's PostgreSQL lacks (recorded in
+    // backup.json as a server using them would have them): preflight names both and writes
+    // nothing; with them gone again, the same restore passes preflight.
+    let meta_path = lb.archive.join(&backup_json);
+    let original_meta = std::fs::read(&meta_path).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&original_meta).unwrap();
+    m["extensions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "lifeboat_no_such_ext", "version": "9.9"}));
+    m["shared_preload_libraries"] = serde_json::json!("pg_stat_statements, lifeboat_no_such_lib");
+    std::fs::write(&meta_path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let (out, dir) = restore(&lb, major, work.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("preflight failed, nothing was written:"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("extension \"lifeboat_no_such_ext\" 9.9 is installed in the backed-up database but not available to PostgreSQL {major} here")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("shared_preload_libraries includes \"lifeboat_no_such_lib\", which PostgreSQL {major} here cannot load")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("\"pg_stat_statements\""),
+        "an installed library passes: {err}"
+    );
+    assert!(!dir.exists());
+    std::fs::write(&meta_path, &original_meta).unwrap();
+
     // A missing WAL segment: the gap is named.
     let segs: Vec<String> = lb
         .archive_files("wal/")
