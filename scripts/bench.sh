@@ -318,7 +318,7 @@ bench_restore() {
     /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
       restore --pgdata "$WORK/r_lb" --pg-bin "$BIN" --target-immediate >/dev/null
     read -r t m < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
-    echo "round $i lifeboat restore (parallel fetch, age, zstd, manifest check, syncfs): ${t}s, peak RSS $((m / 1024)) MiB"
+    echo "round $i lifeboat restore (parallel fetch, age, zstd, manifest check, fsync): ${t}s, peak RSS $((m / 1024)) MiB"
     rm -rf "$WORK/r_lb"
 
     rm -rf "$WORK/r_br"; mkdir -p "$WORK/r_br"; chmod 700 "$WORK/r_br"
