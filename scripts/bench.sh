@@ -161,6 +161,16 @@ for port, lock in ((sys.argv[1], True), (sys.argv[2], False)):
 }
 
 # lifeboat stream of the same WAL to one file:// store vs to two S3 servers on loopback.
+# CPU seconds used so far by the S3 servers (moto, s3s-fs) of start_s3.
+servers_cpu() {
+  local total=0 p t
+  for p in "${S3_PIDS[@]}"; do
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "scale=2; $total / $(getconf CLK_TCK)" | bc
+}
+
 bench_stream_s3() {
   local slots=()
   for i in $(seq 1 "$ROUNDS"); do slots+=("f$i" "s$i"); done
@@ -182,12 +192,15 @@ bench_stream_s3() {
       else
         sed "s#PREFIX#round$i#" "$WORK/s3.toml" >> "$WORK/lb.toml"
       fi
-      /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q stream --endpos "$end"
-      read -r t m < "$WORK/t"
+      local cpu0
+      cpu0=$(servers_cpu)
+      /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q stream --endpos "$end"
+      local u s
+      read -r t m u s < "$WORK/t"
       if [[ $kind == f ]]; then
-        f_t+=("$t"); echo "round $i lifeboat stream to one file:// store:   ${t}s, peak RSS $((m / 1024)) MiB"
+        f_t+=("$t"); echo "round $i lifeboat stream to one file:// store:   ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s"
       else
-        s_t+=("$t"); echo "round $i lifeboat stream to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB"
+        s_t+=("$t"); echo "round $i lifeboat stream to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s, S3 servers' CPU $(echo "$(servers_cpu) - $cpu0" | bc) s"
       fi
     done
   done

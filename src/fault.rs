@@ -3,6 +3,9 @@
 //! `LIFEBOAT_FAULT_INJECT="NAME=/path/flag[,NAME2=/other]"` wraps provider NAME so that every
 //! operation fails with a retryable error while the file `/path/flag` exists. Tests create
 //! and remove the flag to take a provider down and bring it back; nothing else is faked.
+//! A flag whose content is `stall TEXT` instead holds every write of a key containing TEXT
+//! until the flag goes (other writes go on): a slow request, to leave a hole behind later
+//! objects.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +46,19 @@ impl ObjectStore for Faulty {
     }
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, Result<(), StorageError>> {
         Box::pin(async move {
+            let stalls = |flag: &PathBuf| {
+                std::fs::read_to_string(flag).is_ok_and(|c| {
+                    c.trim()
+                        .strip_prefix("stall ")
+                        .is_some_and(|t| key.contains(t.trim()))
+                })
+            };
+            if std::fs::read_to_string(&self.flag).is_ok_and(|c| c.starts_with("stall ")) {
+                while stalls(&self.flag) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                return self.inner.put(key, data).await;
+            }
             self.check("put", key)?;
             self.inner.put(key, data).await
         })

@@ -1,7 +1,8 @@
 //! Delivery of sealed objects to every provider through an fsync'd outbox.
 //!
-//! Sealed objects are handed to one lane per provider. Each lane stores its objects
-//! strictly in order and retries with backoff; a provider whose write fails is marked down
+//! Sealed objects are handed to one lane per provider. Each lane starts its objects in
+//! order with up to [`LANE_IN_FLIGHT`] writes at once (hiding an object store's
+//! per-request latency) and retries each with backoff; a provider whose write fails is marked down
 //! until a write succeeds again. While every provider is up, objects stay in memory only
 //! (acknowledged when all have them); when one goes down, every object it still lacks is
 //! written to `<spool>/outbox/` and fsync'd, and so is every new object until it is back.
@@ -14,6 +15,11 @@
 //!   outbox is replayed to every provider before anything newer.
 //! - When the outbox reaches its size limit no new object is accepted, so nothing more is
 //!   acknowledged: the replication slot holds the WAL on the server. This is logged loudly.
+//! - Several writes in flight mean a crash can leave a provider with an object and without
+//!   the one before it. So every acknowledged position is first written durably to
+//!   `<spool>/acknowledged`; a restart resumes from there when it is behind the archive's
+//!   newest object, re-sending whatever a hole may hide. Objects in memory are bounded by
+//!   [`MEM_LIMIT`]: a slow provider slows acceptance instead of growing the heap.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -27,13 +33,29 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::storage::ObjectStore;
-use crate::wal::Lsn;
+use crate::wal::{Lsn, TimelineId};
+
+/// Writes in flight per provider.
+pub const LANE_IN_FLIGHT: usize = 4;
+
+/// Sealed bytes held in memory (not yet on every provider, not in the outbox) before new
+/// objects wait.
+const MEM_LIMIT: u64 = 48 << 20;
+
+/// The file beside the outbox directory holding the last acknowledged position.
+const ACKNOWLEDGED: &str = "acknowledged";
+
+/// `<spool>/acknowledged` for the outbox `<spool>/outbox`.
+fn ack_path(outbox: &Path) -> PathBuf {
+    outbox.parent().unwrap_or(outbox).join(ACKNOWLEDGED)
+}
 
 /// A sealed object on its way out.
 pub struct Outgoing {
     pub key: String,
-    /// The WAL position this object makes durable (`None`: acknowledges nothing).
-    pub end: Option<Lsn>,
+    /// The WAL position (and its timeline) this object makes durable (`None`:
+    /// acknowledges nothing).
+    pub end: Option<(TimelineId, Lsn)>,
     pub bytes: Bytes,
     /// A raw spool file that may go once the object is in the outbox.
     pub remove_after: Option<PathBuf>,
@@ -96,7 +118,7 @@ impl Obj {
 
 struct Entry {
     obj: Arc<Obj>,
-    end: Option<Lsn>,
+    end: Option<(TimelineId, Lsn)>,
     stored: Vec<bool>,
 }
 
@@ -166,6 +188,25 @@ pub fn leftovers(dir: &Path) -> Result<Vec<(u64, String, PathBuf, u64)>> {
     Ok(out)
 }
 
+/// The last position an earlier run acknowledged, from `<spool>/acknowledged` beside the
+/// outbox `dir`.
+pub fn acknowledged(dir: &Path) -> Option<(TimelineId, Lsn)> {
+    let text = std::fs::read_to_string(ack_path(dir)).ok()?;
+    let (tli, lsn) = text.trim().split_once(' ')?;
+    Some((tli.parse().ok()?, lsn.parse().ok()?))
+}
+
+fn write_acknowledged(dir: &Path, tli: TimelineId, lsn: Lsn) -> std::io::Result<()> {
+    let path = ack_path(dir);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{} {lsn}", tli.0)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(path.parent().expect("has a parent"))?.sync_all()
+}
+
 fn write_durably(dir: &Path, seq: u64, key: &str, body: &[u8]) -> std::io::Result<PathBuf> {
     let path = dir.join(format!("{seq:020}.obj"));
     let tmp = dir.join(format!("{seq:020}.tmp"));
@@ -203,26 +244,38 @@ impl Delivery {
             let ev = ev_tx.clone();
             let p = p.clone();
             tasks.push(tokio::spawn(async move {
+                let slots = Arc::new(tokio::sync::Semaphore::new(LANE_IN_FLIGHT));
+                let mut writes = tokio::task::JoinSet::new();
                 while let Some(obj) = rx.recv().await {
-                    let mut backoff = Duration::from_millis(500);
-                    loop {
-                        let res = match obj.body() {
-                            Ok(b) => p.put(&obj.key, b).await.map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        match res {
-                            Ok(()) => {
-                                let _ = ev.send(LaneEvent::Stored(i, obj.seq));
-                                break;
-                            }
-                            Err(e) => {
-                                let _ = ev.send(LaneEvent::Failed(i, e));
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(Duration::from_secs(30));
+                    // Started in order; at most LANE_IN_FLIGHT at once.
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    while writes.try_join_next().is_some() {}
+                    let (p, ev) = (p.clone(), ev.clone());
+                    writes.spawn(async move {
+                        let _permit = permit;
+                        let mut backoff = Duration::from_millis(500);
+                        loop {
+                            let res = match obj.body() {
+                                Ok(b) => p.put(&obj.key, b).await.map_err(|e| e.to_string()),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            match res {
+                                Ok(()) => {
+                                    let _ = ev.send(LaneEvent::Stored(i, obj.seq));
+                                    break;
+                                }
+                                Err(e) => {
+                                    let _ = ev.send(LaneEvent::Failed(i, e));
+                                    tokio::time::sleep(backoff).await;
+                                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                                }
                             }
                         }
-                    }
+                    });
                 }
+                while writes.join_next().await.is_some() {}
             }));
             lanes.push(tx);
         }
@@ -232,6 +285,8 @@ impl Delivery {
             let mut pending: VecDeque<Entry> = VecDeque::new();
             let mut healthy = vec![true; n];
             let mut bytes_held: u64 = 0;
+            // Sealed bytes only in memory.
+            let mut mem_held: u64 = 0;
             let mut next_seq: u64 = old.last().map_or(0, |o| o.0 + 1);
             let mut ack_seq: Option<u64> = None;
             let mut full_logged = false;
@@ -257,8 +312,8 @@ impl Delivery {
                 });
             }
             loop {
-                let accept = bytes_held < max_bytes;
-                if !accept && !full_logged {
+                let accept = bytes_held < max_bytes && mem_held < MEM_LIMIT;
+                if bytes_held >= max_bytes && !full_logged {
                     tracing::error!(
                         held = bytes_held,
                         limit = max_bytes,
@@ -295,7 +350,10 @@ impl Delivery {
                                         continue;
                                     }
                                     match e.obj.spool(&dir).await {
-                                        Ok(()) => bytes_held += e.obj.len,
+                                        Ok(()) => {
+                                            bytes_held += e.obj.len;
+                                            mem_held = mem_held.saturating_sub(e.obj.len);
+                                        }
                                         Err(err) => {
                                             tracing::error!(error = %err, dir = %dir.display(), "cannot write the spool outbox: WAL stays unacknowledged (hint: free space there or set wal.spool_dir)");
                                             break;
@@ -326,6 +384,8 @@ impl Delivery {
                             }
                             bytes_held += obj.len;
                             full_logged = false;
+                        } else {
+                            mem_held += obj.len;
                         }
                         for l in &lanes {
                             let _ = l.send(obj.clone());
@@ -349,7 +409,19 @@ impl Delivery {
                         break;
                     }
                 }
-                if let Some(end) = last {
+                if let Some((tli, end)) = last {
+                    // Durable before PostgreSQL can hear of it: a restart never resumes
+                    // past a hole that this acknowledgement did not cover.
+                    let d = dir.clone();
+                    let written =
+                        tokio::task::spawn_blocking(move || write_acknowledged(&d, tli, end))
+                            .await
+                            .map_err(std::io::Error::other)
+                            .and_then(|r| r);
+                    if let Err(e) = written {
+                        let _ = ack_tx.send(Err(format!("cannot record the acknowledged position in {}: {e} (hint: free space there or set wal.spool_dir)", dir.display())));
+                        return;
+                    }
                     if ack_tx.send(Ok(end)).is_err() {
                         return;
                     }
@@ -361,6 +433,8 @@ impl Delivery {
                     if let Some(path) = path {
                         let _ = std::fs::remove_file(path);
                         bytes_held = bytes_held.saturating_sub(e.obj.len);
+                    } else {
+                        mem_held = mem_held.saturating_sub(e.obj.len);
                     }
                 }
             }

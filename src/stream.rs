@@ -8,8 +8,10 @@
 //! Invariants:
 //! - `acked` (the flush LSN we report) only ever takes an end position the storer has
 //!   confirmed on every provider, and never decreases.
-//! - Objects reach each provider in LSN order, so after any crash each provider's WAL is
-//!   contiguous up to its end, and resuming from the lowest end leaves no hole.
+//! - Objects are started in LSN order, several at once per provider, so a crash can leave
+//!   a provider with a hole just before its newest objects. Every acknowledged position is
+//!   recorded durably first (`<spool>/acknowledged`), and a restart resumes from the lowest
+//!   of that and each provider's newest end, which leaves no hole.
 //! - A restart re-streams from the start of the segment holding the resume point (like
 //!   pg_receivewal), so a complete segment can always be sealed from the spool.
 
@@ -112,7 +114,12 @@ impl Uploader {
                 tracing::debug!(key, stored = sealed.bytes.len(), plain = sealed.plain_len, end = %job.end, "sealed");
                 let out = Outgoing {
                     key,
-                    end: Some(job.end),
+                    // A history file acknowledges nothing new (its end is the position
+                    // already acknowledged, which may lie on the parent timeline).
+                    end: match job.kind {
+                        JobKind::History { .. } => None,
+                        _ => Some((job.name.tli, job.end)),
+                    },
                     bytes: Bytes::from(sealed.bytes),
                     remove_after: remove.then_some(job.spool),
                 };
@@ -373,7 +380,15 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     .into_iter()
                     .map(|(_, key, _, _)| key)
                     .collect();
-                let resume = archive.resume_point(seg, &pending).await?;
+                let mut resume = archive.resume_point(seg, &pending).await?;
+                // With several writes in flight per provider, the newest object may sit
+                // after a hole left by a crash: never resume past what was acknowledged.
+                if let (Some(r), Some(a)) = (resume, crate::outbox::acknowledged(&outbox)) {
+                    if a < r {
+                        tracing::info!(acknowledged = %a.1, archived = %r.1, "resuming from the last acknowledged position; newer objects are sent again");
+                        resume = Some(a);
+                    }
+                }
                 let mut histories = HashSet::new();
                 for p in &archive.mirror.providers {
                     let inv = archive.inventory(p.as_ref(), seg).await?;

@@ -225,3 +225,90 @@ fn verify_providers_finds_and_repairs_what_one_lacks() {
     let (ok, report) = s.lb.verify(true);
     assert!(ok, "{report}");
 }
+
+/// Several writes are in flight per provider, so a crash can leave a provider with later
+/// objects and without an earlier one. One write is held (a slow request) while later ones
+/// land; the slot must stay behind the hole, and after kill -9 the next run resumes from
+/// the acknowledged position and fills it.
+#[test]
+fn a_hole_left_by_a_crash_is_filled_on_restart() {
+    let s = setup("");
+    let mut stream = spawn(&s);
+    let before = write_wal(&s.pg, 2);
+    wait_archived(&s.pg, before, Duration::from_secs(60), &s.lb);
+
+    // Hold every write of the segment being filled now, on provider "second" only.
+    let held =
+        s.pg.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
+            .trim()
+            .to_string();
+    let held_start = (u64::from_str_radix(&held[8..16], 16).unwrap() << 32)
+        | (u64::from_str_radix(&held[16..24], 16).unwrap() * 16 * 1024 * 1024);
+    std::fs::write(&s.flag, format!("stall {held}")).unwrap();
+    write_wal(&s.pg, 56);
+    s.pg.switch_wal();
+    let later = |name: &str| {
+        name.starts_with("wal/") && name.ends_with(".seg") && {
+            let seg = name.rsplit('/').next().unwrap().trim_end_matches(".seg");
+            seg > held.as_str()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files(s.second.path()).iter().filter(|f| later(f)).count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "later segments never reached the second provider\n{}",
+            s.lb.stream_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = files(s.second.path());
+    assert!(
+        !second.iter().any(|f| f.ends_with(&format!("{held}.seg"))),
+        "the held segment {held} must not be on the second provider yet: {second:?}"
+    );
+    let restart = slot_restart_lsn(&s.pg, "lifeboat").expect("the slot exists");
+    // Parts of the held segment written before the stall may be there; its end is not.
+    let held_end = held_start + 16 * 1024 * 1024;
+    assert!(
+        restart < held_end,
+        "the slot's restart_lsn {} passed the hole before {}",
+        fmt_lsn(restart),
+        fmt_lsn(held_end)
+    );
+    kill9(&mut stream);
+
+    // The hole is there after the crash...
+    let (_, report) = s.lb.verify(false);
+    let second_report = report["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "second")
+        .unwrap()
+        .clone();
+    assert!(
+        second_report["wal"].as_array().unwrap().len() >= 2,
+        "expected a gap on the second provider: {report}"
+    );
+
+    // ...and the next run fills it.
+    std::fs::remove_file(&s.flag).unwrap();
+    let end = parse_lsn(&s.pg.switch_wal());
+    let mut c = s.lb.cmd();
+    c.args(["stream", "--endpos", &fmt_lsn(end)]);
+    let out = run_timeout(&mut c, Duration::from_secs(120), None).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resuming from the last acknowledged position"),
+        "{stderr}"
+    );
+    assert_eq!(files(&s.lb.archive), files(s.second.path()));
+    let (ok, report) = s.lb.verify(false);
+    assert!(ok, "{report}");
+    for p in report["providers"].as_array().unwrap() {
+        assert_eq!(p["wal"].as_array().unwrap().len(), 1, "{report}");
+        assert!(parse_lsn(p["wal"][0]["end_lsn"].as_str().unwrap()) >= end);
+    }
+}
