@@ -13,6 +13,7 @@ need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v age-keygen >/dev/null || need_apt+=(age)
 command -v runuser >/dev/null || need_apt+=(util-linux)
+command -v faketime >/dev/null || need_apt+=(faketime) # clock-skew test (libfaketime)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) == 0 ]]; then
     log "installing ${need_apt[*]}"

@@ -17,6 +17,7 @@
 //!   other call go out. A failed check is retried on the next call (a provider may be down).
 //! - `list` returns keys relative to the url's prefix, sorted, over every page.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{
@@ -243,6 +244,48 @@ pub struct S3Store {
     features: std::sync::Mutex<Features>,
     multipart_threshold: usize,
     part_size: usize,
+    /// The provider's clock minus ours (seconds), from the last response's `Date` header.
+    clock_offset: Arc<std::sync::Mutex<Option<i64>>>,
+}
+
+/// Reads the `Date` header of every response. The SDK already corrects its signatures for
+/// a skewed host clock (it retries a `RequestTimeTooSkewed` with the provider's time), which
+/// would otherwise hide the skew; lifeboat reports it and dates Object Lock retention by
+/// the provider's clock.
+#[derive(Debug)]
+struct ClockWatch(Arc<std::sync::Mutex<Option<i64>>>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for ClockWatch {
+    fn name(&self) -> &'static str {
+        "lifeboat::ClockWatch"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let offset = ctx
+            .response()
+            .headers()
+            .get("date")
+            .and_then(|d| DateTime::from_str(d, aws_smithy_types::date_time::Format::HttpDate).ok())
+            .map(|server| server.secs() - DateTime::from(SystemTime::now()).secs());
+        if offset.is_some() {
+            *self.0.lock().expect("clock lock") = offset;
+        }
+        Ok(())
+    }
+}
+
+/// "120 minutes behind" / "5 minutes ahead of", for a provider-minus-host offset.
+fn describe_offset(o: i64) -> String {
+    format!(
+        "{} minutes {} the provider's",
+        (o.abs() + 30) / 60,
+        if o > 0 { "behind" } else { "ahead of" }
+    )
 }
 
 impl S3Store {
@@ -320,6 +363,8 @@ impl S3Store {
         if let Some(e) = &cfg.endpoint {
             b = b.endpoint_url(e.trim_end_matches('/'));
         }
+        let clock_offset = Arc::new(std::sync::Mutex::new(None));
+        b = b.interceptor(ClockWatch(clock_offset.clone()));
         let lock_features = Features {
             object_lock: cfg.object_lock.is_some(),
             delete: true,
@@ -337,6 +382,7 @@ impl S3Store {
             features: std::sync::Mutex::new(lock_features),
             multipart_threshold: MULTIPART_THRESHOLD,
             part_size: PART_SIZE,
+            clock_offset,
         })
     }
 
@@ -406,6 +452,45 @@ impl S3Store {
         Ok(f)
     }
 
+    /// Some providers accept requests signed for any region but know where the bucket is:
+    /// a region that is not the bucket's is refused here, with the right one in the hint.
+    /// Providers that do not say (or deny the call) are taken at their word.
+    async fn check_region(&self, key: &str) -> Result<(), StorageError> {
+        if self.region == "auto" {
+            return Ok(());
+        }
+        let Ok(loc) = self
+            .client
+            .get_bucket_location()
+            .bucket(&self.url.bucket)
+            .send()
+            .await
+        else {
+            return Ok(());
+        };
+        let actual = match loc.location_constraint().map(|c| c.as_str()) {
+            None | Some("") => return Ok(()),
+            Some("EU") => "eu-west-1",
+            Some(r) => r,
+        };
+        if actual == self.region {
+            return Ok(());
+        }
+        Err(StorageError {
+            provider: self.name.clone(),
+            op: "check",
+            key: key.to_string(),
+            message: format!(
+                "bucket \"{}\" is in region \"{actual}\", not \"{}\"",
+                self.url.bucket, self.region
+            ),
+            hint: Some(format!(
+                "set region = \"{actual}\" in this [[storage]] entry"
+            )),
+            retryable: false,
+        })
+    }
+
     async fn probe(&self) -> Result<Features, StorageError> {
         let key = self.display_url.as_str();
         if let CredentialSource::Env {
@@ -436,6 +521,15 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.sdk_error("check", key, e))?;
+        self.check_region(key).await?;
+        let offset = *self.clock_offset.lock().expect("clock lock");
+        if let Some(o) = offset.filter(|o| o.abs() >= 60) {
+            tracing::warn!(
+                provider = %self.name,
+                "this host's clock is {}: requests are corrected for it, but synchronise the clock (NTP: systemd-timesyncd, chrony)",
+                describe_offset(o)
+            );
+        }
         let object_lock = match self
             .client
             .get_object_lock_configuration()
@@ -482,7 +576,15 @@ impl S3Store {
                 ObjectLockMode::Governance => SdkLockMode::Governance,
                 ObjectLockMode::Compliance => SdkLockMode::Compliance,
             };
-            let until = SystemTime::now() + Duration::from_secs(u64::from(l.days) * 86_400);
+            // By the provider's clock, which judges the date.
+            let offset = self.clock_offset.lock().expect("clock lock").unwrap_or(0);
+            let now = SystemTime::now();
+            let now = if offset >= 0 {
+                now + Duration::from_secs(offset as u64)
+            } else {
+                now - Duration::from_secs(offset.unsigned_abs())
+            };
+            let until = now + Duration::from_secs(u64::from(l.days) * 86_400);
             (mode, DateTime::from(until))
         })
     }
@@ -810,6 +912,8 @@ pub struct Problem {
     pub message: Option<String>,
     pub status: Option<u16>,
     pub kind: ProblemKind,
+    /// The provider's clock minus ours, in seconds, from the response's `Date` header.
+    pub clock_offset: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -851,6 +955,13 @@ impl Problem {
                 message: e.message().map(str::to_string),
                 status,
                 kind: ProblemKind::Response,
+                clock_offset: e
+                    .raw_response()
+                    .and_then(|r| r.headers().get("date"))
+                    .and_then(|d| {
+                        DateTime::from_str(d, aws_smithy_types::date_time::Format::HttpDate).ok()
+                    })
+                    .map(|server| server.secs() - DateTime::from(SystemTime::now()).secs()),
             },
             SdkError::TimeoutError(_) => Problem {
                 kind: ProblemKind::Timeout,
@@ -990,7 +1101,13 @@ pub fn classify(p: &Problem, ctx: &ErrorContext<'_>) -> Classified {
             false,
         ),
         "RequestTimeTooSkewed" => c(
-            "the provider rejected the request's timestamp (RequestTimeTooSkewed): this host's clock is off".into(),
+            format!(
+                "the provider rejected the request's timestamp (RequestTimeTooSkewed): this host's clock is {}",
+                match p.clock_offset {
+                    Some(o) if o.abs() >= 60 => describe_offset(o),
+                    _ => "off".to_string(),
+                }
+            ),
             Some("synchronise the clock (NTP: systemd-timesyncd, chrony); S3 allows 15 minutes of skew".into()),
             false,
         ),
@@ -1128,6 +1245,7 @@ mod tests {
             message: Some("m".into()),
             status: Some(status),
             kind: ProblemKind::Response,
+            clock_offset: None,
         }
     }
 

@@ -407,6 +407,54 @@ fn bad_input_s3_errors_are_exact() {
     );
     assert!(e.contains("onnection refused"), "{e}");
 
+    // The wrong region: moto accepts the signature but knows where the bucket is.
+    moto.block_on(
+        moto.client()
+            .create_bucket()
+            .bucket("europe")
+            .create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
+    let e = verify_error(&moto.storage_toml("offsite", "europe", "a", ""), &good);
+    assert_eq!(e, format!("error: storage \"offsite\": check s3://europe/a: bucket \"europe\" is in region \"eu-west-1\", not \"{REGION}\" (hint: set region = \"eu-west-1\" in this [[storage]] entry)"));
+
+    // This host's clock two hours behind (libfaketime around the real binary). s3s-fs
+    // refuses such a signature (RequestTimeTooSkewed); the SDK retries with the provider's
+    // time, so lifeboat goes on, and says loudly that the clock is off and by how much.
+    let lb = Lb::with(
+        "host=127.0.0.1",
+        "",
+        &fs.storage_toml("offsite", "plain", "skewed", ""),
+    );
+    let base = lb.cmd();
+    let mut c = clean_command("faketime");
+    c.args(["-f", "-2h"])
+        .arg(base.get_program())
+        .args(base.get_args())
+        .arg("verify")
+        .env("HOME", lb.dir.path())
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .envs(good.iter().copied());
+    let out = run_timeout(&mut c, Duration::from_secs(120), None).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stderr.contains("WARN lifeboat::s3: this host's clock is 120 minutes behind the provider's: requests are corrected for it, but synchronise the clock (NTP: systemd-timesyncd, chrony) provider=offsite"),
+        "{stderr}"
+    );
+    // The provider answered despite the skew: the (empty) prefix was listed.
+    assert!(
+        stdout.contains("problem: archive.json is missing: the archive was never written"),
+        "{stdout}\n{stderr}"
+    );
+
     // A lock request against a bucket without Object Lock.
     let e = verify_error(
         &moto.storage_toml(
