@@ -16,6 +16,7 @@ pub mod plan;
 pub mod protocol;
 pub mod restore;
 pub mod s3;
+pub mod status;
 pub mod storage;
 pub mod stream;
 pub mod verify;

@@ -14,7 +14,7 @@ use lifeboat::pipeline::Opener;
 use lifeboat::plan::{Target, TimelineChoice};
 use lifeboat::restore::{self, RestoreOptions, TargetAction};
 use lifeboat::wal::Lsn;
-use lifeboat::{backup, drill, list, stream, verify, walfetch};
+use lifeboat::{backup, drill, list, status, stream, verify, walfetch};
 
 const DEFAULT_CONFIG: &str = "/etc/lifeboat/lifeboat.toml";
 
@@ -105,6 +105,8 @@ enum Command {
     },
     /// Backups and WAL coverage per timeline.
     List,
+    /// Health of this host's archiving: exit 0 healthy, 1 degraded, 2 failing.
+    Status,
     /// Restore a base backup into --pgdata and configure recovery to a target
     /// (default: the end of the archived WAL); then `pg_ctl start` finishes the job.
     Restore(RestoreArgs),
@@ -574,6 +576,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
             Ok(())
+        }
+        Command::Status => {
+            let archive = Archive::open(&cfg)?;
+            let report = status::run(&cfg.wal.spool_dir, &archive).await;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding the report")?
+                );
+            } else {
+                print!("{}", status::render(&report));
+            }
+            match report.level().exit_code() {
+                0 => Ok(()),
+                code => Err(Failure {
+                    code,
+                    err: anyhow::anyhow!("status: {}", report.status),
+                    quiet: true,
+                }),
+            }
         }
         Command::List => {
             let archive = Archive::open(&cfg)?;

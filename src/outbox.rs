@@ -129,9 +129,38 @@ enum LaneEvent {
 
 pub type Ack = std::result::Result<Lsn, String>;
 
+/// One provider as the delivery task sees it, for `lifeboat status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ProviderHealth {
+    pub name: String,
+    pub up: bool,
+    /// The last write error while down.
+    pub error: Option<String>,
+    /// Unix seconds when it went down.
+    pub down_since: Option<u64>,
+}
+
+/// What the delivery task is doing, for `lifeboat status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    pub providers: Vec<ProviderHealth>,
+    /// Bytes held in the fsync'd outbox for providers that lack them, and the limit.
+    pub spool_held: u64,
+    pub spool_limit: u64,
+    /// False once the outbox is full: nothing new is acknowledged.
+    pub acknowledging: bool,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Handle to the delivery task.
 pub struct Delivery {
     pub input: mpsc::Sender<Outgoing>,
+    pub health: Arc<Mutex<Health>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -281,6 +310,20 @@ impl Delivery {
         }
         let names: Vec<String> = providers.iter().map(|p| p.name().to_string()).collect();
         let n = providers.len();
+        let health = Arc::new(Mutex::new(Health {
+            providers: names
+                .iter()
+                .map(|name| ProviderHealth {
+                    name: name.clone(),
+                    up: true,
+                    ..Default::default()
+                })
+                .collect(),
+            spool_limit: max_bytes,
+            acknowledging: true,
+            ..Default::default()
+        }));
+        let shared = health.clone();
         let main = tokio::spawn(async move {
             let mut pending: VecDeque<Entry> = VecDeque::new();
             let mut healthy = vec![true; n];
@@ -330,6 +373,13 @@ impl Delivery {
                                     tracing::warn!(provider = names[l], "provider is back: backfilling from the spool");
                                 }
                                 healthy[l] = true;
+                                {
+                                    let mut h = shared.lock().expect("not poisoned");
+                                    let p = &mut h.providers[l];
+                                    p.up = true;
+                                    p.error = None;
+                                    p.down_since = None;
+                                }
                                 // By sequence number, not position: replayed outbox files
                                 // may have gaps (a damaged one is skipped).
                                 if let Some(e) = pending.iter_mut().find(|e| e.obj.seq == seq) {
@@ -343,6 +393,15 @@ impl Delivery {
                                     tracing::debug!(provider = names[l], error = %err, "still down");
                                 }
                                 healthy[l] = false;
+                                {
+                                    let mut h = shared.lock().expect("not poisoned");
+                                    let p = &mut h.providers[l];
+                                    if p.up {
+                                        p.down_since = Some(unix_now());
+                                    }
+                                    p.up = false;
+                                    p.error = Some(err.clone());
+                                }
                                 // Everything it lacks goes to the outbox, in order; it reads
                                 // from there when it returns.
                                 for e in pending.iter().filter(|e| !e.stored[l]) {
@@ -393,6 +452,11 @@ impl Delivery {
                         pending.push_back(Entry { obj, end: out.end, stored: vec![false; n] });
                     }
                 }
+                {
+                    let mut h = shared.lock().expect("not poisoned");
+                    h.spool_held = bytes_held;
+                    h.acknowledging = bytes_held < max_bytes;
+                }
                 // Acknowledge in order what every provider has, or holds in the spool.
                 let mut last = None;
                 for e in pending.iter() {
@@ -442,6 +506,7 @@ impl Delivery {
         tasks.push(main);
         Ok(Delivery {
             input: in_tx,
+            health,
             tasks,
         })
     }

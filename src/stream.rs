@@ -69,7 +69,7 @@ struct Uploader {
     /// Sealing is CPU-bound: at most one job per core at a time.
     sealing: std::sync::Arc<tokio::sync::Semaphore>,
     storer: JoinHandle<()>,
-    _delivery: Delivery,
+    delivery: Delivery,
 }
 
 impl Uploader {
@@ -137,8 +137,12 @@ impl Uploader {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             storer,
-            _delivery: delivery,
+            delivery,
         })
+    }
+
+    fn health(&self) -> crate::outbox::Health {
+        self.delivery.health.lock().expect("not poisoned").clone()
     }
 
     async fn submit(&self, job: Job) -> Result<()> {
@@ -359,6 +363,9 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     return Err(e);
                 }
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot connect");
+                if let Some(s) = &streamer {
+                    s.write_status(false, Some(format!("cannot connect: {e:#}")));
+                }
                 if wait_or_stop(backoff, &stop_rx).await {
                     return Ok(());
                 }
@@ -420,6 +427,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     status_interval: cfg.status_interval(),
                     slot: cfg.postgres.slot.clone(),
                     create_slot: cfg.postgres.create_slot,
+                    report_status: true,
                 })
             }
         };
@@ -449,6 +457,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                 ever_streamed = true;
                 backoff = Duration::from_secs(1);
                 tracing::warn!(reason = %why, "stream ended; reconnecting");
+                s.write_status(false, Some(format!("stream ended: {why}; reconnecting")));
             }
             Err(e) => {
                 let permanent = e
@@ -458,6 +467,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     return Err(e);
                 }
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "stream failed; reconnecting");
+                s.write_status(false, Some(format!("stream failed: {e:#}; reconnecting")));
             }
         }
         if wait_or_stop(backoff, &stop_rx).await {
@@ -536,6 +546,7 @@ pub async fn archive_range(
         status_interval: cfg.status_interval(),
         slot: Some(s.slot.to_string()),
         create_slot: false,
+        report_status: false,
     };
     // Never signalled: the session ends at `endpos` (the sender must outlive it).
     let (_stop_tx, stop_rx) = watch::channel(false);
@@ -576,9 +587,32 @@ struct Streamer {
     status_interval: Duration,
     slot: Option<String>,
     create_slot: bool,
+    /// Write `<spool>/status.json` for `lifeboat status` (the service, not a backup's
+    /// own session).
+    report_status: bool,
 }
 
 impl Streamer {
+    /// Report for `lifeboat status`; a failure to write it is only logged.
+    fn write_status(&self, connected: bool, error: Option<String>) {
+        if !self.report_status {
+            return;
+        }
+        let st = crate::status::StreamStatus {
+            pid: std::process::id(),
+            updated: crate::status::now(),
+            timeline: self.state.tli.0,
+            received: self.state.written.to_string(),
+            acknowledged: self.state.acked.to_string(),
+            connected,
+            error,
+            delivery: self.uploader.health(),
+        };
+        if let Err(e) = crate::status::write(&self.state.spool_dir, &st) {
+            tracing::debug!(error = %e, "cannot write the status file");
+        }
+    }
+
     /// Wait until everything submitted is stored.
     async fn drain(&mut self) -> Result<()> {
         while self.state.acked < self.state.submitted {
@@ -762,6 +796,8 @@ impl Streamer {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_status = Instant::now();
         let mut reported = Lsn::INVALID;
+        self.write_status(true, None);
+        let mut last_report = Instant::now();
         conn.send_status(self.state.written, self.state.acked, false)
             .await?;
         loop {
@@ -821,6 +857,10 @@ impl Streamer {
                     .await?;
                 reported = self.state.acked;
                 last_status = Instant::now();
+            }
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                self.write_status(true, None);
+                last_report = Instant::now();
             }
         }
     }

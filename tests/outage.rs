@@ -58,6 +58,15 @@ fn spawn(s: &Setup) -> Child {
     c.spawn().unwrap()
 }
 
+/// `lifeboat status`: exit code and stdout.
+fn status(lb: &Lb) -> (i32, String) {
+    let out = lb.run(&["status"], Duration::from_secs(60));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 fn write_wal(pg: &PgCluster, mib: u64) -> u64 {
     let target = parse_lsn(&pg.current_lsn()) + mib * 1024 * 1024;
     while parse_lsn(&pg.current_lsn()) < target {
@@ -156,12 +165,52 @@ fn full_spool_stops_acknowledging_until_the_provider_returns() {
         "{}",
         s.lb.stream_log()
     );
+    // `status` says so: failing (2), the spool full, the provider down.
+    let (code, out) = status(&s.lb);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("FAILING   spool     full (") && l.ends_with("while a provider is down: WAL is no longer acknowledged, the replication slot holds it on the server (hint: bring the provider back, or raise spool.max_size)")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("DEGRADED  provider  \"second\": down since ")
+                && l.contains("injected fault")
+        ),
+        "{out}"
+    );
+    assert!(out.ends_with("\nfailing\n"), "{out}");
 
     std::fs::remove_file(&s.flag).unwrap();
     let end = parse_lsn(&s.pg.switch_wal());
     wait_archived(&s.pg, end.max(written), Duration::from_secs(120), &s.lb);
+    // Recovered: streaming, both providers up (no backup or drill yet: degraded, 1).
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, out) = status(&s.lb);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("\nok        provider  \"second\": up\n"),
+        "{out}"
+    );
+    assert!(
+        out.starts_with("ok        streamer  streaming (pid "),
+        "{out}"
+    );
+    assert!(!out.contains("FAILING"), "{out}");
+    assert!(
+        out.contains(
+            "DEGRADED  backup    no restorable base backup in the archive (hint: lifeboat backup)"
+        ),
+        "{out}"
+    );
     sigterm(&mut stream);
     wait_child(&mut stream, Duration::from_secs(30), "stream");
+    let (code, out) = status(&s.lb);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("FAILING   streamer  not running: pid "),
+        "{out}"
+    );
     assert_eq!(files(&s.lb.archive), files(s.second.path()));
     let (ok, report) = s.lb.verify(false);
     assert!(ok, "{report}");

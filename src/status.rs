@@ -1,0 +1,388 @@
+//! `lifeboat status`: is this host's archiving healthy?
+//!
+//! The streamer writes `<spool>/status.json` about once a second (positions, connection,
+//! each provider's health, how full the spool is). `status` reads it, checks that the
+//! streamer is alive, and looks at the archive for the newest backup and the last drill.
+//! Exit 0 healthy, 1 degraded (archiving goes on but something needs attention), 2 failing
+//! (WAL is not being archived, or not acknowledged).
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::Archive;
+use crate::outbox::Health;
+
+pub const FILE: &str = "status.json";
+
+/// How stale `status.json` may be before the streamer counts as gone.
+const STALE_SECS: u64 = 30;
+
+/// What a running streamer reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamStatus {
+    pub pid: u32,
+    /// Unix seconds.
+    pub updated: u64,
+    pub timeline: u32,
+    /// WAL received into the spool.
+    pub received: String,
+    /// WAL acknowledged to PostgreSQL as flushed (durable on every provider, or held in the
+    /// spool for one that is down).
+    pub acknowledged: String,
+    pub connected: bool,
+    /// Why it is not connected.
+    pub error: Option<String>,
+    pub delivery: Health,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join(FILE)
+}
+
+/// Replace `<spool>/status.json` (atomically; not fsync'd: it is a report, not state).
+pub fn write(spool_dir: &Path, s: &StreamStatus) -> std::io::Result<()> {
+    let p = path(spool_dir);
+    let tmp = p.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(s).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, p)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Degraded,
+    Failing,
+}
+
+impl Level {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Level::Ok => 0,
+            Level::Degraded => 1,
+            Level::Failing => 2,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Degraded => "DEGRADED",
+            Level::Failing => "FAILING",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub status: Level,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// healthy, degraded or failing.
+    pub status: &'static str,
+    pub checks: Vec<Check>,
+    pub stream: Option<StreamStatus>,
+}
+
+impl Report {
+    pub fn level(&self) -> Level {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Level::Ok)
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s ago"),
+        s if s < 7200 => format!("{} min ago", s / 60),
+        s if s < 172_800 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    }
+}
+
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+}
+
+/// The streamer's checks, from its status file (pure: `now` and `alive` are given).
+pub fn stream_checks(
+    spool_dir: &Path,
+    st: Option<&StreamStatus>,
+    now: u64,
+    alive: impl Fn(u32) -> bool,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    let Some(st) = st else {
+        out.push(Check {
+            check: "streamer",
+            status: Level::Failing,
+            message: format!(
+                "no {} : lifeboat stream has never run with this spool_dir (hint: start the streamer, e.g. systemctl start lifeboat)",
+                path(spool_dir).display()
+            ),
+        });
+        return out;
+    };
+    let age = now.saturating_sub(st.updated);
+    if !alive(st.pid) || age > STALE_SECS {
+        out.push(Check {
+            check: "streamer",
+            status: Level::Failing,
+            message: format!(
+                "not running: pid {} last reported {} (acknowledged up to {}); WAL is not being archived and the slot is retaining it on the server (hint: start the streamer and read its log)",
+                st.pid,
+                ago(age),
+                st.acknowledged
+            ),
+        });
+        return out;
+    }
+    if !st.connected {
+        out.push(Check {
+            check: "streamer",
+            status: Level::Failing,
+            message: format!(
+                "running (pid {}) but not streaming: {}",
+                st.pid,
+                st.error.as_deref().unwrap_or("not connected")
+            ),
+        });
+    } else {
+        out.push(Check {
+            check: "streamer",
+            status: Level::Ok,
+            message: format!(
+                "streaming (pid {}), timeline {}, received {}, acknowledged {}",
+                st.pid, st.timeline, st.received, st.acknowledged
+            ),
+        });
+    }
+    let d = &st.delivery;
+    for p in &d.providers {
+        if p.up {
+            out.push(Check {
+                check: "provider",
+                status: Level::Ok,
+                message: format!("\"{}\": up", p.name),
+            });
+        } else {
+            out.push(Check {
+                check: "provider",
+                status: Level::Degraded,
+                message: format!(
+                    "\"{}\": down since {}: {}; its WAL is held in the spool ({} of {})",
+                    p.name,
+                    ago(now.saturating_sub(p.down_since.unwrap_or(now))),
+                    p.error.as_deref().unwrap_or("write failed"),
+                    mib(d.spool_held),
+                    mib(d.spool_limit)
+                ),
+            });
+        }
+    }
+    if !d.acknowledging {
+        out.push(Check {
+            check: "spool",
+            status: Level::Failing,
+            message: format!(
+                "full ({} of {}) while a provider is down: WAL is no longer acknowledged, the replication slot holds it on the server (hint: bring the provider back, or raise spool.max_size)",
+                mib(d.spool_held),
+                mib(d.spool_limit)
+            ),
+        });
+    }
+    out
+}
+
+/// The archive's checks: the newest backup and the last drill.
+async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
+    let mut out = Vec::new();
+    match crate::list::run(archive).await {
+        Err(e) => out.push(Check {
+            check: "archive",
+            status: Level::Degraded,
+            message: format!("cannot be listed: {e:#}"),
+        }),
+        Ok(r) => {
+            match r
+                .backups
+                .iter()
+                .filter(|b| b.restorable)
+                .max_by(|a, b| a.end_lsn.cmp(&b.end_lsn))
+            {
+                None => out.push(Check {
+                    check: "backup",
+                    status: Level::Degraded,
+                    message: "no restorable base backup in the archive (hint: lifeboat backup)"
+                        .into(),
+                }),
+                Some(b) => {
+                    let when = crate::plan::Timestamp::parse_utc(&b.end_time)
+                        .ok()
+                        .map(|t| ago(now.saturating_sub(t.0.div_euclid(1_000_000).max(0) as u64)));
+                    out.push(Check {
+                        check: "backup",
+                        status: Level::Ok,
+                        message: format!(
+                            "newest restorable {} ended {} ({})",
+                            b.id,
+                            b.end_time,
+                            when.unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+            match r.last_drill {
+                None => out.push(Check {
+                    check: "drill",
+                    status: Level::Degraded,
+                    message: "no restore drill recorded: the backups are untested (hint: lifeboat drill)".into(),
+                }),
+                Some(d) if !d.ok => out.push(Check {
+                    check: "drill",
+                    status: Level::Degraded,
+                    message: format!(
+                        "the last drill {} FAILED (hint: lifeboat list; run lifeboat drill again and read its report)",
+                        d.id
+                    ),
+                }),
+                Some(d) => out.push(Check {
+                    check: "drill",
+                    status: Level::Ok,
+                    message: format!("last drill {} passed, RTO {:.1} s", d.id, d.total_seconds),
+                }),
+            }
+        }
+    }
+    out
+}
+
+pub async fn run(spool_dir: &Path, archive: &Archive) -> Report {
+    let st: Option<StreamStatus> = std::fs::read(path(spool_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let now = now();
+    let mut checks = stream_checks(spool_dir, st.as_ref(), now, alive);
+    checks.extend(archive_checks(archive, now).await);
+    let mut r = Report {
+        status: "healthy",
+        checks,
+        stream: st,
+    };
+    r.status = match r.level() {
+        Level::Ok => "healthy",
+        Level::Degraded => "degraded",
+        Level::Failing => "failing",
+    };
+    r
+}
+
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    for c in &r.checks {
+        s.push_str(&format!(
+            "{:<9} {:<9} {}\n",
+            c.status.word(),
+            c.check,
+            c.message
+        ));
+    }
+    s.push_str(&format!("{}\n", r.status));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::ProviderHealth;
+
+    fn st(acknowledging: bool, second_up: bool) -> StreamStatus {
+        StreamStatus {
+            pid: 42,
+            updated: 1000,
+            timeline: 1,
+            received: "0/3000000".into(),
+            acknowledged: "0/2000000".into(),
+            connected: true,
+            error: None,
+            delivery: Health {
+                providers: vec![
+                    ProviderHealth {
+                        name: "local".into(),
+                        up: true,
+                        ..Default::default()
+                    },
+                    ProviderHealth {
+                        name: "second".into(),
+                        up: second_up,
+                        error: (!second_up).then(|| "connection refused".into()),
+                        down_since: (!second_up).then_some(900),
+                    },
+                ],
+                spool_held: 3 << 20,
+                spool_limit: 4 << 20,
+                acknowledging,
+            },
+        }
+    }
+
+    fn level(c: &[Check]) -> Level {
+        c.iter().map(|c| c.status).max().unwrap()
+    }
+
+    #[test]
+    fn levels() {
+        let dir = Path::new("/spool");
+        assert_eq!(
+            level(&stream_checks(dir, Some(&st(true, true)), 1005, |_| true)),
+            Level::Ok
+        );
+        let down = stream_checks(dir, Some(&st(true, false)), 1005, |_| true);
+        assert_eq!(level(&down), Level::Degraded);
+        assert_eq!(
+            down[2].message,
+            "\"second\": down since 105 s ago: connection refused; its WAL is held in the spool (3.0 MiB of 4.0 MiB)"
+        );
+        assert_eq!(
+            level(&stream_checks(dir, Some(&st(false, false)), 1005, |_| true)),
+            Level::Failing
+        );
+        // A dead pid, or a report older than 30 s.
+        assert_eq!(
+            level(&stream_checks(dir, Some(&st(true, true)), 1005, |_| false)),
+            Level::Failing
+        );
+        assert_eq!(
+            level(&stream_checks(dir, Some(&st(true, true)), 1031, |_| true)),
+            Level::Failing
+        );
+        assert_eq!(
+            level(&stream_checks(dir, None, 1005, |_| true)),
+            Level::Failing
+        );
+    }
+}
