@@ -4,6 +4,7 @@
 #   scripts/bench.sh stream     # lifeboat stream --endpos vs pg_receivewal, same WAL range
 #   scripts/bench.sh backup     # lifeboat backup vs pg_basebackup vs pgbackrest, same cluster
 #   scripts/bench.sh stream-s3  # lifeboat stream to one file:// store vs to two S3 servers (loopback)
+#   scripts/bench.sh backup-s3  # lifeboat backup to one file:// store vs to two S3 servers (loopback)
 #   scripts/bench.sh restore    # lifeboat restore vs pgbackrest restore, same dataset; WAL replay
 #                               # of ~1 GiB through wal-fetch with and without prefetch
 #
@@ -160,7 +161,6 @@ for port, lock in ((sys.argv[1], True), (sys.argv[2], False)):
     "endpoint = \"http://127.0.0.1:$fport\"" "${common[@]}" > "$WORK/s3.toml"
 }
 
-# lifeboat stream of the same WAL to one file:// store vs to two S3 servers on loopback.
 # CPU seconds used so far by the S3 servers (moto, s3s-fs) of start_s3.
 servers_cpu() {
   local total=0 p t
@@ -171,6 +171,7 @@ servers_cpu() {
   echo "scale=2; $total / $(getconf CLK_TCK)" | bc
 }
 
+# lifeboat stream of the same WAL to one file:// store vs to two S3 servers on loopback.
 bench_stream_s3() {
   local slots=()
   for i in $(seq 1 "$ROUNDS"); do slots+=("f$i" "s$i"); done
@@ -283,6 +284,44 @@ print(f"  pgbackrest     {min(br):7.2f} s  ratio lifeboat/pgbackrest    {min(lb)
 ' "${lb_t[*]}" "${bb_t[*]}" "${br_t[*]}" "${lb_m[*]}" "$size"
 }
 
+# lifeboat backup of the backup benchmark's dataset to one file:// store vs to two S3
+# servers on loopback, alternating.
+bench_backup_s3() {
+  setup_dataset
+  local size="$SIZE"
+  start_s3
+  sed '/^\[\[storage\]\]/,$d' "$WORK/lb.toml" > "$WORK/lb-base.toml"
+  local f_t=() s_t=() t m u s kind cfg cpu0
+  for i in $(seq 1 "$ROUNDS"); do
+    for kind in f s; do
+      rm -rf "$WORK/arch" "$WORK/spool"; sync
+      if [[ $kind == f ]]; then
+        cfg="$WORK/lb.toml"
+      else
+        cfg="$WORK/lb-s3-$i.toml"
+        { cat "$WORK/lb-base.toml"; sed "s#PREFIX#backup$i#" "$WORK/s3.toml"; } > "$cfg"
+      fi
+      cpu0=$(servers_cpu)
+      /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$cfg" -q backup --fast --wal-timeout 1ms >/dev/null 2>"$WORK/lb.err" \
+        || { cat "$WORK/lb.err"; exit 1; }
+      read -r t m u s < "$WORK/t"
+      if [[ $kind == f ]]; then
+        f_t+=("$t"); echo "round $i lifeboat backup to one file:// store:   ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s"
+      else
+        s_t+=("$t"); echo "round $i lifeboat backup to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s, S3 servers' CPU $(echo "$(servers_cpu) - $cpu0" | bc) s"
+      fi
+    done
+  done
+  kill "${S3_PIDS[@]}" 2>/dev/null || true
+  python3 -c '
+import sys
+f, s = ([float(x) for x in a.split()] for a in sys.argv[1:3])
+print(f"\nbackup to S3 benchmark, cluster {sys.argv[3]}, best of {len(f)} alternating rounds")
+print(f"  one file:// store   {min(f):7.2f} s")
+print(f"  two S3 providers    {min(s):7.2f} s  ratio {min(s) / min(f):.2f}x (target <= 1.2x)")
+' "${f_t[*]}" "${s_t[*]}" "$size"
+}
+
 # Start PostgreSQL on a restored directory as the test user; print the seconds until it
 # has replayed to the end of the archive and promoted.
 replay_seconds() {
@@ -372,5 +411,6 @@ case "$WHAT" in
   backup) bench_backup ;;
   restore) bench_restore ;;
   stream-s3) bench_stream_s3 ;;
-  *) echo "usage: scripts/bench.sh stream|stream-s3|backup|restore" >&2; exit 2 ;;
+  backup-s3) bench_backup_s3 ;;
+  *) echo "usage: scripts/bench.sh stream|stream-s3|backup|backup-s3|restore" >&2; exit 2 ;;
 esac
