@@ -161,10 +161,12 @@ for port, lock in ((sys.argv[1], True), (sys.argv[2], False)):
     "endpoint = \"http://127.0.0.1:$fport\"" "${common[@]}" > "$WORK/s3.toml"
 }
 
-# CPU seconds used so far by the S3 servers (moto, s3s-fs) of start_s3.
+# CPU seconds used so far by the S3 servers of start_s3 (moto, s3s-fs), or by one of them
+# (servers_cpu 0 | servers_cpu 1).
 servers_cpu() {
-  local total=0 p t
-  for p in "${S3_PIDS[@]}"; do
+  local total=0 p t pids=("${S3_PIDS[@]}")
+  [[ $# -gt 0 ]] && pids=("${S3_PIDS[$1]}")
+  for p in "${pids[@]}"; do
     t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
     total=$((total + t))
   done
@@ -193,15 +195,15 @@ bench_stream_s3() {
       else
         sed "s#PREFIX#round$i#" "$WORK/s3.toml" >> "$WORK/lb.toml"
       fi
-      local cpu0
-      cpu0=$(servers_cpu)
+      local cpu0 m0
+      cpu0=$(servers_cpu); m0=$(servers_cpu 0)
       /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q stream --endpos "$end"
       local u s
       read -r t m u s < "$WORK/t"
       if [[ $kind == f ]]; then
         f_t+=("$t"); echo "round $i lifeboat stream to one file:// store:   ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s"
       else
-        s_t+=("$t"); echo "round $i lifeboat stream to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s, S3 servers' CPU $(echo "$(servers_cpu) - $cpu0" | bc) s"
+        s_t+=("$t"); echo "round $i lifeboat stream to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s, S3 servers' CPU $(echo "$(servers_cpu) - $cpu0" | bc) s (moto $(echo "$(servers_cpu 0) - $m0" | bc) s)"
       fi
     done
   done
@@ -291,7 +293,7 @@ bench_backup_s3() {
   local size="$SIZE"
   start_s3
   sed '/^\[\[storage\]\]/,$d' "$WORK/lb.toml" > "$WORK/lb-base.toml"
-  local f_t=() s_t=() t m u s kind cfg cpu0
+  local f_t=() s_t=() t m u s kind cfg cpu0 m0
   for i in $(seq 1 "$ROUNDS"); do
     for kind in f s; do
       rm -rf "$WORK/arch" "$WORK/spool"; sync
@@ -301,14 +303,14 @@ bench_backup_s3() {
         cfg="$WORK/lb-s3-$i.toml"
         { cat "$WORK/lb-base.toml"; sed "s#PREFIX#backup$i#" "$WORK/s3.toml"; } > "$cfg"
       fi
-      cpu0=$(servers_cpu)
+      cpu0=$(servers_cpu); m0=$(servers_cpu 0)
       /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$cfg" -q backup --fast --wal-timeout 1ms >/dev/null 2>"$WORK/lb.err" \
         || { cat "$WORK/lb.err"; exit 1; }
       read -r t m u s < "$WORK/t"
       if [[ $kind == f ]]; then
         f_t+=("$t"); echo "round $i lifeboat backup to one file:// store:   ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s"
       else
-        s_t+=("$t"); echo "round $i lifeboat backup to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s, S3 servers' CPU $(echo "$(servers_cpu) - $cpu0" | bc) s"
+        s_t+=("$t"); echo "round $i lifeboat backup to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s, S3 servers' CPU $(echo "$(servers_cpu) - $cpu0" | bc) s (moto $(echo "$(servers_cpu 0) - $m0" | bc) s)"
       fi
     done
   done
