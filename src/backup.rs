@@ -141,10 +141,7 @@ impl PartWriter {
         self.tasks.spawn(async move {
             let _permit = permit;
             let plain_len = data.len() as u64;
-            let hint = data.len() / 3;
-            let sealed = tokio::task::spawn_blocking(move || {
-                sealer.seal_reader_with_capacity(&data[..], hint)
-            })
+            let sealed = tokio::task::spawn_blocking(move || sealer.seal(&data[..]))
             .await
             .map_err(|e| anyhow!("sealing task failed: {e}"))??;
             let part = BackupPart {
