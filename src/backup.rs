@@ -142,8 +142,8 @@ impl PartWriter {
             let _permit = permit;
             let plain_len = data.len() as u64;
             let sealed = tokio::task::spawn_blocking(move || sealer.seal(&data[..]))
-            .await
-            .map_err(|e| anyhow!("sealing task failed: {e}"))??;
+                .await
+                .map_err(|e| anyhow!("sealing task failed: {e}"))??;
             let part = BackupPart {
                 key: key.clone(),
                 tar,
