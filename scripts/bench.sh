@@ -161,6 +161,14 @@ for port, lock in ((sys.argv[1], True), (sys.argv[2], False)):
     "endpoint = \"http://127.0.0.1:$fport\"" "${common[@]}" > "$WORK/s3.toml"
 }
 
+# CPU seconds used so far by the benchmark cluster's exited backends and walsenders (the
+# postmaster's reaped children), and by the postmaster itself.
+server_cpu() {
+  local pid
+  pid=$(head -1 "$WORK/data/postmaster.pid")
+  echo "scale=2; $(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat") / $(getconf CLK_TCK)" | bc
+}
+
 # CPU seconds used so far by the S3 servers of start_s3 (moto, s3s-fs), or by one of them
 # (servers_cpu 0 | servers_cpu 1).
 servers_cpu() {
@@ -260,15 +268,18 @@ bench_backup() {
   local lb_t=() lb_m=() bb_t=() br_t=() t m
   for i in $(seq 1 "$ROUNDS"); do
     rm -rf "$WORK/arch" "$WORK/spool"; sync
-    /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q backup --fast --wal-timeout 1ms >/dev/null 2>"$WORK/lb.err" \
+    local s0 u s
+    s0=$(server_cpu)
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q backup --fast --wal-timeout 1ms >/dev/null 2>"$WORK/lb.err" \
       || { cat "$WORK/lb.err"; exit 1; }
-    read -r t m < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
-    echo "round $i lifeboat backup (zstd 3, age, CRC, file://):         ${t}s, peak RSS $((m / 1024)) MiB, stored $(du -sm "$WORK/arch" | cut -f1) MiB"
+    read -r t m u s < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
+    echo "round $i lifeboat backup (zstd 3, age, CRC, file://):         ${t}s, peak RSS $((m / 1024)) MiB, stored $(du -sm "$WORK/arch" | cut -f1) MiB, CPU: lifeboat $(echo "$u + $s" | bc) s, walsenders $(echo "$(server_cpu) - $s0" | bc) s"
 
     rm -rf "$WORK/bb"/*; sync
-    /usr/bin/time -f "%e %M" -o "$WORK/t" "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/bb" -Ft -Xnone --compress=client-zstd:3 -c fast
-    read -r t m < "$WORK/t"; bb_t+=("$t")
-    echo "round $i pg_basebackup -Ft -Xnone client-zstd:3:                ${t}s, peak RSS $((m / 1024)) MiB, stored $(du -sm "$WORK/bb" | cut -f1) MiB"
+    s0=$(server_cpu)
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/bb" -Ft -Xnone --compress=client-zstd:3 -c fast
+    read -r t m u s < "$WORK/t"; bb_t+=("$t")
+    echo "round $i pg_basebackup -Ft -Xnone client-zstd:3:                ${t}s, peak RSS $((m / 1024)) MiB, stored $(du -sm "$WORK/bb" | cut -f1) MiB, CPU: pg_basebackup $(echo "$u + $s" | bc) s, walsender $(echo "$(server_cpu) - $s0" | bc) s"
 
     sync
     /usr/bin/time -f "%e %M" -o "$WORK/t" "${PGBR[@]}" backup --type=full
