@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults: start a throwaway PostgreSQL, stream its WAL with
-# lifeboat into a local file:// archive while pgbench writes, verify the archive (CRC of
-# every object, continuity, and full decryption), fetch a segment back the way PostgreSQL's
-# restore_command would and compare it with the server's own copy, then print what happened.
+# The main job on embedded defaults, as the backup strategy's disaster: start a throwaway
+# PostgreSQL, stream its WAL with lifeboat into a local file:// archive, take a base backup,
+# let pgbench write, commit an important table, note the time T, and DROP it one second
+# later. Then: `status`, the restore plan for T, and a restore drill to T that starts
+# PostgreSQL on the restored copy and checks that the table and its 1000 rows are back.
+# Finally verify the archive (CRC, continuity, full decryption) and fetch a segment back the
+# way PostgreSQL's restore_command would, compared with the server's own copy.
 #
 #   scripts/demo.sh            # uses PostgreSQL 15 (LIFEBOAT_DEMO_MAJOR to change)
 set -euo pipefail
@@ -66,13 +69,24 @@ url = "file://$WORK/archive"
 EOF
 cat "$WORK/lifeboat.toml"
 
-say "lifeboat stream (the replication-slot consumer) starts; pgbench writes for 15 s"
+LBC=("$LB" --config "$WORK/lifeboat.toml" --identity "$WORK/identity.txt")
+say "lifeboat stream (the replication-slot consumer) starts"
 "$LB" --config "$WORK/lifeboat.toml" stream 2>"$WORK/stream.log" &
 STREAM_PID=$!
 sleep 1
 "$BIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -q -s 5 postgres >/dev/null 2>&1
-"$BIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -T 15 -c 4 -j 2 postgres 2>/dev/null | grep -E "^(tps|number of transactions actually)" || true
+
+say "lifeboat backup --fast (BASE_BACKUP over the replication protocol, sealed part by part)"
+"$LB" --config "$WORK/lifeboat.toml" -q backup --fast --label demo
+
+say "pgbench writes for 10 s; then the important table, the time T, and the mistake"
+"$BIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -n -T 10 -c 4 -j 2 postgres 2>/dev/null | grep -E "^(tps|number of transactions actually)" || true
 "${PSQL[@]}" -c "CREATE TABLE important AS SELECT g AS id, now() AS at FROM generate_series(1, 1000) g" >/dev/null
+T=$("${PSQL[@]}" -c "SELECT now()")
+echo "T = $T: 1000 important rows committed"
+sleep 1.2
+"${PSQL[@]}" -c "DROP TABLE important" >/dev/null
+echo "one second later: DROP TABLE important"
 COMMIT_LSN=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
 echo "last commit at $COMMIT_LSN; waiting for the slot to confirm it is archived (wal.max_delay = 1s)"
 for _ in $(seq 1 100); do
@@ -81,6 +95,19 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 "${PSQL[@]}" -c "SELECT 'slot restart_lsn ' || restart_lsn || ', server at ' || pg_current_wal_lsn() FROM pg_replication_slots WHERE slot_name = 'lifeboat'"
+
+say "lifeboat status (exit 0 healthy, 1 degraded, 2 failing)"
+"$LB" --config "$WORK/lifeboat.toml" status || echo "(exit $?: no drill has been recorded yet)"
+
+say "lifeboat restore --dry-run --target-time T: the plan"
+"${LBC[@]}" restore --dry-run --pgdata "$WORK/restored" --target-time "$T" --pg-bin "$BIN"
+
+say "lifeboat drill --target T: restore to T in a scratch directory, start PostgreSQL, check"
+echo "SELECT count(*) = 1000 FROM important" > "$WORK/check.sql"
+RUN_AS=()
+if [[ $(id -u) == 0 ]]; then RUN_AS=(--run-as lifeboat-test); fi
+"${LBC[@]}" drill --backup latest --target "$T" --check-sql "$WORK/check.sql" --pg-bin "$BIN" \
+  --scratch-dir "$WORK" "${RUN_AS[@]}"
 kill -TERM "$STREAM_PID"; wait "$STREAM_PID" || true; STREAM_PID=
 
 say "the archive"
@@ -98,4 +125,7 @@ if cmp -s "$WORK/$SEG" "$WORK/data/pg_wal/$SEG"; then
 else
   echo "$SEG: DIFFERS from the server's copy"; exit 1
 fi
-say "done: every committed transaction up to $COMMIT_LSN is archived, encrypted and verified"
+say "lifeboat list"
+"$LB" --config "$WORK/lifeboat.toml" list
+
+say "done: the table dropped after T came back in the drill; every commit up to $COMMIT_LSN is archived, encrypted and verified"
