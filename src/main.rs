@@ -578,7 +578,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status => {
-            let archive = Archive::open(&cfg)?;
+            // Monitoring reads 1 as degraded: a status that cannot even run is failing.
+            let archive = Archive::open(&cfg).map_err(|e| Failure {
+                code: 2,
+                err: e,
+                quiet: false,
+            })?;
             let report = status::run(&cfg.wal.spool_dir, &archive).await;
             if cli.json {
                 println!(

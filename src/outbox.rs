@@ -225,6 +225,17 @@ pub fn acknowledged(dir: &Path) -> Option<(TimelineId, Lsn)> {
     Some((tli.parse().ok()?, lsn.parse().ok()?))
 }
 
+/// Before the first acknowledgement of a run: record where streaming starts unless a
+/// position is recorded already, so that a crash before anything is acknowledged still
+/// resumes at or before any hole the run leaves.
+pub fn ensure_acknowledged(dir: &Path, tli: TimelineId, lsn: Lsn) -> std::io::Result<()> {
+    if ack_path(dir).exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(ack_path(dir).parent().expect("has a parent"))?;
+    write_acknowledged(dir, tli, lsn)
+}
+
 fn write_acknowledged(dir: &Path, tli: TimelineId, lsn: Lsn) -> std::io::Result<()> {
     let path = ack_path(dir);
     let tmp = path.with_extension("tmp");
@@ -384,6 +395,13 @@ impl Delivery {
                                 // may have gaps (a damaged one is skipped).
                                 if let Some(e) = pending.iter_mut().find(|e| e.obj.seq == seq) {
                                     e.stored[l] = true;
+                                    // Stored everywhere: no lane needs the bytes any more,
+                                    // even while an older object holds up the queue.
+                                    if e.stored.iter().all(|s| *s)
+                                        && e.obj.body.lock().expect("not poisoned").mem.take().is_some()
+                                    {
+                                        mem_held = mem_held.saturating_sub(e.obj.len);
+                                    }
                                 }
                             }
                             LaneEvent::Failed(l, err) => {
@@ -493,11 +511,15 @@ impl Delivery {
                 // Forget what every provider has.
                 while pending.front().is_some_and(|e| e.stored.iter().all(|s| *s)) {
                     let e = pending.pop_front().expect("checked");
-                    let path = e.obj.body.lock().expect("not poisoned").spooled.take();
+                    let (path, in_mem) = {
+                        let mut b = e.obj.body.lock().expect("not poisoned");
+                        (b.spooled.take(), b.mem.take().is_some())
+                    };
                     if let Some(path) = path {
                         let _ = std::fs::remove_file(path);
                         bytes_held = bytes_held.saturating_sub(e.obj.len);
-                    } else {
+                    }
+                    if in_mem {
                         mem_held = mem_held.saturating_sub(e.obj.len);
                     }
                 }

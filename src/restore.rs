@@ -819,7 +819,8 @@ fn sync_dirs(root: &Path) -> Result<()> {
             .and_then(|f| f.sync_all())
             .with_context(|| format!("fsync {}", d.display()))?;
     }
-    if let Some(parent) = root.parent() {
+    // Every ancestor: the restore may have created some of them (create_dir_all).
+    for parent in root.ancestors().skip(1) {
         std::fs::File::open(parent)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("fsync {}", parent.display()))?;
@@ -1290,8 +1291,10 @@ async fn extract_all(
         "postgresql.auto.conf",
         "backup_manifest",
     ] {
-        if let Ok(file) = std::fs::File::open(pgdata.join(f)) {
-            file.sync_all().with_context(|| format!("fsync {f}"))?;
+        match std::fs::File::open(pgdata.join(f)) {
+            Ok(file) => file.sync_all().with_context(|| format!("fsync {f}"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("opening {f} to fsync it")),
         }
     }
     for (_, _, dir) in dests {

@@ -452,9 +452,11 @@ impl S3Store {
         Ok(f)
     }
 
-    /// Some providers accept requests signed for any region but know where the bucket is:
-    /// a region that is not the bucket's is refused here, with the right one in the hint.
-    /// Providers that do not say (or deny the call) are taken at their word.
+    /// Some providers accept requests signed for any region but know where the bucket is.
+    /// On AWS (no endpoint) a region that is not the bucket's is refused, with the right
+    /// one in the hint; on a custom endpoint it is a warning, since some S3-compatible
+    /// servers report a zone group name there. Providers that do not say (or deny the
+    /// call) are taken at their word.
     async fn check_region(&self, key: &str) -> Result<(), StorageError> {
         if self.region == "auto" {
             return Ok(());
@@ -474,6 +476,17 @@ impl S3Store {
             Some(r) => r,
         };
         if actual == self.region {
+            return Ok(());
+        }
+        if self.endpoint.is_some() {
+            // Some S3-compatible servers report a zone group name as the location while
+            // accepting any signing region: say it, but do not refuse a working setup.
+            tracing::warn!(
+                provider = %self.name,
+                "bucket \"{}\" reports location \"{actual}\", but region = \"{}\" (hint: set region = \"{actual}\" in this [[storage]] entry if the provider expects it)",
+                self.url.bucket,
+                self.region
+            );
             return Ok(());
         }
         Err(StorageError {

@@ -141,10 +141,6 @@ impl Uploader {
         })
     }
 
-    fn health(&self) -> crate::outbox::Health {
-        self.delivery.health.lock().expect("not poisoned").clone()
-    }
-
     async fn submit(&self, job: Job) -> Result<()> {
         let sealer = self.sealer.clone();
         let seg = self.seg.bytes();
@@ -408,6 +404,10 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     outbox,
                     cfg.spool_max_size(),
                 )?;
+                let status_reporter = StatusReporter::start(
+                    cfg.wal.spool_dir.clone(),
+                    uploader.delivery.health.clone(),
+                );
                 streamer.insert(Streamer {
                     system_id: ident.system_id,
                     uploader,
@@ -427,7 +427,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     status_interval: cfg.status_interval(),
                     slot: cfg.postgres.slot.clone(),
                     create_slot: cfg.postgres.create_slot,
-                    report_status: true,
+                    status: Some(status_reporter),
                 })
             }
         };
@@ -546,7 +546,7 @@ pub async fn archive_range(
         status_interval: cfg.status_interval(),
         slot: Some(s.slot.to_string()),
         create_slot: false,
-        report_status: false,
+        status: None,
     };
     // Never signalled: the session ends at `endpos` (the sender must outlive it).
     let (_stop_tx, stop_rx) = watch::channel(false);
@@ -587,30 +587,68 @@ struct Streamer {
     status_interval: Duration,
     slot: Option<String>,
     create_slot: bool,
-    /// Write `<spool>/status.json` for `lifeboat status` (the service, not a backup's
+    /// Writes `<spool>/status.json` for `lifeboat status` (the service, not a backup's
     /// own session).
-    report_status: bool,
+    status: Option<StatusReporter>,
+}
+
+/// A task that rewrites `<spool>/status.json` every second from a shared snapshot, so the
+/// report stays fresh even while the streamer waits (e.g. on a full spool).
+struct StatusReporter {
+    shared: std::sync::Arc<std::sync::Mutex<crate::status::StreamStatus>>,
+    task: JoinHandle<()>,
+}
+
+impl StatusReporter {
+    fn start(
+        spool_dir: PathBuf,
+        health: std::sync::Arc<std::sync::Mutex<crate::outbox::Health>>,
+    ) -> StatusReporter {
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(crate::status::StreamStatus {
+            pid: std::process::id(),
+            updated: 0,
+            timeline: 0,
+            received: Lsn::INVALID.to_string(),
+            acknowledged: Lsn::INVALID.to_string(),
+            connected: false,
+            error: Some("starting".into()),
+            delivery: crate::outbox::Health::default(),
+        }));
+        let snap = shared.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let mut st = snap.lock().expect("not poisoned").clone();
+                st.updated = crate::status::now();
+                st.delivery = health.lock().expect("not poisoned").clone();
+                if let Err(e) = crate::status::write(&spool_dir, &st) {
+                    tracing::debug!(error = %e, "cannot write the status file");
+                }
+            }
+        });
+        StatusReporter { shared, task }
+    }
+}
+
+impl Drop for StatusReporter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Streamer {
-    /// Report for `lifeboat status`; a failure to write it is only logged.
+    /// Update what `lifeboat status` will read (written by the reporter task).
     fn write_status(&self, connected: bool, error: Option<String>) {
-        if !self.report_status {
+        let Some(r) = &self.status else {
             return;
-        }
-        let st = crate::status::StreamStatus {
-            pid: std::process::id(),
-            updated: crate::status::now(),
-            timeline: self.state.tli.0,
-            received: self.state.written.to_string(),
-            acknowledged: self.state.acked.to_string(),
-            connected,
-            error,
-            delivery: self.uploader.health(),
         };
-        if let Err(e) = crate::status::write(&self.state.spool_dir, &st) {
-            tracing::debug!(error = %e, "cannot write the status file");
-        }
+        let mut st = r.shared.lock().expect("not poisoned");
+        st.timeline = self.state.tli.0;
+        st.received = self.state.written.to_string();
+        st.acknowledged = self.state.acked.to_string();
+        st.connected = connected;
+        st.error = error;
     }
 
     /// Wait until everything submitted is stored.
@@ -737,6 +775,13 @@ impl Streamer {
             self.state.written = start;
             self.state.current = None;
             tracing::info!(timeline = %tli, start = %start, "starting replication");
+            let outbox = self.state.spool_dir.join("outbox");
+            crate::outbox::ensure_acknowledged(&outbox, tli, start).with_context(|| {
+                format!(
+                    "cannot record the starting position in {} (hint: check wal.spool_dir)",
+                    self.state.spool_dir.display()
+                )
+            })?;
             let outcome = conn
                 .start_replication(self.slot.as_deref(), start, tli)
                 .await?;
