@@ -32,7 +32,7 @@ if [[ $(id -u) == 0 ]]; then AS=(runuser -u lifeboat-test --); chown lifeboat-te
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 S3_PIDS=()
 cleanup() {
-  [[ ${#S3_PIDS[@]} -gt 0 ]] && kill "${S3_PIDS[@]}" 2>/dev/null
+  [[ ${#S3_PIDS[@]} -gt 0 ]] && { kill "${S3_PIDS[@]}" 2>/dev/null || true; }
   "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
   if [[ -n "${LIFEBOAT_BENCH_KEEP:-}" ]]; then echo "kept $WORK (cluster stopped)" >&2; else rm -rf "$WORK"; fi
 }

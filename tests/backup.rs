@@ -56,14 +56,14 @@ fn backup_ok(lb: &Lb, args: &[&str]) -> serde_json::Value {
 
 /// Start a streamer and wait until it archives the server's current position, so that any
 /// backup taken afterwards has its WAL archived.
-fn start_streamer(pg: &PgCluster, lb: &Lb) -> std::process::Child {
+fn start_streamer(pg: &PgCluster, lb: &Lb) -> KillOnDrop {
     let child = lb.spawn_stream();
     let lsn = parse_lsn(&pg.current_lsn());
     wait_archived(pg, lsn, Duration::from_secs(120), lb);
     child
 }
 
-fn stop(mut child: std::process::Child) {
+fn stop(mut child: KillOnDrop) {
     sigterm(&mut child);
     wait_child(&mut child, Duration::from_secs(60), "lifeboat stream");
 }
@@ -235,16 +235,18 @@ fn backup_from_a_standby_passes_pg_verifybackup() {
         )
         .unwrap();
         let log = std::fs::File::create(lb.dir.path().join("stream.log")).unwrap();
-        let streamer = Command::new(BIN)
-            .arg("--config")
-            .arg(&primary_cfg)
-            .arg("stream")
-            .env("HOME", lb.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let streamer = KillOnDrop(
+            Command::new(BIN)
+                .arg("--config")
+                .arg(&primary_cfg)
+                .arg("stream")
+                .env("HOME", lb.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
         wait_caught_up(&pg, Duration::from_secs(120), &lb);
         pg.psql("CHECKPOINT");
         let report = backup_ok(&lb, &["--fast"]);

@@ -6,7 +6,7 @@
 mod common;
 mod lb;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -40,7 +40,7 @@ fn setup(extra: &str) -> Setup {
     }
 }
 
-fn spawn(s: &Setup) -> Child {
+fn spawn(s: &Setup) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -55,7 +55,7 @@ fn spawn(s: &Setup) -> Child {
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(log);
-    c.spawn().unwrap()
+    KillOnDrop(c.spawn().unwrap())
 }
 
 /// `lifeboat status`: exit code and stdout.

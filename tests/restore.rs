@@ -36,7 +36,7 @@ fn stderr(out: &Output) -> String {
 }
 
 /// Streamer running and caught up; a fast backup taken; returns the streamer.
-fn stream_and_backup(pg: &PgCluster, lb: &Lb) -> std::process::Child {
+fn stream_and_backup(pg: &PgCluster, lb: &Lb) -> KillOnDrop {
     let child = lb.spawn_stream();
     wait_caught_up(pg, Duration::from_secs(120), lb);
     let out = lb.run(&["backup", "--fast"], Duration::from_secs(600));
@@ -44,7 +44,7 @@ fn stream_and_backup(pg: &PgCluster, lb: &Lb) -> std::process::Child {
     child
 }
 
-fn stop(mut child: std::process::Child) {
+fn stop(mut child: KillOnDrop) {
     sigterm(&mut child);
     wait_child(&mut child, Duration::from_secs(60), "lifeboat stream");
 }

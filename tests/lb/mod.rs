@@ -10,6 +10,31 @@ use crate::common::{run_ok, run_timeout, PgCluster};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
 
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a failing test
+/// leaves no streamer running behind it. Derefs to the `Child`.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Ok without a signal when the child was already waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Lb {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -93,7 +118,7 @@ impl Lb {
     }
 
     /// Start `lifeboat stream` in the background (stderr to a log file in the workspace).
-    pub fn spawn_stream(&self) -> Child {
+    pub fn spawn_stream(&self) -> KillOnDrop {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -104,7 +129,7 @@ impl Lb {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        c.spawn().expect("spawn lifeboat stream")
+        KillOnDrop(c.spawn().expect("spawn lifeboat stream"))
     }
 
     pub fn stream_log(&self) -> String {
