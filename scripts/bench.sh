@@ -181,6 +181,35 @@ servers_cpu() {
   echo "scale=2; $total / $(getconf CLK_TCK)" | bc
 }
 
+# s3_leg WHAT KIND ROUND CMD...: run one leg of an S3 benchmark (KIND f: one file://
+# store, s: the two S3 servers) under /usr/bin/time, print its line, and append its wall
+# time to F_T or S_T.
+s3_leg() {
+  local what="$1" kind="$2" i="$3"; shift 3
+  local cpu0 m0 t m u s line
+  cpu0=$(servers_cpu); m0=$(servers_cpu 0)
+  /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$@" >/dev/null 2>"$WORK/lb.err" \
+    || { cat "$WORK/lb.err"; exit 1; }
+  read -r t m u s < "$WORK/t"
+  line="${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s"
+  if [[ $kind == f ]]; then
+    F_T+=("$t"); echo "round $i lifeboat $what to one file:// store:   $line"
+  else
+    S_T+=("$t"); echo "round $i lifeboat $what to moto + s3s-fs (S3): $line, S3 servers' CPU $(echo "$(servers_cpu) - $cpu0" | bc) s (moto $(echo "$(servers_cpu 0) - $m0" | bc) s)"
+  fi
+}
+
+# s3_summary TITLE: best of F_T vs best of S_T, and the ratio.
+s3_summary() {
+  python3 -c '
+import sys
+f, s = ([float(x) for x in a.split()] for a in sys.argv[1:3])
+print(f"\n{sys.argv[3]}, best of {len(f)} alternating rounds")
+print(f"  one file:// store   {min(f):7.2f} s")
+print(f"  two S3 providers    {min(s):7.2f} s  ratio {min(s) / min(f):.2f}x (target <= 1.2x)")
+' "${F_T[*]}" "${S_T[*]}" "$1"
+}
+
 # lifeboat stream of the same WAL to one file:// store vs to two S3 servers on loopback.
 bench_stream_s3() {
   local slots=()
@@ -191,7 +220,8 @@ bench_stream_s3() {
   local rcpt
   rcpt=$(age-keygen -y "$WORK/id.txt")
   start_s3
-  local f_t=() s_t=() t m kind
+  F_T=(); S_T=()
+  local kind
   for i in $(seq 1 "$ROUNDS"); do
     for kind in f s; do
       rm -rf "$WORK/arch" "$WORK/spool"; sync
@@ -203,27 +233,11 @@ bench_stream_s3() {
       else
         sed "s#PREFIX#round$i#" "$WORK/s3.toml" >> "$WORK/lb.toml"
       fi
-      local cpu0 m0
-      cpu0=$(servers_cpu); m0=$(servers_cpu 0)
-      /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q stream --endpos "$end"
-      local u s
-      read -r t m u s < "$WORK/t"
-      if [[ $kind == f ]]; then
-        f_t+=("$t"); echo "round $i lifeboat stream to one file:// store:   ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s"
-      else
-        s_t+=("$t"); echo "round $i lifeboat stream to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s, S3 servers' CPU $(echo "$(servers_cpu) - $cpu0" | bc) s (moto $(echo "$(servers_cpu 0) - $m0" | bc) s)"
-      fi
+      s3_leg stream "$kind" "$i" "$LB" --config "$WORK/lb.toml" -q stream --endpos "$end"
     done
   done
   kill "${S3_PIDS[@]}" 2>/dev/null || true
-  python3 -c '
-import sys
-f, s = ([float(x) for x in a.split()] for a in sys.argv[1:3])
-mb = float(sys.argv[3])
-print(f"\nstream to S3 benchmark, {mb:.0f} MiB of WAL, best of {len(f)} alternating rounds")
-print(f"  one file:// store   {min(f):7.2f} s")
-print(f"  two S3 providers    {min(s):7.2f} s  ratio {min(s) / min(f):.2f}x (target <= 1.2x)")
-' "${f_t[*]}" "${s_t[*]}" "$mb"
+  s3_summary "stream to S3 benchmark, $mb MiB of WAL"
 }
 
 # The backup benchmark's dataset, lifeboat's config ($WORK/lb.toml) and pgbackrest's
@@ -304,7 +318,8 @@ bench_backup_s3() {
   local size="$SIZE"
   start_s3
   sed '/^\[\[storage\]\]/,$d' "$WORK/lb.toml" > "$WORK/lb-base.toml"
-  local f_t=() s_t=() t m u s kind cfg cpu0 m0
+  F_T=(); S_T=()
+  local kind cfg
   for i in $(seq 1 "$ROUNDS"); do
     for kind in f s; do
       rm -rf "$WORK/arch" "$WORK/spool"; sync
@@ -314,25 +329,11 @@ bench_backup_s3() {
         cfg="$WORK/lb-s3-$i.toml"
         { cat "$WORK/lb-base.toml"; sed "s#PREFIX#backup$i#" "$WORK/s3.toml"; } > "$cfg"
       fi
-      cpu0=$(servers_cpu); m0=$(servers_cpu 0)
-      /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$cfg" -q backup --fast --wal-timeout 1ms >/dev/null 2>"$WORK/lb.err" \
-        || { cat "$WORK/lb.err"; exit 1; }
-      read -r t m u s < "$WORK/t"
-      if [[ $kind == f ]]; then
-        f_t+=("$t"); echo "round $i lifeboat backup to one file:// store:   ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s"
-      else
-        s_t+=("$t"); echo "round $i lifeboat backup to moto + s3s-fs (S3): ${t}s, peak RSS $((m / 1024)) MiB, lifeboat CPU $(echo "$u + $s" | bc) s, S3 servers' CPU $(echo "$(servers_cpu) - $cpu0" | bc) s (moto $(echo "$(servers_cpu 0) - $m0" | bc) s)"
-      fi
+      s3_leg backup "$kind" "$i" "$LB" --config "$cfg" -q backup --fast --wal-timeout 1ms
     done
   done
   kill "${S3_PIDS[@]}" 2>/dev/null || true
-  python3 -c '
-import sys
-f, s = ([float(x) for x in a.split()] for a in sys.argv[1:3])
-print(f"\nbackup to S3 benchmark, cluster {sys.argv[3]}, best of {len(f)} alternating rounds")
-print(f"  one file:// store   {min(f):7.2f} s")
-print(f"  two S3 providers    {min(s):7.2f} s  ratio {min(s) / min(f):.2f}x (target <= 1.2x)")
-' "${f_t[*]}" "${s_t[*]}" "$size"
+  s3_summary "backup to S3 benchmark, cluster $size"
 }
 
 # Start PostgreSQL on a restored directory as the test user; print the seconds until it

@@ -312,6 +312,15 @@ fn restore_command(
     ))
 }
 
+/// The `--json` form of a command's report, on stdout.
+fn print_json<T: serde::Serialize>(report: &T) -> Result<(), Failure> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).context("encoding the report")?
+    );
+    Ok(())
+}
+
 /// A failure with its exit code.
 struct Failure {
     code: u8,
@@ -447,10 +456,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let archive = Archive::open(&cfg)?;
             let rep = verify::providers(&archive, *repair).await?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rep).context("encoding the report")?
-                );
+                print_json(&rep)?;
             } else {
                 println!(
                     "{} providers ({}), {} objects",
@@ -493,10 +499,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let report = verify::run(&archive, op.as_ref()).await?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("encoding the report")?
-                );
+                print_json(&report)?;
             } else {
                 for p in &report.providers {
                     println!(
@@ -554,10 +557,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             )
             .await?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&out).context("encoding the report")?
-                );
+                print_json(&out)?;
             } else {
                 println!(
                     "backup {}: {} parts, {} bytes ({} stored), WAL {} – {} on timeline {}, {}",
@@ -586,10 +586,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             })?;
             let report = status::run(&cfg.wal.spool_dir, &archive).await;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("encoding the report")?
-                );
+                print_json(&report)?;
             } else {
                 print!("{}", status::render(&report));
             }
@@ -606,10 +603,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let archive = Archive::open(&cfg)?;
             let report = list::run(&archive).await?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("encoding the report")?
-                );
+                print_json(&report)?;
             } else {
                 print!("{}", list::render(&report));
             }
@@ -692,10 +686,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             let rep = restore::run(&archive, op, &opts).await?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rep).context("encoding the report")?
-                );
+                print_json(&rep)?;
             } else {
                 print!("{}", rep.plan.render());
                 println!(
@@ -772,10 +763,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let rep = drill::run(&archive, op, &exe, &opts).await?;
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rep).context("encoding the report")?
-                );
+                print_json(&rep)?;
             } else {
                 print!("{}", drill::render(&rep));
             }

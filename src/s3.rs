@@ -266,17 +266,18 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for ClockWatch {
         _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
         _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        let offset = ctx
-            .response()
-            .headers()
-            .get("date")
-            .and_then(|d| DateTime::from_str(d, aws_smithy_types::date_time::Format::HttpDate).ok())
-            .map(|server| server.secs() - DateTime::from(SystemTime::now()).secs());
+        let offset = clock_offset(ctx.response().headers().get("date"));
         if offset.is_some() {
             *self.0.lock().expect("clock lock") = offset;
         }
         Ok(())
     }
+}
+
+/// The provider's clock minus ours, in seconds, from a response's `Date` header.
+fn clock_offset(date: Option<&str>) -> Option<i64> {
+    let server = DateTime::from_str(date?, aws_smithy_types::date_time::Format::HttpDate).ok()?;
+    Some(server.secs() - DateTime::from(SystemTime::now()).secs())
 }
 
 /// "120 minutes behind" / "5 minutes ahead of", for a provider-minus-host offset.
@@ -970,11 +971,7 @@ impl Problem {
                 kind: ProblemKind::Response,
                 clock_offset: e
                     .raw_response()
-                    .and_then(|r| r.headers().get("date"))
-                    .and_then(|d| {
-                        DateTime::from_str(d, aws_smithy_types::date_time::Format::HttpDate).ok()
-                    })
-                    .map(|server| server.secs() - DateTime::from(SystemTime::now()).secs()),
+                    .and_then(|r| clock_offset(r.headers().get("date"))),
             },
             SdkError::TimeoutError(_) => Problem {
                 kind: ProblemKind::Timeout,

@@ -58,6 +58,17 @@ fn spawn(s: &Setup) -> KillOnDrop {
     KillOnDrop(c.spawn().unwrap())
 }
 
+/// Both providers hold the same objects, and each has one WAL range reaching `end`.
+fn assert_mirrored_without_gap(s: &Setup, end: u64) {
+    assert_eq!(files(&s.lb.archive), files(s.second.path()));
+    let (ok, report) = s.lb.verify(false);
+    assert!(ok, "{report}");
+    for p in report["providers"].as_array().unwrap() {
+        assert_eq!(p["wal"].as_array().unwrap().len(), 1, "{report}");
+        assert!(parse_lsn(p["wal"][0]["end_lsn"].as_str().unwrap()) >= end);
+    }
+}
+
 /// `lifeboat status`: exit code and stdout.
 fn status(lb: &Lb) -> (i32, String) {
     let out = lb.run(&["status"], Duration::from_secs(60));
@@ -130,13 +141,7 @@ fn provider_outage_under_load_spools_then_backfills() {
     );
 
     // Both providers complete, identical, without a gap.
-    assert_eq!(files(&s.lb.archive), files(s.second.path()));
-    let (ok, report) = s.lb.verify(false);
-    assert!(ok, "{report}");
-    for p in report["providers"].as_array().unwrap() {
-        assert_eq!(p["wal"].as_array().unwrap().len(), 1, "{report}");
-        assert!(parse_lsn(p["wal"][0]["end_lsn"].as_str().unwrap()) >= end);
-    }
+    assert_mirrored_without_gap(&s, end);
 }
 
 #[test]
@@ -353,11 +358,5 @@ fn a_hole_left_by_a_crash_is_filled_on_restart() {
         stderr.contains("resuming from the last acknowledged position"),
         "{stderr}"
     );
-    assert_eq!(files(&s.lb.archive), files(s.second.path()));
-    let (ok, report) = s.lb.verify(false);
-    assert!(ok, "{report}");
-    for p in report["providers"].as_array().unwrap() {
-        assert_eq!(p["wal"].as_array().unwrap().len(), 1, "{report}");
-        assert!(parse_lsn(p["wal"][0]["end_lsn"].as_str().unwrap()) >= end);
-    }
+    assert_mirrored_without_gap(&s, end);
 }

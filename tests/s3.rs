@@ -480,16 +480,14 @@ fn bad_input_s3_errors_are_exact() {
     assert_eq!(e, "error: storage \"offsite\": check s3://plain/a: object_lock is configured, but bucket \"plain\" does not have Object Lock enabled (hint: create a bucket with Object Lock enabled (most providers cannot turn it on later) and point url at it, or remove object_lock from this [[storage]] entry)");
 }
 
-/// `lifeboat stream` to a file store and both S3 servers (moto with Object Lock); every
-/// provider gets the same objects; `wal-fetch` from S3 alone returns the server's segment
-/// byte for byte, and falls back to the other S3 server when the first is down.
-fn stream_to_s3(major: u32) {
-    let pg = PgCluster::start(major, ClusterOpts::default());
-    let mut moto = S3Server::start(Kind::Moto);
+/// Both S3 servers with a bucket "archive" (moto's with Object Lock, governance retention
+/// on every object) and the `[[storage]]` tables for them, prefix "pg".
+fn two_s3_providers() -> (S3Server, S3Server, String) {
+    let moto = S3Server::start(Kind::Moto);
     let fs = S3Server::start(Kind::S3sFs);
     moto.create_bucket("archive", true);
     fs.create_bucket("archive", false);
-    let extra = format!(
+    let storage = format!(
         "{}\n{}",
         moto.storage_toml(
             "moto",
@@ -499,6 +497,15 @@ fn stream_to_s3(major: u32) {
         ),
         fs.storage_toml("s3s-fs", "archive", "pg", "")
     );
+    (moto, fs, storage)
+}
+
+/// `lifeboat stream` to a file store and both S3 servers (moto with Object Lock); every
+/// provider gets the same objects; `wal-fetch` from S3 alone returns the server's segment
+/// byte for byte, and falls back to the other S3 server when the first is down.
+fn stream_to_s3(major: u32) {
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    let (mut moto, fs, extra) = two_s3_providers();
     let lb = Lb::with(&pg.conninfo(REPL_USER, Some(REPL_PASSWORD)), "", &extra);
     let stream = |endpos: u64| {
         let mut c = lb.cmd();
@@ -667,20 +674,8 @@ fn backup_restore_and_drill_on_s3() {
 
 fn restore_and_drill_on_s3(major: u32) {
     let pg = PgCluster::start(major, ClusterOpts::default());
-    let moto = S3Server::start(Kind::Moto);
-    let fs = S3Server::start(Kind::S3sFs);
-    moto.create_bucket("archive", true);
-    fs.create_bucket("archive", false);
-    let extra = format!(
-        "[backup]\npart_size = \"1MiB\"\n{}\n{}",
-        moto.storage_toml(
-            "moto",
-            "archive",
-            "pg",
-            "object_lock = { mode = \"governance\", days = 1 }"
-        ),
-        fs.storage_toml("s3s-fs", "archive", "pg", "")
-    );
+    let (moto, fs, storage) = two_s3_providers();
+    let extra = format!("[backup]\npart_size = \"1MiB\"\n{storage}");
     let lb = Lb::with(&pg.conninfo(REPL_USER, Some(REPL_PASSWORD)), "", &extra);
     let bin = lb.restore_bin();
     let run = |args: &[&str]| {
