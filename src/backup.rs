@@ -5,10 +5,12 @@
 //! blocking thread and then written to every provider, while the connection keeps reading.
 //!
 //! Invariants:
-//! - At most `cores + 1` parts are in flight (being sealed or stored), plus the one being
-//!   filled: memory is bounded by about `(cores + 2) × part_size` × 2 whatever the size of
-//!   the database. When all slots are taken, reading stops and the server waits (TCP
-//!   backpressure).
+//! - At most `cores` parts are being sealed (or wait, sealed, for a store slot) and at most
+//!   `cores + 2` sealed parts are being stored, plus the one being filled and one waiting:
+//!   memory is bounded by about `(2 × cores + 4) × part_size` whatever the size of the
+//!   database. When all slots are taken, reading stops and the server waits (TCP
+//!   backpressure). A part gives up its sealing slot as soon as it is sealed, so a slow
+//!   provider write (an fsync, an upload) never leaves a core idle.
 //! - `backups/<ID>/backup.json` is written last, after every part and the manifest are on
 //!   every provider: a backup without it does not exist (`list` ignores it). An interrupted
 //!   backup leaves only unreferenced parts.
@@ -34,7 +36,7 @@ use crate::config::Config;
 use crate::pg::basebackup::{BackupRequest, BaseBackup, Event};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::{Connection, PgError};
-use crate::pipeline::Sealer;
+use crate::pipeline::{BufPool, Sealer};
 use crate::storage::Mirror;
 use crate::wal::{Lsn, TimelineId, WalSegSize};
 
@@ -61,6 +63,10 @@ struct PartWriter {
     id: String,
     part_size: usize,
     slots: Arc<Semaphore>,
+    /// Sealed parts being written to the providers.
+    store_slots: Arc<Semaphore>,
+    /// Part buffers, reused: one per slot plus the one being filled.
+    buffers: BufPool,
     tasks: JoinSet<Result<BackupPart>>,
     done: Vec<BackupPart>,
     /// The tar being received: name, next sequence number, buffered bytes.
@@ -75,9 +81,10 @@ impl PartWriter {
             sealer,
             id,
             part_size,
-            // One part sealing per core; with the part being filled that bounds memory to
-            // about (cores + 1) x part_size plus the sealed copies.
+            // One part sealing per core.
             slots: Arc::new(Semaphore::new(cores)),
+            store_slots: Arc::new(Semaphore::new(cores + 2)),
+            buffers: BufPool::new(cores + 2),
             tasks: JoinSet::new(),
             done: Vec::new(),
             cur: None,
@@ -98,7 +105,7 @@ impl PartWriter {
         if self.done.iter().any(|p| p.tar == name) {
             bail!("the server sent archive {name} twice");
         }
-        self.cur = Some((name, 0, Vec::with_capacity(self.part_size)));
+        self.cur = Some((name, 0, self.buffers.take(self.part_size)));
         Ok(())
     }
 
@@ -125,7 +132,7 @@ impl PartWriter {
         let Some((tar, seq, buf)) = self.cur.as_mut() else {
             return Ok(());
         };
-        let data = std::mem::replace(buf, Vec::with_capacity(part_size));
+        let data = std::mem::replace(buf, self.buffers.take(part_size));
         let (tar, this) = (tar.clone(), *seq);
         *seq += 1;
         self.reap()?;
@@ -138,12 +145,23 @@ impl PartWriter {
         let key = catalog::backup_part_key(&self.id, &tar, this);
         let sealer = self.sealer.clone();
         let mirror = self.mirror.clone();
+        let buffers = self.buffers.clone();
+        let store_slots = self.store_slots.clone();
         self.tasks.spawn(async move {
-            let _permit = permit;
             let plain_len = data.len() as u64;
-            let sealed = tokio::task::spawn_blocking(move || sealer.seal(&data[..]))
+            let seal = sealer.clone();
+            let (sealed, data) = tokio::task::spawn_blocking(move || (seal.seal(&data[..]), data))
                 .await
-                .map_err(|e| anyhow!("sealing task failed: {e}"))??;
+                .map_err(|e| anyhow!("sealing task failed: {e}"))?;
+            buffers.give(data);
+            let sealed = sealed?;
+            // Hold the sealing slot until a store slot is free, so sealed parts waiting to
+            // be stored stay bounded too.
+            let _store = store_slots
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            drop(permit);
             let part = BackupPart {
                 key: key.clone(),
                 tar,
@@ -152,7 +170,12 @@ impl PartWriter {
                 stored_len: sealed.stored_len(),
                 crc32: sealed.crc32,
             };
-            mirror.put(&key, Bytes::from(sealed.bytes)).await?;
+            let bytes = Bytes::from(sealed.bytes);
+            mirror.put(&key, bytes.clone()).await?;
+            // Every provider is done with it: its buffer serves the next part.
+            if let Ok(b) = bytes.try_into_mut() {
+                sealer.recycle(b.into());
+            }
             tracing::debug!(
                 key,
                 plain = plain_len,
@@ -500,10 +523,11 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
     let deadline = Instant::now() + wait;
     let mut restorable = loop {
         let (ok, _) = wal_archived(&archive, seg, &meta).await?;
-        if ok || Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if ok || left.is_zero() {
             break ok;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(left.min(Duration::from_millis(200))).await;
     };
     if let Some((mut wc, slot)) = wal_conn {
         if !restorable {

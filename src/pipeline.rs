@@ -16,7 +16,7 @@
 
 use std::io::{self, Read, Write};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
@@ -58,11 +58,61 @@ impl Sealed {
     }
 }
 
+/// Byte buffers kept for reuse. A buffer taken from the pool has its pages already
+/// touched, so filling it costs no page faults: a fresh multi-megabyte buffer per backup
+/// part cost one fault per 4 KiB, about 10% of a backup's CPU. At most `max` are kept.
+#[derive(Clone)]
+pub struct BufPool {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    max: usize,
+}
+
+impl BufPool {
+    pub fn new(max: usize) -> BufPool {
+        BufPool {
+            free: Arc::new(Mutex::new(Vec::new())),
+            max,
+        }
+    }
+
+    /// An empty buffer with room for at least `capacity` bytes.
+    pub fn take(&self, capacity: usize) -> Vec<u8> {
+        let v = self.free.lock().expect("pool lock").pop();
+        match v {
+            Some(mut v) => {
+                v.reserve(capacity);
+                v
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Return a buffer for reuse (dropped when the pool is full).
+    pub fn give(&self, mut v: Vec<u8>) {
+        v.clear();
+        let mut free = self.free.lock().expect("pool lock");
+        if free.len() < self.max {
+            free.push(v);
+        }
+    }
+}
+
+/// A zstd context and its output buffer, reused by [`Sealer::seal`] from call to call: a
+/// fresh context per call zeroes and faults in its tables every time.
+struct BulkCtx {
+    zstd: zstd::bulk::Compressor<'static>,
+    out: Vec<u8>,
+}
+
 /// Seals objects for a fixed set of recipients.
 #[derive(Clone)]
 pub struct Sealer {
     recipients: Arc<Vec<age::x25519::Recipient>>,
     level: i32,
+    /// Idle contexts for [`Sealer::seal`]; as many exist as seals ever ran at once.
+    bulk: Arc<Mutex<Vec<BulkCtx>>>,
+    /// Buffers for sealed output; see [`Sealer::recycle`].
+    outputs: BufPool,
 }
 
 impl Sealer {
@@ -77,9 +127,13 @@ impl Sealer {
                     .map_err(|_| PipelineError::BadRecipient(r.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Sealer {
             recipients: Arc::new(parsed),
             level,
+            bulk: Arc::new(Mutex::new(Vec::new())),
+            // As many as backup parts can be sealed or being stored at once.
+            outputs: BufPool::new(2 * cores + 2),
         })
     }
 
@@ -106,17 +160,40 @@ impl Sealer {
 
     /// Seal a buffer that is already in memory. zstd compresses it in one call: with the
     /// whole input contiguous it never takes its slower streaming path, where the window
-    /// wraps around an internal buffer (about 30% less CPU for backup parts).
+    /// wraps around an internal buffer (about 30% less CPU for backup parts). The zstd
+    /// context and the output buffer come from pools; hand the output back with
+    /// [`Sealer::recycle`] once it is stored.
     pub fn seal(&self, data: &[u8]) -> Result<Sealed, PipelineError> {
-        let z = zstd::bulk::compress(data, self.level)?;
-        let mut age_w = self.age_writer(Vec::with_capacity(z.len() + 1024))?;
-        age_w.write_all(&z)?;
-        let (bytes, crc32) = trailer(age_w.finish()?, data.len() as u64)?;
+        let popped = self.bulk.lock().expect("sealer lock").pop();
+        let mut ctx = match popped {
+            Some(c) => c,
+            None => BulkCtx {
+                zstd: zstd::bulk::Compressor::new(self.level)?,
+                out: Vec::new(),
+            },
+        };
+        ctx.out.clear();
+        ctx.out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        ctx.zstd.compress_to_buffer(data, &mut ctx.out)?;
+        let out = self.outputs.take(ctx.out.len() + 1024);
+        let sealed = (|| {
+            let mut age_w = self.age_writer(out)?;
+            age_w.write_all(&ctx.out)?;
+            trailer(age_w.finish()?, data.len() as u64)
+        })();
+        self.bulk.lock().expect("sealer lock").push(ctx);
+        let (bytes, crc32) = sealed?;
         Ok(Sealed {
             bytes,
             plain_len: data.len() as u64,
             crc32,
         })
+    }
+
+    /// Give a sealed object's buffer back once it is no longer needed, for the next
+    /// [`Sealer::seal`] to reuse.
+    pub fn recycle(&self, bytes: Vec<u8>) {
+        self.outputs.give(bytes);
     }
 
     /// The header, then an age stream to the recipients, counting the CRC.
@@ -332,6 +409,34 @@ mod tests {
         assert_eq!(c.crc32, sealed.crc32);
         let o = Opener::from_file(idf.path()).unwrap();
         assert_eq!(o.open(&sealed.bytes).unwrap(), data);
+    }
+
+    #[test]
+    fn reused_contexts_and_buffers_seal_each_object_whole() {
+        // A big object, then a small one into its recycled buffer and context, then a big
+        // one again: nothing of an earlier object may leak into a later one.
+        let (r, idf) = keypair();
+        let s = Sealer::new(&[r], 3).unwrap();
+        let o = Opener::from_file(idf.path()).unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let small = b"a short object".to_vec();
+        let big2: Vec<u8> = big.iter().rev().copied().collect();
+        for data in [&big, &small, &big2, &small] {
+            let sealed = s.seal(data).unwrap();
+            assert_eq!(check(&sealed.bytes).unwrap().crc32, sealed.crc32);
+            assert_eq!(&o.open(&sealed.bytes).unwrap(), data);
+            s.recycle(sealed.bytes);
+        }
+        let pool = BufPool::new(1);
+        pool.give(vec![1, 2, 3]);
+        pool.give(vec![4]);
+        let v = pool.take(10);
+        assert!(v.is_empty() && v.capacity() >= 10);
+        assert_eq!(
+            pool.free.lock().unwrap().len(),
+            0,
+            "the pool keeps at most max buffers"
+        );
     }
 
     #[test]
