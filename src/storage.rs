@@ -151,10 +151,13 @@ pub struct FileStore {
 pub const DIRECT_MIN: usize = 256 * 1024;
 /// `O_DIRECT` alignment of memory, file offsets and lengths: 4 KiB suits 512-byte and
 /// 4 KiB logical blocks alike.
+#[cfg(target_os = "linux")]
 const DIRECT_ALIGN: usize = 4096;
 /// Bytes copied into the aligned buffer and written per call.
+#[cfg(target_os = "linux")]
 const DIRECT_CHUNK: usize = 1 << 20;
 
+#[cfg(target_os = "linux")]
 thread_local! {
     /// The aligned staging buffer of [`write_direct`], one per writing thread.
     static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -487,6 +490,7 @@ impl Mirror {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn large_objects_round_trip_through_direct_writes() {
         // Sizes around the O_DIRECT threshold, the 4 KiB blocks and the 1 MiB chunks, with
@@ -511,17 +515,16 @@ mod tests {
             assert_eq!(got.len(), len, "length of a {len}-byte object");
             assert!(got == data, "content of a {len}-byte object");
         }
-        #[cfg(target_os = "linux")]
-        assert!(
-            s.direct.load(Ordering::Relaxed),
-            "the test's file system refused O_DIRECT, so the direct path went untested"
-        );
         let left: Vec<_> = std::fs::read_dir(d.path().join("archive/backups/x"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| n.starts_with(TMP_PREFIX))
             .collect();
         assert!(left.is_empty(), "temp files left: {left:?}");
+        assert!(
+            s.direct.load(Ordering::Relaxed),
+            "the test's file system refused O_DIRECT, so the direct path went untested"
+        );
     }
 
     #[tokio::test]
