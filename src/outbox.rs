@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -215,6 +215,44 @@ pub fn leftovers(dir: &Path) -> Result<Vec<(u64, String, PathBuf, u64)>> {
     }
     out.sort_by_key(|o| o.0);
     Ok(out)
+}
+
+/// The file in a spool directory naming the database system whose WAL it holds.
+const SYSTEM_FILE: &str = "system_identifier";
+
+/// Claim the spool directory `spool` for database system `system_id`, or refuse one that
+/// holds another system's state: its outbox would upload that system's WAL into this
+/// archive, and its acknowledged position would be taken for this system's. A spool from
+/// before this file existed is claimed as it is.
+pub fn claim_spool(spool: &Path, system_id: u64) -> Result<()> {
+    let path = spool.join(SYSTEM_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim() == system_id.to_string() => return Ok(()),
+        Ok(text) => bail!(
+            "spool directory {} holds the WAL state of database system {}, but the server is system {system_id}\nhint: a spool belongs to one cluster: point wal.spool_dir at an empty directory for this one, and empty the old one only once the other cluster's WAL it holds is archived or no longer needed",
+            spool.display(),
+            text.trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read {} (hint: check wal.spool_dir)", path.display()))
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{system_id}")?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(spool)?.sync_all()
+    })()
+    .with_context(|| {
+        format!(
+            "cannot write {} (hint: check wal.spool_dir)",
+            path.display()
+        )
+    })
 }
 
 /// The last position an earlier run acknowledged, from `<spool>/acknowledged` beside the

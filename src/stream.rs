@@ -378,6 +378,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
             }
             None => {
                 archive.ensure_meta(ident.system_id, seg).await?;
+                crate::outbox::claim_spool(&cfg.wal.spool_dir, ident.system_id)?;
                 let outbox = cfg.wal.spool_dir.join("outbox");
                 let pending: Vec<String> = crate::outbox::leftovers(&outbox)?
                     .into_iter()

@@ -629,6 +629,44 @@ fn wrong_cluster_is_refused() {
             b.system_identifier()
         )
     );
+    // A fresh archive for B, but the spool still holds A's state: refused too, since its
+    // outbox and acknowledged position are A's.
+    let text = std::fs::read_to_string(&lb.config).unwrap().replace(
+        &lb.archive.display().to_string(),
+        &format!("{}-b", lb.archive.display()),
+    );
+    std::fs::write(&lb.config, text).unwrap();
+    let out = lb.run(&["stream"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        first_line_of_error(&out),
+        format!(
+            "error: spool directory {} holds the WAL state of database system {}, but the server is system {}",
+            lb.spool.display(),
+            a.system_identifier(),
+            b.system_identifier()
+        )
+    );
+    assert!(
+        stderr.contains("hint: a spool belongs to one cluster"),
+        "{stderr}"
+    );
+    // With its own spool, B streams into its archive.
+    let text = std::fs::read_to_string(&lb.config).unwrap().replace(
+        &lb.spool.display().to_string(),
+        &format!("{}-b", lb.spool.display()),
+    );
+    std::fs::write(&lb.config, text).unwrap();
+    let end_b = b.switch_wal();
+    lb.run_ok(&["stream", "--endpos", &end_b], Duration::from_secs(60));
+    let spool_b = format!("{}-b", lb.spool.display());
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&spool_b).join("system_identifier"))
+            .unwrap()
+            .trim(),
+        b.system_identifier().to_string()
+    );
 }
 
 #[test]
