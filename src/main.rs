@@ -503,10 +503,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 for p in &report.providers {
                     println!(
-                        "storage \"{}\": {} objects, {} bytes, {}",
+                        "storage \"{}\": {} objects, {} bytes, {} backups, {}",
                         p.provider,
                         p.objects,
                         p.bytes,
+                        p.backups,
                         if p.problems.is_empty() {
                             "ok"
                         } else {
@@ -517,6 +518,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         println!(
                             "  timeline {}: WAL {} – {}",
                             r.timeline, r.start_lsn, r.end_lsn
+                        );
+                    }
+                    if !p.unreferenced.is_empty() {
+                        println!(
+                            "  {} objects under backups/ belong to no backup.json (left by an interrupted backup; they are never read)",
+                            p.unreferenced.len()
                         );
                     }
                     for pr in &p.problems {

@@ -286,6 +286,24 @@ fn kill_9_during_a_backup_leaves_no_backup_and_the_next_one_works() {
     assert!(!lb.archive_files("backups/").is_empty());
     let list = list_json(&lb);
     assert_eq!(list["backups"].as_array().unwrap().len(), 0, "{list}");
+    // verify names the killed backup's parts as unreferenced, and does not fail on them.
+    let (ok, report) = lb.verify(false);
+    assert!(ok, "{report}");
+    let p0 = &report["providers"][0];
+    assert_eq!(p0["backups"], 0, "{report}");
+    let leftovers: Vec<String> = p0["unreferenced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert!(!leftovers.is_empty(), "{report}");
+    assert!(
+        leftovers
+            .iter()
+            .all(|k| k.starts_with("backups/") && !k.ends_with("backup.json")),
+        "{leftovers:?}"
+    );
 
     // The killed backup's temporary slot went with its connection.
     wait_no_backup_slots(&pg);
@@ -313,6 +331,54 @@ fn kill_9_during_a_backup_leaves_no_backup_and_the_next_one_works() {
         "800000"
     );
     wait_no_backup_slots(&pg);
+
+    // verify --full decrypts every part of the new backup; the leftovers stay listed.
+    let (ok, report) = lb.verify(true);
+    assert!(ok, "{report}");
+    assert_eq!(report["providers"][0]["backups"], 1, "{report}");
+    assert_eq!(
+        report["providers"][0]["unreferenced"]
+            .as_array()
+            .unwrap()
+            .len(),
+        leftovers.len(),
+        "{report}"
+    );
+    // A damaged part and a missing one are named.
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(lb.archive.join(format!("backups/{id}/backup.json"))).unwrap(),
+    )
+    .unwrap();
+    let parts = meta["parts"].as_array().unwrap();
+    let (damaged, lost) = (
+        parts[0]["key"].as_str().unwrap(),
+        parts[1]["key"].as_str().unwrap(),
+    );
+    let path = lb.archive.join(damaged);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::remove_file(lb.archive.join(lost)).unwrap();
+    let (ok, report) = lb.verify(false);
+    assert!(!ok, "{report}");
+    let problems: Vec<&str> = report["providers"][0]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with(&format!(
+            "{damaged}: object checksum mismatch: stored CRC32 "
+        )),
+        "{problems:?}"
+    );
+    assert_eq!(
+        problems[1],
+        format!("{lost}: listed in backups/{id}/backup.json but missing")
+    );
 }
 
 fn first_error_line(out: &std::process::Output) -> String {
