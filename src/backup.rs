@@ -6,11 +6,14 @@
 //!
 //! Invariants:
 //! - At most `cores` parts are being sealed (or wait, sealed, for a store slot) and at most
-//!   `cores + 2` sealed parts are being stored, plus the one being filled and one waiting:
-//!   memory is bounded by about `(2 × cores + 4) × part_size` whatever the size of the
-//!   database. When all slots are taken, reading stops and the server waits (TCP
-//!   backpressure). A part gives up its sealing slot as soon as it is sealed, so a slow
-//!   provider write (an fsync, an upload) never leaves a core idle.
+//!   `cores + 2` sealed parts are being stored, plus the one being filled and one waiting.
+//!   Memory is bounded whatever the size of the database: `cores + 2` plain part buffers,
+//!   one zstd output buffer per sealing thread and at most `2 × cores + 2` sealed buffers,
+//!   so about `(cores + 2) × part_size` plus the compressed copies, and at worst (data that
+//!   does not compress) about `(4 × cores + 4) × part_size`. When all slots are taken,
+//!   reading stops and the server waits (TCP backpressure). A part gives up its sealing
+//!   slot as soon as it is sealed, so a slow provider write (an fsync, an upload) never
+//!   leaves a core idle.
 //! - `backups/<ID>/backup.json` is written last, after every part and the manifest are on
 //!   every provider: a backup without it does not exist (`list` ignores it). An interrupted
 //!   backup leaves only unreferenced parts.
@@ -191,7 +194,9 @@ impl PartWriter {
     async fn end_tar(&mut self) -> Result<()> {
         if self.cur.is_some() {
             self.flush_part().await?;
-            self.cur = None;
+            if let Some((_, _, buf)) = self.cur.take() {
+                self.buffers.give(buf);
+            }
         }
         Ok(())
     }

@@ -228,6 +228,10 @@ pub fn claim_spool(spool: &Path, system_id: u64) -> Result<()> {
     let path = spool.join(SYSTEM_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) if text.trim() == system_id.to_string() => return Ok(()),
+        Ok(text) if text.trim().parse::<u64>().is_err() => bail!(
+            "{} does not hold a database system identifier\nhint: it names the cluster whose WAL the spool holds; if you know the spool is this cluster's, write {system_id} into it",
+            path.display()
+        ),
         Ok(text) => bail!(
             "spool directory {} holds the WAL state of database system {}, but the server is system {system_id}\nhint: a spool belongs to one cluster: point wal.spool_dir at an empty directory for this one, and empty the old one only once the other cluster's WAL it holds is archived or no longer needed",
             spool.display(),

@@ -282,7 +282,7 @@ impl FileStore {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     let _ = std::fs::remove_file(tmp);
                     self.direct.store(false, Ordering::Relaxed);
-                    tracing::debug!(provider = self.name, error = %e, "the file system refuses O_DIRECT: buffered writes from now on");
+                    tracing::info!(provider = self.name, error = %e, "the file system refuses O_DIRECT: buffered writes from now on");
                 }
                 r => return r,
             }

@@ -43,6 +43,7 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
         providers: Vec::new(),
     };
     let meta = archive.meta().await?;
+    let known = known_backups(archive).await;
     for p in &archive.mirror.providers {
         let mut pr = ProviderReport {
             provider: p.name().to_string(),
@@ -115,52 +116,128 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
         }
         pr.wal = inv.ranges(seg);
         continuity(&inv, &pr.wal, &mut pr.problems);
-        check_backups(p.as_ref(), opener, &mut pr).await?;
+        check_backups(p.as_ref(), &known, opener, &mut pr).await;
         report.providers.push(pr);
     }
     Ok(report)
 }
 
-/// Every committed backup on provider `p`: each object its backup.json lists is present and
-/// matches what was recorded; then the objects no backup.json lists; then drill records.
+/// Every committed backup on any provider, by id, from the first provider whose
+/// backup.json for it reads and parses: what every provider must hold.
+async fn known_backups(archive: &Archive) -> std::collections::BTreeMap<String, BackupMeta> {
+    let mut known = std::collections::BTreeMap::new();
+    for p in &archive.mirror.providers {
+        let Ok(listed) = p.list(catalog::BACKUPS_PREFIX).await else {
+            continue;
+        };
+        for m in listed {
+            let Some(id) = catalog::parse_backup_meta_key(&m.key) else {
+                continue;
+            };
+            if known.contains_key(id) {
+                continue;
+            }
+            if let Ok(Some(b)) = p.get(&m.key).await {
+                if let Ok(meta) = serde_json::from_slice::<BackupMeta>(&b) {
+                    known.insert(id.to_string(), meta);
+                }
+            }
+        }
+    }
+    known
+}
+
+/// The backups on provider `p`: every backup any provider holds (`known`) must be here
+/// too, with each object its backup.json lists present and matching what was recorded;
+/// objects no backup.json lists are reported as unreferenced; drill records must parse.
+/// A failed read is a problem of this provider, not the end of the run.
 async fn check_backups(
     p: &dyn crate::storage::ObjectStore,
+    known: &std::collections::BTreeMap<String, BackupMeta>,
     opener: Option<&Opener>,
     pr: &mut ProviderReport,
-) -> Result<()> {
-    let listed = p.list(catalog::BACKUPS_PREFIX).await?;
-    let mut referenced = std::collections::HashSet::new();
-    for m in &listed {
-        if catalog::parse_backup_meta_key(&m.key).is_none() {
-            continue;
+) {
+    let listed = match p.list(catalog::BACKUPS_PREFIX).await {
+        Ok(l) => l,
+        Err(e) => {
+            pr.problems.push(format!("cannot list backups: {e}"));
+            return;
         }
+    };
+    let mut referenced = std::collections::HashSet::new();
+    let mut own = std::collections::BTreeMap::new();
+    for m in &listed {
+        let Some(id) = catalog::parse_backup_meta_key(&m.key) else {
+            continue;
+        };
         referenced.insert(m.key.clone());
         pr.objects += 1;
         pr.bytes += m.size;
-        let Some(body) = p.get(&m.key).await? else {
-            pr.problems
-                .push(format!("{}: listed but cannot be read", m.key));
+        match p.get(&m.key).await {
+            Ok(Some(body)) => match serde_json::from_slice::<BackupMeta>(&body) {
+                Ok(meta) => {
+                    own.insert(id.to_string(), meta);
+                }
+                Err(e) => pr
+                    .problems
+                    .push(format!("{}: not a valid backup.json ({e})", m.key)),
+            },
+            Ok(None) => pr
+                .problems
+                .push(format!("{}: listed but cannot be read", m.key)),
+            Err(e) => pr.problems.push(format!("{}: cannot be read: {e}", m.key)),
+        }
+    }
+    let present: std::collections::HashSet<&str> = listed.iter().map(|m| m.key.as_str()).collect();
+    let ids: std::collections::BTreeSet<&String> = known.keys().chain(own.keys()).collect();
+    for id in ids {
+        let meta_key = catalog::backup_meta_key(id);
+        let mine = own.get(id);
+        let Some(meta) = mine.or_else(|| known.get(id)) else {
             continue;
         };
-        let meta: BackupMeta = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                pr.problems
-                    .push(format!("{}: not a valid backup.json ({e})", m.key));
+        let objects: Vec<&BackupPart> = meta
+            .parts
+            .iter()
+            .chain(std::iter::once(&meta.manifest))
+            .collect();
+        if mine.is_none() {
+            if present.contains(meta_key.as_str()) {
+                continue; // unreadable here: reported above
+            }
+            let lacking = objects
+                .iter()
+                .filter(|o| !present.contains(o.key.as_str()))
+                .count();
+            pr.problems.push(format!(
+                "{meta_key}: missing on this provider, which also lacks {lacking} of the backup's {} objects (another provider holds backup {id}; lifeboat verify --providers --repair copies what is missing)",
+                objects.len()
+            ));
+        } else {
+            pr.backups += 1;
+        }
+        for part in objects {
+            referenced.insert(part.key.clone());
+            if !present.contains(part.key.as_str()) {
+                if mine.is_some() {
+                    pr.problems
+                        .push(format!("{}: listed in {meta_key} but missing", part.key));
+                }
                 continue;
             }
-        };
-        pr.backups += 1;
-        for part in meta.parts.iter().chain(std::iter::once(&meta.manifest)) {
-            referenced.insert(part.key.clone());
-            let Some(b) = p.get(&part.key).await? else {
-                pr.problems
-                    .push(format!("{}: listed in {} but missing", part.key, m.key));
-                continue;
-            };
-            pr.objects += 1;
-            pr.bytes += b.len() as u64;
-            check_part(part, &b, opener, &mut pr.problems);
+            match p.get(&part.key).await {
+                Ok(Some(b)) => {
+                    pr.objects += 1;
+                    pr.bytes += b.len() as u64;
+                    check_part(part, &b, opener, &mut pr.problems);
+                }
+                Ok(None) => pr
+                    .problems
+                    .push(format!("{}: listed in {meta_key} but missing", part.key)),
+                Err(e) => pr
+                    .problems
+                    .push(format!("{}: cannot be read: {e}", part.key)),
+            }
         }
     }
     pr.unreferenced = listed
@@ -168,20 +245,30 @@ async fn check_backups(
         .map(|m| m.key)
         .filter(|k| !referenced.contains(k))
         .collect();
-    for m in p.list(crate::drill::DRILLS_PREFIX).await? {
+    // As `drill::drills` reads them: `drills/*.json`, each a whole drill report.
+    let drills = match p.list(crate::drill::DRILLS_PREFIX).await {
+        Ok(d) => d,
+        Err(e) => {
+            pr.problems.push(format!("cannot list drills: {e}"));
+            return;
+        }
+    };
+    for m in drills.into_iter().filter(|m| m.key.ends_with(".json")) {
         pr.objects += 1;
         pr.bytes += m.size;
-        match p.get(&m.key).await? {
-            Some(b) if serde_json::from_slice::<serde_json::Value>(&b).is_ok() => {}
-            Some(_) => pr
-                .problems
-                .push(format!("{}: not a valid drill record", m.key)),
-            None => pr
+        match p.get(&m.key).await {
+            Ok(Some(b)) => {
+                if let Err(e) = serde_json::from_slice::<crate::drill::DrillReport>(&b) {
+                    pr.problems
+                        .push(format!("{}: not a valid drill record ({e})", m.key));
+                }
+            }
+            Ok(None) => pr
                 .problems
                 .push(format!("{}: listed but cannot be read", m.key)),
+            Err(e) => pr.problems.push(format!("{}: cannot be read: {e}", m.key)),
         }
     }
-    Ok(())
 }
 
 /// One backup object against its entry in backup.json.

@@ -763,6 +763,46 @@ fn restore_and_drill_on_s3(major: u32) {
     );
     assert!(err.contains("object checksum mismatch"), "{err}");
 
+    // verify names the damage on "local" only; with local's backup.json lost as well, the
+    // backup is still checked there through what the S3 providers hold.
+    let id = parts[0].split('/').nth(1).unwrap().to_string();
+    let meta_path = lb.archive.join(format!("backups/{id}/backup.json"));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let objects = meta["parts"].as_array().unwrap().len() + 1;
+    std::fs::remove_file(&meta_path).unwrap();
+    let out = run(&["--json", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in rep["providers"].as_array().unwrap() {
+        let problems: Vec<&str> = p["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        if p["provider"] == "local" {
+            assert_eq!(problems.len(), 2, "{problems:?}");
+            assert_eq!(
+                problems[0],
+                format!("backups/{id}/backup.json: missing on this provider, which also lacks 1 of the backup's {objects} objects (another provider holds backup {id}; lifeboat verify --providers --repair copies what is missing)")
+            );
+            assert!(
+                problems[1].starts_with(&format!("{}: object checksum mismatch", parts[0])),
+                "{problems:?}"
+            );
+            assert_eq!(p["backups"], 0);
+        } else {
+            assert!(problems.is_empty(), "{}: {problems:?}", p["provider"]);
+            assert_eq!(p["backups"], 1);
+        }
+    }
+
     // S3 only.
     std::fs::remove_dir_all(&lb.archive).unwrap();
 
