@@ -5,7 +5,8 @@
 //! and remove the flag to take a provider down and bring it back; nothing else is faked.
 //! A flag whose content is `stall TEXT` instead holds every write of a key containing TEXT
 //! until the flag goes (other writes go on): a slow request, to leave a hole behind later
-//! objects.
+//! objects. A flag whose content is `fail TEXT` fails every write of a key containing TEXT
+//! (other operations go on): one object a provider keeps refusing.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,11 +54,17 @@ impl ObjectStore for Faulty {
                         .is_some_and(|t| key.contains(t.trim()))
                 })
             };
-            if std::fs::read_to_string(&self.flag).is_ok_and(|c| c.starts_with("stall ")) {
+            let content = std::fs::read_to_string(&self.flag).unwrap_or_default();
+            if content.starts_with("stall ") {
                 while stalls(&self.flag) {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 return self.inner.put(key, data).await;
+            }
+            if let Some(t) = content.trim().strip_prefix("fail ") {
+                if !key.contains(t.trim()) {
+                    return self.inner.put(key, data).await;
+                }
             }
             self.check("put", key)?;
             self.inner.put(key, data).await

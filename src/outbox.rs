@@ -124,7 +124,8 @@ struct Entry {
 
 enum LaneEvent {
     Stored(usize, u64),
-    Failed(usize, String),
+    /// Lane, object sequence number, error.
+    Failed(usize, u64, String),
 }
 
 pub type Ack = std::result::Result<Lsn, String>;
@@ -349,7 +350,7 @@ impl Delivery {
                                     break;
                                 }
                                 Err(e) => {
-                                    let _ = ev.send(LaneEvent::Failed(i, e));
+                                    let _ = ev.send(LaneEvent::Failed(i, obj.seq, e));
                                     tokio::time::sleep(backoff).await;
                                     backoff = (backoff * 2).min(Duration::from_secs(30));
                                 }
@@ -379,7 +380,11 @@ impl Delivery {
         let shared = health.clone();
         let main = tokio::spawn(async move {
             let mut pending: VecDeque<Entry> = VecDeque::new();
+            // A provider is healthy while none of its writes is failing: one key that keeps
+            // failing keeps it down even while other writes to it succeed, so it does not
+            // flap between down and back (and its objects stay spooled meanwhile).
             let mut healthy = vec![true; n];
+            let mut failing: Vec<std::collections::BTreeSet<u64>> = vec![Default::default(); n];
             let mut bytes_held: u64 = 0;
             // Sealed bytes only in memory.
             let mut mem_held: u64 = 0;
@@ -422,11 +427,12 @@ impl Delivery {
                         let Some(ev) = ev else { return };
                         match ev {
                             LaneEvent::Stored(l, seq) => {
-                                if !healthy[l] {
+                                failing[l].remove(&seq);
+                                if !healthy[l] && failing[l].is_empty() {
                                     tracing::warn!(provider = names[l], "provider is back: backfilling from the spool");
+                                    healthy[l] = true;
                                 }
-                                healthy[l] = true;
-                                {
+                                if healthy[l] {
                                     let mut h = shared.lock().expect("not poisoned");
                                     let p = &mut h.providers[l];
                                     p.up = true;
@@ -446,7 +452,8 @@ impl Delivery {
                                     }
                                 }
                             }
-                            LaneEvent::Failed(l, err) => {
+                            LaneEvent::Failed(l, seq, err) => {
+                                failing[l].insert(seq);
                                 if healthy[l] {
                                     tracing::error!(provider = names[l], error = %err, "provider is down: WAL is held in the fsync'd spool for it and acknowledged from there");
                                 } else {

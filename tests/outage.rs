@@ -360,3 +360,82 @@ fn a_hole_left_by_a_crash_is_filled_on_restart() {
     );
     assert_mirrored_without_gap(&s, end);
 }
+
+#[test]
+fn one_key_that_keeps_failing_keeps_the_provider_down_without_flapping() {
+    let s = setup("");
+    let mut stream = spawn(&s);
+    let before = write_wal(&s.pg, 2);
+    wait_archived(&s.pg, before, Duration::from_secs(60), &s.lb);
+
+    // Provider "second" refuses every object of one segment and takes every other write.
+    let held =
+        s.pg.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
+            .trim()
+            .to_string();
+    std::fs::write(&s.flag, format!("fail {held}")).unwrap();
+    // WAL keeps coming while that key is retried (0.5 s, 1 s, 2 s, ...), so other writes to
+    // "second" succeed between the retries: the provider must stay down all along.
+    let mut samples = Vec::new();
+    for _ in 0..6 {
+        write_wal(&s.pg, 8);
+        std::thread::sleep(Duration::from_millis(700));
+        samples.push(status(&s.lb));
+    }
+    for (code, text) in &samples[1..] {
+        assert_eq!(*code, 1, "{text}");
+        assert!(
+            text.contains("\"second\": down since"),
+            "{text}\n{}",
+            s.lb.stream_log()
+        );
+    }
+    // Acknowledged from the spool meanwhile: the slot passes the refused segment.
+    let during = parse_lsn(&s.pg.switch_wal());
+    wait_archived(&s.pg, during, Duration::from_secs(90), &s.lb);
+    // (Parts of it stored before the flag may be there; the complete segment is not.)
+    assert!(
+        !files(s.second.path())
+            .iter()
+            .any(|f| f.ends_with(&format!("{held}.seg"))),
+        "the refused segment {held} reached the second provider"
+    );
+
+    // The key is taken again: the provider is back once, and catches up.
+    std::fs::remove_file(&s.flag).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // (status stays degraded overall: this archive has no backup yet.)
+        let (_, text) = status(&s.lb);
+        if text.contains("\"second\": up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still down: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let end = parse_lsn(&s.pg.switch_wal());
+    wait_archived(&s.pg, end, Duration::from_secs(90), &s.lb);
+    let outbox = s.lb.spool.join("outbox");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !files(&outbox).is_empty() {
+        assert!(Instant::now() < deadline, "the spool did not drain");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sigterm(&mut stream);
+    let st = wait_child(&mut stream, Duration::from_secs(30), "stream");
+    assert!(st.success(), "{}", s.lb.stream_log());
+    let log = s.lb.stream_log();
+    assert_eq!(
+        log.matches("provider is down: WAL is held in the fsync'd spool")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("provider is back: backfilling from the spool")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_mirrored_without_gap(&s, end);
+}
