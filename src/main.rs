@@ -503,11 +503,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 for p in &report.providers {
                     println!(
-                        "storage \"{}\": {} objects, {} bytes, {} backups, {}",
+                        "storage \"{}\": {} objects, {} bytes, {} backup{}, {}",
                         p.provider,
                         p.objects,
                         p.bytes,
                         p.backups,
+                        if p.backups == 1 { "" } else { "s" },
                         if p.problems.is_empty() {
                             "ok"
                         } else {
