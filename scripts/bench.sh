@@ -377,6 +377,10 @@ bench_restore() {
   local replay_mb
   replay_mb=$("${PSQL[@]}" -c "SELECT round(pg_wal_lsn_diff('$end', '$start') / 1048576)")
   echo "archived $replay_mb MiB of WAL after the backup"
+  # Vacuum and write the new table out now, so neither autovacuum nor a checkpoint of it
+  # competes with the first round.
+  "${PSQL[@]}" -c "VACUUM (ANALYZE) replay_filler" >/dev/null
+  "${PSQL[@]}" -c "CHECKPOINT" >/dev/null; sync
 
   local lb_t=() lb_m=() br_t=() t m
   for i in $(seq 1 "$ROUNDS"); do
