@@ -173,19 +173,17 @@ async fn check_backups(
         referenced.insert(m.key.clone());
         pr.objects += 1;
         pr.bytes += m.size;
-        match p.get(&m.key).await {
-            Ok(Some(body)) => match serde_json::from_slice::<BackupMeta>(&body) {
-                Ok(meta) => {
-                    own.insert(id.to_string(), meta);
-                }
-                Err(e) => pr
-                    .problems
-                    .push(format!("{}: not a valid backup.json ({e})", m.key)),
-            },
-            Ok(None) => pr
+        let Some(body) = read(p, &m.key, "listed but cannot be read", &mut pr.problems).await
+        else {
+            continue;
+        };
+        match serde_json::from_slice::<BackupMeta>(&body) {
+            Ok(meta) => {
+                own.insert(id.to_string(), meta);
+            }
+            Err(e) => pr
                 .problems
-                .push(format!("{}: listed but cannot be read", m.key)),
-            Err(e) => pr.problems.push(format!("{}: cannot be read: {e}", m.key)),
+                .push(format!("{}: not a valid backup.json ({e})", m.key)),
         }
     }
     let present: std::collections::HashSet<&str> = listed.iter().map(|m| m.key.as_str()).collect();
@@ -225,18 +223,11 @@ async fn check_backups(
                 }
                 continue;
             }
-            match p.get(&part.key).await {
-                Ok(Some(b)) => {
-                    pr.objects += 1;
-                    pr.bytes += b.len() as u64;
-                    check_part(part, &b, opener, &mut pr.problems);
-                }
-                Ok(None) => pr
-                    .problems
-                    .push(format!("{}: listed in {meta_key} but missing", part.key)),
-                Err(e) => pr
-                    .problems
-                    .push(format!("{}: cannot be read: {e}", part.key)),
+            let missing = format!("listed in {meta_key} but missing");
+            if let Some(b) = read(p, &part.key, &missing, &mut pr.problems).await {
+                pr.objects += 1;
+                pr.bytes += b.len() as u64;
+                check_part(part, &b, opener, &mut pr.problems);
             }
         }
     }
@@ -256,17 +247,33 @@ async fn check_backups(
     for m in drills.into_iter().filter(|m| m.key.ends_with(".json")) {
         pr.objects += 1;
         pr.bytes += m.size;
-        match p.get(&m.key).await {
-            Ok(Some(b)) => {
-                if let Err(e) = serde_json::from_slice::<crate::drill::DrillReport>(&b) {
-                    pr.problems
-                        .push(format!("{}: not a valid drill record ({e})", m.key));
-                }
-            }
-            Ok(None) => pr
-                .problems
-                .push(format!("{}: listed but cannot be read", m.key)),
-            Err(e) => pr.problems.push(format!("{}: cannot be read: {e}", m.key)),
+        let Some(b) = read(p, &m.key, "listed but cannot be read", &mut pr.problems).await else {
+            continue;
+        };
+        if let Err(e) = serde_json::from_slice::<crate::drill::DrillReport>(&b) {
+            pr.problems
+                .push(format!("{}: not a valid drill record ({e})", m.key));
+        }
+    }
+}
+
+/// Read `key` from `p`; when it is gone (`missing` says how) or the read fails, record a
+/// problem naming the key and return `None`, so one bad object never ends the run.
+async fn read(
+    p: &dyn crate::storage::ObjectStore,
+    key: &str,
+    missing: &str,
+    problems: &mut Vec<String>,
+) -> Option<bytes::Bytes> {
+    match p.get(key).await {
+        Ok(Some(b)) => Some(b),
+        Ok(None) => {
+            problems.push(format!("{key}: {missing}"));
+            None
+        }
+        Err(e) => {
+            problems.push(format!("{key}: cannot be read: {e}"));
+            None
         }
     }
 }
