@@ -27,6 +27,8 @@ bash scripts/install-pg.sh
 # Two different S3-compatible servers for the provider tests (moto, s3s-fs), on loopback.
 bash scripts/install-s3.sh
 
+log "layer rule (scripts/check-layers.sh)"
+bash scripts/check-layers.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use lifeboat::config::StorageConfig;
-use lifeboat::s3::S3Store;
+use lifeboat::storage::s3::S3Store;
+use lifeboat::storage::StorageConfig;
 use lifeboat::storage::{FileStore, ObjectStore};
 
 use common::*;
@@ -207,7 +207,7 @@ fn puts_carry_a_crc32_the_provider_checks() {
             .unwrap();
         assert_eq!(
             got.checksum_crc32(),
-            Some(lifeboat::s3::crc32_base64(&body).as_str()),
+            Some(lifeboat::storage::s3::crc32_base64(&body).as_str()),
             "{}",
             kind.name()
         );
@@ -218,7 +218,7 @@ fn puts_carry_a_crc32_the_provider_checks() {
                     .bucket("crc")
                     .key("k")
                     .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
-                    .checksum_crc32(lifeboat::s3::crc32_base64(b"not the body"))
+                    .checksum_crc32(lifeboat::storage::s3::crc32_base64(b"not the body"))
                     .body(Bytes::from_static(b"the body").into())
                     .send(),
             );
@@ -431,7 +431,7 @@ fn bad_input_s3_errors_are_exact() {
     let out = run_timeout(&mut c, Duration::from_secs(120), None).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("WARN lifeboat::s3: bucket \"europe\" reports location \"eu-west-1\", but region = \"{REGION}\" (hint: set region = \"eu-west-1\" in this [[storage]] entry if the provider expects it) provider=offsite")),
+        stderr.contains(&format!("WARN lifeboat::storage::s3: bucket \"europe\" reports location \"eu-west-1\", but region = \"{REGION}\" (hint: set region = \"eu-west-1\" in this [[storage]] entry if the provider expects it) provider=offsite")),
         "{stderr}"
     );
 
@@ -458,7 +458,7 @@ fn bad_input_s3_errors_are_exact() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(
-        stderr.contains("WARN lifeboat::s3: this host's clock is 120 minutes behind the provider's: requests are corrected for it, but synchronise the clock (NTP: systemd-timesyncd, chrony) provider=offsite"),
+        stderr.contains("WARN lifeboat::storage::s3: this host's clock is 120 minutes behind the provider's: requests are corrected for it, but synchronise the clock (NTP: systemd-timesyncd, chrony) provider=offsite"),
         "{stderr}"
     );
     // The provider answered despite the skew: the (empty) prefix was listed.

@@ -20,8 +20,8 @@ use std::collections::VecDeque;
 use bytes::{Buf, Bytes};
 
 use super::{Connection, PgError};
-use crate::protocol::{quote_literal, Backend};
-use crate::wal::{Lsn, TimelineId};
+use crate::core::wal::{Lsn, TimelineId};
+use crate::pg::protocol::{quote_literal, Backend};
 
 /// Two 512-byte zero blocks: the end of a tar archive.
 pub const TAR_END: [u8; 1024] = [0u8; 1024];
@@ -436,7 +436,7 @@ impl<'a> BaseBackup<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::split_message;
+    use crate::pg::protocol::split_message;
     use bytes::{BufMut, BytesMut};
 
     fn msg(out: &mut BytesMut, tag: u8, body: &[u8]) {

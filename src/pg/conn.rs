@@ -18,7 +18,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::conninfo::{ConnParams, Host, SslMode};
 use super::{tls, PgError};
-use crate::protocol::{split_message, AuthRequest, Backend};
+use crate::pg::protocol::{split_message, AuthRequest, Backend};
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

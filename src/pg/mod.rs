@@ -4,12 +4,13 @@
 pub mod basebackup;
 pub mod conn;
 pub mod conninfo;
+pub mod protocol;
 pub mod replication;
 pub mod tls;
 
 pub use conn::{Connection, QueryResult};
 
-use crate::protocol::{ErrorFields, ProtocolError};
+use crate::pg::protocol::{ErrorFields, ProtocolError};
 use thiserror::Error;
 
 /// Errors from talking to PostgreSQL. Messages name the server and, where the cause is

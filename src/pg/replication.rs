@@ -5,8 +5,8 @@
 use bytes::Bytes;
 
 use super::{Connection, PgError};
-use crate::protocol::{self, quote_ident, Backend, ReplicationMessage};
-use crate::wal::{Lsn, TimelineId, WalSegSize};
+use crate::core::wal::{Lsn, TimelineId, WalSegSize};
+use crate::pg::protocol::{self, quote_ident, Backend, ReplicationMessage};
 
 /// The answer to IDENTIFY_SYSTEM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,6 @@
 //!   [`MEM_LIMIT`]: a slow provider slows acceptance instead of growing the heap.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,8 +31,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::core::wal::{Lsn, TimelineId};
+use crate::storage::durable;
 use crate::storage::ObjectStore;
-use crate::wal::{Lsn, TimelineId};
 
 /// Writes in flight per provider.
 pub const LANE_IN_FLIGHT: usize = 4;
@@ -243,15 +243,11 @@ pub fn claim_spool(spool: &Path, system_id: u64) -> Result<()> {
             return Err(e).with_context(|| format!("cannot read {} (hint: check wal.spool_dir)", path.display()))
         }
     }
-    let tmp = path.with_extension("tmp");
-    (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{system_id}")?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(spool)?.sync_all()
-    })()
+    durable::replace(
+        &path,
+        &path.with_extension("tmp"),
+        format!("{system_id}\n").as_bytes(),
+    )
     .with_context(|| {
         format!(
             "cannot write {} (hint: check wal.spool_dir)",
@@ -281,24 +277,17 @@ pub fn ensure_acknowledged(dir: &Path, tli: TimelineId, lsn: Lsn) -> std::io::Re
 
 fn write_acknowledged(dir: &Path, tli: TimelineId, lsn: Lsn) -> std::io::Result<()> {
     let path = ack_path(dir);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{} {lsn}", tli.0)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(path.parent().expect("has a parent"))?.sync_all()
+    durable::replace(
+        &path,
+        &path.with_extension("tmp"),
+        format!("{} {lsn}\n", tli.0).as_bytes(),
+    )
 }
 
 fn write_durably(dir: &Path, seq: u64, key: &str, body: &[u8]) -> std::io::Result<PathBuf> {
     let path = dir.join(format!("{seq:020}.obj"));
     let tmp = dir.join(format!("{seq:020}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&outbox_file_bytes(key, body))?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    durable::replace(&path, &tmp, &outbox_file_bytes(key, body))?;
     Ok(path)
 }
 

@@ -12,8 +12,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::catalog::{BackupMeta, HistoryObject, WalRange};
-use crate::wal::{Lsn, TimelineId, WalSegSize};
+use crate::core::catalog::{BackupMeta, HistoryObject, WalRange};
+use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 
 /// Microseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -659,7 +659,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::BackupMeta;
+    use crate::core::catalog::BackupMeta;
     use proptest::prelude::*;
 
     const SEG: WalSegSize = WalSegSize::DEFAULT;
@@ -682,7 +682,7 @@ mod tests {
             stored_size: 0,
             tablespaces: vec![],
             parts: vec![],
-            manifest: crate::catalog::BackupPart {
+            manifest: crate::core::catalog::BackupPart {
                 key: String::new(),
                 tar: String::new(),
                 seq: 0,

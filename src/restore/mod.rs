@@ -6,6 +6,9 @@
 //! Nothing is written before the plan and the preflight pass. When extraction fails, what
 //! was written is removed again, leaving the directories as empty as they were.
 
+pub mod drill;
+pub mod walfetch;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -18,11 +21,10 @@ use serde::Serialize;
 use sha2::Digest;
 
 use crate::archive::Archive;
-use crate::catalog::{ArchiveMeta, BackupMeta, BackupPart, WalInventory};
-use crate::list;
+use crate::core::catalog::{ArchiveMeta, BackupMeta, BackupPart, WalInventory};
+use crate::core::plan::{self, Inventory, ParsedTime, Plan, Target, TimelineChoice, Timestamp};
+use crate::core::wal::WalSegSize;
 use crate::pipeline::{self, Opener};
-use crate::plan::{self, Inventory, ParsedTime, Plan, Target, TimelineChoice, Timestamp};
-use crate::wal::WalSegSize;
 
 /// `recovery_target_action`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,7 +144,7 @@ pub async fn inventory(archive: &Archive) -> Result<(Inventory, ArchiveMeta)> {
         tracing::warn!(error = %e, "a provider is unavailable; planning from the others");
     }
     let wal = WalInventory::from_keys(keys.iter().map(String::as_str), seg);
-    let backups = list::backups(archive).await?;
+    let backups = archive.backups().await?;
     Ok((
         Inventory {
             seg,
@@ -944,15 +946,28 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
-/// The restore_command: `wal-fetch` of this binary, configuration and identity (all
-/// already shell-quoted), fetching `prefetch` segments ahead.
-pub fn restore_command_line(exe: &str, config: &str, identity: &str, prefetch: u16) -> String {
+/// The restore_command PostgreSQL runs: `wal-fetch` of this binary with this
+/// configuration and identity (made absolute and shell-quoted), fetching `prefetch`
+/// segments ahead. The one place this line is built.
+pub fn restore_command_line(exe: &Path, config: &Path, identity: &Path, prefetch: u16) -> String {
+    let q = |p: &Path| {
+        shell_quote(
+            &std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .to_string_lossy(),
+        )
+    };
     let ahead = if prefetch > 0 {
         format!(" --prefetch {prefetch}")
     } else {
         String::new()
     };
-    format!("{exe} --config {config} --identity {identity} wal-fetch{ahead} %f %p")
+    format!(
+        "{} --config {} --identity {} wal-fetch{ahead} %f %p",
+        q(exe),
+        q(config),
+        q(identity)
+    )
 }
 
 /// A value in postgresql.conf.

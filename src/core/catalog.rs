@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wal::{Lsn, SegNo, SegmentName, TimelineId, WalSegSize};
+use crate::core::wal::{Lsn, SegNo, SegmentName, TimelineId, WalSegSize};
 
 pub const ARCHIVE_META: &str = "archive.json";
 pub const FORMAT_VERSION: u32 = 1;
@@ -513,6 +513,61 @@ pub fn wal_covers(ranges: &[WalRange], start_tli: u32, start: Lsn, end_tli: u32,
         // A timeline switch during the backup (backup from a standby that was promoted):
         // the start and the end must each be covered on their own timeline.
         has(start_tli, start, start) && has(end_tli, end, end)
+    }
+}
+
+/// Restore drills are recorded under `drills/<ID>.json` (plain JSON, written once).
+pub const DRILLS_PREFIX: &str = "drills/";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Phases {
+    pub fetch: f64,
+    pub extract: f64,
+    pub replay: f64,
+    pub checks: f64,
+    /// The measured recovery time objective: from the start to a checked, promoted server.
+    pub total: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableCount {
+    pub database: String,
+    pub table: String,
+    pub rows: Option<i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub query: String,
+    pub ok: bool,
+    /// The first value returned, or the error.
+    pub result: String,
+}
+
+/// One drill, as printed and as recorded under `drills/<ID>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub format: u32,
+    pub id: String,
+    pub ok: bool,
+    pub started_at: String,
+    pub backup: Option<String>,
+    pub target: String,
+    pub recovery_target: Option<String>,
+    pub pg_version: Option<String>,
+    pub phases: Phases,
+    pub tables: Vec<TableCount>,
+    pub checks: Vec<CheckResult>,
+    pub error: Option<String>,
+    pub scratch_dir: Option<String>,
+    pub kept: bool,
+    pub created_by: String,
+}
+
+impl DrillReport {
+    pub fn tables_rows(&self) -> i64 {
+        self.tables.iter().filter_map(|t| t.rows).sum()
     }
 }
 

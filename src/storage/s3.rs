@@ -38,7 +38,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
-use crate::config::{ChecksumWhen, ObjectLockConfig, ObjectLockMode, StorageConfig};
+use crate::storage::config::{ChecksumWhen, ObjectLockConfig, ObjectLockMode, StorageConfig};
 use crate::storage::{BoxFut, Features, ObjectMeta, ObjectStore, StorageError};
 
 /// Objects at least this large go up in parts.

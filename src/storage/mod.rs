@@ -1,4 +1,4 @@
-//! A small object-store trait, the `file://` backend (the `s3://` one is in `crate::s3`) and the mirror that writes every object
+//! A small object-store trait, the `file://` backend (the `s3://` one is in `crate::storage::s3`) and the mirror that writes every object
 //! to all configured providers.
 //!
 //! Invariants:
@@ -17,7 +17,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::config::StorageConfig;
+pub mod config;
+pub mod durable;
+pub mod fault;
+pub mod s3;
+
+pub use config::StorageConfig;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -113,7 +118,7 @@ pub fn validate(cfg: &StorageConfig) -> Result<(), (&'static str, String)> {
         return Ok(());
     }
     if url.starts_with("s3://") {
-        return crate::s3::validate(cfg);
+        return crate::storage::s3::validate(cfg);
     }
     Err((
         "url",
@@ -127,9 +132,9 @@ pub fn open(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, String> {
     validate(cfg).map_err(|(_, m)| m)?;
     let store: Arc<dyn ObjectStore> = match cfg.url.strip_prefix("file://") {
         Some(path) => Arc::new(FileStore::new(&cfg.name, PathBuf::from(path))),
-        None => Arc::new(crate::s3::S3Store::new(cfg)?),
+        None => Arc::new(crate::storage::s3::S3Store::new(cfg)?),
     };
-    Ok(crate::fault::maybe_wrap(store))
+    Ok(crate::storage::fault::maybe_wrap(store))
 }
 
 /// The `file://` backend: one file per object under a root directory.
@@ -261,17 +266,8 @@ impl FileStore {
             .and_then(|n| n.to_str())
             .expect("keys are UTF-8 and non-empty");
         let tmp = dir.join(format!("{TMP_PREFIX}{file_name}.{}", rand::random::<u32>()));
-        let res = (|| {
-            let f = self.create_with(&tmp, data)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        res.map_err(|e| self.err("put", key, e))
+        durable::replace_with(&path, &tmp, |t| self.create_with(t, data))
+            .map_err(|e| self.err("put", key, e))
     }
 
     /// Create `tmp` holding `data`, directly when it is large enough (see [`FileStore`]).

@@ -1,62 +1,18 @@
-//! `lifeboat status`: is this host's archiving healthy?
-//!
-//! The streamer writes `<spool>/status.json` about once a second (positions, connection,
-//! each provider's health, how full the spool is). `status` reads it, checks that the
-//! streamer is alive, and looks at the archive for the newest backup and the last drill.
+//! Is this host's archiving healthy? The checks behind `lifeboat status`: the streamer's
+//! status file (is it alive, connected, acknowledging; are the providers up; how full is
+//! the spool) and the archive (the newest backup, the last drill).
 //! Exit 0 healthy, 1 degraded (archiving goes on but something needs attention), 2 failing
 //! (WAL is not being archived, or not acknowledged).
 
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::archive::Archive;
-use crate::outbox::Health;
-
-pub const FILE: &str = "status.json";
+use crate::ingest::status::{self, now, StreamStatus};
 
 /// How stale `status.json` may be before the streamer counts as gone.
 const STALE_SECS: u64 = 30;
-
-/// What a running streamer reports.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StreamStatus {
-    pub pid: u32,
-    /// Unix seconds.
-    pub updated: u64,
-    pub timeline: u32,
-    /// WAL received into the spool.
-    pub received: String,
-    /// WAL acknowledged to PostgreSQL as flushed (durable on every provider, or held in the
-    /// spool for one that is down).
-    pub acknowledged: String,
-    pub connected: bool,
-    /// Why it is not connected.
-    pub error: Option<String>,
-    pub delivery: Health,
-}
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn path(spool_dir: &Path) -> PathBuf {
-    spool_dir.join(FILE)
-}
-
-/// Replace `<spool>/status.json` (atomically; not fsync'd: it is a report, not state).
-pub fn write(spool_dir: &Path, s: &StreamStatus) -> std::io::Result<()> {
-    let p = path(spool_dir);
-    let tmp = p.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(s).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(tmp, p)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,7 +31,7 @@ impl Level {
         }
     }
 
-    fn word(self) -> &'static str {
+    pub fn word(self) -> &'static str {
         match self {
             Level::Ok => "ok",
             Level::Degraded => "DEGRADED",
@@ -142,7 +98,7 @@ pub fn stream_checks(
             status: Level::Failing,
             message: format!(
                 "no {} : lifeboat stream has never run with this spool_dir (hint: start the streamer, e.g. systemctl start lifeboat)",
-                path(spool_dir).display()
+                status::path(spool_dir).display()
             ),
         });
         return out;
@@ -221,7 +177,7 @@ pub fn stream_checks(
 /// The archive's checks: the newest backup and the last drill.
 async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
     let mut out = Vec::new();
-    match crate::list::run(archive).await {
+    match crate::archive::summary::run(archive).await {
         Err(e) => out.push(Check {
             check: "archive",
             status: Level::Degraded,
@@ -241,7 +197,7 @@ async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
                         .into(),
                 }),
                 Some(b) => {
-                    let when = crate::plan::Timestamp::parse_utc(&b.end_time)
+                    let when = crate::core::plan::Timestamp::parse_utc(&b.end_time)
                         .ok()
                         .map(|t| ago(now.saturating_sub(t.0.div_euclid(1_000_000).max(0) as u64)));
                     out.push(Check {
@@ -282,9 +238,7 @@ async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
 }
 
 pub async fn run(spool_dir: &Path, archive: &Archive) -> Report {
-    let st: Option<StreamStatus> = std::fs::read(path(spool_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let st = status::read(spool_dir);
     let now = now();
     let mut checks = stream_checks(spool_dir, st.as_ref(), now, alive);
     checks.extend(archive_checks(archive, now).await);
@@ -301,24 +255,10 @@ pub async fn run(spool_dir: &Path, archive: &Archive) -> Report {
     r
 }
 
-pub fn render(r: &Report) -> String {
-    let mut s = String::new();
-    for c in &r.checks {
-        s.push_str(&format!(
-            "{:<9} {:<9} {}\n",
-            c.status.word(),
-            c.check,
-            c.message
-        ));
-    }
-    s.push_str(&format!("{}\n", r.status));
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::ProviderHealth;
+    use crate::ingest::outbox::{Health, ProviderHealth};
 
     fn st(acknowledging: bool, second_up: bool) -> StreamStatus {
         StreamStatus {

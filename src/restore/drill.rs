@@ -11,20 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::archive::Archive;
-use crate::catalog::BackupMeta;
+use crate::core::catalog::{BackupMeta, CheckResult, DrillReport, Phases, TableCount};
+use crate::core::plan::{self, Target, TimelineChoice, Timestamp};
+use crate::core::wal::Lsn;
 use crate::pg::conn::Connection;
 use crate::pg::conninfo::ConnParams;
 use crate::pipeline::Opener;
-use crate::plan::{self, Target, TimelineChoice, Timestamp};
 use crate::restore::{self, shell_quote, RestoreOptions, TargetAction};
-use crate::wal::Lsn;
-
-pub const DRILLS_PREFIX: &str = "drills/";
 
 #[derive(Debug, Clone)]
 pub enum BackupChoice {
@@ -59,58 +55,6 @@ pub struct DrillOptions {
     pub jobs: usize,
     /// Segments the restore_command fetches ahead during replay.
     pub wal_prefetch: u16,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Phases {
-    pub fetch: f64,
-    pub extract: f64,
-    pub replay: f64,
-    pub checks: f64,
-    /// The measured recovery time objective: from the start to a checked, promoted server.
-    pub total: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TableCount {
-    pub database: String,
-    pub table: String,
-    pub rows: Option<i64>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckResult {
-    pub query: String,
-    pub ok: bool,
-    /// The first value returned, or the error.
-    pub result: String,
-}
-
-/// One drill, as printed and as recorded under `drills/<ID>.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DrillReport {
-    pub format: u32,
-    pub id: String,
-    pub ok: bool,
-    pub started_at: String,
-    pub backup: Option<String>,
-    pub target: String,
-    pub recovery_target: Option<String>,
-    pub pg_version: Option<String>,
-    pub phases: Phases,
-    pub tables: Vec<TableCount>,
-    pub checks: Vec<CheckResult>,
-    pub error: Option<String>,
-    pub scratch_dir: Option<String>,
-    pub kept: bool,
-    pub created_by: String,
-}
-
-impl DrillReport {
-    pub fn tables_rows(&self) -> i64 {
-        self.tables.iter().filter_map(|t| t.rows).sum()
-    }
 }
 
 fn now_rfc3339() -> String {
@@ -455,7 +399,7 @@ pub async fn run(
     } else {
         drop(scratch);
     }
-    record(archive, &report).await;
+    archive.record_drill(&report).await;
     Ok(report)
 }
 
@@ -492,15 +436,7 @@ async fn drill_in(
     } else {
         (opts.config_path.clone(), opts.identity_path.clone())
     };
-    let q = |p: &Path| {
-        shell_quote(
-            &std::path::absolute(p)
-                .unwrap_or_else(|_| p.to_path_buf())
-                .to_string_lossy(),
-        )
-    };
-    let restore_command =
-        restore::restore_command_line(&q(exe), &q(&config), &q(&identity), opts.wal_prefetch);
+    let restore_command = restore::restore_command_line(exe, &config, &identity, opts.wal_prefetch);
     let ropts = RestoreOptions {
         pgdata: data.clone(),
         target,
@@ -714,96 +650,6 @@ async fn checks(
         c.close().await;
     }
     Ok(())
-}
-
-/// Record the drill under `drills/<ID>.json` on every provider (plain JSON, written once).
-async fn record(archive: &Archive, report: &DrillReport) {
-    let body = match serde_json::to_vec_pretty(report) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot encode the drill report");
-            return;
-        }
-    };
-    let key = format!("{DRILLS_PREFIX}{}.json", report.id);
-    if let Err(e) = archive.mirror.put(&key, Bytes::from(body)).await {
-        tracing::warn!(error = %e, key, "cannot record the drill in the archive");
-    }
-}
-
-/// Every recorded drill, oldest first (from the first provider that answers).
-pub async fn drills(archive: &Archive) -> Result<Vec<DrillReport>> {
-    let Some(p) = archive.mirror.providers.first() else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for o in p.list(DRILLS_PREFIX).await? {
-        if !o.key.ends_with(".json") {
-            continue;
-        }
-        if let Some(b) = p.get(&o.key).await? {
-            match serde_json::from_slice::<DrillReport>(&b) {
-                Ok(r) => out.push(r),
-                Err(e) => tracing::warn!(key = o.key, error = %e, "unreadable drill record"),
-            }
-        }
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
-}
-
-/// The human report.
-pub fn render(r: &DrillReport) -> String {
-    let mut s = format!(
-        "drill {}: {}\nbackup {}  target {}\n",
-        r.id,
-        if r.ok { "PASSED" } else { "FAILED" },
-        r.backup.as_deref().unwrap_or("-"),
-        r.recovery_target.as_deref().unwrap_or(&r.target)
-    );
-    if let Some(v) = &r.pg_version {
-        s.push_str(&format!("server {v}\n"));
-    }
-    s.push_str(&format!(
-        "{:<10} {:>9}\n{:<10} {:>8.1}s\n{:<10} {:>8.1}s\n{:<10} {:>8.1}s\n{:<10} {:>8.1}s\n{:<10} {:>8.1}s  (the measured RTO)\n",
-        "PHASE", "SECONDS", "fetch", r.phases.fetch, "extract", r.phases.extract, "replay", r.phases.replay, "checks", r.phases.checks, "total", r.phases.total
-    ));
-    s.push_str(&format!(
-        "tables: {} read, {} rows",
-        r.tables.len(),
-        r.tables_rows()
-    ));
-    let bad: Vec<&TableCount> = r.tables.iter().filter(|t| t.error.is_some()).collect();
-    if bad.is_empty() {
-        s.push('\n');
-    } else {
-        s.push_str(&format!(", {} unreadable:\n", bad.len()));
-        for t in bad {
-            s.push_str(&format!(
-                "  {}.{}: {}\n",
-                t.database,
-                t.table,
-                t.error.as_deref().unwrap_or("")
-            ));
-        }
-    }
-    for c in &r.checks {
-        s.push_str(&format!(
-            "check {}: {} ({})\n",
-            if c.ok { "ok  " } else { "FAIL" },
-            c.query.replace('\n', " "),
-            c.result
-        ));
-    }
-    if let Some(e) = &r.error {
-        s.push_str(&format!("error: {e}\n"));
-    }
-    if r.kept {
-        if let Some(d) = &r.scratch_dir {
-            s.push_str(&format!("kept: {d}\n"));
-        }
-    }
-    s
 }
 
 #[cfg(test)]

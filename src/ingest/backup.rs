@@ -34,14 +34,16 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::archive::Archive;
-use crate::catalog::{self, BackupExtension, BackupMeta, BackupPart, BackupTablespace, WalRange};
 use crate::config::Config;
+use crate::core::catalog::{
+    self, BackupExtension, BackupMeta, BackupPart, BackupTablespace, WalRange,
+};
+use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 use crate::pg::basebackup::{BackupRequest, BaseBackup, Event};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::{Connection, PgError};
 use crate::pipeline::{BufPool, Sealer};
 use crate::storage::Mirror;
-use crate::wal::{Lsn, TimelineId, WalSegSize};
 
 pub struct BackupOptions {
     pub label: Option<String>,
@@ -538,11 +540,11 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         if !restorable {
             let spool_dir = cfg.wal.spool_dir.join(format!("backup-{id}"));
             tracing::info!(id, slot, start = %meta.start_lsn, end = %meta.end_lsn, "archiving the backup's WAL from its temporary slot");
-            let result = crate::stream::archive_range(
+            let result = crate::ingest::stream::archive_range(
                 cfg,
                 &archive,
                 &mut wc,
-                crate::stream::Session {
+                crate::ingest::stream::Session {
                     slot: &slot,
                     system_id: ident.system_id,
                     seg,

@@ -51,10 +51,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 
 use crate::archive::Archive;
-use crate::catalog::{self, WalInventory};
+use crate::core::catalog::{self, WalInventory};
+use crate::core::wal::{SegNo, SegmentName, WalFileName, WalSegSize};
 use crate::pipeline::{self, Opener};
-use crate::storage::ObjectStore;
-use crate::wal::{SegNo, SegmentName, WalFileName, WalSegSize};
+use crate::storage::{durable, ObjectStore};
 
 /// The file is not in the archive (PostgreSQL's normal "no more WAL" answer).
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +220,7 @@ async fn fetch_direct(
 async fn fetch_history(
     p: &dyn ObjectStore,
     opener: &Opener,
-    tli: crate::wal::TimelineId,
+    tli: crate::core::wal::TimelineId,
     dest: &Path,
 ) -> Result<bool> {
     let objs = p.list(&catalog::history_prefix(tli)).await?;
@@ -314,19 +314,12 @@ pub fn write_atomically(
         .file_name()
         .ok_or_else(|| anyhow!("destination {} has no file name", dest.display()))?;
     let tmp = dir.join(format!(".{}.lifeboat-tmp", fname.to_string_lossy()));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+    durable::replace_with(dest, &tmp, |t| {
+        let mut f = std::fs::File::create(t)?;
         fill(&mut f)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, dest)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow!("cannot write {}: {e}", dest.display()));
-    }
-    Ok(())
+        Ok(f)
+    })
+    .map_err(|e: std::io::Error| anyhow!("cannot write {}: {e}", dest.display()))
 }
 
 // ------------------------------------------------------------------------------------
@@ -786,28 +779,20 @@ impl Queue {
     ) -> Result<()> {
         let tmp = self.tmp_path(name);
         let key = catalog::segment_key(name);
-        let res = (|| -> Result<()> {
+        durable::replace_with(&self.seg_path(name), &tmp, |t| -> Result<std::fs::File> {
             let f = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
-                .open(&tmp)?;
+                .open(t)?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             let n = opener
                 .open_into(stored, &mut w)
                 .with_context(|| key.clone())?;
             check_segment_len(&key, n, seg)?;
-            let f = w.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, self.seg_path(name))?;
-            Ok(())
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        res
+            Ok(w.into_inner().map_err(|e| e.into_error())?)
+        })
     }
 }
 
@@ -1180,9 +1165,9 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::wal::TimelineId;
     use crate::pipeline::Sealer;
     use crate::storage::{FileStore, Mirror};
-    use crate::wal::TimelineId;
     use age::secrecy::ExposeSecret;
 
     fn mib() -> WalSegSize {

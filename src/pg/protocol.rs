@@ -11,7 +11,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::wal::Lsn;
+use crate::core::wal::Lsn;
 
 /// Largest backend message we accept (a CopyData of WAL is at most 128 KiB; a base backup
 /// chunk or a history file is far smaller than this).

@@ -27,14 +27,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::archive::Archive;
-use crate::catalog;
 use crate::config::Config;
-use crate::outbox::{Ack, Delivery, Outgoing};
+use crate::core::catalog;
+use crate::core::wal::{Lsn, SegmentName, TimelineHistory, TimelineId, WalSegSize};
+use crate::ingest::outbox::{Ack, Delivery, Outgoing};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::replication::{StartOutcome, StreamEvent};
 use crate::pg::{Connection, PgError};
 use crate::pipeline::{Sealed, Sealer};
-use crate::wal::{Lsn, SegmentName, TimelineHistory, TimelineId, WalSegSize};
 
 /// How many sealed-but-unstored jobs may be in flight (bounds memory).
 const PIPELINE_DEPTH: usize = 2;
@@ -378,16 +378,16 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
             }
             None => {
                 archive.ensure_meta(ident.system_id, seg).await?;
-                crate::outbox::claim_spool(&cfg.wal.spool_dir, ident.system_id)?;
+                crate::ingest::outbox::claim_spool(&cfg.wal.spool_dir, ident.system_id)?;
                 let outbox = cfg.wal.spool_dir.join("outbox");
-                let pending: Vec<String> = crate::outbox::leftovers(&outbox)?
+                let pending: Vec<String> = crate::ingest::outbox::leftovers(&outbox)?
                     .into_iter()
                     .map(|(_, key, _, _)| key)
                     .collect();
                 let mut resume = archive.resume_point(seg, &pending).await?;
                 // With several writes in flight per provider, the newest object may sit
                 // after a hole left by a crash: never resume past what was acknowledged.
-                if let (Some(r), Some(a)) = (resume, crate::outbox::acknowledged(&outbox)) {
+                if let (Some(r), Some(a)) = (resume, crate::ingest::outbox::acknowledged(&outbox)) {
                     if a < r {
                         tracing::info!(acknowledged = %a.1, archived = %r.1, "resuming from the last acknowledged position; newer objects are sent again");
                         resume = Some(a);
@@ -596,34 +596,35 @@ struct Streamer {
 /// A task that rewrites `<spool>/status.json` every second from a shared snapshot, so the
 /// report stays fresh even while the streamer waits (e.g. on a full spool).
 struct StatusReporter {
-    shared: std::sync::Arc<std::sync::Mutex<crate::status::StreamStatus>>,
+    shared: std::sync::Arc<std::sync::Mutex<crate::ingest::status::StreamStatus>>,
     task: JoinHandle<()>,
 }
 
 impl StatusReporter {
     fn start(
         spool_dir: PathBuf,
-        health: std::sync::Arc<std::sync::Mutex<crate::outbox::Health>>,
+        health: std::sync::Arc<std::sync::Mutex<crate::ingest::outbox::Health>>,
     ) -> StatusReporter {
-        let shared = std::sync::Arc::new(std::sync::Mutex::new(crate::status::StreamStatus {
-            pid: std::process::id(),
-            updated: 0,
-            timeline: 0,
-            received: Lsn::INVALID.to_string(),
-            acknowledged: Lsn::INVALID.to_string(),
-            connected: false,
-            error: Some("starting".into()),
-            delivery: crate::outbox::Health::default(),
-        }));
+        let shared =
+            std::sync::Arc::new(std::sync::Mutex::new(crate::ingest::status::StreamStatus {
+                pid: std::process::id(),
+                updated: 0,
+                timeline: 0,
+                received: Lsn::INVALID.to_string(),
+                acknowledged: Lsn::INVALID.to_string(),
+                connected: false,
+                error: Some("starting".into()),
+                delivery: crate::ingest::outbox::Health::default(),
+            }));
         let snap = shared.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 let mut st = snap.lock().expect("not poisoned").clone();
-                st.updated = crate::status::now();
+                st.updated = crate::ingest::status::now();
                 st.delivery = health.lock().expect("not poisoned").clone();
-                if let Err(e) = crate::status::write(&spool_dir, &st) {
+                if let Err(e) = crate::ingest::status::write(&spool_dir, &st) {
                     tracing::debug!(error = %e, "cannot write the status file");
                 }
             }
@@ -730,7 +731,7 @@ impl Streamer {
                 }
             } else if let Some(info) = conn.read_replication_slot(&slot).await? {
                 if info.restart_lsn.is_none() {
-                    return Err(PgError::from_server(crate::protocol::ErrorFields {
+                    return Err(PgError::from_server(crate::pg::protocol::ErrorFields {
                         severity: "ERROR".into(),
                         code: "42704".into(),
                         message: format!("replication slot \"{slot}\" does not exist"),
@@ -777,7 +778,7 @@ impl Streamer {
             self.state.current = None;
             tracing::info!(timeline = %tli, start = %start, "starting replication");
             let outbox = self.state.spool_dir.join("outbox");
-            crate::outbox::ensure_acknowledged(&outbox, tli, start).with_context(|| {
+            crate::ingest::outbox::ensure_acknowledged(&outbox, tli, start).with_context(|| {
                 format!(
                     "cannot record the starting position in {} (hint: check wal.spool_dir)",
                     self.state.spool_dir.display()

@@ -1,13 +1,21 @@
-//! The archive as commands see it: the mirror of providers plus the catalog's layout.
-//! Glue only; layout rules live in `catalog`.
+//! The one reader of the repository: the mirror of providers plus the catalog's layout.
+//! Commands read backups, drills, inventories and objects through [`Archive`]; none of them
+//! reaches into a provider itself. Layout rules live in `core::catalog`; what to do with
+//! what is read (policy) lives in the planners of `core`.
+//!
+//! Reading across providers: a record (a backup, a drill) counts when any provider holds
+//! it, so a lost or unreachable provider hides nothing the others hold.
+
+pub mod summary;
+pub mod verify;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 
-use crate::catalog::{self, ArchiveMeta, WalInventory};
 use crate::config::Config;
+use crate::core::catalog::{self, ArchiveMeta, BackupMeta, DrillReport, WalInventory};
+use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 use crate::storage::{self, Mirror, ObjectStore};
-use crate::wal::{Lsn, TimelineId, WalSegSize};
 
 pub struct Archive {
     pub mirror: Mirror,
@@ -136,6 +144,105 @@ impl Archive {
             }
         }
         Ok(min)
+    }
+    /// Every committed backup's metadata, oldest first: the union over the providers (a
+    /// backup counts when any provider holds its backup.json).
+    pub async fn backups(&self) -> Result<Vec<BackupMeta>> {
+        let mut found: std::collections::BTreeMap<String, BackupMeta> = Default::default();
+        let mut errors = Vec::new();
+        let mut answered = 0;
+        for p in &self.mirror.providers {
+            let listed = match p.list(catalog::BACKUPS_PREFIX).await {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            answered += 1;
+            for o in listed {
+                let Some(id) = catalog::parse_backup_meta_key(&o.key) else {
+                    continue;
+                };
+                if found.contains_key(id) {
+                    continue;
+                }
+                let Some(body) = p.get(&o.key).await? else {
+                    continue;
+                };
+                let m: BackupMeta = serde_json::from_slice(&body)
+                    .with_context(|| format!("storage \"{}\": {} is not valid", p.name(), o.key))?;
+                found.insert(id.to_string(), m);
+            }
+        }
+        if answered == 0 {
+            if let Some(e) = errors.into_iter().next() {
+                return Err(e.into());
+            }
+        } else {
+            for e in errors {
+                tracing::warn!(error = %e, "a provider is unavailable; listing backups from the others");
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    /// Every recorded drill, oldest first: the union over the providers that answer. An
+    /// unreadable record is logged and skipped (`verify` reports it).
+    pub async fn drills(&self) -> Result<Vec<DrillReport>> {
+        let mut found: std::collections::BTreeMap<String, DrillReport> = Default::default();
+        let mut errors = Vec::new();
+        let mut answered = 0;
+        for p in &self.mirror.providers {
+            let listed = match p.list(catalog::DRILLS_PREFIX).await {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            answered += 1;
+            for o in listed {
+                if !o.key.ends_with(".json") || found.contains_key(&o.key) {
+                    continue;
+                }
+                if let Some(b) = p.get(&o.key).await? {
+                    match serde_json::from_slice::<DrillReport>(&b) {
+                        Ok(r) => {
+                            found.insert(o.key, r);
+                        }
+                        Err(e) => {
+                            tracing::warn!(key = o.key, error = %e, "unreadable drill record")
+                        }
+                    }
+                }
+            }
+        }
+        if answered == 0 {
+            if let Some(e) = errors.into_iter().next() {
+                return Err(e.into());
+            }
+        }
+        let mut out: Vec<DrillReport> = found.into_values().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Record a drill under `drills/<ID>.json` on every provider (plain JSON, written once).
+    /// A drill's result is worth keeping but not worth failing the drill for: a failed
+    /// write is logged.
+    pub async fn record_drill(&self, report: &DrillReport) {
+        let body = match serde_json::to_vec_pretty(report) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode the drill report");
+                return;
+            }
+        };
+        let key = format!("{}{}.json", catalog::DRILLS_PREFIX, report.id);
+        if let Err(e) = self.mirror.put(&key, Bytes::from(body)).await {
+            tracing::warn!(error = %e, key, "cannot record the drill in the archive");
+        }
     }
 }
 

@@ -8,9 +8,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::archive::Archive;
-use crate::catalog::{self, BackupMeta, BackupPart, WalInventory, WalRange};
+use crate::core::catalog::{self, BackupMeta, BackupPart, WalInventory, WalRange};
+use crate::core::wal::{TimelineHistory, TimelineId, WalSegSize};
 use crate::pipeline::{self, Opener};
-use crate::wal::{TimelineHistory, TimelineId, WalSegSize};
 
 #[derive(Debug, Serialize)]
 pub struct ProviderReport {
@@ -237,7 +237,7 @@ async fn check_backups(
         .filter(|k| !referenced.contains(k))
         .collect();
     // As `drill::drills` reads them: `drills/*.json`, each a whole drill report.
-    let drills = match p.list(crate::drill::DRILLS_PREFIX).await {
+    let drills = match p.list(catalog::DRILLS_PREFIX).await {
         Ok(d) => d,
         Err(e) => {
             pr.problems.push(format!("cannot list drills: {e}"));
@@ -250,7 +250,7 @@ async fn check_backups(
         let Some(b) = read(p, &m.key, "listed but cannot be read", &mut pr.problems).await else {
             continue;
         };
-        if let Err(e) = serde_json::from_slice::<crate::drill::DrillReport>(&b) {
+        if let Err(e) = serde_json::from_slice::<catalog::DrillReport>(&b) {
             pr.problems
                 .push(format!("{}: not a valid drill record ({e})", m.key));
         }

@@ -1,0 +1,104 @@
+//! The archive at a glance, as `list` and `status` show it: the backups (those whose
+//! `backup.json` exists on any provider), the WAL coverage per timeline from the first
+//! provider's listing, and the last recorded drill.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::archive::Archive;
+use crate::core::catalog::{self, BackupMeta, WalRange};
+use crate::core::wal::{Lsn, WalSegSize};
+
+#[derive(Debug, Serialize)]
+pub struct BackupSummary {
+    pub id: String,
+    pub label: String,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub start_time: String,
+    pub end_time: String,
+    /// The WAL from start to end is archived (on the first provider).
+    pub restorable: bool,
+    pub plain_size: u64,
+    pub stored_size: u64,
+    pub pg_version: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListReport {
+    pub backups: Vec<BackupSummary>,
+    pub wal: Vec<WalRange>,
+    /// The most recent restore drill recorded in the archive.
+    pub last_drill: Option<DrillSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrillSummary {
+    pub id: String,
+    pub ok: bool,
+    pub backup: Option<String>,
+    pub target: Option<String>,
+    /// The measured RTO, in seconds.
+    pub total_seconds: f64,
+}
+
+impl BackupSummary {
+    pub fn new(m: &BackupMeta, wal: &[WalRange]) -> BackupSummary {
+        BackupSummary {
+            id: m.id.clone(),
+            label: m.label.clone(),
+            timeline: m.timeline,
+            start_lsn: m.start_lsn,
+            end_lsn: m.end_lsn,
+            start_time: m.start_time.clone(),
+            end_time: m.end_time.clone(),
+            restorable: catalog::wal_covers(
+                wal,
+                m.timeline,
+                m.start_lsn,
+                m.end_timeline,
+                m.end_lsn,
+            ),
+            plain_size: m.plain_size,
+            stored_size: m.stored_size,
+            pg_version: m.pg_version,
+        }
+    }
+}
+
+pub async fn run(archive: &Archive) -> Result<ListReport> {
+    let Some(meta) = archive.meta().await? else {
+        return Ok(ListReport {
+            backups: Vec::new(),
+            wal: Vec::new(),
+            last_drill: None,
+        });
+    };
+    let seg =
+        WalSegSize::new(meta.wal_segment_size).map_err(|e| anyhow::anyhow!("archive.json: {e}"))?;
+    let first = archive
+        .mirror
+        .providers
+        .first()
+        .expect("an archive has at least one provider");
+    let wal = archive.inventory(first.as_ref(), seg).await?.ranges(seg);
+    let backups = archive
+        .backups()
+        .await?
+        .iter()
+        .map(|m| BackupSummary::new(m, &wal))
+        .collect();
+    let last_drill = archive.drills().await?.pop().map(|d| DrillSummary {
+        id: d.id,
+        ok: d.ok,
+        backup: d.backup,
+        target: d.recovery_target,
+        total_seconds: d.phases.total,
+    });
+    Ok(ListReport {
+        backups,
+        wal,
+        last_drill,
+    })
+}

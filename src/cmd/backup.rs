@@ -1,0 +1,53 @@
+//! `lifeboat backup`: take a base backup over BASE_BACKUP and archive it.
+
+use super::{parse_duration_arg, print_json, Ctx, Failure};
+use crate::ingest::backup::{self, BackupOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The backup label (default: "lifeboat <ID>").
+    #[arg(long)]
+    label: Option<String>,
+    /// Request an immediate checkpoint instead of a spread one.
+    #[arg(long)]
+    fast: bool,
+    /// Upper bound on waiting for the backup's WAL to be archived: a running
+    /// `lifeboat stream` gets a short grace period (2 x wal.max_delay), after which the
+    /// backup archives the WAL itself from its temporary slot; the whole wait only
+    /// applies when that slot could not be created.
+    #[arg(long, default_value = "60s")]
+    wal_timeout: String,
+}
+
+pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
+    ctx.require_for_writing()?;
+    let wal_timeout = parse_duration_arg("--wal-timeout", &a.wal_timeout)?;
+    let out = backup::run(
+        &ctx.cfg,
+        BackupOptions {
+            label: a.label.clone(),
+            fast: a.fast,
+            wal_timeout,
+        },
+    )
+    .await?;
+    if ctx.json() {
+        return print_json(&out);
+    }
+    println!(
+        "backup {}: {} parts, {} bytes ({} stored), WAL {} – {} on timeline {}, {}",
+        out.meta.id,
+        out.meta.parts.len(),
+        out.meta.plain_size,
+        out.meta.stored_size,
+        out.meta.start_lsn,
+        out.meta.end_lsn,
+        out.meta.end_timeline,
+        if out.restorable {
+            "restorable"
+        } else {
+            "not restorable until its WAL is archived"
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `lifeboat list`: the backups of the archive and the WAL coverage per timeline.
+
+use super::{print_json, Ctx, Failure};
+use crate::archive::summary::{self, ListReport};
+use crate::archive::Archive;
+
+pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
+    let archive = Archive::open(&ctx.cfg)?;
+    let report = summary::run(&archive).await?;
+    if ctx.json() {
+        return print_json(&report);
+    }
+    print!("{}", render(&report));
+    Ok(())
+}
+
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The human table.
+pub fn render(r: &ListReport) -> String {
+    let mut s = String::new();
+    if r.backups.is_empty() {
+        s.push_str("no backups\n");
+    } else {
+        s.push_str(&format!(
+            "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} LABEL\n",
+            "BACKUP", "TLI", "START LSN", "END LSN", "STARTED", "SIZE", "STORED", "RESTORABLE"
+        ));
+        for b in &r.backups {
+            s.push_str(&format!(
+                "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {}\n",
+                b.id,
+                b.timeline,
+                b.start_lsn.to_string(),
+                b.end_lsn.to_string(),
+                b.start_time,
+                human_size(b.plain_size),
+                human_size(b.stored_size),
+                if b.restorable { "yes" } else { "no (WAL)" },
+                b.label
+            ));
+        }
+    }
+    if r.wal.is_empty() {
+        s.push_str("no WAL archived\n");
+    } else {
+        s.push_str("WAL:\n");
+        for w in &r.wal {
+            s.push_str(&format!(
+                "  timeline {}: {} – {}\n",
+                w.timeline, w.start_lsn, w.end_lsn
+            ));
+        }
+    }
+    match &r.last_drill {
+        None => s.push_str("no restore drill recorded\n"),
+        Some(d) => s.push_str(&format!(
+            "last drill: {} {} (backup {}, {:.1} s)\n",
+            d.id,
+            if d.ok { "passed" } else { "FAILED" },
+            d.backup.as_deref().unwrap_or("-"),
+            d.total_seconds
+        )),
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::summary::{BackupSummary, DrillSummary};
+    use crate::core::catalog::WalRange;
+    use crate::core::wal::Lsn;
+
+    #[test]
+    fn table() {
+        let r = ListReport {
+            backups: vec![BackupSummary {
+                id: "20261124T083012Z".into(),
+                label: "nightly".into(),
+                timeline: 1,
+                start_lsn: Lsn(0x500_0028),
+                end_lsn: Lsn(0x500_0138),
+                start_time: "2026-11-24T08:30:12Z".into(),
+                end_time: "2026-11-24T08:31:40Z".into(),
+                restorable: true,
+                plain_size: 24 << 20,
+                stored_size: 3 << 20,
+                pg_version: 170002,
+            }],
+            wal: vec![WalRange {
+                timeline: 1,
+                start_lsn: Lsn(0x100_0000),
+                end_lsn: Lsn(0x600_0000),
+            }],
+            last_drill: Some(DrillSummary {
+                id: "20261124T093000Z".into(),
+                ok: true,
+                backup: Some("20261124T083012Z".into()),
+                target: None,
+                total_seconds: 12.34,
+            }),
+        };
+        assert_eq!(
+            render(&r),
+            "BACKUP               TLI START LSN    END LSN      STARTED                    SIZE     STORED RESTORABLE LABEL\n\
+             20261124T083012Z       1 0/5000028    0/5000138    2026-11-24T08:30:12Z   24.0 MiB    3.0 MiB yes        nightly\n\
+             WAL:\n  timeline 1: 0/1000000 – 0/6000000\n\
+             last drill: 20261124T093000Z passed (backup 20261124T083012Z, 12.3 s)\n"
+        );
+        let empty = ListReport {
+            backups: vec![],
+            wal: vec![],
+            last_drill: None,
+        };
+        assert_eq!(
+            render(&empty),
+            "no backups\nno WAL archived\nno restore drill recorded\n"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(10), "10 B");
+        assert_eq!(human_size(3 << 20), "3.0 MiB");
+    }
+}

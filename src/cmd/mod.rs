@@ -1,0 +1,210 @@
+//! The commands: one file each, holding its clap arguments, the call into the engines
+//! below, and its text and `--json` rendering. What they share (the global options, the
+//! loaded configuration, the identity lookup, the failure type and the JSON printer) is
+//! here; a command never imports another command.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError};
+use crate::pipeline::Opener;
+
+pub mod backup;
+pub mod drill;
+pub mod list;
+pub mod restore;
+pub mod status;
+pub mod stream;
+pub mod verify;
+pub mod wal_fetch;
+
+const DEFAULT_CONFIG: &str = "/etc/lifeboat/lifeboat.toml";
+
+/// Options every command takes.
+#[derive(Args)]
+pub struct Global {
+    /// Configuration file.
+    #[arg(long, global = true, env = "LIFEBOAT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document on stdout where the output is data.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// age identity file for commands that decrypt.
+    #[arg(long, global = true, env = "LIFEBOAT_IDENTITY_FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the replication-slot consumer.
+    Stream(stream::Args),
+    /// Archive integrity: CRC of every object, WAL continuity and timeline history.
+    Verify(verify::Args),
+    /// The restore_command: write WAL file SEGMENT to DEST.
+    WalFetch(wal_fetch::Args),
+    /// Take a base backup over BASE_BACKUP and archive it.
+    Backup(backup::Args),
+    /// Backups and WAL coverage per timeline.
+    List,
+    /// Health of this host's archiving: exit 0 healthy, 1 degraded, 2 failing.
+    Status,
+    /// Restore a base backup into --pgdata and configure recovery to a target
+    /// (default: the end of the archived WAL); then `pg_ctl start` finishes the job.
+    Restore(restore::Args),
+    /// Restore drill: restore into a scratch directory, start PostgreSQL, run checks,
+    /// report timings, record the result in the archive.
+    Drill(drill::Args),
+}
+
+/// Run one command.
+pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
+    let ctx = Ctx::load(global)?;
+    match command {
+        Command::Stream(a) => stream::run(&ctx, a).await,
+        Command::Verify(a) => verify::run(&ctx, a).await,
+        Command::WalFetch(a) => wal_fetch::run(&ctx, a).await,
+        Command::Backup(a) => backup::run(&ctx, a).await,
+        Command::List => list::run(&ctx).await,
+        Command::Status => status::run(&ctx).await,
+        Command::Restore(a) => restore::run(&ctx, a).await,
+        Command::Drill(a) => drill::run(&ctx, a).await,
+    }
+}
+
+/// What a command runs with: the global options and the loaded configuration.
+pub struct Ctx<'a> {
+    pub global: &'a Global,
+    pub cfg: Config,
+    /// The configuration file, as given.
+    pub cfg_path: PathBuf,
+}
+
+impl<'a> Ctx<'a> {
+    fn load(global: &'a Global) -> Result<Ctx<'a>, Failure> {
+        let cfg_path = global
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let cfg = Config::load(&cfg_path).map_err(|e| Failure::from(anyhow::Error::new(e)))?;
+        Ok(Ctx {
+            global,
+            cfg,
+            cfg_path,
+        })
+    }
+
+    /// The configuration file as error messages name it.
+    pub fn cfg_name(&self) -> String {
+        self.cfg_path.display().to_string()
+    }
+
+    /// Commands that write to the archive need a complete configuration.
+    pub fn require_for_writing(&self) -> Result<(), Failure> {
+        self.cfg
+            .require_for_writing(&self.cfg_name())
+            .map_err(|e| Failure::from(anyhow::Error::new(e)))
+    }
+
+    /// The age identity file of a command that decrypts: `--identity`,
+    /// `LIFEBOAT_IDENTITY_FILE`, or `encryption.identity_file`. The one lookup.
+    pub fn identity_path(&self) -> Result<PathBuf, Failure> {
+        self.global
+            .identity
+            .clone()
+            .or_else(|| self.cfg.encryption.identity_file.clone())
+            .ok_or_else(|| {
+                usage("this command decrypts, and no age identity was given\nhint: pass --identity FILE, set LIFEBOAT_IDENTITY_FILE, or set encryption.identity_file (on restore hosts only)".into())
+            })
+    }
+
+    /// The identity, opened.
+    pub fn opener(&self) -> Result<Opener, Failure> {
+        let path = self.identity_path()?;
+        Opener::from_file(&path).map_err(|e| Failure {
+            code: 2,
+            err: e.into(),
+            quiet: false,
+        })
+    }
+
+    /// The `--json` flag.
+    pub fn json(&self) -> bool {
+        self.global.json
+    }
+}
+
+/// A failure with its exit code.
+pub struct Failure {
+    pub code: u8,
+    pub err: anyhow::Error,
+    /// Already reported (or nothing to say): print no `error:` line.
+    pub quiet: bool,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        let code = if err.downcast_ref::<ConfigError>().is_some() {
+            2
+        } else {
+            1
+        };
+        Failure {
+            code,
+            err,
+            quiet: false,
+        }
+    }
+}
+
+/// Bad usage: exit 2.
+pub fn usage(msg: String) -> Failure {
+    Failure {
+        code: 2,
+        err: anyhow!(msg),
+        quiet: false,
+    }
+}
+
+/// Exit 1 with this message.
+pub fn failed(msg: String) -> Failure {
+    Failure {
+        code: 1,
+        err: anyhow!(msg),
+        quiet: false,
+    }
+}
+
+/// The `--json` form of a command's report, on stdout.
+pub fn print_json<T: serde::Serialize>(report: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(report)
+        .map_err(|e| Failure::from(anyhow!("encoding the report: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// A path made absolute against the current directory (kept as is if that fails).
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// A duration option such as `--timeout 1h`.
+pub fn parse_duration_arg(flag: &str, s: &str) -> Result<std::time::Duration, Failure> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| usage(format!("{flag}: \"{s}\" is not a duration ({e})")))
+}

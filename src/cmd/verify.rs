@@ -1,0 +1,101 @@
+//! `lifeboat verify`: the archive's integrity (CRC of every object, WAL continuity,
+//! timeline history, backups), or with `--providers` whether every provider holds every
+//! object.
+
+use super::{failed, print_json, Ctx, Failure};
+use crate::archive::{verify, Archive};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Also decrypt every object (needs the identity).
+    #[arg(long)]
+    full: bool,
+    /// Compare the providers' inventories instead.
+    #[arg(long)]
+    providers: bool,
+    /// With --providers: copy what a provider lacks from another (no key needed).
+    #[arg(long, requires = "providers")]
+    repair: bool,
+}
+
+pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
+    let archive = Archive::open(&ctx.cfg)?;
+    if a.providers {
+        return providers(ctx, &archive, a.repair).await;
+    }
+    let op = if a.full { Some(ctx.opener()?) } else { None };
+    let report = verify::run(&archive, op.as_ref()).await?;
+    if ctx.json() {
+        print_json(&report)?;
+    } else {
+        for p in &report.providers {
+            println!(
+                "storage \"{}\": {} objects, {} bytes, {} backup{}, {}",
+                p.provider,
+                p.objects,
+                p.bytes,
+                p.backups,
+                if p.backups == 1 { "" } else { "s" },
+                if p.problems.is_empty() {
+                    "ok"
+                } else {
+                    "PROBLEMS"
+                }
+            );
+            for r in &p.wal {
+                println!(
+                    "  timeline {}: WAL {} – {}",
+                    r.timeline, r.start_lsn, r.end_lsn
+                );
+            }
+            if !p.unreferenced.is_empty() {
+                println!(
+                    "  {} objects under backups/ belong to no backup.json (left by an interrupted backup; they are never read)",
+                    p.unreferenced.len()
+                );
+            }
+            for pr in &p.problems {
+                println!("  problem: {pr}");
+            }
+        }
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(failed("verification found problems".into()))
+    }
+}
+
+async fn providers(ctx: &Ctx<'_>, archive: &Archive, repair: bool) -> Result<(), Failure> {
+    let rep = verify::providers(archive, repair).await?;
+    if ctx.json() {
+        print_json(&rep)?;
+    } else {
+        println!(
+            "{} providers ({}), {} objects",
+            rep.providers.len(),
+            rep.providers.join(", "),
+            rep.objects
+        );
+        for (k, who) in &rep.missing {
+            println!("  missing: {k} on {}", who.join(", "));
+        }
+        for (k, sizes) in &rep.differing {
+            println!("  differs: {k} ({})", sizes.join(", "));
+        }
+        for (k, how) in &rep.repaired {
+            println!("  repaired: {k} ({how})");
+        }
+        for p in &rep.problems {
+            println!("  problem: {p}");
+        }
+        if rep.ok() {
+            println!("  ok: every provider holds every object");
+        }
+    }
+    if rep.ok() {
+        Ok(())
+    } else {
+        Err(failed("the providers differ (hint: lifeboat verify --providers --repair copies what is missing)".into()))
+    }
+}

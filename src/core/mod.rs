@@ -1,0 +1,7 @@
+//! Pure types and planners: PostgreSQL quantities (`wal`), the repository layout and its
+//! records (`catalog`), and the restore planner (`plan`). Nothing here does I/O, reads the
+//! clock or the environment, or draws random numbers: those are parameters.
+
+pub mod catalog;
+pub mod plan;
+pub mod wal;
