@@ -228,11 +228,6 @@ impl Sealer {
         })
     }
 
-    /// Seal everything `input` yields.
-    pub fn seal_reader(&self, input: impl Read) -> Result<Sealed, PipelineError> {
-        self.seal_reader_with_capacity(input, 0)
-    }
-
     /// Seal everything `input` yields into a buffer that starts with room for `hint` bytes.
     pub fn seal_reader_with_capacity(
         &self,

@@ -3,6 +3,7 @@
 use super::{print_json, Ctx, Failure};
 use crate::archive::summary::{self, ListReport};
 use crate::archive::Archive;
+use crate::core::fmt;
 
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let archive = Archive::open(&ctx.cfg)?;
@@ -12,21 +13,6 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
     }
     print!("{}", render(&report));
     Ok(())
-}
-
-fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// The human table.
@@ -47,8 +33,8 @@ pub fn render(r: &ListReport) -> String {
                 b.start_lsn.to_string(),
                 b.end_lsn.to_string(),
                 b.start_time,
-                human_size(b.plain_size),
-                human_size(b.stored_size),
+                fmt::size(b.plain_size),
+                fmt::size(b.stored_size),
                 if b.restorable { "yes" } else { "no (WAL)" },
                 b.label
             ));
@@ -134,7 +120,7 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(human_size(10), "10 B");
-        assert_eq!(human_size(3 << 20), "3.0 MiB");
+        assert_eq!(fmt::size(10), "10 B");
+        assert_eq!(fmt::size(3 << 20), "3.0 MiB");
     }
 }

@@ -3,5 +3,6 @@
 //! clock or the environment, or draws random numbers: those are parameters.
 
 pub mod catalog;
+pub mod fmt;
 pub mod plan;
 pub mod wal;

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::archive::Archive;
+use crate::core::fmt;
 use crate::ingest::status::{self, now, StreamStatus};
 
 /// How stale `status.json` may be before the streamer counts as gone.
@@ -71,19 +72,6 @@ fn alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn ago(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s} s ago"),
-        s if s < 7200 => format!("{} min ago", s / 60),
-        s if s < 172_800 => format!("{} h ago", s / 3600),
-        s => format!("{} days ago", s / 86_400),
-    }
-}
-
-fn mib(n: u64) -> String {
-    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
-}
-
 /// The streamer's checks, from its status file (pure: `now` and `alive` are given).
 pub fn stream_checks(
     spool_dir: &Path,
@@ -111,7 +99,7 @@ pub fn stream_checks(
             message: format!(
                 "not running: pid {} last reported {} (acknowledged up to {}); WAL is not being archived and the slot is retaining it on the server (hint: start the streamer and read its log)",
                 st.pid,
-                ago(age),
+                fmt::ago(age),
                 st.acknowledged
             ),
         });
@@ -152,10 +140,10 @@ pub fn stream_checks(
                 message: format!(
                     "\"{}\": down since {}: {}; its WAL is held in the spool ({} of {})",
                     p.name,
-                    ago(now.saturating_sub(p.down_since.unwrap_or(now))),
+                    fmt::ago(now.saturating_sub(p.down_since.unwrap_or(now))),
                     p.error.as_deref().unwrap_or("write failed"),
-                    mib(d.spool_held),
-                    mib(d.spool_limit)
+                    fmt::size(d.spool_held),
+                    fmt::size(d.spool_limit)
                 ),
             });
         }
@@ -166,8 +154,8 @@ pub fn stream_checks(
             status: Level::Failing,
             message: format!(
                 "full ({} of {}) while a provider is down: WAL is no longer acknowledged, the replication slot holds it on the server (hint: bring the provider back, or raise spool.max_size)",
-                mib(d.spool_held),
-                mib(d.spool_limit)
+                fmt::size(d.spool_held),
+                fmt::size(d.spool_limit)
             ),
         });
     }
@@ -199,7 +187,7 @@ async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
                 Some(b) => {
                     let when = crate::core::plan::Timestamp::parse_utc(&b.end_time)
                         .ok()
-                        .map(|t| ago(now.saturating_sub(t.0.div_euclid(1_000_000).max(0) as u64)));
+                        .map(|t| fmt::ago(now.saturating_sub(t.0.div_euclid(1_000_000).max(0) as u64)));
                     out.push(Check {
                         check: "backup",
                         status: Level::Ok,

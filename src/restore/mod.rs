@@ -21,6 +21,7 @@ use serde::Serialize;
 use sha2::Digest;
 
 use crate::archive::Archive;
+use crate::core::fmt;
 use crate::core::catalog::{ArchiveMeta, BackupMeta, BackupPart, WalInventory};
 use crate::core::plan::{self, Inventory, ParsedTime, Plan, Target, TimelineChoice, Timestamp};
 use crate::core::wal::WalSegSize;
@@ -404,21 +405,6 @@ fn postmaster_running(dir: &Path) -> Option<u32> {
     (unsafe { libc::kill(pid, 0) } == 0).then_some(pid as u32)
 }
 
-fn human(n: u64) -> String {
-    let mut v = n as f64;
-    for u in ["B", "KiB", "MiB", "GiB", "TiB"] {
-        if v < 1024.0 || u == "TiB" {
-            return if u == "B" {
-                format!("{n} B")
-            } else {
-                format!("{v:.1} {u}")
-            };
-        }
-        v /= 1024.0;
-    }
-    unreachable!()
-}
-
 /// Where each tar of the backup goes.
 fn destinations(
     meta: &BackupMeta,
@@ -524,8 +510,8 @@ pub async fn preflight(
                 problems.push(format!(
                     "not enough disk space for {}: the backup needs {} there, {} is free\nhint: free space or restore elsewhere (--pgdata, --tablespace OID=DIR)",
                     dir.display(),
-                    human(want),
-                    human(free)
+                    fmt::size(want),
+                    fmt::size(free)
                 ));
             }
         }

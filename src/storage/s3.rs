@@ -1163,12 +1163,6 @@ pub fn classify(p: &Problem, ctx: &ErrorContext<'_>) -> Classified {
     }
 }
 
-/// For tests and `status`: whether a bucket reports Object Lock, as `features()` will after
-/// the first call.
-pub async fn detect_object_lock(store: &S3Store) -> Result<bool, StorageError> {
-    store.ensure().await.map(|f| f.object_lock)
-}
-
 impl S3Store {
     /// The client, for tests that inspect versions and retention directly.
     pub fn client(&self) -> &Client {
