@@ -187,7 +187,9 @@ async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
                 Some(b) => {
                     let when = crate::core::plan::Timestamp::parse_utc(&b.end_time)
                         .ok()
-                        .map(|t| fmt::ago(now.saturating_sub(t.0.div_euclid(1_000_000).max(0) as u64)));
+                        .map(|t| {
+                            fmt::ago(now.saturating_sub(t.0.div_euclid(1_000_000).max(0) as u64))
+                        });
                     out.push(Check {
                         check: "backup",
                         status: Level::Ok,

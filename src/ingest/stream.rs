@@ -2,12 +2,14 @@
 //!
 //! One task owns the replication connection. WAL bytes go to a spool file per segment;
 //! a complete segment, or the unsent tail of one after `wal.max_delay`, becomes an upload
-//! job. Jobs are sealed (zstd, age, CRC32) in parallel on blocking threads but stored in
-//! submission order by a single storer task, which reports each stored end position back.
+//! job. Jobs are sealed (zstd, age, CRC32) in parallel on blocking threads and handed in
+//! submission order to the outbox (`ingest::outbox`), which delivers them to every provider
+//! and reports the end positions that may be acknowledged.
 //!
 //! Invariants:
-//! - `acked` (the flush LSN we report) only ever takes an end position the storer has
-//!   confirmed on every provider, and never decreases.
+//! - `acked` (the flush LSN we report) only ever takes an end position the outbox has
+//!   reported durable (stored on every provider, or held in the fsync'd outbox for one that
+//!   is down), and never decreases.
 //! - Objects are started in LSN order, several at once per provider, so a crash can leave
 //!   a provider with a hole just before its newest objects. Every acknowledged position is
 //!   recorded durably first (`<spool>/acknowledged`), and a restart resumes from the lowest

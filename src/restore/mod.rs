@@ -21,8 +21,8 @@ use serde::Serialize;
 use sha2::Digest;
 
 use crate::archive::Archive;
-use crate::core::fmt;
 use crate::core::catalog::{ArchiveMeta, BackupMeta, BackupPart, WalInventory};
+use crate::core::fmt;
 use crate::core::plan::{self, Inventory, ParsedTime, Plan, Target, TimelineChoice, Timestamp};
 use crate::core::wal::WalSegSize;
 use crate::pipeline::{self, Opener};

@@ -1,5 +1,6 @@
-//! A small object-store trait, the `file://` backend (the `s3://` one is in `crate::storage::s3`) and the mirror that writes every object
-//! to all configured providers.
+//! A small object-store trait, the `file://` backend (the `s3://` one is in [`s3`]), the
+//! fault-injecting wrapper for tests ([`fault`]) and the mirror that writes every object to
+//! all configured providers. Crash-safe local files are written through [`durable`].
 //!
 //! Invariants:
 //! - `put` returns only once the object is durable (file store: temp file, fsync, rename,
