@@ -26,11 +26,11 @@ const TRAILER_LEN: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum PipelineError {
-    #[error("invalid age recipient \"{0}\" (hint: recipients are public keys starting with age1, as printed by age-keygen -y)")]
+    #[error("invalid age recipient \"{0}\"\nhint: recipients are public keys starting with age1, as printed by age-keygen -y")]
     BadRecipient(String),
-    #[error("no age recipients configured (hint: set encryption.recipients to at least one public key from age-keygen)")]
+    #[error("no age recipients configured\nhint: set encryption.recipients to at least one public key from age-keygen")]
     NoRecipients,
-    #[error("cannot read age identity file {path}: {reason} (hint: the file holds AGE-SECRET-KEY-1... lines, as written by age-keygen)")]
+    #[error("cannot read age identity file {path}: {reason}\nhint: the file holds AGE-SECRET-KEY-1... lines, as written by age-keygen")]
     BadIdentity { path: String, reason: String },
     #[error("object is not a lifeboat object or is truncated ({0})")]
     Framing(&'static str),
@@ -469,7 +469,7 @@ impl Opener {
 fn decrypt_msg(e: &age::DecryptError) -> String {
     match e {
         age::DecryptError::NoMatchingKeys => {
-            "no identity matches this object's recipients (hint: use the identity file whose public key is in encryption.recipients)".into()
+            "no identity matches this object's recipients\nhint: use the identity file whose public key is in encryption.recipients".into()
         }
         other => other.to_string(),
     }
@@ -604,12 +604,12 @@ mod tests {
             .unwrap()
             .open(&sealed.bytes)
             .unwrap_err();
-        assert_eq!(err.to_string(), "cannot decrypt: no identity matches this object's recipients (hint: use the identity file whose public key is in encryption.recipients)");
+        assert_eq!(err.to_string(), "cannot decrypt: no identity matches this object's recipients\nhint: use the identity file whose public key is in encryption.recipients");
     }
 
     #[test]
     fn bad_recipient_is_named() {
         let err = Sealer::new(&["age1notakey".into()], 3).err().unwrap();
-        assert_eq!(err.to_string(), "invalid age recipient \"age1notakey\" (hint: recipients are public keys starting with age1, as printed by age-keygen -y)");
+        assert_eq!(err.to_string(), "invalid age recipient \"age1notakey\"\nhint: recipients are public keys starting with age1, as printed by age-keygen -y");
     }
 }

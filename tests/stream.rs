@@ -545,7 +545,7 @@ fn tampered_truncated_and_wrong_key_objects_are_refused() {
     let out = run_timeout(&mut c, Duration::from_secs(30), None).unwrap();
     assert_eq!(out.status.code(), Some(126));
     assert!(String::from_utf8_lossy(&out.stderr).contains(
-        "cannot decrypt: no identity matches this object's recipients (hint: use the identity file whose public key is in encryption.recipients)"
+        "cannot decrypt: no identity matches this object's recipients\nhint: use the identity file whose public key is in encryption.recipients"
     ));
     assert!(
         !lb.dir.path().join("x").exists(),

@@ -55,7 +55,7 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
                 );
             }
             for pr in &p.problems {
-                println!("  problem: {pr}");
+                println!("  problem: {}", pr.replace('\n', "\n           "));
             }
         }
     }
@@ -87,7 +87,7 @@ async fn providers(ctx: &Ctx<'_>, archive: &Archive, repair: bool) -> Result<(),
             println!("  repaired: {k} ({how})");
         }
         for p in &rep.problems {
-            println!("  problem: {p}");
+            println!("  problem: {}", p.replace('\n', "\n           "));
         }
         if rep.ok() {
             println!("  ok: every provider holds every object");
@@ -96,6 +96,6 @@ async fn providers(ctx: &Ctx<'_>, archive: &Archive, repair: bool) -> Result<(),
     if rep.ok() {
         Ok(())
     } else {
-        Err(failed("the providers differ (hint: lifeboat verify --providers --repair copies what is missing)".into()))
+        Err(failed("the providers differ\nhint: lifeboat verify --providers --repair copies what is missing".into()))
     }
 }

@@ -37,6 +37,18 @@ pub fn part_key(name: SegmentName, start: u64, end: u64) -> String {
     format!("wal/{:08X}/{name}.{start:08X}-{end:08X}.part", name.tli.0)
 }
 
+/// The key of the complete segment that supersedes a `.part` key: once a provider holds
+/// `<SEGMENT>.seg`, the parts of that segment add nothing to it (the segment holds every
+/// byte they hold), so two providers that differ only in such parts are equivalent. `None`
+/// for any key that is not a part.
+pub fn superseding_segment_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("wal/")?.strip_suffix(".part")?;
+    let (tli_dir, file) = rest.split_once('/')?;
+    let name: SegmentName = file.get(..24)?.parse().ok()?;
+    (hex32(tli_dir)? == name.tli.0 && file.as_bytes().get(24) == Some(&b'.'))
+        .then(|| segment_key(name))
+}
+
 /// Prefix under which every object of one segment lives.
 pub fn segment_prefix(name: SegmentName) -> String {
     format!("wal/{:08X}/{name}.", name.tli.0)
@@ -254,6 +266,25 @@ pub fn assemble_plan<'a>(parts: &[&'a WalObject]) -> (Vec<&'a WalObject>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_is_superseded_by_its_segment() {
+        assert_eq!(
+            superseding_segment_key("wal/00000001/000000010000000000000001.00800000-00C00000.part")
+                .as_deref(),
+            Some("wal/00000001/000000010000000000000001.seg")
+        );
+        assert_eq!(
+            superseding_segment_key("wal/00000001/000000010000000000000001.seg"),
+            None
+        );
+        assert_eq!(superseding_segment_key("backups/x/base.tar.000000"), None);
+        // a part filed under another timeline's directory is no part of this archive
+        assert_eq!(
+            superseding_segment_key("wal/00000002/000000010000000000000001.00000000-00100000.part"),
+            None
+        );
+    }
 
     const SEG: WalSegSize = WalSegSize::DEFAULT;
 

@@ -12,15 +12,15 @@ use thiserror::Error;
 /// Errors from parsing WAL quantities.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum WalError {
-    #[error("invalid LSN \"{0}\" (hint: write it as PostgreSQL prints it, e.g. 16/B374D848)")]
+    #[error("invalid LSN \"{0}\"\nhint: write it as PostgreSQL prints it, e.g. 16/B374D848")]
     BadLsn(String),
-    #[error("invalid timeline \"{0}\" (hint: a timeline is a positive integer)")]
+    #[error("invalid timeline \"{0}\"\nhint: a timeline is a positive integer")]
     BadTimeline(String),
     #[error(
-        "invalid WAL segment size {0} bytes (hint: a power of two from 1 MiB to 1 GiB, as set by initdb --wal-segsize)"
+        "invalid WAL segment size {0} bytes\nhint: a power of two from 1 MiB to 1 GiB, as set by initdb --wal-segsize"
     )]
     BadSegSize(u64),
-    #[error("invalid WAL file name \"{0}\" (hint: expected 24 hex digits like 00000001000000000000002A, or 00000002.history)")]
+    #[error("invalid WAL file name \"{0}\"\nhint: expected 24 hex digits like 00000001000000000000002A, or 00000002.history")]
     BadFileName(String),
     #[error("invalid timeline history line {line}: \"{text}\" ({why})")]
     BadHistory {

@@ -74,7 +74,7 @@ impl std::str::FromStr for S3Url {
             && !bucket.ends_with(['-', '.']);
         if !valid_bucket {
             return Err(format!(
-                "url \"{url}\": \"{bucket}\" is not a valid bucket name (hint: 3 to 63 lower-case letters, digits, dots and hyphens: s3://bucket/prefix)"
+                "url \"{url}\": \"{bucket}\" is not a valid bucket name\nhint: 3 to 63 lower-case letters, digits, dots and hyphens: s3://bucket/prefix"
             ));
         }
         let prefix = prefix.trim_matches('/');
@@ -153,7 +153,7 @@ fn credential_source(cfg: &StorageConfig) -> Result<CredentialSource, (&'static 
                 if !var_ok(v) {
                     return Err((
                         key,
-                        format!("storage \"{name}\": {key} = \"{v}\" is not an environment variable name (hint: it names the variable holding the credential, e.g. OFFSITE_KEY_ID; the credential itself never goes in this file)"),
+                        format!("storage \"{name}\": {key} = \"{v}\" is not an environment variable name\nhint: it names the variable holding the credential, e.g. OFFSITE_KEY_ID; the credential itself never goes in this file"),
                     ));
                 }
             }
@@ -165,7 +165,7 @@ fn credential_source(cfg: &StorageConfig) -> Result<CredentialSource, (&'static 
         (None, None, Some(p)) if !p.is_empty() => Ok(CredentialSource::Profile(p.clone())),
         (None, None, None) => Err((
             "access_key_id_env",
-            format!("storage \"{name}\": no credentials configured (hint: set access_key_id_env and secret_access_key_env to the names of two environment variables, or profile to a profile of ~/.aws/credentials)"),
+            format!("storage \"{name}\": no credentials configured\nhint: set access_key_id_env and secret_access_key_env to the names of two environment variables, or profile to a profile of ~/.aws/credentials"),
         )),
         (Some(_), Some(_), Some(_)) => Err((
             "profile",
