@@ -253,14 +253,7 @@ fn bad_input_restore_errors_are_exact() {
     );
     assert!(!dir.exists(), "nothing written");
 
-    // Not a time at all.
-    let (out, _) = restore(&lb, major, work.path(), &["--target-time", "yesterday"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        first_error_line(&out).starts_with("error: --target-time: \"yesterday\" is not a time"),
-        "{}",
-        stderr_of(&out)
-    );
+    // Not a time at all: tests/cmd/restore.toml (target-time-not-a-time).
 
     // A non-empty data directory.
     let busy = work.path().join("busy");

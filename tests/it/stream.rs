@@ -438,35 +438,6 @@ fn bad_input_connection_errors_are_exact() {
 }
 
 #[test]
-fn bad_input_config_errors_are_exact() {
-    let lb = Lb::with("host=127.0.0.1", "slott = \"x\"", "");
-    let out = lb.run(&["stream"], Duration::from_secs(10));
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!(
-            "error: {}: line 4, column 1: unknown field `slott`, expected one of `conninfo`, `slot`, `create_slot`\nhint: check the spelling",
-            lb.config.display()
-        )),
-        "{err}"
-    );
-    let lb = Lb::new("host=127.0.0.1");
-    let text = std::fs::read_to_string(&lb.config)
-        .unwrap()
-        .replace(&lb.recipient, "age1notakey");
-    std::fs::write(&lb.config, text).unwrap();
-    let out = lb.run(&["stream"], Duration::from_secs(10));
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        first_error_line(&out),
-        format!(
-            "error: {}: encryption.recipients[0]: \"age1notakey\" is not an age public key",
-            lb.config.display()
-        )
-    );
-}
-
-#[test]
 fn bad_input_unwritable_archive_is_refused_before_streaming() {
     let pg = PgCluster::start(15, ClusterOpts::default());
     let lb = Lb::for_cluster(&pg, "");

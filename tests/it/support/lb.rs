@@ -16,7 +16,6 @@ pub struct Lb {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub identity: PathBuf,
-    pub recipient: String,
     pub archive: PathBuf,
     pub spool: PathBuf,
 }
@@ -69,7 +68,6 @@ impl Lb {
             dir,
             config,
             identity,
-            recipient,
             archive,
             spool,
         }
