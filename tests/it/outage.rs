@@ -3,14 +3,9 @@
 //! the provider when it returns. The outage is a real storage backend wrapped by lifeboat's
 //! fault injector (`LIFEBOAT_FAULT_INJECT`), the server is real PostgreSQL.
 
-mod common;
-mod lb;
-
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
-use lb::*;
+use crate::support::*;
 
 struct Setup {
     pg: PgCluster,
@@ -22,9 +17,8 @@ struct Setup {
 fn setup(extra: &str) -> Setup {
     let pg = PgCluster::start(15, ClusterOpts::default().conf("synchronous_commit = off"));
     let second = tempfile::tempdir().unwrap();
-    let lb = Lb::with(
-        &pg.conninfo(REPL_USER, Some(REPL_PASSWORD)),
-        "",
+    let lb = Lb::for_cluster(
+        &pg,
         &format!(
             "[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n\n{extra}",
             second.path().display()
@@ -40,22 +34,10 @@ fn setup(extra: &str) -> Setup {
     }
 }
 
+/// `lifeboat stream` in the background, provider "second" down while the flag file exists.
 fn spawn(s: &Setup) -> KillOnDrop {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(s.lb.dir.path().join("stream.log"))
-        .unwrap();
-    let mut c = s.lb.cmd();
-    c.env(
-        "LIFEBOAT_FAULT_INJECT",
-        format!("second={}", s.flag.display()),
-    )
-    .arg("stream")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(log);
-    KillOnDrop(c.spawn().unwrap())
+    let fault = format!("second={}", s.flag.display());
+    s.lb.spawn_stream_with(&[("LIFEBOAT_FAULT_INJECT", &fault)])
 }
 
 /// Both providers hold the same objects, and each has one WAL range reaching `end`.

@@ -2,7 +2,7 @@
 //! with their data in a temp dir, stopped (killed) on drop.
 //!
 //! Binaries come from `scripts/install-s3.sh`: `<cache>/s3/moto/bin/moto_server` and
-//! `<cache>/s3/s3s-fs/bin/s3s-fs` (cache rule as in tests/common). `LIFEBOAT_MOTO_SERVER`
+//! `<cache>/s3/s3s-fs/bin/s3s-fs` (cache rule as in `support::host`). `LIFEBOAT_MOTO_SERVER`
 //! and `LIFEBOAT_S3S_FS` override the paths.
 //!
 //! - moto: in-memory, any credentials accepted, enforces Object Lock (bucket creation with
@@ -13,7 +13,6 @@
 //! Credentials reach lifeboat through environment variables whose *names* are in the
 //! config: `KEY_VAR`/`SECRET_VAR` hold the good pair (`set_credentials_env` puts them in
 //! this process's environment, once; `cred_env` gives them for a child's `Command`).
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 
-use crate::common::{cache_dir, free_port};
+use super::host::cache_dir;
+use super::ports::free_port;
 
 pub const ACCESS_KEY: &str = "lifeboattestkey";
 pub const SECRET_KEY: &str = "lifeboat-test-secret-0123456789";

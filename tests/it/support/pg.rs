@@ -1,33 +1,5 @@
-//! Integration-test harness: real PostgreSQL clusters in temporary directories.
-//!
-//! Usage from an integration test (`tests/foo.rs`):
-//!
-//! ```ignore
-//! mod common;
-//! use common::*;
-//!
-//! #[test]
-//! fn streams() {
-//!     for major in available_majors() {
-//!         let pg = PgCluster::start(major, ClusterOpts::default());
-//!         pg.psql("CREATE TABLE t(x int)");
-//!         let lsn = pg.switch_wal();
-//!         // ... run lifeboat against pg.conninfo(REPL_USER, Some(REPL_PASSWORD)) ...
-//!     }
-//! }
-//! ```
-//!
-//! Binaries come from `scripts/install-pg.sh` (see there for the cache layout):
-//! `<cache>/pg/<major>/bin`, where `<cache>` is `$LIFEBOAT_CACHE`, else
-//! `/var/cache/lifeboat` when running as root, else `$HOME/.cache/lifeboat`.
-//! `LIFEBOAT_PG_BIN_<major>` overrides the bin dir of one major; `LIFEBOAT_PG_MAJORS`
-//! (e.g. "15 18") restricts `available_majors()`.
-//!
-//! `initdb`/`postgres` refuse to run as root. When the tests run as root (CI), every
-//! server-side program (initdb, pg_ctl, postgres, pg_basebackup for standbys) runs as the
-//! unprivileged OS user `lifeboat-test` via `runuser -u lifeboat-test --`; each cluster's
-//! temp dir is chowned to that user. Client programs (psql, pgbench, pg_receivewal, the
-//! lifeboat binary) run as the invoking user (root), which can reach the socket dir.
+//! Real PostgreSQL clusters in temporary directories: start, query, stop, crash, standby,
+//! promote. Where the binaries come from and who runs them: `host`.
 //!
 //! Layout of one cluster's temp dir (`PgCluster::base_dir`, under /tmp when root, else
 //! `$TMPDIR`; `LIFEBOAT_TEST_TMP` overrides):
@@ -59,7 +31,7 @@
 //!   host replication all 127.0.0.1/32 scram-sha-256
 //!   host all all 127.0.0.1/32 scram-sha-256
 //!
-//! Roles (created by `start`, unless `ClusterOpts::create_roles` is false):
+//! Roles (created by `start`):
 //!   postgres    superuser, trust over the unix socket only
 //!   lifeboat    LOGIN REPLICATION, scram-sha-256, password `lifeboat-secret`
 //!   md5user     LOGIN REPLICATION, md5-hashed password `md5-secret`, pg_hba method md5
@@ -67,29 +39,27 @@
 //!   norepl      LOGIN (no REPLICATION), password `norepl-secret`
 //!   rejected    LOGIN REPLICATION, password `x`, pg_hba `reject` over TCP
 //!   tlsonly     LOGIN REPLICATION, password `tls-secret`; `hostssl` scram, `hostnossl` reject
-#![allow(dead_code)]
 
-use std::collections::HashSet;
 use std::env;
-use std::ffi::OsStr;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-// ------------------------------------------------------------------------------------
-// Constants
+use super::host::{
+    append_file, chown_to_pg_user, chown_tree_to_pg_user, pg_bin_dir, pg_tempdir, set_mode,
+    write_pg_file,
+};
+use super::ports::free_port;
+use super::process::{
+    as_pg_user, children_of, clean_command, pid_alive, run_ok, run_timeout, send_signal, wait_dead,
+};
+use super::tls::generate_tls;
 
-pub const TEST_OS_USER: &str = "lifeboat-test";
 pub const SUPERUSER: &str = "postgres";
-pub const ALL_MAJORS: [u32; 5] = [14, 15, 16, 17, 18];
 
 pub const REPL_USER: &str = "lifeboat";
 pub const REPL_PASSWORD: &str = "lifeboat-secret";
@@ -109,487 +79,12 @@ const PG_CTL_TIMEOUT_S: u32 = 60;
 /// Default timeout for one client command (psql etc.).
 const CMD_TIMEOUT: Duration = Duration::from_secs(300);
 
-// ------------------------------------------------------------------------------------
-// Environment discovery
-
-/// Effective uid of this process (from /proc/self/status; `id -u` as fallback).
-pub fn euid() -> u32 {
-    static E: OnceLock<u32> = OnceLock::new();
-    *E.get_or_init(|| {
-        if let Ok(s) = fs::read_to_string("/proc/self/status") {
-            for l in s.lines() {
-                if let Some(rest) = l.strip_prefix("Uid:") {
-                    let f: Vec<&str> = rest.split_whitespace().collect();
-                    if f.len() >= 2 {
-                        if let Ok(u) = f[1].parse() {
-                            return u;
-                        }
-                    }
-                }
-            }
-        }
-        Command::new("id")
-            .arg("-u")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(u32::MAX)
-    })
-}
-
-pub fn is_root() -> bool {
-    euid() == 0
-}
-
-/// Cache root; same rule as scripts/install-pg.sh.
-pub fn cache_dir() -> PathBuf {
-    if let Some(v) = env::var_os("LIFEBOAT_CACHE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(v);
-    }
-    if is_root() {
-        return PathBuf::from("/var/cache/lifeboat");
-    }
-    let home = env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache").join("lifeboat")
-}
-
-/// Bin dir of a PostgreSQL major: `$LIFEBOAT_PG_BIN_<major>`, else `<cache>/pg/<major>/bin`.
-pub fn pg_bin_dir(major: u32) -> PathBuf {
-    if let Some(v) = env::var_os(format!("LIFEBOAT_PG_BIN_{major}")).filter(|v| !v.is_empty()) {
-        return PathBuf::from(v);
-    }
-    cache_dir().join("pg").join(major.to_string()).join("bin")
-}
-
-/// Majors in 14..=18 whose `initdb` exists, filtered by `$LIFEBOAT_PG_MAJORS` if set
-/// (space- or comma-separated).
-pub fn available_majors() -> Vec<u32> {
-    let filter: Option<Vec<u32>> = env::var("LIFEBOAT_PG_MAJORS")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            s.split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|t| !t.is_empty())
-                .map(|t| {
-                    t.parse()
-                        .unwrap_or_else(|_| panic!("bad LIFEBOAT_PG_MAJORS entry {t:?}"))
-                })
-                .collect()
-        });
-    ALL_MAJORS
-        .iter()
-        .copied()
-        .filter(|m| filter.as_ref().map_or(true, |f| f.contains(m)))
-        .filter(|m| pg_bin_dir(*m).join("initdb").is_file())
-        .collect()
-}
-
-/// Like `available_majors()` but panics (with install instructions) when none is found.
-pub fn require_majors() -> Vec<u32> {
-    let m = available_majors();
-    assert!(
-        !m.is_empty(),
-        "no PostgreSQL installation found under {} (run scripts/install-pg.sh, or set LIFEBOAT_PG_BIN_<major>)",
-        cache_dir().join("pg").display()
-    );
-    m
-}
-
-/// The highest available major, if any.
-pub fn newest_major() -> Option<u32> {
-    available_majors().into_iter().max()
-}
-
-/// (uid, gid) of the unprivileged server user when running as root; None otherwise.
-/// Creates the user (like scripts/install-pg.sh) if it is missing.
-fn pg_os_ids() -> Option<(u32, u32)> {
-    static IDS: OnceLock<Option<(u32, u32)>> = OnceLock::new();
-    *IDS.get_or_init(|| {
-        if !is_root() {
-            return None;
-        }
-        let lookup = || -> Option<(u32, u32)> {
-            let q = |flag: &str| -> Option<u32> {
-                let o = Command::new("id").arg(flag).arg(TEST_OS_USER).output().ok()?;
-                if !o.status.success() {
-                    return None;
-                }
-                String::from_utf8_lossy(&o.stdout).trim().parse().ok()
-            };
-            Some((q("-u")?, q("-g")?))
-        };
-        if let Some(ids) = lookup() {
-            return Some(ids);
-        }
-        let shell = if Path::new("/usr/sbin/nologin").exists() { "/usr/sbin/nologin" } else { "/bin/false" };
-        let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", shell, "--user-group"])
-            .arg(TEST_OS_USER)
-            .status();
-        Some(lookup().unwrap_or_else(|| {
-            panic!("OS user {TEST_OS_USER} does not exist and could not be created (run scripts/install-pg.sh)")
-        }))
-    })
-}
-
-/// chown a path to the server OS user (no-op when not root).
-pub fn chown_to_pg_user(path: &Path) {
-    if let Some((u, g)) = pg_os_ids() {
-        std::os::unix::fs::chown(path, Some(u), Some(g))
-            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
-    }
-}
-
-/// Recursively chown a tree to the server OS user (no-op when not root).
-pub fn chown_tree_to_pg_user(path: &Path) {
-    if pg_os_ids().is_some() {
-        let out = run_timeout(
-            Command::new("chown")
-                .arg("-R")
-                .arg(format!("{TEST_OS_USER}:"))
-                .arg(path),
-            Duration::from_secs(120),
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            out.status.success(),
-            "chown -R {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {:o} {}: {e}", mode, path.display()));
-}
-
-/// Write a file that the server must read: owned by the server user, given mode.
-fn write_pg_file(path: &Path, contents: &[u8], mode: u32) {
-    fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    chown_to_pg_user(path);
-    set_mode(path, mode);
-}
-
-fn append_file(path: &Path, text: &str) {
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-/// Root of per-cluster temp dirs: `$LIFEBOAT_TEST_TMP`, else /tmp when root (the server
-/// user must be able to traverse it, and socket paths must stay short), else `$TMPDIR`.
-fn temp_root() -> PathBuf {
-    if let Some(v) = env::var_os("LIFEBOAT_TEST_TMP").filter(|v| !v.is_empty()) {
-        return PathBuf::from(v);
-    }
-    let t = env::temp_dir();
-    // unix socket paths are limited to ~107 bytes: .../sock/.s.PGSQL.NNNNN
-    if is_root() || t.as_os_str().len() > 60 {
-        PathBuf::from("/tmp")
-    } else {
-        t
-    }
-}
-
-/// A fresh temp dir owned by the server user (mode 0755, so root and the server user can
-/// both use it). Removed on drop.
-pub fn pg_tempdir(prefix: &str) -> tempfile::TempDir {
-    let root = temp_root();
-    fs::create_dir_all(&root).ok();
-    let t = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(&root)
-        .unwrap_or_else(|e| panic!("tempdir in {}: {e}", root.display()));
-    chown_to_pg_user(t.path());
-    set_mode(t.path(), 0o755);
-    t
-}
-
-// ------------------------------------------------------------------------------------
-// Ports
-
-/// A free TCP port on 127.0.0.1. Picks randomly below the kernel's ephemeral range (so
-/// outgoing connections cannot grab it between now and the server's bind), checks it by
-/// binding, and never hands out the same port twice in this process.
-pub fn free_port() -> u16 {
-    static USED: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let mut used = USED
-        .get_or_init(|| Mutex::new(HashSet::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let eph_lo: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|t| t.parse().ok()))
-        .unwrap_or(32768);
-    if eph_lo > 12000 {
-        let mut rng = rand::thread_rng();
-        for _ in 0..2000 {
-            let p: u16 = rng.gen_range(10000..eph_lo);
-            if used.contains(&p) {
-                continue;
-            }
-            if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-                used.insert(p);
-                return p;
-            }
-        }
-    }
-    for _ in 0..1000 {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        if used.insert(p) {
-            return p;
-        }
-    }
-    panic!("could not find a free port");
-}
-
-// ------------------------------------------------------------------------------------
-// Running commands with timeouts
-
-/// A Command with PG* env vars removed (so CI settings like PGHOST can't leak in),
-/// LC_ALL=C (English messages, no locale surprises) and a libpq connect timeout.
-pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
-    let mut c = Command::new(program);
-    for (k, _) in env::vars_os() {
-        if k.to_str().is_some_and(|k| k.starts_with("PG")) {
-            c.env_remove(&k);
-        }
-    }
-    c.env("LC_ALL", "C");
-    c.env("PGCONNECT_TIMEOUT", "10");
-    c
-}
-
-/// Rebuild `cmd` so that it runs as the server OS user (`runuser -u lifeboat-test --`)
-/// when we are root; otherwise an identical copy. Program, args, env changes and current
-/// dir are carried over (env_clear() is not visible through Command's getters).
-pub fn as_pg_user(cmd: &Command) -> Command {
-    let mut c = if pg_os_ids().is_some() {
-        let mut c = Command::new("runuser");
-        c.arg("-u")
-            .arg(TEST_OS_USER)
-            .arg("--")
-            .arg(cmd.get_program());
-        c
-    } else {
-        Command::new(cmd.get_program())
-    };
-    c.args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    if let Some(d) = cmd.get_current_dir() {
-        c.current_dir(d);
-    }
-    c
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-/// Run a command to completion with a timeout, capturing stdout/stderr. `stdin` is fed
-/// (then closed) if given, else stdin is /dev/null. On timeout the child is killed and an
-/// Err is returned. A non-zero exit is NOT an error here (check `status`).
-pub fn run_timeout(
-    cmd: &mut Command,
-    timeout: Duration,
-    stdin: Option<&[u8]>,
-) -> Result<Output, String> {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("spawn `{}`: {e}", describe(cmd)))?;
-    if let Some(data) = stdin {
-        let mut w = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        thread::spawn(move || {
-            let _ = w.write_all(&data);
-        });
-    }
-    let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let tx2 = tx.clone();
-    thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = out_pipe.read_to_end(&mut b);
-        let _ = tx.send((0, b));
-    });
-    thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err_pipe.read_to_end(&mut b);
-        let _ = tx2.send((1, b));
-    });
-    let deadline = Instant::now() + timeout;
-    let mut nap = Duration::from_millis(2);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) => {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let mut parts = [Vec::new(), Vec::new()];
-                    while let Ok((i, b)) = rx.recv_timeout(Duration::from_millis(500)) {
-                        parts[i] = b;
-                    }
-                    return Err(format!(
-                        "`{}` timed out after {:?}\nstdout: {}\nstderr: {}",
-                        describe(cmd),
-                        timeout,
-                        String::from_utf8_lossy(&parts[0]),
-                        String::from_utf8_lossy(&parts[1])
-                    ));
-                }
-                thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(50));
-            }
-            Err(e) => return Err(format!("wait `{}`: {e}", describe(cmd))),
-        }
-    };
-    // A grandchild could keep a pipe open; don't wait for it forever.
-    let mut parts = [Vec::new(), Vec::new()];
-    let grace = Instant::now() + Duration::from_secs(10);
-    for _ in 0..2 {
-        let left = grace.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((i, b)) => parts[i] = b,
-            Err(_) => break,
-        }
-    }
-    let [stdout, stderr] = parts;
-    Ok(Output {
-        status,
-        stdout,
-        stderr,
-    })
-}
-
-/// Run, panic on timeout or non-zero exit (message includes both streams); returns stdout.
-pub fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
-    let out = run_timeout(cmd, timeout, None).unwrap_or_else(|e| panic!("{e}"));
-    if !out.status.success() {
-        panic!(
-            "`{}` failed ({})\nstdout: {}\nstderr: {}",
-            describe(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-// ------------------------------------------------------------------------------------
-// Processes
-
-/// (state, ppid) of a process from /proc/<pid>/stat; None if it does not exist.
-fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let mut it = rest.split_whitespace();
-    let state = it.next()?.chars().next()?;
-    let ppid = it.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// Alive = exists and is not a zombie (PID 1 in containers does not always reap).
-fn pid_alive(pid: u32) -> bool {
-    matches!(proc_stat(pid), Some((s, _)) if s != 'Z' && s != 'X')
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut v = Vec::new();
-    if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            if let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if let Some((_, pp)) = proc_stat(p) {
-                    if pp == pid {
-                        v.push(p);
-                    }
-                }
-            }
-        }
-    }
-    v
-}
-
-fn send_signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn wait_dead(pids: &[u32], timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if pids.iter().all(|p| !pid_alive(*p)) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-// ------------------------------------------------------------------------------------
-// Cluster
-
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ClusterOpts {
     /// Enable TLS with a freshly generated CA + server cert (CN/SAN localhost, IP 127.0.0.1).
     pub ssl: bool,
     /// Extra postgresql.conf lines, appended last (they override the harness defaults).
     pub extra_conf: Vec<String>,
-    /// `initdb --wal-segsize` in MB (power of two, 1..=1024).
-    pub wal_segsize_mb: Option<u32>,
-    /// Some(true): `initdb -k`; Some(false): no checksums (`--no-data-checksums` on 18+,
-    /// where checksums are the default); None: the major's default.
-    pub data_checksums: Option<bool>,
-    /// Extra initdb arguments.
-    pub initdb_args: Vec<String>,
-    /// Create the test roles (lifeboat, md5user, ...). Default true.
-    pub create_roles: bool,
-}
-
-impl Default for ClusterOpts {
-    fn default() -> Self {
-        ClusterOpts {
-            ssl: false,
-            extra_conf: Vec::new(),
-            wal_segsize_mb: None,
-            data_checksums: None,
-            initdb_args: Vec::new(),
-            create_roles: true,
-        }
-    }
 }
 
 impl ClusterOpts {
@@ -601,10 +96,6 @@ impl ClusterOpts {
     }
     pub fn conf(mut self, line: impl Into<String>) -> Self {
         self.extra_conf.push(line.into());
-        self
-    }
-    pub fn wal_segsize(mut self, mb: u32) -> Self {
-        self.wal_segsize_mb = Some(mb);
         self
     }
 }
@@ -701,88 +192,6 @@ CREATE ROLE rejected LOGIN REPLICATION PASSWORD 'x';
 CREATE ROLE tlsonly LOGIN REPLICATION PASSWORD 'tls-secret';
 ";
 
-/// Generate a self-signed CA and a server cert (CN localhost, SAN DNS:localhost,
-/// IP:127.0.0.1), ECDSA P-256, into `dir` (ca.crt, ca.key, server.crt, server.key).
-pub fn generate_tls(dir: &Path) {
-    fs::create_dir_all(dir).unwrap();
-    let t = Duration::from_secs(60);
-    let openssl = |args: &[&str]| {
-        let mut c = Command::new("openssl");
-        c.args(args).current_dir(dir);
-        run_ok(&mut c, t);
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "3650",
-        "-sha256",
-        "-subj",
-        "/CN=lifeboat-test-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n\
-         basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let serial = format!("0x{:016x}", rand::thread_rng().gen::<u64>() >> 1);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-set_serial",
-        &serial,
-        "-days",
-        "3650",
-        "-sha256",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.crt",
-    ]);
-    for f in ["ca.crt", "server.crt"] {
-        set_mode(&dir.join(f), 0o644);
-    }
-    set_mode(dir, 0o755);
-}
-
 impl PgCluster {
     /// initdb + configure + start a new cluster; creates the test roles.
     pub fn start(major: u32, opts: ClusterOpts) -> PgCluster {
@@ -806,19 +215,6 @@ impl PgCluster {
             "UTF8",
             "--no-sync",
         ]);
-        if let Some(mb) = opts.wal_segsize_mb {
-            c.arg(format!("--wal-segsize={mb}"));
-        }
-        match opts.data_checksums {
-            Some(true) => {
-                c.arg("--data-checksums");
-            }
-            Some(false) if major >= 18 => {
-                c.arg("--no-data-checksums");
-            }
-            _ => {}
-        }
-        c.args(&opts.initdb_args);
         c.current_dir(&pg.base_dir);
         let out = run_timeout(&mut as_pg_user(&c), Duration::from_secs(180), None)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -854,9 +250,7 @@ impl PgCluster {
         );
 
         pg.start_fresh_port(Duration::from_secs(PG_CTL_TIMEOUT_S as u64));
-        if opts.create_roles {
-            pg.psql(ROLES_SQL);
-        }
+        pg.psql(ROLES_SQL);
         pg
     }
 
@@ -1016,15 +410,6 @@ impl PgCluster {
         c
     }
 
-    /// Run a command as the server OS user (runuser when root); cwd defaults to base_dir.
-    /// Returns the Output whatever the exit status; panics only on spawn failure/timeout.
-    pub fn run_as_pg_user(&self, cmd: &mut Command) -> Output {
-        if cmd.get_current_dir().is_none() {
-            cmd.current_dir(&self.base_dir);
-        }
-        run_timeout(&mut as_pg_user(cmd), CMD_TIMEOUT, None).unwrap_or_else(|e| panic!("{e}"))
-    }
-
     /// psql as superuser over the unix socket; Err(stderr) on failure.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         self.try_psql_db("postgres", sql)
@@ -1166,11 +551,6 @@ impl PgCluster {
         )
     }
 
-    /// CA certificate that signed the server cert (Some only with `ssl: true`).
-    pub fn ca_cert_path(&self) -> Option<PathBuf> {
-        self.ca_cert.clone()
-    }
-
     pub fn wal_dir(&self) -> PathBuf {
         self.datadir.join("pg_wal")
     }
@@ -1181,18 +561,9 @@ impl PgCluster {
         s.lines().next()?.trim().parse().ok()
     }
 
-    pub fn is_running(&self) -> bool {
-        self.postmaster_pid().is_some_and(pid_alive)
-    }
-
     /// `pg_ctl stop -m fast -w`.
     pub fn stop(&self) {
         self.pg_ctl_ok(&["stop", "-m", "fast"]);
-    }
-
-    /// `pg_ctl stop -m immediate -w` (crash-like, but orderly for the processes).
-    pub fn stop_immediate(&self) {
-        self.pg_ctl_ok(&["stop", "-m", "immediate"]);
     }
 
     /// Start a stopped cluster again (same port, same config).
@@ -1210,34 +581,6 @@ impl PgCluster {
     pub fn restart(&self) {
         self.stop();
         self.start_again();
-    }
-
-    /// SIGKILL the postmaster (a crash). Waits until it and its children are gone (they
-    /// exit on their own when they notice the postmaster died; SIGKILLed after 30 s).
-    /// `start_again()` then performs crash recovery.
-    pub fn kill9_postmaster(&self) {
-        let pid = self
-            .postmaster_pid()
-            .expect("no postmaster.pid: server not running");
-        let kids = children_of(pid);
-        send_signal(pid, "KILL");
-        assert!(
-            wait_dead(&[pid], Duration::from_secs(10)),
-            "postmaster {pid} survived SIGKILL"
-        );
-        if !wait_dead(&kids, Duration::from_secs(30)) {
-            for k in &kids {
-                if pid_alive(*k) {
-                    send_signal(*k, "KILL");
-                }
-            }
-            wait_dead(&kids, Duration::from_secs(10));
-        }
-        // If the dead postmaster lingers as a zombie (non-reaping PID 1), PostgreSQL would
-        // think the lock file is still held; the processes are all gone, so remove it.
-        if proc_stat(pid).is_some() {
-            self.remove_stale_lock_files();
-        }
     }
 
     /// Remove postmaster.pid and the socket lock file of a dead postmaster.
@@ -1341,10 +684,6 @@ impl PgCluster {
         self.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(60));
     }
 
-    pub fn is_in_recovery(&self) -> bool {
-        self.psql("SELECT pg_is_in_recovery()") == "t"
-    }
-
     /// pg_current_wal_lsn() on a primary; on a standby the last received LSN (or the
     /// last replayed one if nothing was received).
     pub fn current_lsn(&self) -> String {
@@ -1364,11 +703,6 @@ impl PgCluster {
             .last()
             .unwrap_or_default()
             .to_string()
-    }
-
-    /// Name of the WAL segment file holding `lsn` (primary only: uses pg_walfile_name).
-    pub fn walfile_name(&self, lsn: &str) -> String {
-        self.psql(&format!("SELECT pg_walfile_name('{lsn}')"))
     }
 
     /// Current timeline (primary: from the current WAL file name; standby: from the

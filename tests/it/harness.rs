@@ -1,7 +1,6 @@
-//! Self-test of the PostgreSQL test harness (tests/common): every installed major starts,
+//! Self-test of the PostgreSQL test harness (`support::pg`): every installed major starts,
 //! answers a query, and the pg_hba / role matrix behaves as documented.
-mod common;
-use common::*;
+use crate::support::*;
 
 #[test]
 fn every_available_major_starts_and_answers() {

@@ -1,45 +1,21 @@
 //! lifeboat-specific test helpers: a workspace with an age key pair, a config file, a
-//! `file://` archive and a spool, and ways to run the real `lifeboat` binary against it.
-#![allow(dead_code)]
+//! `file://` archive and a spool, and ways to run the real `lifeboat` binary against it and
+//! read what it printed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{run_ok, run_timeout, PgCluster};
+use super::pg::{PgCluster, REPL_PASSWORD, REPL_USER};
+use super::process::{run_ok, run_timeout, sigterm, wait_child, KillOnDrop};
+use super::wal::{fmt_lsn, parse_lsn};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
-
-/// A child process that is killed (SIGKILL) and reaped when dropped, so a failing test
-/// leaves no streamer running behind it. Derefs to the `Child`.
-pub struct KillOnDrop(pub Child);
-
-impl std::ops::Deref for KillOnDrop {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for KillOnDrop {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // Ok without a signal when the child was already waited for.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 pub struct Lb {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub identity: PathBuf,
-    pub recipient: String,
     pub archive: PathBuf,
     pub spool: PathBuf,
 }
@@ -59,12 +35,20 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 }
 
 impl Lb {
-    /// A workspace whose config streams from `conninfo`, with `extra` TOML appended to the
-    /// `[postgres]` table's neighbours (e.g. "[wal]\nmax_delay = \"200ms\"").
+    /// A workspace whose config streams from `conninfo`.
     pub fn new(conninfo: &str) -> Lb {
         Self::with(conninfo, "", "")
     }
 
+    /// A workspace that streams from `pg` as the replication role over TCP (SCRAM), with
+    /// `extra` TOML after the `[[storage]]` table (e.g. `SMALL_PARTS`, another provider).
+    pub fn for_cluster(pg: &PgCluster, extra: &str) -> Lb {
+        Self::with(&pg.conninfo(REPL_USER, Some(REPL_PASSWORD)), "", extra)
+    }
+
+    /// A workspace whose config streams from `conninfo`, with `postgres_extra` lines in
+    /// the `[postgres]` table and `extra` TOML appended after the `[[storage]]` table
+    /// (e.g. "[backup]\nmax_rate = 4096").
     pub fn with(conninfo: &str, postgres_extra: &str, extra: &str) -> Lb {
         let dir = tempfile::tempdir().expect("tempdir");
         let (identity, recipient) = keygen(dir.path(), "identity.txt");
@@ -84,7 +68,6 @@ impl Lb {
             dir,
             config,
             identity,
-            recipient,
             archive,
             spool,
         }
@@ -105,31 +88,49 @@ impl Lb {
         run_timeout(&mut c, timeout, None).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Run `lifeboat <args>`, which must succeed; its stdout.
     pub fn run_ok(&self, args: &[&str], timeout: Duration) -> String {
-        let out = self.run(args, timeout);
+        expect_success(&self.run(args, timeout), &format!("lifeboat {args:?}"))
+    }
+
+    /// `lifeboat list --json`, which must succeed.
+    pub fn list_json(&self) -> serde_json::Value {
+        let out = self.run(&["list", "--json"], Duration::from_secs(60));
         assert!(
             out.status.success(),
-            "lifeboat {args:?} failed ({})\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
+            "list failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        json_of(&out)
     }
 
     /// Start `lifeboat stream` in the background (stderr to a log file in the workspace).
     pub fn spawn_stream(&self) -> KillOnDrop {
+        self.spawn_stream_with(&[])
+    }
+
+    /// `spawn_stream` with extra environment variables (e.g. `LIFEBOAT_FAULT_INJECT`).
+    pub fn spawn_stream_with(&self, env: &[(&str, &str)]) -> KillOnDrop {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("stream.log"))
             .expect("log");
         let mut c = self.cmd();
-        c.arg("stream")
+        c.envs(env.iter().copied())
+            .arg("stream")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
         KillOnDrop(c.spawn().expect("spawn lifeboat stream"))
+    }
+
+    /// Start a streamer and wait until it archives the server's current position, so that
+    /// any backup taken afterwards has its WAL archived.
+    pub fn start_streamer(&self, pg: &PgCluster) -> KillOnDrop {
+        let child = self.spawn_stream();
+        wait_caught_up(pg, Duration::from_secs(120), self);
+        child
     }
 
     pub fn stream_log(&self) -> String {
@@ -215,6 +216,53 @@ impl Lb {
     }
 }
 
+/// `[backup]` with 1 MiB parts, so that even a small cluster's backup has several.
+pub const SMALL_PARTS: &str = "[backup]\npart_size = \"1MiB\"\n";
+
+/// Stop a background `lifeboat stream` with SIGTERM and wait (up to 60 s) until it exits.
+pub fn stop_streamer(mut child: KillOnDrop) {
+    sigterm(&mut child);
+    wait_child(&mut child, Duration::from_secs(60), "lifeboat stream");
+}
+
+/// Assert that a command succeeded (else panic with both streams); its stdout.
+pub fn expect_success(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first line of stderr that starts with `error: ` (log lines come before it); panics,
+/// showing stderr, when there is none.
+pub fn first_error_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in: {err}"))
+        .to_string()
+}
+
+/// stderr as text.
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The JSON document a `--json` command printed on stdout.
+pub fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON on stdout ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Every file under `root`, as sorted paths relative to it.
 pub fn files(root: &Path) -> Vec<String> {
     let mut v = Vec::new();
@@ -239,25 +287,6 @@ pub fn files(root: &Path) -> Vec<String> {
     }
     v.sort();
     v
-}
-
-pub fn parse_lsn(s: &str) -> u64 {
-    let (hi, lo) = s
-        .trim()
-        .split_once('/')
-        .unwrap_or_else(|| panic!("not an LSN: {s:?}"));
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-}
-
-pub fn fmt_lsn(v: u64) -> String {
-    format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
-}
-
-/// The WAL segment file name of `lsn` on `tli` (16 MiB segments unless `seg` says otherwise).
-pub fn seg_name(tli: u64, lsn: u64, seg: u64) -> String {
-    let segno = lsn / seg;
-    let per = 0x1_0000_0000 / seg;
-    format!("{:08X}{:08X}{:08X}", tli, segno / per, segno % per)
 }
 
 /// The slot's restart_lsn on `pg` (None when the slot is missing or has none).
@@ -291,74 +320,6 @@ pub fn wait_archived(pg: &PgCluster, lsn: u64, timeout: Duration, lb: &Lb) {
 /// Wait until everything the server has written so far is archived.
 pub fn wait_caught_up(pg: &PgCluster, timeout: Duration, lb: &Lb) {
     wait_archived(pg, parse_lsn(&pg.current_lsn()), timeout, lb);
-}
-
-/// Start `pg_receivewal` (the oracle) into `dir` with its own slot, until `endpos`.
-pub fn spawn_pg_receivewal(pg: &PgCluster, dir: &Path, slot: &str, endpos: Option<u64>) -> Child {
-    std::fs::create_dir_all(dir).unwrap();
-    let port = pg.port.to_string();
-    let receivewal = || {
-        let mut c = Command::new(pg.bin("pg_receivewal"));
-        c.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "lifeboat",
-            "--slot",
-            slot,
-        ])
-        .env("PGPASSWORD", crate::common::REPL_PASSWORD)
-        .env_remove("PGHOST");
-        c
-    };
-    let mut create = receivewal();
-    create.args(["--create-slot", "--if-not-exists"]);
-    run_ok(&mut create, Duration::from_secs(30));
-    let mut c = receivewal();
-    c.arg("-D")
-        .arg(dir)
-        .args(["-n", "--synchronous"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(e) = endpos {
-        c.arg("--endpos").arg(fmt_lsn(e));
-    }
-    c.spawn().expect("spawn pg_receivewal")
-}
-
-/// Wait for a child with a timeout; panic (after killing it) on timeout.
-pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-pub fn kill9(child: &mut Child) {
-    unsafe_kill(child.id() as i32, 9);
-    let _ = child.wait();
-}
-
-pub fn sigterm(child: &mut Child) {
-    unsafe_kill(child.id() as i32, 15);
-}
-
-fn unsafe_kill(pid: i32, sig: i32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
 }
 
 impl Lb {

@@ -2,42 +2,13 @@
 //! PostgreSQL's own `pg_verifybackup`, run on a data directory rebuilt from the archive
 //! (decrypted, decompressed, extracted) with the archived manifest.
 
-mod common;
-mod lb;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
-use lb::*;
 use lifeboat::pipeline::Opener;
 
-const PARTS: &str = "[backup]\npart_size = \"1MiB\"\n";
-
-fn lifeboat_for(pg: &PgCluster, extra: &str) -> Lb {
-    Lb::with(&pg.conninfo(REPL_USER, Some(REPL_PASSWORD)), "", extra)
-}
-
-fn json_of(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON on stdout ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn list_json(lb: &Lb) -> serde_json::Value {
-    let out = lb.run(&["list", "--json"], Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "list failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_of(&out)
-}
+use crate::support::*;
 
 /// `lifeboat --json backup ARGS`, which must succeed; its report.
 fn backup_ok(lb: &Lb, args: &[&str]) -> serde_json::Value {
@@ -52,20 +23,6 @@ fn backup_ok(lb: &Lb, args: &[&str]) -> serde_json::Value {
         lb.stream_log()
     );
     json_of(&out)
-}
-
-/// Start a streamer and wait until it archives the server's current position, so that any
-/// backup taken afterwards has its WAL archived.
-fn start_streamer(pg: &PgCluster, lb: &Lb) -> KillOnDrop {
-    let child = lb.spawn_stream();
-    let lsn = parse_lsn(&pg.current_lsn());
-    wait_archived(pg, lsn, Duration::from_secs(120), lb);
-    child
-}
-
-fn stop(mut child: KillOnDrop) {
-    sigterm(&mut child);
-    wait_child(&mut child, Duration::from_secs(60), "lifeboat stream");
 }
 
 /// Rebuild a data directory from backup `id` of the archive, the way a restore would:
@@ -119,20 +76,6 @@ fn rebuild(lb: &Lb, id: &str, dest: &Path) -> PathBuf {
     datadir
 }
 
-fn verifybackup(pg: &PgCluster, datadir: &Path) {
-    let mut c = clean_command(pg.bin("pg_verifybackup"));
-    c.arg("-n").arg(datadir);
-    let out = run_timeout(&mut c, Duration::from_secs(300), None).unwrap();
-    assert!(
-        out.status.success(),
-        "PostgreSQL {}: pg_verifybackup failed ({}):\n{}{}",
-        pg.major,
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn with_tablespace(pg: &PgCluster) -> tempfile::TempDir {
     let ts = pg_tempdir("lbts-");
     pg.psql(&format!(
@@ -147,8 +90,8 @@ fn backup_every_major(major: u32) {
     let pg = PgCluster::start(major, ClusterOpts::default());
     let ts = with_tablespace(&pg);
     pg.pgbench_init(1);
-    let lb = lifeboat_for(&pg, PARTS);
-    let streamer = start_streamer(&pg, &lb);
+    let lb = Lb::for_cluster(&pg, SMALL_PARTS);
+    let streamer = lb.start_streamer(&pg);
     let report = backup_ok(&lb, &["--fast", "--label", "every major"]);
     assert_eq!(report["restorable"], true, "{report}");
     assert_eq!(report["label"], "every major");
@@ -184,7 +127,7 @@ fn backup_every_major(major: u32) {
         .any(|e| e["name"] == "plpgsql"));
     let id = report["id"].as_str().unwrap().to_string();
 
-    let list = list_json(&lb);
+    let list = lb.list_json();
     let b = &list["backups"][0];
     assert_eq!(list["backups"].as_array().unwrap().len(), 1);
     assert_eq!(b["id"], id.as_str());
@@ -199,7 +142,7 @@ fn backup_every_major(major: u32) {
     assert!(wal.iter().any(|r| r["timeline"] == 1
         && parse_lsn(r["start_lsn"].as_str().unwrap()) <= start
         && parse_lsn(r["end_lsn"].as_str().unwrap()) >= end));
-    stop(streamer);
+    stop_streamer(streamer);
 
     let work = tempfile::tempdir().unwrap();
     let datadir = rebuild(&lb, &id, work.path());
@@ -217,15 +160,12 @@ fn backup_with_tablespace_passes_pg_verifybackup_every_major() {
 
 #[test]
 fn backup_from_a_standby_passes_pg_verifybackup() {
-    let majors = require_majors();
-    let mut picks = vec![*majors.iter().min().unwrap(), *majors.iter().max().unwrap()];
-    picks.dedup();
-    for major in picks {
+    for major in oldest_and_newest_majors() {
         let pg = PgCluster::start(major, ClusterOpts::default());
         pg.pgbench_init(1);
         let sb = pg.create_standby();
         // The streamer archives the primary; the backup reads the standby; one archive.
-        let lb = lifeboat_for(&sb, PARTS);
+        let lb = Lb::for_cluster(&sb, SMALL_PARTS);
         let primary_cfg = lb.dir.path().join("primary.toml");
         std::fs::write(
             &primary_cfg,
@@ -252,7 +192,7 @@ fn backup_from_a_standby_passes_pg_verifybackup() {
         let report = backup_ok(&lb, &["--fast"]);
         assert_eq!(report["from_standby"], true, "{report}");
         assert_eq!(report["restorable"], true, "{report}");
-        stop(streamer);
+        stop_streamer(streamer);
         let work = tempfile::tempdir().unwrap();
         let datadir = rebuild(&lb, report["id"].as_str().unwrap(), work.path());
         verifybackup(&sb, &datadir);
@@ -264,7 +204,7 @@ fn kill_9_during_a_backup_leaves_no_backup_and_the_next_one_works() {
     let major = newest_major().expect("a PostgreSQL installation");
     let pg = PgCluster::start(major, ClusterOpts::default());
     pg.pgbench_init(8);
-    let lb = lifeboat_for(&pg, &format!("{PARTS}max_rate = 4096\n"));
+    let lb = Lb::for_cluster(&pg, &format!("{SMALL_PARTS}max_rate = 4096\n"));
     let mut child = lb
         .cmd()
         .arg("backup")
@@ -284,7 +224,7 @@ fn kill_9_during_a_backup_leaves_no_backup_and_the_next_one_works() {
     }
     kill9(&mut child);
     assert!(!lb.archive_files("backups/").is_empty());
-    let list = list_json(&lb);
+    let list = lb.list_json();
     assert_eq!(list["backups"].as_array().unwrap().len(), 0, "{list}");
     // verify names the killed backup's parts as unreferenced, and does not fail on them.
     let (ok, report) = lb.verify(false);
@@ -317,7 +257,7 @@ fn kill_9_during_a_backup_leaves_no_backup_and_the_next_one_works() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("not restorable"), "{stderr}");
-    let list = list_json(&lb);
+    let list = lb.list_json();
     let backups = list["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 1, "{list}");
     assert_eq!(backups[0]["restorable"], true, "{list}");
@@ -381,14 +321,6 @@ fn kill_9_during_a_backup_leaves_no_backup_and_the_next_one_works() {
     );
 }
 
-fn first_error_line(out: &std::process::Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr);
-    err.lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in: {err}"))
-        .to_string()
-}
-
 #[test]
 fn bad_input_backup_errors_are_exact() {
     let a = PgCluster::start(15, ClusterOpts::default());
@@ -404,7 +336,7 @@ fn bad_input_backup_errors_are_exact() {
 
     // Another cluster's archive.
     let b = PgCluster::start(15, ClusterOpts::default());
-    let lb = lifeboat_for(&a, "");
+    let lb = Lb::for_cluster(&a, "");
     let out = lb.run(
         &["backup", "--fast", "--wal-timeout", "1s"],
         Duration::from_secs(120),
@@ -428,22 +360,22 @@ fn bad_input_backup_errors_are_exact() {
             b.system_identifier()
         )
     );
-    assert_eq!(list_json(&lb)["backups"].as_array().unwrap().len(), 1);
+    assert_eq!(lb.list_json()["backups"].as_array().unwrap().len(), 1);
 
     // max_wal_senders exhausted by a streamer.
     let c = PgCluster::start(15, ClusterOpts::default().conf("max_wal_senders = 1"));
-    let lb = lifeboat_for(&c, "");
-    let streamer = start_streamer(&c, &lb);
+    let lb = Lb::for_cluster(&c, "");
+    let streamer = lb.start_streamer(&c);
     let out = lb.run(&["backup"], Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         first_error_line(&out),
         "error: server error: number of requested standby connections exceeds max_wal_senders (currently 1) (hint: raise max_wal_senders (or max_connections) on the server, or stop another replication client)"
     );
-    stop(streamer);
+    stop_streamer(streamer);
 
     // Bad settings.
-    let lb = lifeboat_for(&c, "[backup]\nmax_rate = 5\n");
+    let lb = Lb::for_cluster(&c, "[backup]\nmax_rate = 5\n");
     let out = lb.run(&["backup"], Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
@@ -459,21 +391,18 @@ fn bad_input_backup_errors_are_exact() {
 /// `lifeboat wal-fetch` from the archive, reaches consistency and opens.
 #[test]
 fn backup_under_pgbench_restores_to_consistency_with_archived_wal() {
-    let majors = require_majors();
-    let mut picks = vec![*majors.iter().min().unwrap(), *majors.iter().max().unwrap()];
-    picks.dedup();
-    for major in picks {
+    for major in oldest_and_newest_majors() {
         let pg = PgCluster::start(major, ClusterOpts::default());
         pg.pgbench_init(2);
-        let lb = lifeboat_for(&pg, PARTS);
-        let streamer = start_streamer(&pg, &lb);
+        let lb = Lb::for_cluster(&pg, SMALL_PARTS);
+        let streamer = lb.start_streamer(&pg);
         let mut bench = pg.pgbench(600, 2);
         std::thread::sleep(Duration::from_secs(2));
         let report = backup_ok(&lb, &["--fast"]);
         assert_eq!(report["restorable"], true, "{report}");
         let _ = bench.kill();
         let _ = bench.wait();
-        stop(streamer);
+        stop_streamer(streamer);
 
         let restored = restore_to_consistency(&lb, report["id"].as_str().unwrap(), major);
         assert_eq!(
@@ -492,11 +421,7 @@ fn restore_to_consistency(lb: &Lb, id: &str, major: u32) -> PgCluster {
     let datadir = rebuild(lb, id, work.path());
     // The server user runs the restore_command: let it read the workspace, and give it a
     // copy of the binary that a concurrent build cannot replace.
-    let bin = lb.dir.path().join("lifeboat");
-    std::fs::copy(BIN, &bin).unwrap();
-    let mut c = Command::new("chmod");
-    c.arg("-R").arg("a+rX").arg(lb.dir.path());
-    run_ok(&mut c, Duration::from_secs(30));
+    let bin = lb.restore_bin();
     let restore = format!(
         "{} --config {} --identity {} wal-fetch %f %p",
         bin.display(),
@@ -550,13 +475,10 @@ fn wait_no_backup_slots(pg: &PgCluster) {
 /// from it reaches consistency.
 #[test]
 fn backup_without_a_streamer_archives_its_own_wal_and_restores() {
-    let majors = require_majors();
-    let mut picks = vec![*majors.iter().min().unwrap(), *majors.iter().max().unwrap()];
-    picks.dedup();
-    for major in picks {
+    for major in oldest_and_newest_majors() {
         let pg = PgCluster::start(major, ClusterOpts::default());
         pg.pgbench_init(2);
-        let lb = lifeboat_for(&pg, PARTS);
+        let lb = Lb::for_cluster(&pg, SMALL_PARTS);
         let mut bench = pg.pgbench(600, 2);
         std::thread::sleep(Duration::from_secs(2));
         let started = Instant::now();
@@ -585,7 +507,7 @@ fn backup_without_a_streamer_archives_its_own_wal_and_restores() {
         assert!(leftovers.is_empty(), "{leftovers:?}");
 
         let id = report["id"].as_str().unwrap();
-        let list = list_json(&lb);
+        let list = lb.list_json();
         assert_eq!(list["backups"][0]["id"], id);
         assert_eq!(list["backups"][0]["restorable"], true, "{list}");
         let restored = restore_to_consistency(&lb, id, major);
@@ -618,7 +540,7 @@ fn bad_input_disk_full_on_the_spool() {
     let pg = PgCluster::start(major, ClusterOpts::default());
     pg.pgbench_init(2);
     // Slow enough that pgbench writes well over 1 MiB of WAL during the backup.
-    let lb = lifeboat_for(&pg, &format!("{PARTS}max_rate = 4096\n"));
+    let lb = Lb::for_cluster(&pg, &format!("{SMALL_PARTS}max_rate = 4096\n"));
     std::fs::create_dir_all(&lb.spool).unwrap();
     let mut mount = Command::new("mount");
     mount
@@ -636,7 +558,7 @@ fn bad_input_disk_full_on_the_spool() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let list = list_json(&lb);
+    let list = lb.list_json();
     let b = &list["backups"][0];
     assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list}");
     assert_eq!(b["restorable"], false, "{list}");

@@ -4,11 +4,6 @@
 //! enforces it), and the exact messages for bad credentials, a missing bucket, an
 //! unreachable endpoint and a lock request on a bucket without Object Lock.
 
-mod common;
-mod lb;
-#[path = "s3/mod.rs"]
-mod s3srv;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,11 +13,8 @@ use lifeboat::storage::s3::S3Store;
 use lifeboat::storage::StorageConfig;
 use lifeboat::storage::{FileStore, ObjectStore};
 
-use common::*;
-use lb::*;
-use s3srv::*;
-
-const SEG: u64 = 16 * 1024 * 1024;
+use crate::support::s3::*;
+use crate::support::*;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -337,13 +329,8 @@ fn verify_error(storage: &str, env: &[(&str, &str)]) -> String {
     let mut c = lb.cmd();
     c.args(["verify"]).envs(env.iter().copied());
     let out = run_timeout(&mut c, Duration::from_secs(120), None).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in: {stderr}"))
-        .to_string()
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr_of(&out));
+    first_error_line(&out)
 }
 
 #[test]
@@ -368,24 +355,8 @@ fn bad_input_s3_errors_are_exact() {
     );
     assert_eq!(e, "error: storage \"offsite\": check s3://plain/a: the provider does not know this access key id (NotSignedUp) (hint: check the variables named by access_key_id_env/secret_access_key_env (LIFEBOAT_TEST_S3_KEY_ID, LIFEBOAT_TEST_S3_SECRET))");
 
-    // The variable the config names is not set.
-    // (removed from the environment: other tests put the good pair in this process's)
-    let e2 = {
-        let lb = Lb::with(
-            "host=127.0.0.1",
-            "",
-            &fs.storage_toml("offsite", "plain", "a", ""),
-        );
-        let mut c = lb.cmd();
-        c.arg("verify").env_remove(KEY_VAR).env_remove(SECRET_VAR);
-        let out = run_timeout(&mut c, Duration::from_secs(60), None).unwrap();
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .find(|l| l.starts_with("error: "))
-            .unwrap_or_default()
-            .to_string()
-    };
-    assert_eq!(e2, "error: storage \"offsite\": check s3://plain/a: environment variable LIFEBOAT_TEST_S3_KEY_ID (named by access_key_id_env) is not set (hint: export it in lifeboat's environment (e.g. EnvironmentFile= in the systemd unit); the config names the variable, never the credential)");
+    // The variable the config names is not set: tests/cmd/verify.toml
+    // (s3-credential-variable-not-set).
 
     // A bucket that does not exist, on both servers.
     for srv in [&moto, &fs] {
@@ -506,7 +477,7 @@ fn two_s3_providers() -> (S3Server, S3Server, String) {
 fn stream_to_s3(major: u32) {
     let pg = PgCluster::start(major, ClusterOpts::default());
     let (mut moto, fs, extra) = two_s3_providers();
-    let lb = Lb::with(&pg.conninfo(REPL_USER, Some(REPL_PASSWORD)), "", &extra);
+    let lb = Lb::for_cluster(&pg, &extra);
     let stream = |endpos: u64| {
         let mut c = lb.cmd();
         c.args(["stream", "--endpos", &fmt_lsn(endpos)])
@@ -588,15 +559,20 @@ fn stream_to_s3(major: u32) {
     );
 }
 
-#[test]
-fn stream_end_to_end_on_s3() {
+/// 15 and the newest installed major (if that is not 15).
+fn fifteen_and_newest_majors() -> Vec<u32> {
     let mut majors = vec![15];
     if let Some(n) = newest_major() {
         if n != 15 {
             majors.push(n);
         }
     }
-    for major in majors {
+    majors
+}
+
+#[test]
+fn stream_end_to_end_on_s3() {
+    for major in fifteen_and_newest_majors() {
         stream_to_s3(major);
     }
 }
@@ -648,10 +624,7 @@ fn profile_credentials() {
     write("wrong-secret");
     let out = verify();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_default();
+    let line = first_error_line(&out);
     assert_eq!(line, "error: storage \"offsite\": check s3://plain/a: the secret access key does not match the access key id (SignatureDoesNotMatch) (hint: check the credentials of profile \"lbtest\")", "{stderr}");
 }
 
@@ -661,13 +634,7 @@ fn profile_credentials() {
 /// and one deleted on the first provider, the drill reads them from the next and says so.
 #[test]
 fn backup_restore_and_drill_on_s3() {
-    let mut majors = vec![15];
-    if let Some(n) = newest_major() {
-        if n != 15 {
-            majors.push(n);
-        }
-    }
-    for major in majors {
+    for major in fifteen_and_newest_majors() {
         restore_and_drill_on_s3(major);
     }
 }
@@ -676,7 +643,7 @@ fn restore_and_drill_on_s3(major: u32) {
     let pg = PgCluster::start(major, ClusterOpts::default());
     let (moto, fs, storage) = two_s3_providers();
     let extra = format!("[backup]\npart_size = \"1MiB\"\n{storage}");
-    let lb = Lb::with(&pg.conninfo(REPL_USER, Some(REPL_PASSWORD)), "", &extra);
+    let lb = Lb::for_cluster(&pg, &extra);
     let bin = lb.restore_bin();
     let run = |args: &[&str]| {
         let mut c = Command::new(&bin);
@@ -689,21 +656,12 @@ fn restore_and_drill_on_s3(major: u32) {
             .args(args);
         run_timeout(&mut c, Duration::from_secs(600), None).unwrap()
     };
-    let ok = |out: &std::process::Output, what: &str| {
-        assert!(
-            out.status.success(),
-            "{what}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     pg.psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 20000) g");
-    ok(&run(&["stream", "--endpos", &pg.current_lsn()]), "stream");
-    ok(&run(&["backup", "--fast"]), "backup");
+    expect_success(&run(&["stream", "--endpos", &pg.current_lsn()]), "stream");
+    expect_success(&run(&["backup", "--fast"]), "backup");
     pg.psql("INSERT INTO t SELECT generate_series(20001, 25000)");
     pg.psql("SELECT pg_switch_wal()");
-    ok(&run(&["stream", "--endpos", &pg.current_lsn()]), "stream");
+    expect_success(&run(&["stream", "--endpos", &pg.current_lsn()]), "stream");
     let pgbin = pg_bin_dir(major);
     let scratch = lb.dir.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -807,7 +765,7 @@ fn restore_and_drill_on_s3(major: u32) {
     std::fs::remove_dir_all(&lb.archive).unwrap();
 
     let target = lb.dir.path().join("plan-only");
-    let plan = ok(
+    let plan = expect_success(
         &run(&[
             "restore",
             "--pgdata",
