@@ -43,14 +43,24 @@ fn spawn(s: &Setup) -> KillOnDrop {
 /// Both providers hold the same objects, and each has one WAL range reaching `end`.
 /// (A write cut off by kill -9 leaves a `.tmp.` file, which is no object: never listed,
 /// never read.)
+/// Parts of a segment whose `.seg` the provider holds are superseded (a part in flight at a
+/// kill -9 is re-cut differently after the restart), so they are left out of the
+/// comparison, as `verify --providers` leaves them out.
 fn assert_mirrored_without_gap(s: &Setup, end: u64) {
     let objects = |root: &std::path::Path| -> Vec<String> {
-        files(root)
+        let all: Vec<String> = files(root)
             .into_iter()
             .filter(|f| !f.rsplit('/').next().unwrap_or("").starts_with(".tmp."))
-            .collect()
+            .collect();
+        let superseded = |f: &String| {
+            f.ends_with(".part")
+                && f.get(..f.len().min(37))
+                    .is_some_and(|seg| all.contains(&format!("{seg}.seg")))
+        };
+        all.iter().filter(|f| !superseded(f)).cloned().collect()
     };
     assert_eq!(objects(&s.lb.archive), objects(s.second.path()));
+    s.lb.run_ok(&["verify", "--providers"], Duration::from_secs(60));
     let (ok, report) = s.lb.verify(false);
     assert!(ok, "{report}");
     for p in report["providers"].as_array().unwrap() {
@@ -251,7 +261,7 @@ fn verify_providers_finds_and_repairs_what_one_lacks() {
         serde_json::json!([[segs[0], ["second"]], [segs[1], ["local"]]])
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains(
-        "error: the providers differ (hint: lifeboat verify --providers --repair copies what is missing)"
+        "error: the providers differ\nhint: lifeboat verify --providers --repair copies what is missing"
     ));
 
     let out = s.lb.run(
