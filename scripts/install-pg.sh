@@ -6,7 +6,7 @@
 #
 # Layout: <cache>/pg/<major>/bin/{initdb,postgres,pg_ctl,psql,...}
 #
-# Cache location (tests/common/mod.rs uses the same rule):
+# Cache location (tests/it/support/host.rs uses the same rule):
 #   1. $LIFEBOAT_CACHE if set;
 #   2. else /var/cache/lifeboat when running as root (root's $HOME is usually 0700, and
 #      the servers run as the unprivileged user `lifeboat-test`, which must be able to

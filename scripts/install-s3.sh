@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the two S3-compatible servers the integration tests use as providers (tests/s3).
+# Install the two S3-compatible servers the integration tests use as providers (tests/it/support/s3.rs).
 # Both are real, independent implementations; the tests start them on 127.0.0.1 only.
 #
 #   scripts/install-s3.sh
@@ -15,7 +15,7 @@
 # far too long to build on a 2-core machine (see docs/DESIGN.md); LIFEBOAT_S3_GARAGE=1
 # builds it as well, into <cache>/s3/garage/bin/garage, for whoever wants it.
 #
-# Cache location (tests/common/mod.rs and scripts/install-pg.sh use the same rule):
+# Cache location (tests/it/support/host.rs and scripts/install-pg.sh use the same rule):
 # $LIFEBOAT_CACHE, else /var/cache/lifeboat as root, else $HOME/.cache/lifeboat.
 # A second run is a fast no-op: each server has a stamp file holding its version.
 #

@@ -1,5 +1,5 @@
 # Sourced by the scripts: where install-pg.sh put PostgreSQL (same rule as
-# tests/common/mod.rs), and the release build of lifeboat.
+# tests/it/support/host.rs), and the release build of lifeboat.
 pg_cache_dir() {
   if [[ -n "${LIFEBOAT_CACHE:-}" ]]; then echo "$LIFEBOAT_CACHE"
   elif [[ $(id -u) == 0 ]]; then echo /var/cache/lifeboat
