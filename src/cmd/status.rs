@@ -30,11 +30,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     for c in &r.checks {
+        // A hint goes on its own line, under the message.
         s.push_str(&format!(
             "{:<9} {:<9} {}\n",
             c.status.word(),
             c.check,
-            c.message
+            c.message.replace('\n', "\n                    ")
         ));
     }
     s.push_str(&format!("{}\n", r.status));

@@ -85,7 +85,7 @@ pub fn stream_checks(
             check: "streamer",
             status: Level::Failing,
             message: format!(
-                "no {} : lifeboat stream has never run with this spool_dir (hint: start the streamer, e.g. systemctl start lifeboat)",
+                "no {} : lifeboat stream has never run with this spool_dir\nhint: start the streamer, e.g. systemctl start lifeboat",
                 status::path(spool_dir).display()
             ),
         });
@@ -97,7 +97,7 @@ pub fn stream_checks(
             check: "streamer",
             status: Level::Failing,
             message: format!(
-                "not running: pid {} last reported {} (acknowledged up to {}); WAL is not being archived and the slot is retaining it on the server (hint: start the streamer and read its log)",
+                "not running: pid {} last reported {} (acknowledged up to {}); WAL is not being archived and the slot is retaining it on the server\nhint: start the streamer and read its log",
                 st.pid,
                 fmt::ago(age),
                 st.acknowledged
@@ -153,7 +153,7 @@ pub fn stream_checks(
             check: "spool",
             status: Level::Failing,
             message: format!(
-                "full ({} of {}) while a provider is down: WAL is no longer acknowledged, the replication slot holds it on the server (hint: bring the provider back, or raise spool.max_size)",
+                "full ({} of {}) while a provider is down: WAL is no longer acknowledged, the replication slot holds it on the server\nhint: bring the provider back, or raise spool.max_size",
                 fmt::size(d.spool_held),
                 fmt::size(d.spool_limit)
             ),
@@ -181,7 +181,7 @@ async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
                 None => out.push(Check {
                     check: "backup",
                     status: Level::Degraded,
-                    message: "no restorable base backup in the archive (hint: lifeboat backup)"
+                    message: "no restorable base backup in the archive\nhint: lifeboat backup"
                         .into(),
                 }),
                 Some(b) => {
@@ -206,13 +206,13 @@ async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
                 None => out.push(Check {
                     check: "drill",
                     status: Level::Degraded,
-                    message: "no restore drill recorded: the backups are untested (hint: lifeboat drill)".into(),
+                    message: "no restore drill recorded: the backups are untested\nhint: lifeboat drill".into(),
                 }),
                 Some(d) if !d.ok => out.push(Check {
                     check: "drill",
                     status: Level::Degraded,
                     message: format!(
-                        "the last drill {} FAILED (hint: lifeboat list; run lifeboat drill again and read its report)",
+                        "the last drill {} FAILED\nhint: lifeboat list; run lifeboat drill again and read its report",
                         d.id
                     ),
                 }),

@@ -181,7 +181,8 @@ fn full_spool_stops_acknowledging_until_the_provider_returns() {
     let (code, out) = status(&s.lb);
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("FAILING   spool     full (") && l.ends_with("while a provider is down: WAL is no longer acknowledged, the replication slot holds it on the server (hint: bring the provider back, or raise spool.max_size)")),
+        out.lines().any(|l| l.starts_with("FAILING   spool     full (") && l.ends_with("while a provider is down: WAL is no longer acknowledged, the replication slot holds it on the server"))
+            && out.contains("slot holds it on the server\n                    hint: bring the provider back, or raise spool.max_size\n"),
         "{out}"
     );
     assert!(
@@ -211,7 +212,7 @@ fn full_spool_stops_acknowledging_until_the_provider_returns() {
     assert!(!out.contains("FAILING"), "{out}");
     assert!(
         out.contains(
-            "DEGRADED  backup    no restorable base backup in the archive (hint: lifeboat backup)"
+            "DEGRADED  backup    no restorable base backup in the archive\n                    hint: lifeboat backup\n"
         ),
         "{out}"
     );
