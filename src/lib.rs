@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod drill;
 pub mod fault;
+pub mod ledger;
 pub mod list;
 pub mod outbox;
 pub mod pg;
