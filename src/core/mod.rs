@@ -4,5 +4,6 @@
 
 pub mod catalog;
 pub mod fmt;
+pub mod ledger;
 pub mod plan;
 pub mod wal;

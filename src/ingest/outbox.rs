@@ -7,10 +7,15 @@
 //! (acknowledged when all have them); when one goes down, every object it still lacks is
 //! written to `<spool>/outbox/` and fsync'd, and so is every new object until it is back.
 //!
+//! Which provider is down, what goes to the outbox, what may be acknowledged and what may be
+//! forgotten are decided by the pure [`Ledger`]; the loop here only does the I/O
+//! (channels, retried writes, the fsync'd outbox, the acknowledged-position file).
+//!
 //! Invariants:
 //! - An object's end position is acknowledged once, for every provider, it is stored there
 //!   or the provider is down and the object is in the fsync'd outbox (the documented
-//!   default policy). Acknowledgements are in order and never go backwards.
+//!   default policy). Acknowledgements are in order and never go backwards (see
+//!   [`crate::ledger`]).
 //! - An outbox file is deleted only when every provider has stored it; after a crash the
 //!   outbox is replayed to every provider before anything newer.
 //! - When the outbox reaches its size limit no new object is accepted, so nothing more is
@@ -21,7 +26,7 @@
 //!   newest object, re-sending whatever a hole may hide. Objects in memory are bounded by
 //!   [`MEM_LIMIT`]: a slow provider slows acceptance instead of growing the heap.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +36,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::core::ledger::Ledger;
 use crate::core::wal::{Lsn, TimelineId};
 use crate::storage::durable;
 use crate::storage::ObjectStore;
@@ -91,10 +97,6 @@ impl Obj {
         Ok(Bytes::copy_from_slice(body))
     }
 
-    fn is_spooled(&self) -> bool {
-        self.body.lock().expect("not poisoned").spooled.is_some()
-    }
-
     /// Write to the outbox (fsync'd) and drop the in-memory copy.
     async fn spool(&self, dir: &Path) -> std::io::Result<()> {
         let data = {
@@ -114,12 +116,6 @@ impl Obj {
         b.mem = None;
         Ok(())
     }
-}
-
-struct Entry {
-    obj: Arc<Obj>,
-    end: Option<(TimelineId, Lsn)>,
-    stored: Vec<bool>,
 }
 
 enum LaneEvent {
@@ -368,17 +364,15 @@ impl Delivery {
         }));
         let shared = health.clone();
         let main = tokio::spawn(async move {
-            let mut pending: VecDeque<Entry> = VecDeque::new();
-            // A provider is healthy while none of its writes is failing: one key that keeps
-            // failing keeps it down even while other writes to it succeed, so it does not
-            // flap between down and back (and its objects stay spooled meanwhile).
-            let mut healthy = vec![true; n];
-            let mut failing: Vec<std::collections::BTreeSet<u64>> = vec![Default::default(); n];
+            // What may be acknowledged, which provider is down, what to spool and what to
+            // forget are the ledger's decisions; this loop does the I/O they call for.
+            let mut ledger = Ledger::new(n);
+            // The objects the ledger has not forgotten, by sequence number.
+            let mut objs: BTreeMap<u64, Arc<Obj>> = BTreeMap::new();
             let mut bytes_held: u64 = 0;
             // Sealed bytes only in memory.
             let mut mem_held: u64 = 0;
             let mut next_seq: u64 = old.last().map_or(0, |o| o.0 + 1);
-            let mut ack_seq: Option<u64> = None;
             let mut full_logged = false;
             for (seq, key, path, len) in old {
                 tracing::info!(key, "replaying an object left in the outbox");
@@ -395,11 +389,8 @@ impl Delivery {
                 for l in &lanes {
                     let _ = l.send(obj.clone());
                 }
-                pending.push_back(Entry {
-                    obj,
-                    end: None,
-                    stored: vec![false; n],
-                });
+                ledger.record(seq, None, true);
+                objs.insert(seq, obj);
             }
             loop {
                 let accept = bytes_held < max_bytes && mem_held < MEM_LIMIT;
@@ -416,39 +407,33 @@ impl Delivery {
                         let Some(ev) = ev else { return };
                         match ev {
                             LaneEvent::Stored(l, seq) => {
-                                failing[l].remove(&seq);
-                                if !healthy[l] && failing[l].is_empty() {
+                                let stored = ledger.stored(l, seq);
+                                if stored.back_up {
                                     tracing::warn!(provider = names[l], "provider is back: backfilling from the spool");
-                                    healthy[l] = true;
                                 }
-                                if healthy[l] {
+                                if ledger.is_up(l) {
                                     let mut h = shared.lock().expect("not poisoned");
                                     let p = &mut h.providers[l];
                                     p.up = true;
                                     p.error = None;
                                     p.down_since = None;
                                 }
-                                // By sequence number, not position: replayed outbox files
-                                // may have gaps (a damaged one is skipped).
-                                if let Some(e) = pending.iter_mut().find(|e| e.obj.seq == seq) {
-                                    e.stored[l] = true;
-                                    // Stored everywhere: no lane needs the bytes any more,
-                                    // even while an older object holds up the queue.
-                                    if e.stored.iter().all(|s| *s)
-                                        && e.obj.body.lock().expect("not poisoned").mem.take().is_some()
-                                    {
-                                        mem_held = mem_held.saturating_sub(e.obj.len);
+                                // Stored everywhere: no lane needs the bytes any more, even
+                                // while an older object holds up the queue.
+                                if stored.everywhere {
+                                    if let Some(obj) = objs.get(&seq) {
+                                        if obj.body.lock().expect("not poisoned").mem.take().is_some() {
+                                            mem_held = mem_held.saturating_sub(obj.len);
+                                        }
                                     }
                                 }
                             }
                             LaneEvent::Failed(l, seq, err) => {
-                                failing[l].insert(seq);
-                                if healthy[l] {
+                                if ledger.failed(l, seq) {
                                     tracing::error!(provider = names[l], error = %err, "provider is down: WAL is held in the fsync'd spool for it and acknowledged from there");
                                 } else {
                                     tracing::debug!(provider = names[l], error = %err, "still down");
                                 }
-                                healthy[l] = false;
                                 {
                                     let mut h = shared.lock().expect("not poisoned");
                                     let p = &mut h.providers[l];
@@ -460,14 +445,13 @@ impl Delivery {
                                 }
                                 // Everything it lacks goes to the outbox, in order; it reads
                                 // from there when it returns.
-                                for e in pending.iter().filter(|e| !e.stored[l]) {
-                                    if e.obj.is_spooled() {
-                                        continue;
-                                    }
-                                    match e.obj.spool(&dir).await {
+                                for seq in ledger.to_spool(l) {
+                                    let obj = objs.get(&seq).expect("the ledger lists only objects it holds");
+                                    match obj.spool(&dir).await {
                                         Ok(()) => {
-                                            bytes_held += e.obj.len;
-                                            mem_held = mem_held.saturating_sub(e.obj.len);
+                                            ledger.spooled(seq);
+                                            bytes_held += obj.len;
+                                            mem_held = mem_held.saturating_sub(obj.len);
                                         }
                                         Err(err) => {
                                             tracing::error!(error = %err, dir = %dir.display(), "cannot write the spool outbox: WAL stays unacknowledged (hint: free space there or set wal.spool_dir)");
@@ -491,7 +475,8 @@ impl Delivery {
                             len: out.bytes.len() as u64,
                             body: Mutex::new(Body { mem: Some(out.bytes), spooled: None }),
                         });
-                        if !healthy.iter().all(|h| *h) {
+                        let spool = ledger.any_down();
+                        if spool {
                             // A provider is down: hold this object for it.
                             if let Err(e) = obj.spool(&dir).await {
                                 let _ = ack_tx.send(Err(format!("cannot write the spool outbox in {}: {e} (hint: free space there or set wal.spool_dir)", dir.display())));
@@ -505,7 +490,8 @@ impl Delivery {
                         for l in &lanes {
                             let _ = l.send(obj.clone());
                         }
-                        pending.push_back(Entry { obj, end: out.end, stored: vec![false; n] });
+                        ledger.record(seq, out.end, spool);
+                        objs.insert(seq, obj);
                     }
                 }
                 {
@@ -513,23 +499,7 @@ impl Delivery {
                     h.spool_held = bytes_held;
                     h.acknowledging = bytes_held < max_bytes;
                 }
-                // Acknowledge in order what every provider has, or holds in the spool.
-                let mut last = None;
-                for e in pending.iter() {
-                    if ack_seq.is_some_and(|a| e.obj.seq <= a) {
-                        continue;
-                    }
-                    let spooled = e.obj.is_spooled();
-                    if (0..n).all(|l| e.stored[l] || (!healthy[l] && spooled)) {
-                        ack_seq = Some(e.obj.seq);
-                        if e.end.is_some() {
-                            last = e.end;
-                        }
-                    } else {
-                        break;
-                    }
-                }
-                if let Some((tli, end)) = last {
+                if let Some((tli, end)) = ledger.acknowledge() {
                     // Durable before PostgreSQL can hear of it: a restart never resumes
                     // past a hole that this acknowledgement did not cover.
                     let d = dir.clone();
@@ -547,18 +517,20 @@ impl Delivery {
                     }
                 }
                 // Forget what every provider has.
-                while pending.front().is_some_and(|e| e.stored.iter().all(|s| *s)) {
-                    let e = pending.pop_front().expect("checked");
+                for seq in ledger.forget() {
+                    let obj = objs
+                        .remove(&seq)
+                        .expect("the ledger forgets only recorded objects");
                     let (path, in_mem) = {
-                        let mut b = e.obj.body.lock().expect("not poisoned");
+                        let mut b = obj.body.lock().expect("not poisoned");
                         (b.spooled.take(), b.mem.take().is_some())
                     };
                     if let Some(path) = path {
                         let _ = std::fs::remove_file(path);
-                        bytes_held = bytes_held.saturating_sub(e.obj.len);
+                        bytes_held = bytes_held.saturating_sub(obj.len);
                     }
                     if in_mem {
-                        mem_held = mem_held.saturating_sub(e.obj.len);
+                        mem_held = mem_held.saturating_sub(obj.len);
                     }
                 }
             }
