@@ -733,7 +733,7 @@ impl Streamer {
                 if info.restart_lsn.is_none() {
                     return Err(PgError::from_server(crate::pg::protocol::ErrorFields {
                         severity: "ERROR".into(),
-                        code: "42704".into(),
+                        code: Some(crate::pg::sqlstate::SqlState::UNDEFINED_OBJECT),
                         message: format!("replication slot \"{slot}\" does not exist"),
                         detail: None,
                         hint: Some("create it, or set postgres.create_slot = true".into()),

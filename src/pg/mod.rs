@@ -6,11 +6,13 @@ pub mod conn;
 pub mod conninfo;
 pub mod protocol;
 pub mod replication;
+pub mod sqlstate;
 pub mod tls;
 
 pub use conn::{Connection, QueryResult};
 
 use crate::pg::protocol::{ErrorFields, ProtocolError};
+use crate::pg::sqlstate::SqlState;
 use thiserror::Error;
 
 /// Errors from talking to PostgreSQL. Messages name the server and, where the cause is
@@ -51,9 +53,9 @@ impl PgError {
     }
 
     /// The SQLSTATE of a server error.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<SqlState> {
         match self {
-            PgError::Server { fields } => Some(fields.code.as_str()),
+            PgError::Server { fields } => fields.code,
             _ => None,
         }
     }
@@ -63,8 +65,14 @@ impl PgError {
         match self {
             PgError::Auth { .. } | PgError::Tls(_) | PgError::ConnInfo(_) => true,
             PgError::Server { fields } => matches!(
-                fields.code.as_str(),
-                "28P01" | "28000" | "42501" | "42704" | "3D000"
+                fields.code,
+                Some(
+                    SqlState::INVALID_PASSWORD
+                        | SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                        | SqlState::INSUFFICIENT_PRIVILEGE
+                        | SqlState::UNDEFINED_OBJECT
+                        | SqlState::INVALID_CATALOG_NAME
+                )
             ),
             _ => false,
         }
@@ -77,23 +85,23 @@ fn hint_for(f: &ErrorFields) -> Option<String> {
         return Some(h.clone());
     }
     let m = f.message.as_str();
-    Some(match f.code.as_str() {
-        "28P01" => "check the password in postgres.conninfo, PGPASSWORD or ~/.pgpass".into(),
-        "28000" if m.contains("pg_hba.conf") => {
+    Some(match f.code? {
+        SqlState::INVALID_PASSWORD => "check the password in postgres.conninfo, PGPASSWORD or ~/.pgpass".into(),
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION if m.contains("pg_hba.conf") => {
             "add a line like \"host replication lifeboat 10.0.0.0/8 scram-sha-256\" to pg_hba.conf (the database column must be the keyword replication) and reload".into()
         }
-        "42501"
+        SqlState::INSUFFICIENT_PRIVILEGE
             if m.contains("replication")
                 || m.contains("REPLICATION")
                 || m.contains("WAL sender") =>
         {
             "grant it with ALTER ROLE ... WITH REPLICATION".into()
         }
-        "53300" => "raise max_wal_senders (or max_connections) on the server, or stop another replication client".into(),
-        "42704" if m.contains("replication slot") => {
+        SqlState::TOO_MANY_CONNECTIONS => "raise max_wal_senders (or max_connections) on the server, or stop another replication client".into(),
+        SqlState::UNDEFINED_OBJECT if m.contains("replication slot") => {
             "create it with lifeboat (set postgres.create_slot = true) or with SELECT pg_create_physical_replication_slot(...)".into()
         }
-        "58P01" => "the server already recycled that WAL: use a replication slot so it keeps WAL until lifeboat has archived it, then take a new base backup".into(),
+        SqlState::UNDEFINED_FILE => "the server already recycled that WAL: use a replication slot so it keeps WAL until lifeboat has archived it, then take a new base backup".into(),
         _ => return None,
     })
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use super::{Connection, PgError};
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 use crate::pg::protocol::{self, quote_ident, Backend, ReplicationMessage};
+use crate::pg::sqlstate::SqlState;
 
 /// The answer to IDENTIFY_SYSTEM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +113,7 @@ impl Connection {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("42710") => Ok(false),
+            Err(e) if e.code() == Some(SqlState::DUPLICATE_OBJECT) => Ok(false),
             Err(e) => Err(e),
         }
     }
