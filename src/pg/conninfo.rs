@@ -241,9 +241,10 @@ pub enum ConnInfoError {
     /// `sslrootcert=system` with a mode that would not check the host name.
     #[error("weak sslmode \"{sslmode}\" may not be used with sslrootcert=system (hint: use sslmode=verify-full, or name a root certificate file)")]
     WeakSslModeWithSystemRoots { sslmode: SslMode },
-    /// The password file exists but could not be read.
-    #[error("could not read password file \"{}\": {source} (hint: check its ownership and permissions, or set passfile/PGPASSFILE)", .path.display())]
-    Passfile { path: PathBuf, source: io::Error },
+    /// The password file exists but could not be read. `cause` comes before the hint, so it
+    /// is a field printed in the message, not a source.
+    #[error("could not read password file \"{}\": {cause} (hint: check its ownership and permissions, or set passfile/PGPASSFILE)", .path.display())]
+    Passfile { path: PathBuf, cause: io::Error },
 }
 
 /// Fully resolved connection parameters: the connection string merged with the environment
@@ -508,7 +509,7 @@ impl ConnParams {
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PasswordLookup::default()),
-            Err(source) => return Err(ConnInfoError::Passfile { path, source }),
+            Err(cause) => return Err(ConnInfoError::Passfile { path, cause }),
         };
         if !meta.is_file() {
             return Ok(PasswordLookup::default());
@@ -529,7 +530,7 @@ impl ConnParams {
         }
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(source) => return Err(ConnInfoError::Passfile { path, source }),
+            Err(cause) => return Err(ConnInfoError::Passfile { path, cause }),
         };
         let contents = String::from_utf8_lossy(&bytes);
 

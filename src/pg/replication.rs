@@ -83,7 +83,7 @@ impl Connection {
 
     pub async fn wal_segment_size(&mut self) -> Result<WalSegSize, PgError> {
         let v = self.show("wal_segment_size").await?;
-        WalSegSize::from_show(&v).map_err(|e| PgError::Protocol(e.to_string()))
+        WalSegSize::from_show(&v).map_err(PgError::Setting)
     }
 
     /// The raw content of timeline `tli`'s history file.

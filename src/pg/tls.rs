@@ -50,7 +50,7 @@ pub enum TlsConfigError {
     )]
     NoHomeForRootCert,
     /// A certificate or key file could not be read.
-    #[error("could not read {what} file \"{}\": {source}", .path.display())]
+    #[error("could not read {what} file \"{}\"", .path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
@@ -71,12 +71,13 @@ pub enum TlsConfigError {
     /// The key file is readable by others, which libpq refuses.
     #[error("private key file \"{}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root (hint: chmod 0600 \"{}\")", .path.display(), .path.display())]
     KeyPermissions { path: PathBuf },
-    /// rustls rejected the certificate/key pair.
-    #[error("cannot use client certificate \"{}\" with private key \"{}\": {source} (hint: check that the key belongs to the certificate)", .cert.display(), .key.display())]
+    /// rustls rejected the certificate/key pair. `cause` comes before the hint, so it is a
+    /// field printed in the message, not a source.
+    #[error("cannot use client certificate \"{}\" with private key \"{}\": {cause} (hint: check that the key belongs to the certificate)", .cert.display(), .key.display())]
     ClientAuth {
         cert: PathBuf,
         key: PathBuf,
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     /// `sslrootcert=system` with a mode that would not check the host name.
     #[error("weak sslmode \"{sslmode}\" may not be used with sslrootcert=system (hint: use sslmode=verify-full)")]
@@ -88,8 +89,11 @@ pub enum TlsConfigError {
     #[error("TLS is not used for unix-socket host \"{host}\" (hint: connect over TCP to use TLS)")]
     UnixSocket { host: String },
     /// rustls could not build the configuration.
-    #[error("could not set up TLS: {reason}")]
-    Setup { reason: String },
+    #[error("could not set up TLS")]
+    Setup {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Build the TLS client configuration for `params.sslmode`; `None` for `disable`.
@@ -110,9 +114,7 @@ pub fn client_config(
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
-                    .map_err(|e| TlsConfigError::Setup {
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| TlsConfigError::Setup { source: e.into() })?;
             if params.sslmode == SslMode::VerifyFull {
                 webpki
             } else {
@@ -125,18 +127,16 @@ pub fn client_config(
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsConfigError::Setup {
-            reason: e.to_string(),
-        })?
+        .map_err(|e| TlsConfigError::Setup { source: e.into() })?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = match client_identity(params, home)? {
         Some((cert_path, key_path, certs, key)) => builder
             .with_client_auth_cert(certs, key)
-            .map_err(|source| TlsConfigError::ClientAuth {
+            .map_err(|cause| TlsConfigError::ClientAuth {
                 cert: cert_path,
                 key: key_path,
-                source,
+                cause,
             })?,
         None => builder.with_no_client_auth(),
     };
