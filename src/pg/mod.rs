@@ -70,6 +70,10 @@ pub enum PgError {
     /// An ErrorResponse.
     #[error("server error: {}{}", .fields, hint_for(.fields).map(|h| format!(" (hint: {h})")).unwrap_or_default())]
     Server { fields: ErrorFields },
+    /// The replication slot to stream from does not exist (READ_REPLICATION_SLOT reports no
+    /// restart position), and lifeboat is not to create it.
+    #[error("server error: replication slot \"{slot}\" does not exist (hint: create it, or set postgres.create_slot = true)")]
+    SlotMissing { slot: String },
     /// The server broke the protocol, or answered in a way lifeboat cannot use.
     #[error("{0}")]
     Protocol(String),
@@ -139,7 +143,8 @@ impl PgError {
             | PgError::TlsConfig(_)
             | PgError::TlsHandshake { .. }
             | PgError::TlsRefused { .. }
-            | PgError::ConnInfo(_) => true,
+            | PgError::ConnInfo(_)
+            | PgError::SlotMissing { .. } => true,
             PgError::Server { fields } => matches!(
                 fields.code,
                 Some(
@@ -250,6 +255,19 @@ mod tests {
         assert_eq!(
             printed(e),
             "could not connect to db:5432: timed out after 10s (hint: is PostgreSQL running there and accepting TCP/IP connections? check postgres.conninfo)"
+        );
+    }
+
+    #[test]
+    fn a_missing_slot_is_its_own_kind_and_permanent() {
+        let e = PgError::SlotMissing {
+            slot: "lifeboat".into(),
+        };
+        assert!(e.is_permanent());
+        assert_eq!(e.code(), None);
+        assert_eq!(
+            e.to_string(),
+            "server error: replication slot \"lifeboat\" does not exist (hint: create it, or set postgres.create_slot = true)"
         );
     }
 }
