@@ -50,9 +50,9 @@ pub enum PgError {
         source: io::Error,
     },
     /// The server answered `N` to SSLRequest, and sslmode requires TLS.
-    #[error("server {target} does not support TLS, but sslmode={sslmode} requires it (hint: enable ssl on the server, or lower sslmode)")]
+    #[error("server {target} does not support TLS, but sslmode={sslmode} requires it\nhint: enable ssl on the server, or lower sslmode")]
     TlsRefused { target: String, sslmode: SslMode },
-    #[error("authentication as \"{user}\" failed: {reason} (hint: {hint})")]
+    #[error("authentication as \"{user}\" failed: {reason}\nhint: {hint}")]
     Auth {
         user: String,
         reason: String,
@@ -68,11 +68,11 @@ pub enum PgError {
     )]
     ScramSignature { cause: io::Error },
     /// An ErrorResponse.
-    #[error("server error: {}{}", .fields, hint_for(.fields).map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+    #[error("server error: {}{}", .fields, hint_for(.fields).map(|h| format!("\nhint: {h}")).unwrap_or_default())]
     Server { fields: ErrorFields },
     /// The replication slot to stream from does not exist (READ_REPLICATION_SLOT reports no
     /// restart position), and lifeboat is not to create it.
-    #[error("server error: replication slot \"{slot}\" does not exist (hint: create it, or set postgres.create_slot = true)")]
+    #[error("server error: replication slot \"{slot}\" does not exist\nhint: create it, or set postgres.create_slot = true")]
     SlotMissing { slot: String },
     /// The server broke the protocol, or answered in a way lifeboat cannot use.
     #[error("{0}")]
@@ -112,11 +112,11 @@ pub enum PgError {
 pub enum ConnectError {
     /// Connecting, or the first exchange (SSLRequest, startup), failed. The I/O error sits
     /// before the hint, so it is printed here and is not a further link.
-    #[error("{0} (hint: {CONNECT_HINT})")]
+    #[error("{0}\nhint: {CONNECT_HINT}")]
     Io(io::Error),
-    #[error("timed out after {0:?} (hint: {CONNECT_HINT})")]
+    #[error("timed out after {0:?}\nhint: {CONNECT_HINT}")]
     TimedOut(Duration),
-    #[error("no host to connect to (hint: {CONNECT_HINT})")]
+    #[error("no host to connect to\nhint: {CONNECT_HINT}")]
     NoHost,
 }
 
@@ -246,7 +246,7 @@ mod tests {
         };
         assert_eq!(
             printed(e),
-            "could not connect to db:5432: connection refused (hint: is PostgreSQL running there and accepting TCP/IP connections? check postgres.conninfo)"
+            "could not connect to db:5432: connection refused\nhint: is PostgreSQL running there and accepting TCP/IP connections? check postgres.conninfo"
         );
         let e = PgError::Connect {
             target: "db:5432".into(),
@@ -254,7 +254,7 @@ mod tests {
         };
         assert_eq!(
             printed(e),
-            "could not connect to db:5432: timed out after 10s (hint: is PostgreSQL running there and accepting TCP/IP connections? check postgres.conninfo)"
+            "could not connect to db:5432: timed out after 10s\nhint: is PostgreSQL running there and accepting TCP/IP connections? check postgres.conninfo"
         );
     }
 
@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(e.code(), None);
         assert_eq!(
             e.to_string(),
-            "server error: replication slot \"lifeboat\" does not exist (hint: create it, or set postgres.create_slot = true)"
+            "server error: replication slot \"lifeboat\" does not exist\nhint: create it, or set postgres.create_slot = true"
         );
     }
 }
