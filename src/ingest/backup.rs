@@ -415,7 +415,7 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
     let (extensions, bootstrap_superuser) = match read_extensions(&params).await {
         Ok((e, su)) => (Some(e), su),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the installed extensions through an ordinary connection; recording them as unknown");
+            tracing::warn!(error = %format!("{:#}", anyhow::Error::new(e)), "cannot read the installed extensions through an ordinary connection; recording them as unknown");
             (None, None)
         }
     };
@@ -468,7 +468,7 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
     let snapshot_at_end = match read_snapshot(&params).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read a snapshot through an ordinary connection; xid targets will not narrow the backup choice");
+            tracing::warn!(error = %format!("{:#}", anyhow::Error::new(e)), "cannot read a snapshot through an ordinary connection; xid targets will not narrow the backup choice");
             None
         }
     };

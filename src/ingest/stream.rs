@@ -733,14 +733,7 @@ impl Streamer {
                 }
             } else if let Some(info) = conn.read_replication_slot(&slot).await? {
                 if info.restart_lsn.is_none() {
-                    return Err(PgError::from_server(crate::pg::protocol::ErrorFields {
-                        severity: "ERROR".into(),
-                        code: "42704".into(),
-                        message: format!("replication slot \"{slot}\" does not exist"),
-                        detail: None,
-                        hint: Some("create it, or set postgres.create_slot = true".into()),
-                    })
-                    .into());
+                    return Err(PgError::SlotMissing { slot }.into());
                 }
             }
         }

@@ -660,7 +660,10 @@ mod tests {
         let mut d = Decoder::new(16);
         let m = split_message(&mut w).unwrap().unwrap();
         let e = d.feed(m).unwrap_err();
-        assert_eq!(e.code(), Some("53300"));
+        assert_eq!(
+            e.code(),
+            Some(crate::pg::sqlstate::SqlState::TOO_MANY_CONNECTIONS)
+        );
     }
 
     #[test]

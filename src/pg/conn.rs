@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::conninfo::{ConnParams, Host, SslMode};
-use super::{tls, PgError};
+use super::{tls, ConnectError, PgError};
 use crate::pg::protocol::{split_message, AuthRequest, Backend};
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -69,14 +69,14 @@ impl Connection {
                 Err(_) => {
                     last = Some(PgError::Connect {
                         target: describe(target),
-                        reason: format!("timed out after {timeout:?}"),
+                        source: ConnectError::TimedOut(timeout),
                     })
                 }
             }
         }
         Err(last.unwrap_or_else(|| PgError::Connect {
             target: "(none)".into(),
-            reason: "no host to connect to".into(),
+            source: ConnectError::NoHost,
         }))
     }
 
@@ -89,7 +89,7 @@ impl Connection {
         let where_ = describe(target);
         let io_err = |e: std::io::Error| PgError::Connect {
             target: where_.clone(),
-            reason: e.to_string(),
+            source: ConnectError::Io(e),
         };
         let mut stream: Pin<Box<dyn Stream>> = match &target.0 {
             Host::Tcp(h) => {
@@ -104,7 +104,7 @@ impl Connection {
                     SslMode::Disable => s,
                     mode => {
                         let cfg = tls::client_config(params, home_dir().as_deref())
-                            .map_err(|e| PgError::Tls(e.to_string()))?;
+                            .map_err(PgError::TlsConfig)?;
                         match cfg {
                             None => s,
                             Some(cfg) => negotiate_tls(s, cfg, h, mode, &where_).await?,
@@ -130,8 +130,7 @@ impl Connection {
         let app = params.application_name.as_deref().unwrap_or("lifeboat");
         startup.push(("application_name", app));
         let mut buf = BytesMut::new();
-        frontend::startup_message(startup.iter().copied(), &mut buf)
-            .map_err(|e| PgError::Protocol(e.to_string()))?;
+        frontend::startup_message(startup.iter().copied(), &mut buf).map_err(PgError::Encode)?;
         stream.write_all(&buf).await.map_err(io_err)?;
 
         let mut conn = Connection {
@@ -153,7 +152,7 @@ impl Connection {
         let password = || -> Result<String, PgError> {
             let lookup = params
                 .password_for(target, replication, home_dir().as_deref())
-                .map_err(|e| PgError::ConnInfo(e.to_string()))?;
+                .map_err(PgError::ConnInfo)?;
             if let Some(w) = &lookup.warning {
                 tracing::warn!("{w}");
             }
@@ -163,8 +162,7 @@ impl Connection {
                 .ok_or_else(|| PgError::Auth {
                     user: params.user.clone(),
                     reason: "the server asked for a password but none was given".into(),
-                    hint: "set password= in postgres.conninfo, PGPASSWORD, or a ~/.pgpass line"
-                        .into(),
+                    hint: "set password= in postgres.conninfo, PGPASSWORD, or a ~/.pgpass line",
                 })
         };
         let mut scram: Option<ScramSha256> = None;
@@ -174,8 +172,7 @@ impl Connection {
                 Backend::Auth(AuthRequest::Cleartext) => {
                     let pw = password()?;
                     let mut b = BytesMut::new();
-                    frontend::password_message(pw.as_bytes(), &mut b)
-                        .map_err(|e| PgError::Protocol(e.to_string()))?;
+                    frontend::password_message(pw.as_bytes(), &mut b).map_err(PgError::Encode)?;
                     self.send(&b).await?;
                 }
                 Backend::Auth(AuthRequest::Md5 { salt }) => {
@@ -186,8 +183,7 @@ impl Connection {
                         salt,
                     );
                     let mut b = BytesMut::new();
-                    frontend::password_message(hash.as_bytes(), &mut b)
-                        .map_err(|e| PgError::Protocol(e.to_string()))?;
+                    frontend::password_message(hash.as_bytes(), &mut b).map_err(PgError::Encode)?;
                     self.send(&b).await?;
                 }
                 Backend::Auth(AuthRequest::Sasl { mechanisms }) => {
@@ -197,14 +193,14 @@ impl Connection {
                             reason: format!(
                                 "the server offers only SASL mechanisms {mechanisms:?}"
                             ),
-                            hint: "allow SCRAM-SHA-256 for this role in pg_hba.conf".into(),
+                            hint: "allow SCRAM-SHA-256 for this role in pg_hba.conf",
                         });
                     }
                     let pw = password()?;
                     let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
                     let mut b = BytesMut::new();
                     frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut b)
-                        .map_err(|e| PgError::Protocol(e.to_string()))?;
+                        .map_err(PgError::Encode)?;
                     self.send(&b).await?;
                     scram = Some(s);
                 }
@@ -212,30 +208,24 @@ impl Connection {
                     let s = scram.as_mut().ok_or_else(|| {
                         PgError::Protocol("SASL continue without a SASL exchange".into())
                     })?;
-                    s.update(&data)
-                        .map_err(|e| PgError::Protocol(format!("SCRAM: {e}")))?;
+                    s.update(&data).map_err(PgError::Scram)?;
                     let mut b = BytesMut::new();
-                    frontend::sasl_response(s.message(), &mut b)
-                        .map_err(|e| PgError::Protocol(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut b).map_err(PgError::Encode)?;
                     self.send(&b).await?;
                 }
                 Backend::Auth(AuthRequest::SaslFinal(data)) => {
                     let s = scram.as_mut().ok_or_else(|| {
                         PgError::Protocol("SASL final without a SASL exchange".into())
                     })?;
-                    s.finish(&data).map_err(|e| {
-                        PgError::Protocol(format!(
-                            "SCRAM server signature did not verify ({e}): the server may not know the password"
-                        ))
-                    })?;
+                    s.finish(&data)
+                        .map_err(|cause| PgError::ScramSignature { cause })?;
                 }
                 Backend::Auth(AuthRequest::Other(n)) => {
                     return Err(PgError::Auth {
                         user: params.user.clone(),
                         reason: format!("unsupported authentication method (code {n})"),
                         hint:
-                            "use trust, password, md5 or scram-sha-256 for this role in pg_hba.conf"
-                                .into(),
+                            "use trust, password, md5 or scram-sha-256 for this role in pg_hba.conf",
                     })
                 }
                 Backend::Error(f) => return Err(PgError::from_server(f)),
@@ -292,7 +282,10 @@ impl Connection {
                 .stream
                 .read_buf(&mut self.rbuf)
                 .await
-                .map_err(|e| PgError::Io(format!("reading from {}: {e}", self.target)))?;
+                .map_err(|source| PgError::Read {
+                    target: self.target.clone(),
+                    source,
+                })?;
             if n == 0 {
                 return Err(PgError::Closed(self.target.clone()));
             }
@@ -301,19 +294,17 @@ impl Connection {
 
     /// Send raw frontend bytes and flush.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), PgError> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(|e| PgError::Io(format!("writing to {}: {e}", self.target)))?;
-        self.stream
-            .flush()
-            .await
-            .map_err(|e| PgError::Io(format!("writing to {}: {e}", self.target)))
+        let write_err = |source| PgError::Write {
+            target: self.target.clone(),
+            source,
+        };
+        self.stream.write_all(bytes).await.map_err(write_err)?;
+        self.stream.flush().await.map_err(write_err)
     }
 
     pub async fn send_query(&mut self, sql: &str) -> Result<(), PgError> {
         let mut b = BytesMut::new();
-        frontend::query(sql, &mut b).map_err(|e| PgError::Protocol(e.to_string()))?;
+        frontend::query(sql, &mut b).map_err(PgError::Encode)?;
         self.send(&b).await
     }
 
@@ -399,7 +390,7 @@ async fn negotiate_tls(
     frontend::ssl_request(&mut b);
     let io = |e: std::io::Error| PgError::Connect {
         target: where_.to_string(),
-        reason: e.to_string(),
+        source: ConnectError::Io(e),
     };
     s.write_all(&b).await.map_err(io)?;
     s.flush().await.map_err(io)?;
@@ -407,20 +398,25 @@ async fn negotiate_tls(
     s.read_exact(&mut answer).await.map_err(io)?;
     match answer[0] {
         b'S' => {
-            let name = tls::server_name(host).map_err(|e| PgError::Tls(e.to_string()))?;
+            let name = tls::server_name(host).map_err(PgError::TlsConfig)?;
             let connector = tokio_rustls::TlsConnector::from(cfg);
             // Any byte already sent after 'S' would be unencrypted data injected before the
             // handshake: the stream is unbuffered here, so the handshake itself would fail.
-            let tls = connector.connect(name, s).await.map_err(|e| {
-                PgError::Tls(format!("TLS handshake with {where_} failed: {e}"))
-            })?;
+            let tls = connector
+                .connect(name, s)
+                .await
+                .map_err(|source| PgError::TlsHandshake {
+                    target: where_.to_string(),
+                    source,
+                })?;
             Ok(Box::pin(tls))
         }
         b'N' => match mode {
             SslMode::Prefer | SslMode::Allow => Ok(s),
-            _ => Err(PgError::Tls(format!(
-                "server {where_} does not support TLS, but sslmode={mode} requires it (hint: enable ssl on the server, or lower sslmode)"
-            ))),
+            _ => Err(PgError::TlsRefused {
+                target: where_.to_string(),
+                sslmode: *mode,
+            }),
         },
         b'E' => Err(PgError::Protocol(format!(
             "server {where_} answered the TLS request with an error (is it older than 7.0?)"

@@ -199,33 +199,31 @@ impl fmt::Display for Origin {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnInfoError {
     /// A keyword/value string is malformed. `input` has its password values masked.
-    #[error("invalid connection string \"{input}\": {reason} (hint: {hint})")]
+    #[error("invalid connection string \"{input}\": {reason}\nhint: {hint}")]
     Syntax {
         input: String,
         reason: String,
         hint: &'static str,
     },
     /// A `postgresql://` URI is malformed. `input` has its password masked.
-    #[error("invalid connection URI \"{input}\": {reason} (hint: {hint})")]
+    #[error("invalid connection URI \"{input}\": {reason}\nhint: {hint}")]
     Uri {
         input: String,
         reason: String,
         hint: &'static str,
     },
     /// A keyword libpq does not know.
-    #[error("invalid connection option \"{keyword}\" (hint: {hint})")]
+    #[error("invalid connection option \"{keyword}\"\nhint: {hint}")]
     UnknownOption { keyword: String, hint: String },
     /// A real libpq option (or option value) that lifeboat cannot honour.
-    #[error("connection option \"{keyword}\"{origin} is not supported by lifeboat (hint: {hint})")]
+    #[error("connection option \"{keyword}\"{origin} is not supported by lifeboat\nhint: {hint}")]
     Unsupported {
         keyword: &'static str,
         origin: Origin,
         hint: &'static str,
     },
     /// A value that does not parse for its option. Never used for passwords.
-    #[error(
-        "invalid value \"{value}\" for connection option \"{keyword}\"{origin} (hint: {hint})"
-    )]
+    #[error("invalid value \"{value}\" for connection option \"{keyword}\"{origin}\nhint: {hint}")]
     InvalidValue {
         keyword: &'static str,
         value: String,
@@ -233,17 +231,18 @@ pub enum ConnInfoError {
         hint: &'static str,
     },
     /// The port list does not line up with the host list.
-    #[error("could not match {ports} port numbers to {hosts} hosts (hint: give one port for all hosts, or one port per host)")]
+    #[error("could not match {ports} port numbers to {hosts} hosts\nhint: give one port for all hosts, or one port per host")]
     PortCount { hosts: usize, ports: usize },
     /// The hostaddr list does not line up with the host list.
-    #[error("could not match {hostaddrs} hostaddr values to {hosts} host names (hint: give one hostaddr per host, or leave hostaddr out)")]
+    #[error("could not match {hostaddrs} hostaddr values to {hosts} host names\nhint: give one hostaddr per host, or leave hostaddr out")]
     HostaddrCount { hosts: usize, hostaddrs: usize },
     /// `sslrootcert=system` with a mode that would not check the host name.
-    #[error("weak sslmode \"{sslmode}\" may not be used with sslrootcert=system (hint: use sslmode=verify-full, or name a root certificate file)")]
+    #[error("weak sslmode \"{sslmode}\" may not be used with sslrootcert=system\nhint: use sslmode=verify-full, or name a root certificate file")]
     WeakSslModeWithSystemRoots { sslmode: SslMode },
-    /// The password file exists but could not be read.
-    #[error("could not read password file \"{}\": {source} (hint: check its ownership and permissions, or set passfile/PGPASSFILE)", .path.display())]
-    Passfile { path: PathBuf, source: io::Error },
+    /// The password file exists but could not be read. `cause` comes before the hint, so it
+    /// is a field printed in the message, not a source.
+    #[error("could not read password file \"{}\": {cause}\nhint: check its ownership and permissions, or set passfile/PGPASSFILE", .path.display())]
+    Passfile { path: PathBuf, cause: io::Error },
 }
 
 /// Fully resolved connection parameters: the connection string merged with the environment
@@ -508,7 +507,7 @@ impl ConnParams {
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PasswordLookup::default()),
-            Err(source) => return Err(ConnInfoError::Passfile { path, source }),
+            Err(cause) => return Err(ConnInfoError::Passfile { path, cause }),
         };
         if !meta.is_file() {
             return Ok(PasswordLookup::default());
@@ -520,7 +519,7 @@ impl ConnParams {
                 return Ok(PasswordLookup {
                     password: None,
                     warning: Some(format!(
-                        "password file \"{}\" has group or world access; permissions should be u=rw (0600) or less (hint: chmod 0600 \"{}\"); ignoring it",
+                        "password file \"{}\" has group or world access; permissions should be u=rw (0600) or less; ignoring it\nhint: chmod 0600 \"{}\"",
                         path.display(),
                         path.display()
                     )),
@@ -529,7 +528,7 @@ impl ConnParams {
         }
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(source) => return Err(ConnInfoError::Passfile { path, source }),
+            Err(cause) => return Err(ConnInfoError::Passfile { path, cause }),
         };
         let contents = String::from_utf8_lossy(&bytes);
 
@@ -1588,7 +1587,7 @@ mod tests {
         );
         assert_eq!(
             err("host=a,b port=1,2,3"),
-            "could not match 3 port numbers to 2 hosts (hint: give one port for all hosts, or one port per host)"
+            "could not match 3 port numbers to 2 hosts\nhint: give one port for all hosts, or one port per host"
         );
     }
 
@@ -1602,11 +1601,11 @@ mod tests {
         assert_eq!(p.hostaddrs, vec![None, None]);
         assert_eq!(
             err("hostaddr=db.example"),
-            "invalid value \"db.example\" for connection option \"hostaddr\" in connection string (hint: hostaddr takes numeric IP addresses; put host names in host)"
+            "invalid value \"db.example\" for connection option \"hostaddr\" in connection string\nhint: hostaddr takes numeric IP addresses; put host names in host"
         );
         assert_eq!(
             err("host=a,b hostaddr=192.0.2.1"),
-            "could not match 1 hostaddr values to 2 host names (hint: give one hostaddr per host, or leave hostaddr out)"
+            "could not match 1 hostaddr values to 2 host names\nhint: give one hostaddr per host, or leave hostaddr out"
         );
     }
 
@@ -1692,43 +1691,43 @@ mod tests {
     fn uri_errors() {
         assert_eq!(
             err("postgresql://[::1/db"),
-            "invalid connection URI \"postgresql://[::1/db\": missing \"]\" in IPv6 host address at offset 13 (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://[::1/db\": missing \"]\" in IPv6 host address at offset 13\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         assert_eq!(
             err("postgresql://[]:5/db"),
-            "invalid connection URI \"postgresql://[]:5/db\": IPv6 host address may not be empty at offset 13 (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://[]:5/db\": IPv6 host address may not be empty at offset 13\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         assert_eq!(
             err("postgresql://[::1]x/db"),
-            "invalid connection URI \"postgresql://[::1]x/db\": unexpected character \"x\" at offset 18 (expected \":\", \",\" or \"/\" after an IPv6 address) (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://[::1]x/db\": unexpected character \"x\" at offset 18 (expected \":\", \",\" or \"/\" after an IPv6 address)\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         assert_eq!(
             err("postgresql://h/db?sslmode"),
-            "invalid connection URI \"postgresql://h/db?sslmode\": missing key/value separator \"=\" in query parameter at offset 18 (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://h/db?sslmode\": missing key/value separator \"=\" in query parameter at offset 18\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         assert_eq!(
             err("postgresql://h/db?a=b=c"),
-            "invalid connection URI \"postgresql://h/db?a=b=c\": extra key/value separator \"=\" in query parameter at offset 18 (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://h/db?a=b=c\": extra key/value separator \"=\" in query parameter at offset 18\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         assert_eq!(
             err("postgresql://h/db%zz"),
-            "invalid connection URI \"postgresql://h/db%zz\": invalid percent-encoded token in the database name at offset 17 (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://h/db%zz\": invalid percent-encoded token in the database name at offset 17\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         assert_eq!(
             err("postgresql://h/db%00"),
-            "invalid connection URI \"postgresql://h/db%00\": forbidden value %00 in the database name at offset 17 (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://h/db%00\": forbidden value %00 in the database name at offset 17\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         assert_eq!(
             err("postgresql://h/db?foo=1"),
-            "invalid connection option \"foo\" (hint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords)"
+            "invalid connection option \"foo\"\nhint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords"
         );
         assert_eq!(
             err("postgresql://h/db?ssl=false"),
-            "invalid connection option \"ssl\" (hint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords)"
+            "invalid connection option \"ssl\"\nhint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords"
         );
         assert_eq!(
             err("postgresql://h:abc/db"),
-            "invalid value \"abc\" for connection option \"port\" in connection string (hint: a port is a number from 1 to 65535)"
+            "invalid value \"abc\" for connection option \"port\" in connection string\nhint: a port is a number from 1 to 65535"
         );
     }
 
@@ -1737,17 +1736,17 @@ mod tests {
         let e = err("postgresql://u:sec%zzret@h/db");
         assert_eq!(
             e,
-            "invalid connection URI \"postgresql://u:***@h/db\": invalid percent-encoded token in the password at offset 15 (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://u:***@h/db\": invalid percent-encoded token in the password at offset 15\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         let e = err("postgresql://u:hunter2@[::1/db");
         assert_eq!(
             e,
-            "invalid connection URI \"postgresql://u:***@[::1/db\": missing \"]\" in IPv6 host address at offset 19 (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://u:***@[::1/db\": missing \"]\" in IPv6 host address at offset 19\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         let e = err("postgresql://h/db?password=hunter2&sslmode");
         assert_eq!(
             e,
-            "invalid connection URI \"postgresql://h/db?password=***&sslmode\": missing key/value separator \"=\" in query parameter at offset 31 (hint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters)"
+            "invalid connection URI \"postgresql://h/db?password=***&sslmode\": missing key/value separator \"=\" in query parameter at offset 31\nhint: the form is postgresql://user:password@host:port/dbname?key=value; percent-encode special characters"
         );
         assert!(!e.contains("hunter2"));
     }
@@ -1756,61 +1755,61 @@ mod tests {
     fn keyword_errors_exact() {
         assert_eq!(
             err("host=a port"),
-            "invalid connection string \"host=a port\": missing \"=\" after \"port\" at offset 7 (hint: use key=value pairs, or a postgresql:// URI)"
+            "invalid connection string \"host=a port\": missing \"=\" after \"port\" at offset 7\nhint: use key=value pairs, or a postgresql:// URI"
         );
         assert_eq!(
             err("host=a 'x'"),
-            "invalid connection string \"host=a 'x'\": missing \"=\" after \"'x'\" at offset 7 (hint: use key=value pairs, or a postgresql:// URI)"
+            "invalid connection string \"host=a 'x'\": missing \"=\" after \"'x'\" at offset 7\nhint: use key=value pairs, or a postgresql:// URI"
         );
         assert_eq!(
             err("host='abc"),
-            "invalid connection string \"host='abc\": unterminated quoted string at offset 5 (hint: use key=value pairs, or a postgresql:// URI)"
+            "invalid connection string \"host='abc\": unterminated quoted string at offset 5\nhint: use key=value pairs, or a postgresql:// URI"
         );
         assert_eq!(
             err("hots=a"),
-            "invalid connection option \"hots\" (hint: did you mean \"host\"? see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS)"
+            "invalid connection option \"hots\"\nhint: did you mean \"host\"? see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS"
         );
         assert_eq!(
             err("HOST=a"),
-            "invalid connection option \"HOST\" (hint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords)"
+            "invalid connection option \"HOST\"\nhint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords"
         );
         assert_eq!(
             err("frobnicate=1"),
-            "invalid connection option \"frobnicate\" (hint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords)"
+            "invalid connection option \"frobnicate\"\nhint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords"
         );
         assert_eq!(
             err("=x"),
-            "invalid connection option \"\" (hint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords)"
+            "invalid connection option \"\"\nhint: see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS for valid keywords"
         );
         assert_eq!(
             err("sslmode=verify"),
-            "invalid value \"verify\" for connection option \"sslmode\" in connection string (hint: use one of disable, allow, prefer, require, verify-ca, verify-full)"
+            "invalid value \"verify\" for connection option \"sslmode\" in connection string\nhint: use one of disable, allow, prefer, require, verify-ca, verify-full"
         );
         assert_eq!(
             err_env("", &[("PGSSLMODE", "bogus")]),
-            "invalid value \"bogus\" for connection option \"sslmode\" from environment variable PGSSLMODE (hint: use one of disable, allow, prefer, require, verify-ca, verify-full)"
+            "invalid value \"bogus\" for connection option \"sslmode\" from environment variable PGSSLMODE\nhint: use one of disable, allow, prefer, require, verify-ca, verify-full"
         );
         for bad in ["abc", "0", "70000", "-1", "54x"] {
             assert_eq!(
                 err(&format!("port={bad}")),
-                format!("invalid value \"{bad}\" for connection option \"port\" in connection string (hint: a port is a number from 1 to 65535)")
+                format!("invalid value \"{bad}\" for connection option \"port\" in connection string\nhint: a port is a number from 1 to 65535")
             );
         }
         assert_eq!(
             err_env("", &[("PGPORT", "x")]),
-            "invalid value \"x\" for connection option \"port\" from environment variable PGPORT (hint: a port is a number from 1 to 65535)"
+            "invalid value \"x\" for connection option \"port\" from environment variable PGPORT\nhint: a port is a number from 1 to 65535"
         );
         assert_eq!(
             err("connect_timeout=soon"),
-            "invalid value \"soon\" for connection option \"connect_timeout\" in connection string (hint: give a whole number of seconds)"
+            "invalid value \"soon\" for connection option \"connect_timeout\" in connection string\nhint: give a whole number of seconds"
         );
         assert_eq!(
             err("channel_binding=maybe"),
-            "invalid value \"maybe\" for connection option \"channel_binding\" in connection string (hint: use one of disable, prefer, require)"
+            "invalid value \"maybe\" for connection option \"channel_binding\" in connection string\nhint: use one of disable, prefer, require"
         );
         assert_eq!(
             err("keepalives=yes"),
-            "invalid value \"yes\" for connection option \"keepalives\" in connection string (hint: use 1 to enable or 0 to disable)"
+            "invalid value \"yes\" for connection option \"keepalives\" in connection string\nhint: use 1 to enable or 0 to disable"
         );
     }
 
@@ -1818,27 +1817,27 @@ mod tests {
     fn unsupported_options() {
         assert_eq!(
             err("service=mydb"),
-            "connection option \"service\" in connection string is not supported by lifeboat (hint: lifeboat does not read pg_service.conf; put host, port, user and dbname in the connection string)"
+            "connection option \"service\" in connection string is not supported by lifeboat\nhint: lifeboat does not read pg_service.conf; put host, port, user and dbname in the connection string"
         );
         assert_eq!(
             err_env("host=a", &[("PGSERVICE", "mydb")]),
-            "connection option \"service\" from environment variable PGSERVICE is not supported by lifeboat (hint: lifeboat does not read pg_service.conf; put host, port, user and dbname in the connection string)"
+            "connection option \"service\" from environment variable PGSERVICE is not supported by lifeboat\nhint: lifeboat does not read pg_service.conf; put host, port, user and dbname in the connection string"
         );
         assert_eq!(
             err("postgresql://h/db?service=x"),
-            "connection option \"service\" in connection string is not supported by lifeboat (hint: lifeboat does not read pg_service.conf; put host, port, user and dbname in the connection string)"
+            "connection option \"service\" in connection string is not supported by lifeboat\nhint: lifeboat does not read pg_service.conf; put host, port, user and dbname in the connection string"
         );
         assert_eq!(
             err("sslcrl=/crl.pem"),
-            "connection option \"sslcrl\" in connection string is not supported by lifeboat (hint: certificate revocation lists are not checked; remove sslcrl)"
+            "connection option \"sslcrl\" in connection string is not supported by lifeboat\nhint: certificate revocation lists are not checked; remove sslcrl"
         );
         assert_eq!(
             err("gssencmode=require"),
-            "connection option \"gssencmode\" in connection string is not supported by lifeboat (hint: GSSAPI encryption is not implemented; use sslmode for encryption)"
+            "connection option \"gssencmode\" in connection string is not supported by lifeboat\nhint: GSSAPI encryption is not implemented; use sslmode for encryption"
         );
         assert_eq!(
             err("sslnegotiation=direct"),
-            "connection option \"sslnegotiation\" in connection string is not supported by lifeboat (hint: direct TLS negotiation is not implemented; use sslnegotiation=postgres)"
+            "connection option \"sslnegotiation\" in connection string is not supported by lifeboat\nhint: direct TLS negotiation is not implemented; use sslnegotiation=postgres"
         );
         // Empty values of unsupported options are harmless.
         parse("service='' sslcrl=''");
@@ -1883,7 +1882,7 @@ mod tests {
         assert_eq!(p.sslrootcert, Some(PathBuf::from("system")));
         assert_eq!(
             err("sslrootcert=system sslmode=require"),
-            "weak sslmode \"require\" may not be used with sslrootcert=system (hint: use sslmode=verify-full, or name a root certificate file)"
+            "weak sslmode \"require\" may not be used with sslrootcert=system\nhint: use sslmode=verify-full, or name a root certificate file"
         );
     }
 
@@ -1916,7 +1915,7 @@ mod tests {
         assert_eq!(SslMode::default(), SslMode::Prefer);
         assert_eq!(
             "VERIFY-FULL".parse::<SslMode>().map_err(|e| e.to_string()),
-            Err("invalid value \"VERIFY-FULL\" for connection option \"sslmode\" (hint: use one of disable, allow, prefer, require, verify-ca, verify-full)".to_string())
+            Err("invalid value \"VERIFY-FULL\" for connection option \"sslmode\"\nhint: use one of disable, allow, prefer, require, verify-ca, verify-full".to_string())
         );
         assert!(SslMode::Require.requires_tls());
         assert!(!SslMode::Prefer.requires_tls());
@@ -1937,17 +1936,17 @@ mod tests {
         let e = err("password='abc");
         assert_eq!(
             e,
-            "invalid connection string \"password=***\": unterminated quoted string at offset 9 (hint: use key=value pairs, or a postgresql:// URI)"
+            "invalid connection string \"password=***\": unterminated quoted string at offset 9\nhint: use key=value pairs, or a postgresql:// URI"
         );
         let e = err("password=hunter 2 host=x y");
         assert_eq!(
             e,
-            "invalid connection string \"password=*** host=x y\": missing \"=\" after the value of a password option (quote values containing spaces) at offset 9 (hint: use key=value pairs, or a postgresql:// URI)"
+            "invalid connection string \"password=*** host=x y\": missing \"=\" after the value of a password option (quote values containing spaces) at offset 9\nhint: use key=value pairs, or a postgresql:// URI"
         );
         let e = err("password = 'se cr\\'et' host='x");
         assert_eq!(
             e,
-            "invalid connection string \"password = *** host='x\": unterminated quoted string at offset 20 (hint: use key=value pairs, or a postgresql:// URI)"
+            "invalid connection string \"password = *** host='x\": unterminated quoted string at offset 20\nhint: use key=value pairs, or a postgresql:// URI"
         );
         let e = err("user=u password=s3cr3t port");
         assert!(!e.contains("s3cr3t"), "{e}");
@@ -2123,7 +2122,7 @@ mod tests {
         let shown = path.display().to_string();
         assert_eq!(
             r.warning,
-            Some(format!("password file \"{shown}\" has group or world access; permissions should be u=rw (0600) or less (hint: chmod 0600 \"{shown}\"); ignoring it"))
+            Some(format!("password file \"{shown}\" has group or world access; permissions should be u=rw (0600) or less; ignoring it\nhint: chmod 0600 \"{shown}\""))
         );
         assert!(!r.warning.unwrap_or_default().contains("leaky"));
     }

@@ -12,6 +12,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::core::wal::Lsn;
+use crate::pg::sqlstate::SqlState;
 
 /// Largest backend message we accept (a CopyData of WAL is at most 128 KiB; a base backup
 /// chunk or a history file is far smaller than this).
@@ -31,7 +32,8 @@ fn violation(s: impl Into<String>) -> ProtocolError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ErrorFields {
     pub severity: String,
-    pub code: String,
+    /// `None` when the server sent no `C` field, or one that is not a SQLSTATE.
+    pub code: Option<SqlState>,
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
@@ -176,7 +178,7 @@ fn parse_fields(r: &mut Reader) -> Result<ErrorFields, ProtocolError> {
         match t {
             b'V' => f.severity = v,
             b'S' if f.severity.is_empty() => f.severity = v,
-            b'C' => f.code = v,
+            b'C' => f.code = v.parse().ok(),
             b'M' => f.message = v,
             b'D' => f.detail = Some(v),
             b'H' => f.hint = Some(v),
@@ -438,7 +440,7 @@ mod tests {
         match split_message(&mut b).unwrap() {
             Some(Backend::Error(f)) => {
                 assert_eq!(f.severity, "FATAL");
-                assert_eq!(f.code, "28000");
+                assert_eq!(f.code, Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION));
                 assert_eq!(f.message, "no pg_hba.conf entry for replication connection");
                 assert_eq!(f.hint.as_deref(), Some("some hint"));
             }
@@ -568,7 +570,7 @@ mod tests {
             )[..],
         );
         assert!(
-            matches!(split_message(&mut b).unwrap(), Some(Backend::Error(f)) if f.code == "58P01")
+            matches!(split_message(&mut b).unwrap(), Some(Backend::Error(f)) if f.code == Some(SqlState::UNDEFINED_FILE))
         );
     }
 

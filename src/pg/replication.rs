@@ -7,6 +7,7 @@ use bytes::Bytes;
 use super::{Connection, PgError};
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 use crate::pg::protocol::{self, quote_ident, Backend, ReplicationMessage};
+use crate::pg::sqlstate::SqlState;
 
 /// The answer to IDENTIFY_SYSTEM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +83,7 @@ impl Connection {
 
     pub async fn wal_segment_size(&mut self) -> Result<WalSegSize, PgError> {
         let v = self.show("wal_segment_size").await?;
-        WalSegSize::from_show(&v).map_err(|e| PgError::Protocol(e.to_string()))
+        WalSegSize::from_show(&v).map_err(PgError::Setting)
     }
 
     /// The raw content of timeline `tli`'s history file.
@@ -112,7 +113,7 @@ impl Connection {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("42710") => Ok(false),
+            Err(e) if e.code() == Some(SqlState::DUPLICATE_OBJECT) => Ok(false),
             Err(e) => Err(e),
         }
     }

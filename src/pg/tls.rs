@@ -42,54 +42,58 @@ const ROOT_CERT_HINT: &str = "either provide the file, use the system's trusted 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
     /// `verify-ca`/`verify-full` without a root certificate file.
-    #[error("root certificate file \"{}\" does not exist (hint: {ROOT_CERT_HINT})", .path.display())]
+    #[error("root certificate file \"{}\" does not exist\nhint: {ROOT_CERT_HINT}", .path.display())]
     RootCertMissing { path: PathBuf },
     /// `verify-ca`/`verify-full`, no `sslrootcert`, and no home directory to find the default.
     #[error(
-        "could not get home directory to locate root certificate file (hint: {ROOT_CERT_HINT})"
+        "could not get home directory to locate root certificate file\nhint: {ROOT_CERT_HINT}"
     )]
     NoHomeForRootCert,
     /// A certificate or key file could not be read.
-    #[error("could not read {what} file \"{}\": {source}", .path.display())]
+    #[error("could not read {what} file \"{}\"", .path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
         source: io::Error,
     },
     /// A certificate file held no usable certificate.
-    #[error("no usable certificates found in {what} file \"{}\" (hint: the file must hold PEM \"BEGIN CERTIFICATE\" blocks)", .path.display())]
+    #[error("no usable certificates found in {what} file \"{}\"\nhint: the file must hold PEM \"BEGIN CERTIFICATE\" blocks", .path.display())]
     NoCertificates { what: &'static str, path: PathBuf },
     /// An explicitly named client certificate file does not exist.
-    #[error("client certificate file \"{}\" does not exist (hint: fix sslcert, or leave it unset to use ~/.postgresql/postgresql.crt when present)", .path.display())]
+    #[error("client certificate file \"{}\" does not exist\nhint: fix sslcert, or leave it unset to use ~/.postgresql/postgresql.crt when present", .path.display())]
     ClientCertMissing { path: PathBuf },
     /// A client certificate without its private key.
-    #[error("certificate present, but not private key file \"{}\" (hint: set sslkey to the key for client certificate \"{}\")", .key.display(), .cert.display())]
+    #[error("certificate present, but not private key file \"{}\"\nhint: set sslkey to the key for client certificate \"{}\"", .key.display(), .cert.display())]
     KeyMissing { cert: PathBuf, key: PathBuf },
     /// The key file holds no (unencrypted) private key.
-    #[error("no private key found in \"{}\" (hint: the file must hold an unencrypted PEM private key; encrypted keys (sslpassword) are not supported, decrypt with `openssl pkey -in KEY -out NEWKEY`)", .path.display())]
+    #[error("no private key found in \"{}\"\nhint: the file must hold an unencrypted PEM private key; encrypted keys (sslpassword) are not supported, decrypt with `openssl pkey -in KEY -out NEWKEY`", .path.display())]
     NoPrivateKey { path: PathBuf },
     /// The key file is readable by others, which libpq refuses.
-    #[error("private key file \"{}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root (hint: chmod 0600 \"{}\")", .path.display(), .path.display())]
+    #[error("private key file \"{}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root\nhint: chmod 0600 \"{}\"", .path.display(), .path.display())]
     KeyPermissions { path: PathBuf },
-    /// rustls rejected the certificate/key pair.
-    #[error("cannot use client certificate \"{}\" with private key \"{}\": {source} (hint: check that the key belongs to the certificate)", .cert.display(), .key.display())]
+    /// rustls rejected the certificate/key pair. `cause` comes before the hint, so it is a
+    /// field printed in the message, not a source.
+    #[error("cannot use client certificate \"{}\" with private key \"{}\": {cause}\nhint: check that the key belongs to the certificate", .cert.display(), .key.display())]
     ClientAuth {
         cert: PathBuf,
         key: PathBuf,
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     /// `sslrootcert=system` with a mode that would not check the host name.
-    #[error("weak sslmode \"{sslmode}\" may not be used with sslrootcert=system (hint: use sslmode=verify-full)")]
+    #[error("weak sslmode \"{sslmode}\" may not be used with sslrootcert=system\nhint: use sslmode=verify-full")]
     WeakSslModeWithSystemRoots { sslmode: SslMode },
     /// A host that is not a valid DNS name or IP address.
-    #[error("invalid TLS server name \"{host}\" (hint: use a DNS name or an IP address as host)")]
+    #[error("invalid TLS server name \"{host}\"\nhint: use a DNS name or an IP address as host")]
     InvalidServerName { host: String },
     /// TLS was asked for a unix-socket host.
-    #[error("TLS is not used for unix-socket host \"{host}\" (hint: connect over TCP to use TLS)")]
+    #[error("TLS is not used for unix-socket host \"{host}\"\nhint: connect over TCP to use TLS")]
     UnixSocket { host: String },
     /// rustls could not build the configuration.
-    #[error("could not set up TLS: {reason}")]
-    Setup { reason: String },
+    #[error("could not set up TLS")]
+    Setup {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Build the TLS client configuration for `params.sslmode`; `None` for `disable`.
@@ -110,9 +114,7 @@ pub fn client_config(
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
-                    .map_err(|e| TlsConfigError::Setup {
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| TlsConfigError::Setup { source: e.into() })?;
             if params.sslmode == SslMode::VerifyFull {
                 webpki
             } else {
@@ -125,18 +127,16 @@ pub fn client_config(
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsConfigError::Setup {
-            reason: e.to_string(),
-        })?
+        .map_err(|e| TlsConfigError::Setup { source: e.into() })?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = match client_identity(params, home)? {
         Some((cert_path, key_path, certs, key)) => builder
             .with_client_auth_cert(certs, key)
-            .map_err(|source| TlsConfigError::ClientAuth {
+            .map_err(|cause| TlsConfigError::ClientAuth {
                 cert: cert_path,
                 key: key_path,
-                source,
+                cause,
             })?,
         None => builder.with_no_client_auth(),
     };
@@ -782,7 +782,7 @@ mod tests {
             let shown = pg.join("postgresql.key").display().to_string();
             assert_eq!(
                 e.to_string(),
-                format!("private key file \"{shown}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root (hint: chmod 0600 \"{shown}\")")
+                format!("private key file \"{shown}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root\nhint: chmod 0600 \"{shown}\"")
             );
         }
         fs::remove_file(pg.join("postgresql.key")).expect("rm key");
@@ -791,7 +791,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "certificate present, but not private key file \"{}\" (hint: set sslkey to the key for client certificate \"{}\")",
+                "certificate present, but not private key file \"{}\"\nhint: set sslkey to the key for client certificate \"{}\"",
                 pg.join("postgresql.key").display(),
                 pg.join("postgresql.crt").display()
             )
@@ -805,7 +805,7 @@ mod tests {
         .expect_err("no key in file");
         assert_eq!(
             e.to_string(),
-            format!("no private key found in \"{ca}\" (hint: the file must hold an unencrypted PEM private key; encrypted keys (sslpassword) are not supported, decrypt with `openssl pkey -in KEY -out NEWKEY`)")
+            format!("no private key found in \"{ca}\"\nhint: the file must hold an unencrypted PEM private key; encrypted keys (sslpassword) are not supported, decrypt with `openssl pkey -in KEY -out NEWKEY`")
         );
         // A key that does not belong to the certificate.
         let wrong_key = pki.path("server.key").display().to_string();
@@ -831,7 +831,7 @@ mod tests {
             .expect_err("missing root");
         assert_eq!(
             e.to_string(),
-            "root certificate file \"/root/.postgresql/root.crt\" does not exist (hint: either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification)"
+            "root certificate file \"/root/.postgresql/root.crt\" does not exist\nhint: either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification"
         );
         let e = client_config(
             &params("sslmode=verify-full sslrootcert=/nonexistent/root.pem"),
@@ -840,12 +840,12 @@ mod tests {
         .expect_err("missing explicit root");
         assert_eq!(
             e.to_string(),
-            "root certificate file \"/nonexistent/root.pem\" does not exist (hint: either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification)"
+            "root certificate file \"/nonexistent/root.pem\" does not exist\nhint: either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification"
         );
         let e = client_config(&params("sslmode=verify-full"), None).expect_err("no home");
         assert_eq!(
             e.to_string(),
-            "could not get home directory to locate root certificate file (hint: either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification)"
+            "could not get home directory to locate root certificate file\nhint: either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification"
         );
         // Like libpq, a missing explicit root file is fine when not verifying.
         assert!(client_config(
@@ -867,7 +867,7 @@ mod tests {
         .expect_err("junk root");
         assert_eq!(
             e.to_string(),
-            format!("no usable certificates found in root certificate file \"{}\" (hint: the file must hold PEM \"BEGIN CERTIFICATE\" blocks)", junk.display())
+            format!("no usable certificates found in root certificate file \"{}\"\nhint: the file must hold PEM \"BEGIN CERTIFICATE\" blocks", junk.display())
         );
         let e = client_config(
             &params("sslmode=require sslcert=/nonexistent/client.crt"),
@@ -876,7 +876,7 @@ mod tests {
         .expect_err("missing client cert");
         assert_eq!(
             e.to_string(),
-            "client certificate file \"/nonexistent/client.crt\" does not exist (hint: fix sslcert, or leave it unset to use ~/.postgresql/postgresql.crt when present)"
+            "client certificate file \"/nonexistent/client.crt\" does not exist\nhint: fix sslcert, or leave it unset to use ~/.postgresql/postgresql.crt when present"
         );
 
         // sslrootcert=system is only valid with verify-full (conninfo rejects the rest too).
@@ -885,7 +885,7 @@ mod tests {
         p.sslmode = SslMode::VerifyCa;
         assert_eq!(
             client_config(&p, Some(h)).expect_err("weak").to_string(),
-            "weak sslmode \"verify-ca\" may not be used with sslrootcert=system (hint: use sslmode=verify-full)"
+            "weak sslmode \"verify-ca\" may not be used with sslrootcert=system\nhint: use sslmode=verify-full"
         );
     }
 
@@ -907,11 +907,11 @@ mod tests {
         ));
         assert_eq!(
             server_name("/var/run/postgresql").map_err(|e| e.to_string()),
-            Err("TLS is not used for unix-socket host \"/var/run/postgresql\" (hint: connect over TCP to use TLS)".to_string())
+            Err("TLS is not used for unix-socket host \"/var/run/postgresql\"\nhint: connect over TCP to use TLS".to_string())
         );
         assert_eq!(
             server_name("bad name!").map_err(|e| e.to_string()),
-            Err("invalid TLS server name \"bad name!\" (hint: use a DNS name or an IP address as host)".to_string())
+            Err("invalid TLS server name \"bad name!\"\nhint: use a DNS name or an IP address as host".to_string())
         );
     }
 }
