@@ -15,7 +15,7 @@
 //! - An object's end position is acknowledged once, for every provider, it is stored there
 //!   or the provider is down and the object is in the fsync'd outbox (the documented
 //!   default policy). Acknowledgements are in order and never go backwards (see
-//!   [`crate::ledger`]).
+//!   [`crate::core::ledger`]).
 //! - An outbox file is deleted only when every provider has stored it; after a crash the
 //!   outbox is replayed to every provider before anything newer.
 //! - When the outbox reaches its size limit no new object is accepted, so nothing more is
