@@ -292,11 +292,12 @@ impl Config {
                 ));
             }
             if let Err((key, m)) = crate::storage::validate(s) {
-                return Err(err(
-                    &format!("storage[{i}].{key}"),
-                    m,
-                    "see the README's storage section",
-                ));
+                // The provider's own hint, when it has one, is more precise than ours.
+                let (m, hint) = match m.split_once("\nhint: ") {
+                    Some((m, h)) => (m.to_string(), h.to_string()),
+                    None => (m, "see the README's storage section".to_string()),
+                };
+                return Err(err(&format!("storage[{i}].{key}"), m, &hint));
             }
         }
         if let Some(slot) = &self.postgres.slot {
@@ -452,6 +453,6 @@ mod tests {
             "c",
         )
         .unwrap_err();
-        assert_eq!(e.to_string(), "c: storage[0].url: storage \"a\": url \"file://relative\" must be an absolute path (hint: file:///var/lib/lifeboat/archive)\nhint: see the README's storage section");
+        assert_eq!(e.to_string(), "c: storage[0].url: storage \"a\": url \"file://relative\" must be an absolute path\nhint: file:///var/lib/lifeboat/archive");
     }
 }

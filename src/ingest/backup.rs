@@ -427,7 +427,7 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         Err(e) => {
             tracing::warn!(
                 error = %format!("{e:#}"),
-                "cannot hold the backup's WAL with a temporary slot on a second replication connection: relying on a running lifeboat stream to archive it (hint: allow one more walsender in max_wal_senders and one more slot in max_replication_slots)"
+                "cannot hold the backup's WAL with a temporary slot on a second replication connection: relying on a running lifeboat stream to archive it\nhint: allow one more walsender in max_wal_senders and one more slot in max_replication_slots"
             );
             None
         }
@@ -575,7 +575,7 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         tracing::info!(id, "the backup's WAL is archived: the backup is restorable");
     } else {
         tracing::warn!(
-            "backup {id} is not restorable yet: WAL {} – {} on timeline {} is not archived (hint: a lifeboat stream must be running for this cluster; the backup becomes restorable as soon as it has archived that WAL)",
+            "backup {id} is not restorable yet: WAL {} – {} on timeline {} is not archived\nhint: a lifeboat stream must be running for this cluster; the backup becomes restorable as soon as it has archived that WAL",
             meta.start_lsn,
             meta.end_lsn,
             meta.end_timeline

@@ -236,7 +236,7 @@ pub fn claim_spool(spool: &Path, system_id: u64) -> Result<()> {
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot read {} (hint: check wal.spool_dir)", path.display()))
+            return Err(e).with_context(|| format!("cannot read {}\nhint: check wal.spool_dir", path.display()))
         }
     }
     durable::replace(
@@ -244,12 +244,7 @@ pub fn claim_spool(spool: &Path, system_id: u64) -> Result<()> {
         &path.with_extension("tmp"),
         format!("{system_id}\n").as_bytes(),
     )
-    .with_context(|| {
-        format!(
-            "cannot write {} (hint: check wal.spool_dir)",
-            path.display()
-        )
-    })
+    .with_context(|| format!("cannot write {}\nhint: check wal.spool_dir", path.display()))
 }
 
 /// The last position an earlier run acknowledged, from `<spool>/acknowledged` beside the
@@ -298,7 +293,7 @@ impl Delivery {
     ) -> Result<Delivery> {
         std::fs::create_dir_all(&dir).with_context(|| {
             format!(
-                "cannot create the outbox {} (hint: check wal.spool_dir)",
+                "cannot create the outbox {}\nhint: check wal.spool_dir",
                 dir.display()
             )
         })?;
@@ -454,7 +449,7 @@ impl Delivery {
                                             mem_held = mem_held.saturating_sub(obj.len);
                                         }
                                         Err(err) => {
-                                            tracing::error!(error = %err, dir = %dir.display(), "cannot write the spool outbox: WAL stays unacknowledged (hint: free space there or set wal.spool_dir)");
+                                            tracing::error!(error = %err, dir = %dir.display(), "cannot write the spool outbox: WAL stays unacknowledged\nhint: free space there or set wal.spool_dir");
                                             break;
                                         }
                                     }
@@ -479,7 +474,7 @@ impl Delivery {
                         if spool {
                             // A provider is down: hold this object for it.
                             if let Err(e) = obj.spool(&dir).await {
-                                let _ = ack_tx.send(Err(format!("cannot write the spool outbox in {}: {e} (hint: free space there or set wal.spool_dir)", dir.display())));
+                                let _ = ack_tx.send(Err(format!("cannot write the spool outbox in {}: {e}\nhint: free space there or set wal.spool_dir", dir.display())));
                                 return;
                             }
                             bytes_held += obj.len;
@@ -509,7 +504,7 @@ impl Delivery {
                             .map_err(std::io::Error::other)
                             .and_then(|r| r);
                     if let Err(e) = written {
-                        let _ = ack_tx.send(Err(format!("cannot record the acknowledged position in {}: {e} (hint: free space there or set wal.spool_dir)", dir.display())));
+                        let _ = ack_tx.send(Err(format!("cannot record the acknowledged position in {}: {e}\nhint: free space there or set wal.spool_dir", dir.display())));
                         return;
                     }
                     if ack_tx.send(Ok(end)).is_err() {

@@ -318,7 +318,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
     let archive = Archive::open(cfg)?;
     std::fs::create_dir_all(&cfg.wal.spool_dir).with_context(|| {
         format!(
-            "cannot create spool directory {} (hint: set wal.spool_dir to a writable directory)",
+            "cannot create spool directory {}\nhint: set wal.spool_dir to a writable directory",
             cfg.wal.spool_dir.display()
         )
     })?;
@@ -512,7 +512,7 @@ pub async fn archive_range(
 ) -> Result<Lsn> {
     std::fs::create_dir_all(&s.spool_dir).with_context(|| {
         format!(
-            "cannot create spool directory {} (hint: set wal.spool_dir to a writable directory)",
+            "cannot create spool directory {}\nhint: set wal.spool_dir to a writable directory",
             s.spool_dir.display()
         )
     })?;
@@ -775,7 +775,7 @@ impl Streamer {
             let outbox = self.state.spool_dir.join("outbox");
             crate::ingest::outbox::ensure_acknowledged(&outbox, tli, start).with_context(|| {
                 format!(
-                    "cannot record the starting position in {} (hint: check wal.spool_dir)",
+                    "cannot record the starting position in {}\nhint: check wal.spool_dir",
                     self.state.spool_dir.display()
                 )
             })?;

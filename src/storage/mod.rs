@@ -28,7 +28,7 @@ pub use config::StorageConfig;
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Error)]
-#[error("storage \"{provider}\": {op} {key}: {message}{}", .hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+#[error("storage \"{provider}\": {op} {key}: {message}{}", .hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
 pub struct StorageError {
     pub provider: String,
     pub op: &'static str,
@@ -87,7 +87,7 @@ pub fn validate(cfg: &StorageConfig) -> Result<(), (&'static str, String)> {
             return Err((
                 "url",
                 format!(
-                    "storage \"{name}\": url \"{url}\" must be an absolute path (hint: file:///var/lib/lifeboat/archive)"
+                    "storage \"{name}\": url \"{url}\" must be an absolute path\nhint: file:///var/lib/lifeboat/archive"
                 ),
             ));
         }
@@ -123,7 +123,7 @@ pub fn validate(cfg: &StorageConfig) -> Result<(), (&'static str, String)> {
     }
     Err((
         "url",
-        format!("storage \"{name}\": unsupported url \"{url}\" (hint: use file:///absolute/path or s3://bucket/prefix)"),
+        format!("storage \"{name}\": unsupported url \"{url}\"\nhint: use file:///absolute/path or s3://bucket/prefix"),
     ))
 }
 

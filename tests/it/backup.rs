@@ -330,7 +330,7 @@ fn bad_input_backup_errors_are_exact() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         first_error_line(&out),
-        "error: server error: must be superuser or replication role to start walsender (hint: grant it with ALTER ROLE ... WITH REPLICATION)"
+        "error: server error: must be superuser or replication role to start walsender\nhint: grant it with ALTER ROLE ... WITH REPLICATION"
     );
     assert!(lb.archive_files("backups/").is_empty());
 
@@ -370,7 +370,7 @@ fn bad_input_backup_errors_are_exact() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         first_error_line(&out),
-        "error: server error: number of requested standby connections exceeds max_wal_senders (currently 1) (hint: raise max_wal_senders (or max_connections) on the server, or stop another replication client)"
+        "error: server error: number of requested standby connections exceeds max_wal_senders (currently 1)\nhint: raise max_wal_senders (or max_connections) on the server, or stop another replication client"
     );
     stop_streamer(streamer);
 

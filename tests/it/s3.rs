@@ -316,7 +316,7 @@ fn object_lock_on_a_bucket_without_it_is_refused() {
         .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "storage \"moto\": check s3://plain/p: object_lock is configured, but bucket \"plain\" does not have Object Lock enabled (hint: create a bucket with Object Lock enabled (most providers cannot turn it on later) and point url at it, or remove object_lock from this [[storage]] entry)"
+        "storage \"moto\": check s3://plain/p: object_lock is configured, but bucket \"plain\" does not have Object Lock enabled\nhint: create a bucket with Object Lock enabled (most providers cannot turn it on later) and point url at it, or remove object_lock from this [[storage]] entry"
     );
     assert!(!e.is_retryable());
     assert!(srv.keys("plain").is_empty(), "nothing was written");
@@ -346,14 +346,14 @@ fn bad_input_s3_errors_are_exact() {
         &fs.storage_toml("offsite", "plain", "a", ""),
         &[(KEY_VAR, ACCESS_KEY), (SECRET_VAR, "wrong-secret")],
     );
-    assert_eq!(e, "error: storage \"offsite\": check s3://plain/a: the secret access key does not match the access key id (SignatureDoesNotMatch) (hint: check the variables named by access_key_id_env/secret_access_key_env (LIFEBOAT_TEST_S3_KEY_ID, LIFEBOAT_TEST_S3_SECRET))");
+    assert_eq!(e, "error: storage \"offsite\": check s3://plain/a: the secret access key does not match the access key id (SignatureDoesNotMatch)\nhint: check the variables named by access_key_id_env/secret_access_key_env (LIFEBOAT_TEST_S3_KEY_ID, LIFEBOAT_TEST_S3_SECRET)");
 
     // An access key the provider does not know.
     let e = verify_error(
         &fs.storage_toml("offsite", "plain", "a", ""),
         &[(KEY_VAR, "nosuchkey"), (SECRET_VAR, SECRET_KEY)],
     );
-    assert_eq!(e, "error: storage \"offsite\": check s3://plain/a: the provider does not know this access key id (NotSignedUp) (hint: check the variables named by access_key_id_env/secret_access_key_env (LIFEBOAT_TEST_S3_KEY_ID, LIFEBOAT_TEST_S3_SECRET))");
+    assert_eq!(e, "error: storage \"offsite\": check s3://plain/a: the provider does not know this access key id (NotSignedUp)\nhint: check the variables named by access_key_id_env/secret_access_key_env (LIFEBOAT_TEST_S3_KEY_ID, LIFEBOAT_TEST_S3_SECRET)");
 
     // The variable the config names is not set: tests/cmd/verify.toml
     // (s3-credential-variable-not-set).
@@ -361,7 +361,7 @@ fn bad_input_s3_errors_are_exact() {
     // A bucket that does not exist, on both servers.
     for srv in [&moto, &fs] {
         let e = verify_error(&srv.storage_toml("offsite", "nosuch", "a", ""), &good);
-        assert_eq!(e, "error: storage \"offsite\": check s3://nosuch/a: bucket \"nosuch\" does not exist (hint: create the bucket (with Object Lock, where the provider has it), or fix the bucket in url)", "{}", srv.kind.name());
+        assert_eq!(e, "error: storage \"offsite\": check s3://nosuch/a: bucket \"nosuch\" does not exist\nhint: create the bucket (with Object Lock, where the provider has it), or fix the bucket in url", "{}", srv.kind.name());
     }
 
     // Nothing listens on the endpoint.
@@ -373,7 +373,7 @@ fn bad_input_s3_errors_are_exact() {
     let e = verify_error(&storage, &good);
     assert!(
         e.starts_with(&format!("error: storage \"offsite\": check s3://plain/a: cannot reach http://127.0.0.1:{port}: ")) &&
-        e.ends_with(" (hint: check endpoint, and that the provider is up and reachable from this host)"),
+        e.ends_with("\nhint: check endpoint, and that the provider is up and reachable from this host"),
         "{e}"
     );
     assert!(e.contains("onnection refused"), "{e}");
@@ -448,7 +448,7 @@ fn bad_input_s3_errors_are_exact() {
         ),
         &good,
     );
-    assert_eq!(e, "error: storage \"offsite\": check s3://plain/a: object_lock is configured, but bucket \"plain\" does not have Object Lock enabled (hint: create a bucket with Object Lock enabled (most providers cannot turn it on later) and point url at it, or remove object_lock from this [[storage]] entry)");
+    assert_eq!(e, "error: storage \"offsite\": check s3://plain/a: object_lock is configured, but bucket \"plain\" does not have Object Lock enabled\nhint: create a bucket with Object Lock enabled (most providers cannot turn it on later) and point url at it, or remove object_lock from this [[storage]] entry");
 }
 
 /// Both S3 servers with a bucket "archive" (moto's with Object Lock, governance retention
@@ -625,7 +625,7 @@ fn profile_credentials() {
     let out = verify();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let line = first_error_line(&out);
-    assert_eq!(line, "error: storage \"offsite\": check s3://plain/a: the secret access key does not match the access key id (SignatureDoesNotMatch) (hint: check the credentials of profile \"lbtest\")", "{stderr}");
+    assert_eq!(line, "error: storage \"offsite\": check s3://plain/a: the secret access key does not match the access key id (SignatureDoesNotMatch)\nhint: check the credentials of profile \"lbtest\"", "{stderr}");
 }
 
 /// Backup, restore plan and drill with the archive on the two S3 servers only (the local

@@ -237,14 +237,21 @@ pub fn expect_success(out: &Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The first line of stderr that starts with `error: ` (log lines come before it); panics,
-/// showing stderr, when there is none.
+/// The first line of stderr that starts with `error: ` (log lines come before it) and the
+/// `hint: ` line after it, if any; panics, showing stderr, when there is no error line.
 pub fn first_error_line(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
-    err.lines()
-        .find(|l| l.starts_with("error: "))
+    let mut lines = err.lines().skip_while(|l| !l.starts_with("error: "));
+    let mut text = lines
+        .next()
         .unwrap_or_else(|| panic!("no error line in: {err}"))
-        .to_string()
+        .to_string();
+    // The hint that goes with it, on its own line.
+    for hint in lines.take_while(|l| l.starts_with("hint: ")) {
+        text.push('\n');
+        text.push_str(hint);
+    }
+    text
 }
 
 /// stderr as text.
