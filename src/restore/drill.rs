@@ -247,10 +247,10 @@ impl Server {
             user,
             db
         );
-        let params = ConnParams::parse(&ci, &|_| None).map_err(|e| anyhow!("{e}"))?;
+        let params = ConnParams::parse(&ci, &|_| None).map_err(anyhow::Error::new)?;
         Connection::connect(&params, false)
             .await
-            .map_err(|e| anyhow!("{e}"))
+            .map_err(anyhow::Error::new)
     }
 }
 
@@ -571,7 +571,7 @@ async fn checks(
     let dbs = c
         .query_one_set("SELECT datname FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname")
         .await
-        .map_err(|e| anyhow!("listing databases: {e}"))?;
+        .map_err(|e| anyhow::Error::new(e).context("listing databases"))?;
     c.close().await;
     for row in dbs.rows {
         let Some(db) = row.first().cloned().flatten() else {
@@ -589,7 +589,7 @@ async fn checks(
                  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1",
             )
             .await
-            .map_err(|e| anyhow!("listing the tables of {db}: {e}"))?;
+            .map_err(|e| anyhow::Error::new(e).context(format!("listing the tables of {db}")))?;
         for t in tables.rows {
             let Some(name) = t.first().cloned().flatten() else {
                 continue;
