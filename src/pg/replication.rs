@@ -133,12 +133,6 @@ impl Connection {
         }))
     }
 
-    pub async fn drop_slot(&mut self, name: &str) -> Result<(), PgError> {
-        self.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(name)))
-            .await
-            .map(|_| ())
-    }
-
     /// Send START_REPLICATION and wait for CopyBoth (or the historic-timeline answer).
     pub async fn start_replication(
         &mut self,
