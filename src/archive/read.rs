@@ -205,7 +205,16 @@ impl Archive {
                 })
                 .await
             {
-                Ok((plain, _)) => return Ok(plain),
+                Ok((plain, _)) => {
+                    if i > 0 {
+                        tracing::warn!(
+                            file,
+                            provider = p.name(),
+                            "served from the fallback provider"
+                        );
+                    }
+                    return Ok(plain);
+                }
                 Err(nc) => problems.extend(nc.problems_or_missing()),
             }
         }
@@ -276,7 +285,8 @@ impl Archive {
                 .await
             {
                 Ok((plain, _)) => {
-                    if !problems.is_empty() || !unlisted.is_empty() {
+                    if i > 0 {
+                        // Every provider before it lacks a usable copy, or is down.
                         tracing::warn!(segment = %name, provider = p.name(), "served from the fallback provider");
                     }
                     return Ok(Segment {
