@@ -1,8 +1,11 @@
 //! `lifeboat wal-fetch SEGMENT DEST`: PostgreSQL's restore_command.
 //!
-//! A complete segment comes from its one `.seg` object. A segment the streamer had not
-//! finished is rebuilt from its parts and zero-filled to the segment size, which
-//! PostgreSQL reads as the end of WAL. Every object is verified (CRC32, age
+//! Everything is read through the archive's one reader (`archive::read`), across every
+//! provider: a complete segment comes from a `.seg` on any provider; a segment the streamer
+//! had not finished is rebuilt from the parts of all providers and zero-filled to the
+//! segment size, which PostgreSQL reads as the end of WAL, only when it is the newest WAL
+//! of its timeline. A partial with later WAL after it, or a hole, is Unusable (exit 126):
+//! recovery stops instead of ending early. Every object is verified (CRC32, age
 //! authentication, length) before anything is written; the file appears at DEST atomically.
 //!
 //! # Prefetching (`--prefetch N`)
