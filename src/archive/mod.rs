@@ -4,8 +4,11 @@
 //! what is read (policy) lives in the planners of `core`.
 //!
 //! Reading across providers: a record (a backup, a drill) counts when any provider holds
-//! it, so a lost or unreachable provider hides nothing the others hold.
+//! it, so a lost or unreachable provider hides nothing the others hold. Objects are read
+//! through [`Archive::read`] (the best readable copy) and WAL through
+//! [`Archive::read_segment`] (see `read`).
 
+pub mod read;
 pub mod summary;
 pub mod verify;
 

@@ -157,69 +157,39 @@ pub async fn inventory(archive: &Archive) -> Result<(Inventory, ArchiveMeta)> {
     ))
 }
 
-/// Read one sealed object from the first provider whose copy has the recorded CRC and
-/// length, decrypts and authenticates; fall back to the next provider otherwise.
+/// Read one sealed object through the archive's copy picker ([`Archive::read`]): the
+/// first provider whose copy has the recorded CRC and length, decrypts and authenticates.
 pub async fn fetch_open(
     archive: &Archive,
     opener: &Arc<Opener>,
     part: &BackupPart,
 ) -> Result<Vec<u8>> {
-    let mut problems = Vec::new();
-    for p in &archive.mirror.providers {
-        let stored = match p.get(&part.key).await {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                problems.push(format!("storage \"{}\": {} is missing", p.name(), part.key));
-                continue;
-            }
-            Err(e) => {
-                problems.push(e.to_string());
-                continue;
-            }
-        };
+    let accept = |stored: bytes::Bytes| {
         let op = opener.clone();
         let want = part.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let c = pipeline::check(&stored).map_err(|e| e.to_string())?;
-            if c.crc32 != want.crc32 || stored.len() as u64 != want.stored_len {
-                return Err(format!(
-                    "does not match backup.json (CRC32 {:08x}, {} bytes; expected {:08x}, {} bytes): the object was replaced",
-                    c.crc32,
-                    stored.len(),
-                    want.crc32,
-                    want.stored_len
-                ));
-            }
-            let plain = op.open(&stored).map_err(|e| e.to_string())?;
-            if plain.len() as u64 != want.plain_len {
-                return Err(format!("decrypts to {} bytes, backup.json says {}", plain.len(), want.plain_len));
-            }
-            Ok(plain)
-        })
-        .await
-        .map_err(|e| anyhow!("decrypt task failed: {e}"))?;
-        match res {
-            Ok(plain) => {
-                if !problems.is_empty() {
-                    tracing::warn!(
-                        provider = p.name(),
-                        key = part.key,
-                        "read from the fallback provider"
-                    );
+        async move {
+            tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+                let c = pipeline::check(&stored).map_err(|e| e.to_string())?;
+                if c.crc32 != want.crc32 || stored.len() as u64 != want.stored_len {
+                    return Err(format!(
+                        "does not match backup.json (CRC32 {:08x}, {} bytes; expected {:08x}, {} bytes): the object was replaced",
+                        c.crc32,
+                        stored.len(),
+                        want.crc32,
+                        want.stored_len
+                    ));
                 }
-                return Ok(plain);
-            }
-            Err(e) => {
-                tracing::warn!(provider = p.name(), key = part.key, error = %e, "unusable copy");
-                problems.push(format!("storage \"{}\": {}: {e}", p.name(), part.key));
-            }
+                let plain = op.open(&stored).map_err(|e| e.to_string())?;
+                if plain.len() as u64 != want.plain_len {
+                    return Err(format!("decrypts to {} bytes, backup.json says {}", plain.len(), want.plain_len));
+                }
+                Ok(plain)
+            })
+            .await
+            .map_err(|e| format!("decrypt task failed: {e}"))?
         }
-    }
-    bail!(
-        "no provider holds a usable copy of {}: {}",
-        part.key,
-        problems.join("; ")
-    )
+    };
+    Ok(archive.read(&part.key, accept).await?)
 }
 
 // ------------------------------------------------------------------------------------
@@ -1321,6 +1291,61 @@ mod tests {
         h.update(b"123456789");
         // CRC-32C check value 0xE3069283, written as its in-memory (LE) bytes.
         assert_eq!(h.hex(), "839206e3");
+    }
+
+    /// A backup part is read from the first provider whose copy matches backup.json and
+    /// decrypts: missing on one, replaced on another, good on the third.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_part_comes_from_the_first_provider_with_a_good_copy() {
+        use age::secrecy::ExposeSecret;
+        use bytes::Bytes;
+        let d = tempfile::tempdir().unwrap();
+        let id = age::x25519::Identity::generate();
+        let idf = d.path().join("identity");
+        std::fs::write(&idf, format!("{}\n", id.to_string().expose_secret())).unwrap();
+        let opener = Arc::new(Opener::from_file(&idf).unwrap());
+        let sealer = pipeline::Sealer::new(&[id.to_public().to_string()], 1).unwrap();
+        let stores: Vec<Arc<dyn crate::storage::ObjectStore>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                Arc::new(crate::storage::FileStore::new(n, d.path().join(n)))
+                    as Arc<dyn crate::storage::ObjectStore>
+            })
+            .collect();
+        let archive = Archive {
+            mirror: crate::storage::Mirror::new(stores.clone()),
+        };
+        let key = "backups/20261124T083012Z/base.tar.000000";
+        let plain = b"the tar bytes".repeat(100);
+        let good = sealer.seal(&plain).unwrap();
+        let other = sealer.seal(b"another part").unwrap();
+        // The same length, CRC-valid, but not what backup.json records.
+        stores[1]
+            .put(key, Bytes::from(other.bytes.clone()))
+            .await
+            .unwrap();
+        stores[2]
+            .put(key, Bytes::from(good.bytes.clone()))
+            .await
+            .unwrap();
+        let part: BackupPart = serde_json::from_value(serde_json::json!({
+            "key": key, "tar": "base.tar", "seq": 0,
+            "plain_len": plain.len(), "stored_len": good.bytes.len(),
+            "crc32": pipeline::check(&good.bytes).unwrap().crc32,
+        }))
+        .unwrap();
+        assert_eq!(fetch_open(&archive, &opener, &part).await.unwrap(), plain);
+        stores[2].delete(key).await.unwrap();
+        let e = format!(
+            "{:#}",
+            fetch_open(&archive, &opener, &part).await.unwrap_err()
+        );
+        assert!(
+            e.starts_with(&format!(
+                "no provider holds a usable copy of {key}: storage \"a\": {key} is missing; storage \"b\": {key}: does not match backup.json"
+            )),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! `lifeboat wal-fetch SEGMENT DEST`: PostgreSQL's restore_command.
 //!
-//! A complete segment comes from its one `.seg` object. A segment the streamer had not
-//! finished is rebuilt from its parts and zero-filled to the segment size, which
-//! PostgreSQL reads as the end of WAL. Every object is verified (CRC32, age
+//! Everything is read through the archive's one reader (`archive::read`), across every
+//! provider: a complete segment comes from a `.seg` on any provider; a segment the streamer
+//! had not finished is rebuilt from the parts of all providers and zero-filled to the
+//! segment size, which PostgreSQL reads as the end of WAL, only when it is the newest WAL
+//! of its timeline. A partial with later WAL after it, or a hole, is Unusable (exit 126):
+//! recovery stops instead of ending early. Every object is verified (CRC32, age
 //! authentication, length) before anything is written; the file appears at DEST atomically.
 //!
 //! # Prefetching (`--prefetch N`)
@@ -44,17 +47,17 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 
+use crate::archive::read::{Segment, WalError};
 use crate::archive::Archive;
-use crate::core::catalog::{self, WalInventory};
+use crate::core::catalog;
 use crate::core::wal::{SegNo, SegmentName, WalFileName, WalSegSize};
 use crate::pipeline::{self, Opener};
-use crate::storage::{durable, ObjectStore};
+use crate::storage::durable;
 
 /// The file is not in the archive (PostgreSQL's normal "no more WAL" answer).
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +174,9 @@ async fn archive_meta(archive: &Archive, file: &str) -> Result<(WalSegSize, Stri
     ))
 }
 
-/// Fetch from the providers in order, falling back on a missing or unusable copy.
+/// Fetch through the archive's one reader ([`Archive::read_segment`],
+/// [`Archive::read_history`]): a `.seg` from any provider, else the parts of every
+/// provider merged, zero-filled only when nothing later exists on the timeline.
 async fn fetch_direct(
     archive: &Archive,
     opener: &Opener,
@@ -180,118 +185,40 @@ async fn fetch_direct(
     seg: WalSegSize,
     dest: &Path,
 ) -> Result<()> {
-    let mut problems = Vec::new();
-    let mut missing: Vec<String> = Vec::new();
-    for p in &archive.mirror.providers {
-        let res = match name {
-            WalFileName::History(tli) => fetch_history(p.as_ref(), opener, tli, dest).await,
-            WalFileName::Segment(s) => fetch_segment(p.as_ref(), opener, s, seg, dest).await,
-        };
-        match res {
-            Ok(true) => {
-                if !problems.is_empty() || !missing.is_empty() {
-                    tracing::warn!(
-                        provider = p.name(),
-                        file,
-                        missing_on = ?missing,
-                        "served from the fallback provider"
-                    );
-                }
-                return Ok(());
-            }
-            Ok(false) => missing.push(p.name().to_string()),
-            Err(e) => {
-                tracing::warn!(provider = p.name(), file, error = %format!("{e:#}"), "unusable copy");
-                problems.push(format!("storage \"{}\": {e:#}", p.name()));
-            }
-        }
-    }
-    if problems.is_empty() {
-        Err(NotFound(file.to_string()).into())
-    } else {
-        Err(Unusable(format!(
-            "{file} is in the archive but no copy could be used: {}",
-            problems.join("; ")
-        ))
-        .into())
+    let res = match name {
+        WalFileName::History(tli) => archive
+            .read_history(opener, tli)
+            .await
+            .map(|plain| write_atomically(dest, |f| f.write_all(&plain))),
+        WalFileName::Segment(s) => archive
+            .read_segment(opener, s, seg)
+            .await
+            .map(|got| write_segment(dest, s, seg, &got)),
+    };
+    match res {
+        Ok(written) => written,
+        Err(WalError::NotFound(_)) => Err(NotFound(file.to_string()).into()),
+        Err(WalError::Unusable(why)) => Err(Unusable(why).into()),
     }
 }
 
-async fn fetch_history(
-    p: &dyn ObjectStore,
-    opener: &Opener,
-    tli: crate::core::wal::TimelineId,
-    dest: &Path,
-) -> Result<bool> {
-    let objs = p.list(&catalog::history_prefix(tli)).await?;
-    let Some(o) = objs.first() else {
-        return Ok(false);
-    };
-    let Some(b) = p.get(&o.key).await? else {
-        return Ok(false);
-    };
-    let plain = opener.open(&b).with_context(|| o.key.clone())?;
-    write_atomically(dest, |f| f.write_all(&plain))?;
-    Ok(true)
-}
-
-async fn fetch_segment(
-    p: &dyn ObjectStore,
-    opener: &Opener,
-    name: SegmentName,
-    seg: WalSegSize,
-    dest: &Path,
-) -> Result<bool> {
-    let listed = p.list(&catalog::segment_prefix(name)).await?;
-    let inv = WalInventory::from_keys(listed.iter().map(|m| m.key.as_str()), seg);
-    let objs = inv.segment_objects(name);
-    if objs.is_empty() {
-        return Ok(false);
-    }
-    if objs[0].complete {
-        let o = objs[0];
-        let b = p
-            .get(&o.key)
-            .await?
-            .ok_or_else(|| anyhow!("{} vanished while reading", o.key))?;
-        let plain = opener.open(&b).with_context(|| o.key.clone())?;
-        check_segment_len(&o.key, plain.len() as u64, seg)?;
-        write_atomically(dest, |f| f.write_all(&plain))?;
-        return Ok(true);
-    }
-    let (parts, end) = catalog::assemble_plan(&objs);
-    if parts.is_empty() {
-        bail!(
-            "the parts of {name} do not start at the segment's first byte (the archive has a hole)"
-        );
-    }
-    let mut chunks = Vec::with_capacity(parts.len());
-    for o in &parts {
-        let b = p
-            .get(&o.key)
-            .await?
-            .ok_or_else(|| anyhow!("{} vanished while reading", o.key))?;
-        pipeline::check(&b).with_context(|| o.key.clone())?;
-        let plain = opener.open(&b).with_context(|| o.key.clone())?;
-        if plain.len() as u64 != o.end - o.start {
-            bail!(
-                "{}: holds {} bytes, its name says {}",
-                o.key,
-                plain.len(),
-                o.end - o.start
-            );
+/// Write a segment to `dest`, zero-filled after the bytes the archive holds.
+fn write_segment(dest: &Path, name: SegmentName, seg: WalSegSize, got: &Segment) -> Result<()> {
+    if let [(0, whole)] = got.chunks.as_slice() {
+        if whole.len() as u64 == seg.bytes() {
+            return write_atomically(dest, |f| f.write_all(whole));
         }
-        chunks.push((o.start, plain));
     }
-    tracing::info!(segment = %name, bytes = end, "serving a partial segment, zero-filled after its last archived byte");
+    if got.end < seg.bytes() {
+        tracing::info!(segment = %name, bytes = got.end, "serving a partial segment, zero-filled after its last archived byte");
+    }
     write_atomically(dest, |f| {
         f.set_len(seg.bytes())?;
-        for (off, c) in &chunks {
+        for (off, c) in &got.chunks {
             f.write_all_at(c, *off)?;
         }
         Ok(())
-    })?;
-    Ok(true)
+    })
 }
 
 fn check_segment_len(key: &str, len: u64, seg: WalSegSize) -> Result<()> {
@@ -926,13 +853,15 @@ struct Worker<'a> {
     warned: HashMap<String, Instant>,
 }
 
-type Download = (SegmentName, std::result::Result<Bytes, String>);
+/// A downloaded copy and the providers still to try should it not decrypt, or why none
+/// could be downloaded.
+type Download = std::result::Result<(Bytes, Vec<usize>), String>;
 
 impl Worker<'_> {
     async fn run(&mut self) -> Result<()> {
         let mut want: Option<SegmentName> = None;
         let mut changed_at = Instant::now();
-        let mut set: tokio::task::JoinSet<Download> = tokio::task::JoinSet::new();
+        let mut set: tokio::task::JoinSet<(SegmentName, Download)> = tokio::task::JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, SegmentName> = HashMap::new();
         loop {
             if self.q.dir_id() != Some(self.dir_id) {
@@ -1013,18 +942,14 @@ impl Worker<'_> {
                         self.failed.insert(c, Instant::now());
                         continue;
                     }
-                    let providers = &self.archive.mirror.providers;
-                    let order: Vec<Arc<dyn ObjectStore>> =
-                        std::iter::once(providers[first].clone())
-                            .chain(
-                                providers
-                                    .iter()
-                                    .enumerate()
-                                    .filter(|(i, _)| *i != first)
-                                    .map(|(_, p)| p.clone()),
-                            )
-                            .collect();
-                    let h = set.spawn(download(order, c));
+                    // The provider that listed it first, then the others.
+                    let order: Vec<usize> = std::iter::once(first)
+                        .chain((0..self.archive.mirror.providers.len()).filter(|i| *i != first))
+                        .collect();
+                    let archive = Archive {
+                        mirror: self.archive.mirror.clone(),
+                    };
+                    let h = set.spawn(download(archive, order, c));
                     in_flight.insert(h.id(), c);
                 }
             }
@@ -1046,7 +971,7 @@ impl Worker<'_> {
                         }
                     };
                     let current = self.q.read_want().or(want);
-                    self.finish(name, res, current);
+                    self.finish(name, res, current).await;
                 }
                 _ = tokio::time::sleep(poll) => {}
             }
@@ -1101,20 +1026,18 @@ impl Worker<'_> {
             .retain(|_, at| at.elapsed() < Duration::from_secs(600));
     }
 
-    fn finish(
-        &mut self,
-        name: SegmentName,
-        res: std::result::Result<Bytes, String>,
-        want: Option<SegmentName>,
-    ) {
+    /// Queue a downloaded segment: decrypt it into `<SEGMENT>.tmp`, verify, rename. A copy
+    /// that passed its CRC32 but does not decrypt (or has the wrong length) is replaced by
+    /// the next provider's copy, read through the same reader.
+    async fn finish(&mut self, name: SegmentName, res: Download, want: Option<SegmentName>) {
         let tmp = self.q.tmp_path(name);
         if want.is_some_and(|w| is_stale(name, w)) {
             // PostgreSQL got it meanwhile (fetched directly).
             let _ = std::fs::remove_file(&tmp);
             return;
         }
-        let stored = match res {
-            Ok(b) => b,
+        let (stored, rest) = match res {
+            Ok(got) => got,
             Err(problem) => {
                 let _ = std::fs::remove_file(&tmp);
                 tracing::warn!(segment = %name, problem, "prefetch failed; the segment will be fetched on demand");
@@ -1123,32 +1046,50 @@ impl Worker<'_> {
             }
         };
         let (q, opener, seg) = (self.q, self.opener, self.seg);
-        match blocking(|| q.store(name, &stored, opener, seg)) {
+        let store = |b: Bytes| async move {
+            blocking(|| q.store(name, &b, opener, seg)).map_err(|e| format!("{e:#}"))
+        };
+        let first = store(stored).await;
+        let res = match first {
+            Ok(()) => Ok(()),
+            Err(why) if rest.is_empty() => Err(why),
+            Err(why) => {
+                tracing::warn!(segment = %name, error = %why, "unusable copy; trying the other providers");
+                self.archive
+                    .read_among(&catalog::segment_key(name), &rest, store)
+                    .await
+                    .map(|_| ())
+                    .map_err(|nc| format!("{why}; {}", nc.problems()))
+            }
+        };
+        match res {
             Ok(()) => tracing::debug!(segment = %name, "prefetched"),
             Err(e) => {
-                tracing::warn!(segment = %name, error = %format!("{e:#}"), "prefetch failed; the segment will be fetched on demand");
+                let _ = std::fs::remove_file(&tmp);
+                tracing::warn!(segment = %name, error = %e, "prefetch failed; the segment will be fetched on demand");
                 self.failed.insert(name, Instant::now());
             }
         }
     }
 }
 
-/// Fetch a complete segment's object from the first provider with a copy that passes its
-/// CRC32 check.
-async fn download(order: Vec<Arc<dyn ObjectStore>>, name: SegmentName) -> Download {
+/// Download a complete segment's object through the archive's reader: the first copy (in
+/// `order`) that passes its CRC32 check, and the providers after the one it came from.
+async fn download(
+    archive: Archive,
+    order: Vec<usize>,
+    name: SegmentName,
+) -> (SegmentName, Download) {
     let key = catalog::segment_key(name);
-    let mut problems = Vec::new();
-    for p in &order {
-        match p.get(&key).await {
-            Ok(Some(b)) => match pipeline::check(&b) {
-                Ok(_) => return (name, Ok(b)),
-                Err(e) => problems.push(format!("storage \"{}\": {key}: {e}", p.name())),
-            },
-            Ok(None) => problems.push(format!("storage \"{}\": {key} is not there", p.name())),
-            Err(e) => problems.push(e.to_string()),
+    let check = |b: Bytes| async move { pipeline::check(&b).map(|_| b).map_err(|e| e.to_string()) };
+    let res = match archive.read_among(&key, &order, check).await {
+        Ok((b, from)) => {
+            let after = order.iter().position(|i| *i == from).map_or(0, |p| p + 1);
+            Ok((b, order[after..].to_vec()))
         }
-    }
-    (name, Err(problems.join("; ")))
+        Err(nc) => Err(nc.problems()),
+    };
+    (name, res)
 }
 
 /// Run CPU and disk work without stalling the runtime's other tasks (the opener cannot
@@ -1167,8 +1108,9 @@ mod tests {
     use super::*;
     use crate::core::wal::TimelineId;
     use crate::pipeline::Sealer;
-    use crate::storage::{FileStore, Mirror};
+    use crate::storage::{FileStore, Mirror, ObjectStore};
     use age::secrecy::ExposeSecret;
+    use std::sync::Arc;
 
     fn mib() -> WalSegSize {
         WalSegSize::new(1 << 20).unwrap()
@@ -1189,32 +1131,93 @@ mod tests {
         dir: PathBuf,
         archive: Archive,
         store: Arc<dyn ObjectStore>,
+        /// Every provider, in configuration order (`store` is the first).
+        stores: Vec<Arc<dyn ObjectStore>>,
         sealer: Sealer,
         opener: Opener,
     }
 
     impl Fixture {
         async fn new() -> Fixture {
+            Fixture::with_providers(1).await
+        }
+
+        /// `n` file:// providers, named a, b, ... (one is named "local").
+        async fn with_providers(n: usize) -> Fixture {
             let d = tempfile::tempdir().unwrap();
             let dir = d.path().to_path_buf();
             let id = age::x25519::Identity::generate();
             let idf = dir.join("identity");
             std::fs::write(&idf, format!("{}\n", id.to_string().expose_secret())).unwrap();
-            let store: Arc<dyn ObjectStore> =
-                Arc::new(FileStore::new("local", dir.join("archive")));
+            let stores: Vec<Arc<dyn ObjectStore>> = (0..n)
+                .map(|i| {
+                    let name = if n == 1 {
+                        "local".to_string()
+                    } else {
+                        ((b'a' + i as u8) as char).to_string()
+                    };
+                    Arc::new(FileStore::new(&name, dir.join(format!("archive-{name}"))))
+                        as Arc<dyn ObjectStore>
+                })
+                .collect();
             let archive = Archive {
-                mirror: Mirror::new(vec![store.clone()]),
+                mirror: Mirror::new(stores.clone()),
             };
             archive.ensure_meta(7, mib()).await.unwrap();
             std::fs::create_dir(dir.join("pg_wal")).unwrap();
             Fixture {
                 _d: d,
                 archive,
-                store,
+                store: stores[0].clone(),
+                stores,
                 sealer: Sealer::new(&[id.to_public().to_string()], 1).unwrap(),
                 opener: Opener::from_file(&idf).unwrap(),
                 dir,
             }
+        }
+
+        /// Put segment `n` of timeline `tli` on provider `on`: the whole segment, or
+        /// its bytes [start, end) as a part.
+        async fn put_on(&self, on: usize, tli: u32, segno: u64, range: Option<(u64, u64)>) {
+            let n = SegmentName::new(TimelineId(tli), SegNo(segno), mib());
+            let (key, bytes) = match range {
+                None => (catalog::segment_key(n), plain(segno)),
+                Some((s, e)) => (
+                    catalog::part_key(n, s, e),
+                    plain(segno)[s as usize..e as usize].to_vec(),
+                ),
+            };
+            let sealed = self.sealer.seal(&bytes).unwrap();
+            self.stores[on]
+                .put(&key, Bytes::from(sealed.bytes))
+                .await
+                .unwrap();
+        }
+
+        /// Provider `on` holds a copy of segment `n` sealed for someone else: its CRC is
+        /// fine, it does not decrypt.
+        async fn put_undecryptable_on(&self, on: usize, segno: u64) {
+            let other = age::x25519::Identity::generate().to_public().to_string();
+            let s = Sealer::new(&[other], 1)
+                .unwrap()
+                .seal(&plain(segno))
+                .unwrap();
+            self.stores[on]
+                .put(&catalog::segment_key(name(segno)), Bytes::from(s.bytes))
+                .await
+                .unwrap();
+        }
+
+        /// What wal-fetch wrote: `[0, end)` of segment `n` and zeros after it.
+        fn assert_served(&self, segno: u64, end: u64) {
+            let got = std::fs::read(self.dest()).unwrap();
+            assert_eq!(got.len() as u64, mib().bytes());
+            assert!(
+                got[..end as usize] == plain(segno)[..end as usize],
+                "bytes [0, {end:#x}) of segment {segno}"
+            );
+            let zeros = got[end as usize..].iter().position(|b| *b != 0);
+            assert_eq!(zeros, None, "zero-filled after {end:#x}");
         }
 
         async fn put_seg(&self, segno: u64) {
@@ -1570,11 +1573,14 @@ mod tests {
             assert_eq!(std::fs::read(f.dest()).unwrap(), marker);
             assert_eq!(q.read_want(), Some(name(2)));
 
-            // The partial is fetched on demand and zero-filled.
+            // The partial is fetched on demand; with 6 archived it is not the newest
+            // WAL, so it is not zero-filled: recovery stops instead.
+            let e = f.fetch(5, 8).await.unwrap_err();
+            assert!(e.downcast_ref::<Unusable>().is_some(), "{e:#}");
+            // Once the rest of 5 is archived, it is served whole.
+            f.put_seg(5).await;
             f.fetch(5, 8).await.unwrap();
-            let got = std::fs::read(f.dest()).unwrap();
-            assert_eq!(&got[..0x1000], &plain(5)[..0x1000]);
-            assert!(got[0x1000..].iter().all(|b| *b == 0));
+            assert_eq!(std::fs::read(f.dest()).unwrap(), plain(5));
             assert!(!queued(3) && !queued(4), "stale once 5 was served");
 
             // Now 6 is the next complete segment.
@@ -1590,6 +1596,13 @@ mod tests {
             // Archived later: the worker picks it up.
             f.put_seg(7).await;
             wait_until("7 queued", || queued(7)).await;
+            f.fetch(7, 8).await.unwrap();
+
+            // The newest partial is fetched on demand and zero-filled.
+            f.put_part(8, 0x1000).await;
+            f.fetch(8, 8).await.unwrap();
+            f.assert_served(8, 0x1000);
+            assert!(!q.tmp_path(name(8)).exists() && !queued(8));
 
             // Removing the queue stops the worker.
             std::fs::remove_dir_all(&q.dir).unwrap();
@@ -1685,5 +1698,222 @@ mod tests {
         };
         let (res, ()) = tokio::join!(worker, check);
         res.unwrap();
+    }
+
+    /// A provider that cannot be reached: every call fails.
+    struct Down;
+
+    impl ObjectStore for Down {
+        fn name(&self) -> &str {
+            "down"
+        }
+        fn features(&self) -> crate::storage::Features {
+            crate::storage::Features::default()
+        }
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            _: Bytes,
+        ) -> crate::storage::BoxFut<'a, Result<(), crate::storage::StorageError>> {
+            Box::pin(async move { Err(down("put", key)) })
+        }
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::storage::BoxFut<'a, Result<Option<Bytes>, crate::storage::StorageError>>
+        {
+            Box::pin(async move { Err(down("get", key)) })
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::storage::BoxFut<
+            'a,
+            Result<Vec<crate::storage::ObjectMeta>, crate::storage::StorageError>,
+        > {
+            Box::pin(async move { Err(down("list", prefix)) })
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::storage::BoxFut<'a, Result<(), crate::storage::StorageError>> {
+            Box::pin(async move { Err(down("delete", key)) })
+        }
+    }
+
+    fn down(op: &'static str, key: &str) -> crate::storage::StorageError {
+        crate::storage::StorageError {
+            provider: "down".into(),
+            op,
+            key: key.into(),
+            message: "connection refused".into(),
+            hint: None,
+            retryable: true,
+        }
+    }
+
+    fn kind(r: &Result<()>) -> &'static str {
+        match r {
+            Ok(()) => "written",
+            Err(e) if e.downcast_ref::<NotFound>().is_some() => "not found",
+            Err(e) if e.downcast_ref::<Unusable>().is_some() => "unusable",
+            Err(_) => "other error",
+        }
+    }
+
+    /// The hardening issue's sequence: provider a went down in the middle of segment 5
+    /// holding `5.0-X.part`; `5.seg` and everything later went to b. Plain wal-fetch
+    /// (no prefetch) served a's `[0, X)` and zeros, and PostgreSQL promoted there, losing
+    /// everything after X that b holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wal_fetch_serves_a_seg_from_any_provider_before_a_partial_from_the_first() {
+        let f = Fixture::with_providers(2).await;
+        f.put_on(0, 1, 5, Some((0, 0x1000))).await;
+        f.put_on(1, 1, 5, None).await;
+        f.put_on(1, 1, 6, None).await;
+        let r = f.fetch(5, 0).await;
+        assert_eq!(kind(&r), "written", "{r:?}");
+        f.assert_served(5, mib().bytes());
+        // The prefetching path (served on demand: nothing is queued without a worker).
+        let r = f.fetch(5, 4).await;
+        assert_eq!(kind(&r), "written", "{r:?}");
+        f.assert_served(5, mib().bytes());
+    }
+
+    /// Parts of one segment spread over the providers are merged; nothing after them
+    /// anywhere on the timeline, so the tail is zero-filled (the newest partial WAL).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wal_fetch_merges_parts_across_providers() {
+        let f = Fixture::with_providers(2).await;
+        f.put_on(0, 1, 5, Some((0, 0x1000))).await;
+        f.put_on(1, 1, 5, Some((0x1000, 0x3000))).await;
+        f.put_on(0, 1, 5, Some((0x3000, 0x4000))).await;
+        let r = f.fetch(5, 0).await;
+        assert_eq!(kind(&r), "written", "{r:?}");
+        f.assert_served(5, 0x4000);
+
+        // The first provider holds only the later part: still merged from offset 0.
+        let f = Fixture::with_providers(2).await;
+        f.put_on(0, 1, 5, Some((0x1000, 0x2000))).await;
+        f.put_on(1, 1, 5, Some((0, 0x1000))).await;
+        let r = f.fetch(5, 0).await;
+        assert_eq!(kind(&r), "written", "{r:?}");
+        f.assert_served(5, 0x2000);
+
+        // Later WAL on another timeline is not later on this one: (timeline, LSN).
+        f.put_on(1, 2, 9, None).await;
+        let r = f.fetch(5, 0).await;
+        assert_eq!(kind(&r), "written", "{r:?}");
+        f.assert_served(5, 0x2000);
+    }
+
+    /// A partial segment is never zero-filled while later WAL of its timeline exists on
+    /// any provider, nor past a hole: PostgreSQL must stop (126), not promote early.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wal_fetch_refuses_to_zero_fill_before_later_wal() {
+        // The next segment exists (on the other provider).
+        let f = Fixture::with_providers(2).await;
+        f.put_on(0, 1, 5, Some((0, 0x1000))).await;
+        f.put_on(1, 1, 6, None).await;
+        let r = f.fetch(5, 0).await;
+        assert_eq!(kind(&r), "unusable", "{r:?}");
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "000000010000000000000005 is archived only up to 0/501000 (its first 0x1000 bytes), \
+             but later WAL of timeline 1 exists (wal/00000001/000000010000000000000006.seg on \
+             storage \"b\"): serving the rest as zeros would end recovery at 0/501000 and lose \
+             what follows\nhint: the rest of this segment is on no provider; run lifeboat verify \
+             to see what each provider lacks"
+        );
+        assert!(!f.dest().exists(), "nothing written");
+        // A later part of a later segment on the same provider, with prefetching.
+        let f = Fixture::with_providers(2).await;
+        f.put_on(0, 1, 5, Some((0, 0x1000))).await;
+        f.put_on(0, 1, 0x30, Some((0, 0x10))).await;
+        let r = f.fetch(5, 4).await;
+        assert_eq!(kind(&r), "unusable", "{r:?}");
+        // A hole inside the segment.
+        let f = Fixture::with_providers(2).await;
+        f.put_on(0, 1, 5, Some((0, 0x1000))).await;
+        f.put_on(1, 1, 5, Some((0x2000, 0x3000))).await;
+        let r = f.fetch(5, 0).await;
+        assert_eq!(kind(&r), "unusable", "{r:?}");
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(e.contains("hole"), "{e}");
+        assert!(!f.dest().exists(), "nothing written");
+    }
+
+    /// A copy that fails its CRC32 or decryption on one provider is read from the next
+    /// one, by a direct fetch and by the prefetch worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_copy_is_read_from_the_next_provider() {
+        let f = Fixture::with_providers(2).await;
+        f.put_seg(1).await;
+        f.put_undecryptable_on(0, 2).await;
+        f.put_on(1, 1, 2, None).await;
+        // Flipped bit on a, good on b.
+        f.put_on(0, 1, 3, None).await;
+        let p = f.dir.join("archive-a").join(catalog::segment_key(name(3)));
+        let mut b = std::fs::read(&p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x40;
+        std::fs::write(&p, &b).unwrap();
+        f.put_on(1, 1, 3, None).await;
+        for n in [2, 3] {
+            let r = f.fetch(n, 0).await;
+            assert_eq!(kind(&r), "written", "{n}: {r:?}");
+            f.assert_served(n, mib().bytes());
+        }
+
+        // The worker queues both from b.
+        let q = f.queue();
+        write_small(&q.dir, WANT_FILE, &format!("{}\n", name(1))).unwrap();
+        let worker = worker_with(&f.archive, &f.opener, &q.dir, 4, FAST);
+        let check = async {
+            wait_until("2 and 3 queued", || {
+                q.seg_path(name(2)).exists() && q.seg_path(name(3)).exists()
+            })
+            .await;
+            assert_eq!(std::fs::read(q.seg_path(name(2))).unwrap(), plain(2));
+            assert_eq!(std::fs::read(q.seg_path(name(3))).unwrap(), plain(3));
+            std::fs::remove_dir_all(&q.dir).unwrap();
+        };
+        let (res, ()) = tokio::join!(worker, check);
+        res.unwrap();
+    }
+
+    /// A provider that cannot be listed: a complete segment comes from another one, but
+    /// "not there" and "partial, zero-filled" are answers only every provider can give.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_provider_never_makes_a_partial_look_final() {
+        let f = Fixture::with_providers(1).await;
+        f.put_seg(1).await;
+        f.put_part(2, 0x1000).await;
+        let archive = Archive {
+            mirror: Mirror::new(vec![Arc::new(Down), f.store.clone()]),
+        };
+        let fetch = |n: u64| {
+            let archive = &archive;
+            let f = &f;
+            async move { run(archive, &f.opener, &name(n).to_string(), &f.dest()).await }
+        };
+        let r = fetch(1).await;
+        assert_eq!(kind(&r), "written", "{r:?}");
+        f.assert_served(1, mib().bytes());
+        let r = fetch(2).await;
+        assert_eq!(kind(&r), "unusable", "{r:?}");
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("000000010000000000000002 is partial (0x1000 of 0x100000 bytes, up to 0/201000) on the providers that answered, and a provider could not be listed: storage \"down\": list wal/00000001/000000010000000000000002.: connection refused"),
+            "{e}"
+        );
+        let r = fetch(3).await;
+        assert_eq!(kind(&r), "unusable", "{r:?}");
+        let e = r.unwrap_err().to_string();
+        assert!(e.starts_with("000000010000000000000003 is on no provider that answered, and a provider could not be listed: "), "{e}");
+        // History files are whole: served from any provider that has one; not there
+        // is not an answer while a provider is down.
+        let r = run(&archive, &f.opener, "00000002.history", &f.dest()).await;
+        assert_eq!(kind(&r), "unusable", "{r:?}");
     }
 }

@@ -417,7 +417,7 @@ impl ObjectStore for FileStore {
     }
 }
 
-/// Every configured provider; writes go to all, reads prefer the first.
+/// Every configured provider; writes go to all. Reads pick a copy in `archive::read`.
 #[derive(Clone)]
 pub struct Mirror {
     pub providers: Vec<Arc<dyn ObjectStore>>,
@@ -449,36 +449,6 @@ impl Mirror {
         match first {
             Some(e) => Err(e),
             None => Ok(()),
-        }
-    }
-
-    /// Read `key` from the first provider that has a copy passing `verify`, logging any
-    /// fallback. `Ok(None)` when no provider has it.
-    pub async fn get_verified<E: std::fmt::Display>(
-        &self,
-        key: &str,
-        verify: impl Fn(&[u8]) -> Result<(), E>,
-    ) -> Result<Option<(Bytes, String)>, String> {
-        let mut problems = Vec::new();
-        for p in &self.providers {
-            match p.get(key).await {
-                Ok(Some(b)) => match verify(&b) {
-                    Ok(()) => {
-                        if !problems.is_empty() {
-                            tracing::warn!(provider = p.name(), key, "read from fallback provider");
-                        }
-                        return Ok(Some((b, p.name().to_string())));
-                    }
-                    Err(e) => problems.push(format!("storage \"{}\": {key}: {e}", p.name())),
-                },
-                Ok(None) => {}
-                Err(e) => problems.push(e.to_string()),
-            }
-        }
-        if problems.is_empty() {
-            Ok(None)
-        } else {
-            Err(problems.join("; "))
         }
     }
 }
@@ -567,25 +537,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn mirror_writes_everywhere_and_falls_back() {
+    async fn mirror_writes_everywhere() {
         let d = tempfile::tempdir().unwrap();
         let a: Arc<dyn ObjectStore> = Arc::new(FileStore::new("a", d.path().join("a")));
         let b: Arc<dyn ObjectStore> = Arc::new(FileStore::new("b", d.path().join("b")));
         let m = Mirror::new(vec![a.clone(), b.clone()]);
         m.put("k", Bytes::from_static(b"good")).await.unwrap();
-        assert!(b.get("k").await.unwrap().is_some());
-        a.put("k", Bytes::from_static(b"bad!")).await.unwrap();
-        let (got, from) = m
-            .get_verified("k", |b| if b == b"good" { Ok(()) } else { Err("corrupt") })
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((got.as_ref(), from.as_str()), (&b"good"[..], "b"));
-        assert_eq!(
-            m.get_verified("none", |_| Ok::<(), String>(()))
-                .await
-                .unwrap(),
-            None
-        );
+        for p in [&a, &b] {
+            assert_eq!(
+                p.get("k").await.unwrap().unwrap(),
+                Bytes::from_static(b"good")
+            );
+        }
     }
 }
