@@ -9,6 +9,7 @@
 #
 #   scripts/chaos.sh            # 50 kills (LIFEBOAT_CHAOS_KILLS to change; CI runs 5)
 #   LIFEBOAT_CHAOS_MAJOR=18 scripts/chaos.sh
+#   LIFEBOAT_BIN=target/debug/lifeboat LIFEBOAT_CHAOS_KILLS=5 scripts/chaos.sh   # CI's short run
 #
 # Not a timed test: it prints its figures and exits 1 on any gap, mismatch or violation.
 set -euo pipefail
@@ -22,8 +23,12 @@ log() { printf '[chaos] %s\n' "$*" >&2; }
 
 need_cmd age-keygen age
 BIN=$(pg_bin_dir "$MAJOR")
-cargo build --release --quiet
-LB="$PWD/target/release/lifeboat"
+if [[ -n "${LIFEBOAT_BIN:-}" ]]; then
+  LB=$(realpath "$LIFEBOAT_BIN") # CI: the debug build the tests just made
+else
+  cargo build --release --quiet
+  LB="$PWD/target/release/lifeboat"
+fi
 
 WORK=$(mktemp -d /tmp/lifeboat-chaos.XXXXXX)
 chmod 755 "$WORK"

@@ -41,7 +41,16 @@ set +e
 cargo test --lib --bins --tests -- --test-threads="${LIFEBOAT_TEST_THREADS:-2}" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
+# The fault campaign, short: a handful of kill -9s mixed with provider faults, a server
+# restart and a walsender termination (scripts/chaos.sh; the full run is 50 kills).
+log "fault campaign (scripts/chaos.sh, 5 kills)"
+chaos=0
+if [[ $status == 0 ]]; then
+  LIFEBOAT_BIN=target/debug/lifeboat LIFEBOAT_CHAOS_KILLS=5 bash scripts/chaos.sh || chaos=1
+  echo "test result: $([[ $chaos == 0 ]] && echo ok || echo FAILED). $((1 - chaos)) passed; $chaos failed; 0 ignored (scripts/chaos.sh)" | tee -a "$out"
+fi
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$out"
-exit "$status"
+[[ $status == 0 ]] || exit "$status"
+exit "$chaos"
