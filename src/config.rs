@@ -29,7 +29,38 @@ pub struct Config {
     #[serde(default)]
     pub backup: BackupConfig,
     #[serde(default)]
-    pub retention: Option<toml::Value>,
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]` (CLI.md): how long backups and WAL are kept. The default is the policy of
+/// the backup strategy: every point in time for 7 days, a daily backup for 30 days, a weekly
+/// one for 52 weeks, a monthly one for 84 months, and never fewer than 2 backups. Nothing
+/// acts on it yet (`prune` will); it is read now so that a misspelled key is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days during which any point in time can be restored (all WAL and backups kept).
+    pub pitr_days: u32,
+    /// Days during which one backup per day is kept.
+    pub daily_days: u32,
+    /// Weeks during which one backup per week is kept.
+    pub weekly_weeks: u32,
+    /// Months during which one backup per month is kept.
+    pub monthly_months: u32,
+    /// Backups kept whatever their age.
+    pub min_backups: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            pitr_days: 7,
+            daily_days: 30,
+            weekly_weeks: 52,
+            monthly_months: 84,
+            min_backups: 2,
+        }
+    }
 }
 
 /// The local spool: sealed objects wait there (fsync'd) until every provider has them.
@@ -568,6 +599,38 @@ mod tests {
         assert_eq!(ByteSize(1536).to_string(), "1536B");
         assert_eq!(ByteSize(0).to_string(), "0B");
         assert_eq!("8MiB".parse::<ByteSize>(), Ok(ByteSize(8 << 20)));
+    }
+
+    #[test]
+    fn retention_is_typed_and_checked() {
+        let c = Config::parse("", "c").unwrap();
+        assert_eq!(c.retention, RetentionConfig::default());
+        assert_eq!(
+            (
+                c.retention.pitr_days,
+                c.retention.daily_days,
+                c.retention.weekly_weeks
+            ),
+            (7, 30, 52)
+        );
+        assert_eq!(
+            (c.retention.monthly_months, c.retention.min_backups),
+            (84, 2)
+        );
+        let c = Config::parse("[retention]\npitr_days = 14\nmin_backups = 3\n", "c").unwrap();
+        assert_eq!((c.retention.pitr_days, c.retention.min_backups), (14, 3));
+        assert_eq!(c.retention.daily_days, 30);
+        let e = Config::parse("[retention]\npitr_day = 14\n", "/etc/lb.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/lb.toml: line 2, column 1: unknown field `pitr_day`, expected one of `pitr_days`, `daily_days`, `weekly_weeks`, `monthly_months`, `min_backups`\nhint: check the spelling against the keys listed in the README's configuration section"
+        );
+        let e = Config::parse("[retention]\ndaily_days = \"30d\"\n", "c").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c: line 2, column 14: invalid type: string"),
+            "{e}"
+        );
     }
 
     #[test]
