@@ -1,10 +1,15 @@
 //! The TOML configuration (CLI.md): unknown keys are errors, and every error names the file,
 //! the key and a hint.
+//!
+//! Durations and sizes are parsed once, as the file is read, into [`Duration`] and
+//! [`ByteSize`]: a bad value is a load error, and nothing later parses them again.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::storage::StorageConfig;
 
@@ -24,7 +29,38 @@ pub struct Config {
     #[serde(default)]
     pub backup: BackupConfig,
     #[serde(default)]
-    pub retention: Option<toml::Value>,
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]` (CLI.md): how long backups and WAL are kept. The default is the policy of
+/// the backup strategy: every point in time for 7 days, a daily backup for 30 days, a weekly
+/// one for 52 weeks, a monthly one for 84 months, and never fewer than 2 backups. Nothing
+/// acts on it yet (`prune` will); it is read now so that a misspelled key is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days during which any point in time can be restored (all WAL and backups kept).
+    pub pitr_days: u32,
+    /// Days during which one backup per day is kept.
+    pub daily_days: u32,
+    /// Weeks during which one backup per week is kept.
+    pub weekly_weeks: u32,
+    /// Months during which one backup per month is kept.
+    pub monthly_months: u32,
+    /// Backups kept whatever their age.
+    pub min_backups: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            pitr_days: 7,
+            daily_days: 30,
+            weekly_weeks: 52,
+            monthly_months: 84,
+            min_backups: 2,
+        }
+    }
 }
 
 /// The local spool: sealed objects wait there (fsync'd) until every provider has them.
@@ -32,8 +68,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
     /// Most bytes held for providers that are down; past it lifeboat stops acknowledging.
-    #[serde(default = "default_spool_max")]
-    pub max_size: String,
+    #[serde(default = "default_spool_max", deserialize_with = "spool_max_size")]
+    pub max_size: ByteSize,
 }
 
 impl Default for SpoolConfig {
@@ -44,8 +80,8 @@ impl Default for SpoolConfig {
     }
 }
 
-fn default_spool_max() -> String {
-    "4GiB".into()
+fn default_spool_max() -> ByteSize {
+    ByteSize(4 << 30)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,16 +123,20 @@ pub struct EncryptionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WalConfig {
-    #[serde(default = "default_max_delay")]
-    pub max_delay: String,
+    /// WAL leaves the host at least this often (bounds the RPO).
+    #[serde(default = "default_max_delay", deserialize_with = "wal_max_delay")]
+    pub max_delay: Duration,
     #[serde(default = "default_spool")]
     pub spool_dir: PathBuf,
     /// zstd level for WAL objects.
     #[serde(default = "default_level")]
     pub compression_level: i32,
     /// How often a status update is sent even when nothing changed.
-    #[serde(default = "default_status_interval")]
-    pub status_interval: String,
+    #[serde(
+        default = "default_status_interval",
+        deserialize_with = "wal_status_interval"
+    )]
+    pub status_interval: Duration,
 }
 
 impl Default for WalConfig {
@@ -110,11 +150,11 @@ impl Default for WalConfig {
     }
 }
 
-fn default_max_delay() -> String {
-    "1s".into()
+fn default_max_delay() -> Duration {
+    Duration::from_secs(1)
 }
-fn default_status_interval() -> String {
-    "10s".into()
+fn default_status_interval() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_spool() -> PathBuf {
     PathBuf::from("/var/lib/lifeboat/spool")
@@ -131,8 +171,8 @@ fn default_level() -> i32 {
 pub struct BackupConfig {
     /// Size of the parts a tar stream is cut into, e.g. "8MiB". Memory use of a backup is
     /// about (cores + 2) parts.
-    #[serde(default = "default_part_size")]
-    pub part_size: String,
+    #[serde(default = "default_part_size", deserialize_with = "backup_part_size")]
+    pub part_size: ByteSize,
     /// Server-side rate limit in kB/s (BASE_BACKUP MAX_RATE, 32..=1048576).
     pub max_rate: Option<u32>,
     /// zstd level for backup parts.
@@ -150,8 +190,8 @@ impl Default for BackupConfig {
     }
 }
 
-fn default_part_size() -> String {
-    "8MiB".into()
+fn default_part_size() -> ByteSize {
+    ByteSize(8 << 20)
 }
 fn default_backup_level() -> i32 {
     3
@@ -173,6 +213,102 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("\"{s}\" is too large"))
+}
+
+/// A number of bytes from the configuration (`"4GiB"`, `"512MB"`, `"100"`; see
+/// [`parse_size`]). Prints in PostgreSQL's units, the largest that divides it exactly:
+/// `4GB`, `512MB`, `8kB`, `100B`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_size(s).map(ByteSize)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(40, "TB"), (30, "GB"), (20, "MB"), (10, "kB")] {
+            if n != 0 && n % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+/// serde passes only a message from a value's parser to [`Config::parse`]; a typed value
+/// that fails sends its key and hint along, separated by this character, so that its error
+/// reads `{file}: {key}: {message}` / `hint: {hint}` like every other check.
+const VALUE_ERROR: char = '\u{1f}';
+
+/// Read a string and parse it as the value of `key`; a failure carries `(message, hint)`.
+fn typed<'de, D, T>(
+    d: D,
+    key: &str,
+    parse: impl FnOnce(&str) -> Result<T, (String, &'static str)>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let s = String::deserialize(d)?;
+    parse(&s).map_err(|(message, hint)| {
+        serde::de::Error::custom(format!(
+            "{VALUE_ERROR}{key}{VALUE_ERROR}{hint}{VALUE_ERROR}{message}"
+        ))
+    })
+}
+
+/// The `ConfigError` of a value that failed in [`typed`], if `message` is one.
+fn value_error(file: &str, message: &str) -> Option<ConfigError> {
+    let rest = message.strip_prefix(VALUE_ERROR)?;
+    let (key, rest) = rest.split_once(VALUE_ERROR)?;
+    let (hint, message) = rest.split_once(VALUE_ERROR)?;
+    Some(ConfigError {
+        file: file.to_string(),
+        message: format!("{key}: {message}"),
+        hint: Some(hint.to_string()),
+    })
+}
+
+fn wal_max_delay<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    typed(d, "wal.max_delay", |s| {
+        parse_duration(s).map_err(|m| (m, "write a duration like \"1s\" or \"500ms\""))
+    })
+}
+
+fn wal_status_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    typed(d, "wal.status_interval", |s| {
+        parse_duration(s).map_err(|m| (m, "write a duration like \"10s\""))
+    })
+}
+
+fn spool_max_size<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+    typed(d, "spool.max_size", |s| {
+        s.parse()
+            .map_err(|m| (m, "write a size like \"4GiB\" or \"512MB\""))
+    })
+}
+
+fn backup_part_size<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+    typed(d, "backup.part_size", |s| match s.parse::<ByteSize>() {
+        Ok(n) if (1 << 20..=1 << 30).contains(&n.bytes()) => Ok(n),
+        Ok(_) => Err((
+            format!("\"{s}\" is out of range"),
+            "parts are from 1MiB to 1GiB; 8MiB is the default",
+        )),
+        Err(m) => Err((m, "write a size like \"64MiB\"")),
+    })
 }
 
 /// A configuration error: what, where, and a hint.
@@ -197,6 +333,9 @@ impl Config {
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
+            if let Some(v) = value_error(file, e.message()) {
+                return v;
+            }
             let (line, col) = e
                 .span()
                 .map(|s| line_col(text, s.start))
@@ -223,39 +362,12 @@ impl Config {
             message: format!("{key}: {message}"),
             hint: Some(hint.to_string()),
         };
-        parse_duration(&self.wal.max_delay).map_err(|m| {
-            err(
-                "wal.max_delay",
-                m,
-                "write a duration like \"1s\" or \"500ms\"",
-            )
-        })?;
-        parse_size(&self.spool.max_size).map_err(|m| {
-            err(
-                "spool.max_size",
-                m,
-                "write a size like \"4GiB\" or \"512MB\"",
-            )
-        })?;
-        parse_duration(&self.wal.status_interval)
-            .map_err(|m| err("wal.status_interval", m, "write a duration like \"10s\""))?;
         if !(1..=22).contains(&self.wal.compression_level) {
             return Err(err(
                 "wal.compression_level",
                 format!("{} is out of range", self.wal.compression_level),
                 "zstd levels run from 1 to 22; 1 is the default",
             ));
-        }
-        match parse_size(&self.backup.part_size) {
-            Ok(n) if (1 << 20..=1 << 30).contains(&n) => {}
-            Ok(_) => {
-                return Err(err(
-                    "backup.part_size",
-                    format!("\"{}\" is out of range", self.backup.part_size),
-                    "parts are from 1MiB to 1GiB; 8MiB is the default",
-                ))
-            }
-            Err(m) => return Err(err("backup.part_size", m, "write a size like \"64MiB\"")),
         }
         if let Some(r) = self.backup.max_rate {
             if !(32..=1_048_576).contains(&r) {
@@ -340,20 +452,20 @@ impl Config {
     }
 
     pub fn max_delay(&self) -> Duration {
-        parse_duration(&self.wal.max_delay).unwrap_or(Duration::from_secs(1))
+        self.wal.max_delay
     }
 
     pub fn spool_max_size(&self) -> u64 {
-        parse_size(&self.spool.max_size).unwrap_or(4 << 30)
+        self.spool.max_size.bytes()
     }
 
-    /// `backup.part_size` in bytes (validated at load).
+    /// `backup.part_size` in bytes (from 1 MiB to 1 GiB, checked at load).
     pub fn backup_part_size(&self) -> usize {
-        parse_size(&self.backup.part_size).unwrap_or(8 << 20) as usize
+        self.backup.part_size.bytes() as usize
     }
 
     pub fn status_interval(&self) -> Duration {
-        parse_duration(&self.wal.status_interval).unwrap_or(Duration::from_secs(10))
+        self.wal.status_interval
     }
 }
 
@@ -444,6 +556,81 @@ mod tests {
         assert!(Config::parse("[backup]\nparts = 1\n", "c").is_err());
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("512 kB"), Ok(512 << 10));
+    }
+
+    #[test]
+    fn durations_and_sizes_are_typed_at_load() {
+        let c = Config::parse(
+            "[wal]\nstatus_interval = \"2s\"\n[spool]\nmax_size = \"512MB\"\n",
+            "c",
+        )
+        .unwrap();
+        assert_eq!(c.wal.status_interval, Duration::from_secs(2));
+        assert_eq!(c.spool.max_size, ByteSize(512 << 20));
+        let c = Config::parse("", "c").unwrap();
+        assert_eq!(c.wal.max_delay, Duration::from_secs(1));
+        assert_eq!(c.wal.status_interval, Duration::from_secs(10));
+        assert_eq!(c.spool.max_size, ByteSize(4 << 30));
+        assert_eq!(c.backup.part_size, ByteSize(8 << 20));
+        let e = Config::parse("[wal]\nstatus_interval = \"0s\"\n", "/etc/lb.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/lb.toml: wal.status_interval: \"0s\" must be greater than zero\nhint: write a duration like \"10s\""
+        );
+        let e = Config::parse("[backup]\npart_size = \"2GiB\"\n", "c").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c: backup.part_size: \"2GiB\" is out of range\nhint: parts are from 1MiB to 1GiB; 8MiB is the default"
+        );
+        // Not a string at all: serde's own message, with the line.
+        let e = Config::parse("[wal]\nmax_delay = 5\n", "c").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c: line 2, column 13: invalid type: integer `5`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn byte_sizes_print_in_postgres_units() {
+        assert_eq!(ByteSize(4 << 30).to_string(), "4GB");
+        assert_eq!(ByteSize(512 << 20).to_string(), "512MB");
+        assert_eq!(ByteSize(8 << 10).to_string(), "8kB");
+        assert_eq!(ByteSize(1536).to_string(), "1536B");
+        assert_eq!(ByteSize(0).to_string(), "0B");
+        assert_eq!("8MiB".parse::<ByteSize>(), Ok(ByteSize(8 << 20)));
+    }
+
+    #[test]
+    fn retention_is_typed_and_checked() {
+        let c = Config::parse("", "c").unwrap();
+        assert_eq!(c.retention, RetentionConfig::default());
+        assert_eq!(
+            (
+                c.retention.pitr_days,
+                c.retention.daily_days,
+                c.retention.weekly_weeks
+            ),
+            (7, 30, 52)
+        );
+        assert_eq!(
+            (c.retention.monthly_months, c.retention.min_backups),
+            (84, 2)
+        );
+        let c = Config::parse("[retention]\npitr_days = 14\nmin_backups = 3\n", "c").unwrap();
+        assert_eq!((c.retention.pitr_days, c.retention.min_backups), (14, 3));
+        assert_eq!(c.retention.daily_days, 30);
+        let e = Config::parse("[retention]\npitr_day = 14\n", "/etc/lb.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/lb.toml: line 2, column 1: unknown field `pitr_day`, expected one of `pitr_days`, `daily_days`, `weekly_weeks`, `monthly_months`, `min_backups`\nhint: check the spelling against the keys listed in the README's configuration section"
+        );
+        let e = Config::parse("[retention]\ndaily_days = \"30d\"\n", "c").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c: line 2, column 14: invalid type: string"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Archive {
         let want = ArchiveMeta {
             format: catalog::FORMAT_VERSION,
             system_identifier: system_id.to_string(),
-            wal_segment_size: seg.bytes(),
+            wal_segment_size: seg,
             created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
         };
         for p in &self.mirror.providers {
@@ -98,8 +98,8 @@ impl Archive {
                         bail!(
                             "storage \"{}\" holds WAL segments of {} bytes, but the server uses {} bytes",
                             p.name(),
-                            m.wal_segment_size,
-                            want.wal_segment_size
+                            m.wal_segment_size.bytes(),
+                            want.wal_segment_size.bytes()
                         );
                     }
                     if m.format > catalog::FORMAT_VERSION {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::archive::Archive;
 use crate::core::catalog::{self, BackupMeta, WalRange};
-use crate::core::wal::{Lsn, WalSegSize};
+use crate::core::wal::Lsn;
 
 #[derive(Debug, Serialize)]
 pub struct BackupSummary {
@@ -48,11 +48,11 @@ impl BackupSummary {
         BackupSummary {
             id: m.id.clone(),
             label: m.label.clone(),
-            timeline: m.timeline,
+            timeline: m.timeline.0,
             start_lsn: m.start_lsn,
             end_lsn: m.end_lsn,
-            start_time: m.start_time.clone(),
-            end_time: m.end_time.clone(),
+            start_time: m.start_time.rfc3339(),
+            end_time: m.end_time.rfc3339(),
             restorable: catalog::wal_covers(
                 wal,
                 m.timeline,
@@ -75,8 +75,7 @@ pub async fn run(archive: &Archive) -> Result<ListReport> {
             last_drill: None,
         });
     };
-    let seg =
-        WalSegSize::new(meta.wal_segment_size).map_err(|e| anyhow::anyhow!("archive.json: {e}"))?;
+    let seg = meta.wal_segment_size;
     let first = archive
         .mirror
         .providers

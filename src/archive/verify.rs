@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::archive::Archive;
 use crate::core::catalog::{self, BackupMeta, BackupPart, WalInventory, WalRange};
-use crate::core::wal::{TimelineHistory, TimelineId, WalSegSize};
+use crate::core::wal::{TimelineHistory, TimelineId};
 use crate::pipeline::{self, Opener};
 
 #[derive(Debug, Serialize)]
@@ -62,7 +62,7 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
             report.providers.push(pr);
             continue;
         };
-        let seg = WalSegSize::new(meta.wal_segment_size)?;
+        let seg = meta.wal_segment_size;
         if p.get(catalog::ARCHIVE_META).await?.is_none() {
             pr.problems.push(format!(
                 "{} is missing on this provider",

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::plan::Timestamp;
 use crate::core::wal::{Lsn, SegNo, SegmentName, TimelineId, WalSegSize};
 
 pub const ARCHIVE_META: &str = "archive.json";
@@ -25,7 +26,7 @@ pub struct ArchiveMeta {
     pub format: u32,
     /// PostgreSQL's system identifier, as a decimal string (it does not fit a JSON double).
     pub system_identifier: String,
-    pub wal_segment_size: u64,
+    pub wal_segment_size: WalSegSize,
     pub created_by: String,
 }
 
@@ -467,7 +468,9 @@ pub struct BackupExtension {
     pub version: String,
 }
 
-/// `backups/<ID>/backup.json`.
+/// `backups/<ID>/backup.json`. Its JSON is format 1 (docs/FORMAT.md) byte for byte: the
+/// typed fields serialize as the strings and numbers it always held (`Lsn` as `0/2000028`,
+/// `TimelineId` and `WalSegSize` as numbers, `Timestamp` as RFC 3339 seconds).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackupMeta {
     pub format: u32,
@@ -476,12 +479,12 @@ pub struct BackupMeta {
     pub system_identifier: String,
     /// `server_version_num`, e.g. 170002.
     pub pg_version: u32,
-    pub timeline: u32,
+    pub timeline: TimelineId,
     pub start_lsn: Lsn,
-    pub end_timeline: u32,
+    pub end_timeline: TimelineId,
     pub end_lsn: Lsn,
-    pub start_time: String,
-    pub end_time: String,
+    pub start_time: Timestamp,
+    pub end_time: Timestamp,
     pub plain_size: u64,
     pub stored_size: u64,
     pub tablespaces: Vec<BackupTablespace>,
@@ -492,7 +495,7 @@ pub struct BackupMeta {
     pub extensions: Option<Vec<BackupExtension>>,
     pub shared_preload_libraries: Option<String>,
     pub data_checksums: bool,
-    pub wal_segment_size: u64,
+    pub wal_segment_size: WalSegSize,
     pub from_standby: bool,
     /// The role with OID 10 (what a restore drill connects as); `None` when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -532,11 +535,17 @@ impl BackupMeta {
 
 /// Whether the archived WAL `ranges` hold everything a backup needs: from its start on its
 /// start timeline to its end on its end timeline.
-pub fn wal_covers(ranges: &[WalRange], start_tli: u32, start: Lsn, end_tli: u32, end: Lsn) -> bool {
-    let has = |tli: u32, from: Lsn, to: Lsn| {
+pub fn wal_covers(
+    ranges: &[WalRange],
+    start_tli: TimelineId,
+    start: Lsn,
+    end_tli: TimelineId,
+    end: Lsn,
+) -> bool {
+    let has = |tli: TimelineId, from: Lsn, to: Lsn| {
         ranges
             .iter()
-            .any(|r| r.timeline == tli && r.start_lsn <= from && r.end_lsn >= to)
+            .any(|r| r.timeline == tli.0 && r.start_lsn <= from && r.end_lsn >= to)
     };
     if start_tli == end_tli {
         has(start_tli, start, end)
@@ -632,6 +641,57 @@ mod backup_tests {
         assert_eq!(parse_backup_meta_key("backups/junk/backup.json"), None);
     }
 
+    /// `testdata/backup.json` was written by `lifeboat backup` (PostgreSQL 18) before its
+    /// fields were typed: reading it and writing it again gives the very same bytes.
+    #[test]
+    fn backup_json_round_trips_byte_for_byte() {
+        const WRITTEN: &str = include_str!("testdata/backup.json");
+        let m: BackupMeta = serde_json::from_str(WRITTEN).unwrap();
+        assert_eq!((m.timeline, m.end_timeline), (TimelineId(1), TimelineId(1)));
+        assert_eq!((m.start_lsn, m.end_lsn), (Lsn(0x200_0028), Lsn(0x200_0120)));
+        assert_eq!(m.start_time.to_string(), "2026-12-01 14:20:01+00");
+        assert_eq!(m.end_time.rfc3339(), "2026-12-01T14:20:02Z");
+        assert_eq!(m.wal_segment_size, WalSegSize::DEFAULT);
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec_pretty(&m).unwrap()).unwrap(),
+            WRITTEN
+        );
+    }
+
+    #[test]
+    fn archive_json_round_trips_byte_for_byte() {
+        const WRITTEN: &str = "{\n  \"format\": 1,\n  \"system_identifier\": \"7714340210454953018\",\n  \"wal_segment_size\": 16777216,\n  \"created_by\": \"lifeboat 0.1.0\"\n}";
+        let m: ArchiveMeta = serde_json::from_str(WRITTEN).unwrap();
+        assert_eq!(m.wal_segment_size, WalSegSize::DEFAULT);
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec_pretty(&m).unwrap()).unwrap(),
+            WRITTEN
+        );
+    }
+
+    /// What was re-checked wherever a record was used is now refused when it is read.
+    #[test]
+    fn bad_values_are_refused_on_reading() {
+        const WRITTEN: &str = include_str!("testdata/backup.json");
+        let bad = |from: &str, to: &str| {
+            assert!(WRITTEN.contains(from), "{from}");
+            serde_json::from_str::<BackupMeta>(&WRITTEN.replace(from, to))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(
+            "\"wal_segment_size\": 16777216",
+            "\"wal_segment_size\": 12345"
+        )
+        .starts_with("invalid WAL segment size 12345 bytes"));
+        assert!(
+            bad("\"end_timeline\": 1", "\"end_timeline\": 0").starts_with("invalid timeline \"0\"")
+        );
+        assert!(bad("\"2026-12-01T14:20:02Z\"", "\"yesterday\"")
+            .starts_with("\"yesterday\" is not a time"));
+        assert!(bad("\"0/2000120\"", "\"0/XYZ\"").starts_with("invalid LSN \"0/XYZ\""));
+    }
+
     #[test]
     fn coverage() {
         let r = |tli, s, e| WalRange {
@@ -640,10 +700,11 @@ mod backup_tests {
             end_lsn: Lsn(e),
         };
         let ranges = [r(1, 0x100, 0x500), r(1, 0x700, 0x900), r(2, 0x880, 0x1000)];
-        assert!(wal_covers(&ranges, 1, Lsn(0x100), 1, Lsn(0x500)));
-        assert!(!wal_covers(&ranges, 1, Lsn(0x400), 1, Lsn(0x800)));
-        assert!(!wal_covers(&ranges, 1, Lsn(0x0), 1, Lsn(0x200)));
-        assert!(wal_covers(&ranges, 1, Lsn(0x800), 2, Lsn(0x900)));
-        assert!(!wal_covers(&[], 1, Lsn(1), 1, Lsn(2)));
+        let (t1, t2) = (TimelineId(1), TimelineId(2));
+        assert!(wal_covers(&ranges, t1, Lsn(0x100), t1, Lsn(0x500)));
+        assert!(!wal_covers(&ranges, t1, Lsn(0x400), t1, Lsn(0x800)));
+        assert!(!wal_covers(&ranges, t1, Lsn(0x0), t1, Lsn(0x200)));
+        assert!(wal_covers(&ranges, t1, Lsn(0x800), t2, Lsn(0x900)));
+        assert!(!wal_covers(&[], t1, Lsn(1), t1, Lsn(2)));
     }
 }

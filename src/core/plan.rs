@@ -10,13 +10,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core::catalog::{BackupMeta, HistoryObject, WalRange};
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 
-/// Microseconds since the Unix epoch, UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+/// Microseconds since the Unix epoch, UTC. Prints the way PostgreSQL prints a
+/// `timestamptz` in UTC (`2026-11-24 14:30:41+00`); JSON records (`backup.json`) hold it as
+/// RFC 3339 (`2026-11-24T14:30:41Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp(pub i64);
 
 /// A time as typed: either with a zone (resolved) or without one (the caller decides which
@@ -167,26 +169,54 @@ impl Timestamp {
             ParsedTime::Zoned(t) | ParsedTime::Naive(t) => Ok(t),
         }
     }
+
+    pub fn from_unix_secs(secs: i64) -> Timestamp {
+        Timestamp(secs * 1_000_000)
+    }
+
+    /// RFC 3339 in UTC, as JSON records hold it: `2026-11-24T14:30:41Z`
+    /// (`...41.123456Z` when there are microseconds).
+    pub fn rfc3339(self) -> String {
+        self.write(' ', "Z").replace(' ', "T")
+    }
+
+    /// `YYYY-MM-DD<sep>HH:MM:SS[.ffffff]<zone>`.
+    fn write(self, sep: char, zone: &str) -> String {
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+        let s = secs.rem_euclid(86400);
+        let mut out = format!(
+            "{y:04}-{m:02}-{d:02}{sep}{:02}:{:02}:{:02}",
+            s / 3600,
+            s / 60 % 60,
+            s % 60
+        );
+        if micros != 0 {
+            out.push_str(&format!(".{micros:06}"));
+        }
+        out.push_str(zone);
+        out
+    }
 }
 
 impl fmt::Display for Timestamp {
     /// PostgreSQL's form, always in UTC: `2026-11-24 14:30:41.123456+00`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0.div_euclid(1_000_000);
-        let micros = self.0.rem_euclid(1_000_000);
-        let (y, m, d) = civil_from_days(secs.div_euclid(86400));
-        let s = secs.rem_euclid(86400);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-            s / 3600,
-            s / 60 % 60,
-            s % 60
-        )?;
-        if micros != 0 {
-            write!(f, ".{micros:06}")?;
-        }
-        f.write_str("+00")
+        f.write_str(&self.write(' ', "+00"))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse_utc(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -254,7 +284,7 @@ pub struct Plan {
     pub backup_timeline: u32,
     pub backup_start_lsn: Lsn,
     pub backup_end_lsn: Lsn,
-    pub backup_end_time: String,
+    pub backup_end_time: Timestamp,
     pub pg_version: u32,
     /// The value for `recovery_target_timeline`.
     pub target_timeline: u32,
@@ -327,12 +357,12 @@ fn tli_at(path: &[(u32, Lsn)], lsn: Lsn) -> u32 {
 }
 
 fn backup_time(b: &BackupMeta) -> Timestamp {
-    Timestamp::parse_utc(&b.end_time).unwrap_or(Timestamp(i64::MAX))
+    b.end_time
 }
 
 /// Whether `b` lies on `path`: its start and end are on the timelines it recorded.
 fn on_path(path: &[(u32, Lsn)], b: &BackupMeta) -> bool {
-    tli_at(path, b.start_lsn) == b.timeline && tli_at(path, b.end_lsn) == b.end_timeline
+    tli_at(path, b.start_lsn) == b.timeline.0 && tli_at(path, b.end_lsn) == b.end_timeline.0
 }
 
 /// Check that the archive covers the WAL a restore of `b` along `path` reads, up to `to`
@@ -496,7 +526,7 @@ pub fn plan(
         .keys()
         .map(|t| t.0)
         .chain(inv.wal.iter().map(|r| r.timeline))
-        .chain(inv.backups.iter().map(|b| b.end_timeline))
+        .chain(inv.backups.iter().map(|b| b.end_timeline.0))
         .max()
         .unwrap_or(1);
     let mut first_err: Option<PlanError> = None;
@@ -504,7 +534,7 @@ pub fn plan(
     for b in &backups {
         let target_tli = match timeline {
             TimelineChoice::Latest => newest_tli,
-            TimelineChoice::Current => b.timeline,
+            TimelineChoice::Current => b.timeline.0,
             TimelineChoice::Id(t) => {
                 let known = t == 1
                     || inv.histories.contains_key(&TimelineId(t))
@@ -570,14 +600,14 @@ pub fn plan(
                 let timelines: Vec<u32> = path
                     .iter()
                     .map(|p| p.0)
-                    .filter(|t| *t >= b.timeline)
+                    .filter(|t| *t >= b.timeline.0)
                     .collect();
                 return Ok(Plan {
                     backup: b.id.clone(),
-                    backup_timeline: b.timeline,
+                    backup_timeline: b.timeline.0,
                     backup_start_lsn: b.start_lsn,
                     backup_end_lsn: b.end_lsn,
-                    backup_end_time: b.end_time.clone(),
+                    backup_end_time: b.end_time,
                     pg_version: b.pg_version,
                     target_timeline: target_tli,
                     timelines,
@@ -666,18 +696,19 @@ mod tests {
     const S: u64 = 16 << 20;
 
     fn backup(id: &str, tli: u32, start: u64, end: u64, end_time: &str) -> BackupMeta {
+        let end_time = Timestamp::parse_utc(end_time).unwrap();
         BackupMeta {
             format: 1,
             id: id.into(),
             label: id.into(),
             system_identifier: "1".into(),
             pg_version: 170000,
-            timeline: tli,
+            timeline: TimelineId(tli),
             start_lsn: Lsn(start),
-            end_timeline: tli,
+            end_timeline: TimelineId(tli),
             end_lsn: Lsn(end),
-            start_time: end_time.into(),
-            end_time: end_time.into(),
+            start_time: end_time,
+            end_time,
             plain_size: 0,
             stored_size: 0,
             tablespaces: vec![],
@@ -693,7 +724,7 @@ mod tests {
             extensions: None,
             shared_preload_libraries: None,
             data_checksums: true,
-            wal_segment_size: S,
+            wal_segment_size: SEG,
             from_standby: false,
             bootstrap_superuser: None,
             snapshot_at_end: None,
@@ -754,6 +785,21 @@ mod tests {
             ParsedTime::Naive(a)
         );
         assert_eq!(z("1970-01-01T00:00:00Z"), Timestamp(0));
+        let t = Timestamp::from_unix_secs(1_764_598_801);
+        assert_eq!(t.to_string(), "2025-12-01 14:20:01+00");
+        assert_eq!(t.rfc3339(), "2025-12-01T14:20:01Z");
+        assert_eq!(
+            Timestamp(t.0 + 120).rfc3339(),
+            "2025-12-01T14:20:01.000120Z"
+        );
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"2025-12-01T14:20:01Z\""
+        );
+        assert_eq!(
+            serde_json::from_str::<Timestamp>("\"2025-12-01T14:20:01Z\"").unwrap(),
+            t
+        );
         assert_eq!(
             z("2000-02-29 00:00:00Z").to_string(),
             "2000-02-29 00:00:00+00"
@@ -802,7 +848,7 @@ mod tests {
         let e = plan(&i, &t("2026-11-24 07:00:00Z"), TimelineChoice::Latest, None).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "target time 2026-11-24 07:00:00+00 is before the oldest backup (A ended at 2026-11-24T08:00:00Z)\nhint: `lifeboat list` shows the backups; the earliest reachable time is just after 2026-11-24T08:00:00Z"
+            "target time 2026-11-24 07:00:00+00 is before the oldest backup (A ended at 2026-11-24 08:00:00+00)\nhint: `lifeboat list` shows the backups; the earliest reachable time is just after 2026-11-24 08:00:00+00"
         );
     }
 
@@ -878,7 +924,7 @@ mod tests {
         );
         // A backup taken on timeline 2 is not on timeline 1's history.
         let mut b2 = backup("B", 2, 8 * S, 8 * S + 10, "2026-11-24T09:00:00Z");
-        b2.end_timeline = 2;
+        b2.end_timeline = TimelineId(2);
         let i2 = inv(
             vec![i.backups[0].clone(), b2],
             i.wal.clone(),

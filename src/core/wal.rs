@@ -7,6 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Errors from parsing WAL quantities.
@@ -94,9 +95,28 @@ impl FromStr for Lsn {
     }
 }
 
-/// A timeline id (1 for a fresh cluster, incremented at each promotion).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+/// A timeline id (1 for a fresh cluster, incremented at each promotion). In JSON records it
+/// is a plain number, and 0 is refused on reading.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct TimelineId(pub u32);
+
+impl TryFrom<u32> for TimelineId {
+    type Error = WalError;
+
+    fn try_from(n: u32) -> Result<Self, Self::Error> {
+        if n == 0 {
+            return Err(WalError::BadTimeline(n.to_string()));
+        }
+        Ok(TimelineId(n))
+    }
+}
+
+impl From<TimelineId> for u32 {
+    fn from(t: TimelineId) -> u32 {
+        t.0
+    }
+}
 
 impl fmt::Display for TimelineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -115,9 +135,36 @@ impl FromStr for TimelineId {
     }
 }
 
-/// The WAL segment size of a cluster: a power of two from 1 MiB to 1 GiB.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// The WAL segment size of a cluster: a power of two from 1 MiB to 1 GiB. In JSON records
+/// it is a number of bytes, checked on reading.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct WalSegSize(u64);
+
+impl TryFrom<u64> for WalSegSize {
+    type Error = WalError;
+
+    fn try_from(bytes: u64) -> Result<Self, Self::Error> {
+        WalSegSize::new(bytes)
+    }
+}
+
+impl From<WalSegSize> for u64 {
+    fn from(s: WalSegSize) -> u64 {
+        s.0
+    }
+}
+
+impl fmt::Display for WalSegSize {
+    /// As `SHOW wal_segment_size` prints it: `16MB`, `1GB`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 % (1 << 30) == 0 {
+            write!(f, "{}GB", self.0 >> 30)
+        } else {
+            write!(f, "{}MB", self.0 >> 20)
+        }
+    }
+}
 
 impl WalSegSize {
     pub const DEFAULT: WalSegSize = WalSegSize(16 * 1024 * 1024);
@@ -395,6 +442,33 @@ mod tests {
         assert!(WalSegSize::from_show("512kB").is_err());
         assert!(WalSegSize::from_show("24MB").is_err());
         assert!(WalSegSize::new(0).is_err());
+        for s in ["1MB", "16MB", "64MB", "1GB"] {
+            assert_eq!(WalSegSize::from_show(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn json_forms() {
+        assert_eq!(
+            serde_json::to_string(&WalSegSize::DEFAULT).unwrap(),
+            "16777216"
+        );
+        assert_eq!(
+            serde_json::from_str::<WalSegSize>("16777216").unwrap(),
+            WalSegSize::DEFAULT
+        );
+        assert!(serde_json::from_str::<WalSegSize>("1000").is_err());
+        assert_eq!(serde_json::to_string(&TimelineId(3)).unwrap(), "3");
+        assert_eq!(
+            serde_json::from_str::<TimelineId>("3").unwrap(),
+            TimelineId(3)
+        );
+        assert_eq!(
+            serde_json::from_str::<TimelineId>("0")
+                .unwrap_err()
+                .to_string(),
+            "invalid timeline \"0\"\nhint: a timeline is a positive integer"
+        );
     }
 
     #[test]

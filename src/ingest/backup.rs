@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::core::catalog::{
     self, BackupExtension, BackupMeta, BackupPart, BackupTablespace, WalRange,
 };
+use crate::core::plan::Timestamp;
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 use crate::pg::basebackup::{BackupRequest, BaseBackup, Event};
 use crate::pg::conninfo::ConnParams;
@@ -276,8 +277,12 @@ impl Progress {
     }
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+/// Now, to the second (backup ids and `backup.json` times are in seconds).
+fn now_seconds() -> Timestamp {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Timestamp::from_unix_secs(secs as i64)
 }
 
 /// Extensions through an ordinary connection to the conninfo's database (default
@@ -326,8 +331,8 @@ async fn read_snapshot(params: &ConnParams) -> Result<Option<String>, PgError> {
 }
 
 /// A fresh backup id for `start_time` on the first provider.
-async fn fresh_id(mirror: &Mirror, start_time: &str) -> Result<String> {
-    let base = catalog::backup_id_from_rfc3339(start_time);
+async fn fresh_id(mirror: &Mirror, start_time: Timestamp) -> Result<String> {
+    let base = catalog::backup_id_from_rfc3339(&start_time.rfc3339());
     let first = mirror
         .providers
         .first()
@@ -433,8 +438,8 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         }
     };
 
-    let start_time = now_rfc3339();
-    let id = fresh_id(&archive.mirror, &start_time).await?;
+    let start_time = now_seconds();
+    let id = fresh_id(&archive.mirror, start_time).await?;
     let label = opts
         .label
         .clone()
@@ -462,7 +467,7 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
     };
     conn.close().await;
 
-    let end_time = now_rfc3339();
+    let end_time = now_seconds();
     // Which transactions had finished by the end of the backup (a snapshot taken just
     // after it): a restore to a transaction id picks a backup this one precedes.
     let snapshot_at_end = match read_snapshot(&params).await {
@@ -480,9 +485,9 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         label,
         system_identifier: ident.system_id.to_string(),
         pg_version,
-        timeline: start.1 .0,
+        timeline: start.1,
         start_lsn: start.0,
-        end_timeline: end_tli.0,
+        end_timeline: end_tli,
         end_lsn,
         start_time,
         end_time,
@@ -494,7 +499,7 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         extensions,
         shared_preload_libraries,
         data_checksums,
-        wal_segment_size: seg.bytes(),
+        wal_segment_size: seg,
         from_standby,
         bootstrap_superuser,
         snapshot_at_end,

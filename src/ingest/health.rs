@@ -121,7 +121,11 @@ pub fn stream_checks(
             status: Level::Ok,
             message: format!(
                 "streaming (pid {}), timeline {}, received {}, acknowledged {}",
-                st.pid, st.timeline, st.received, st.acknowledged
+                st.pid,
+                st.timeline
+                    .map_or_else(|| "unknown".to_string(), |t| t.to_string()),
+                st.received,
+                st.acknowledged
             ),
         });
     }
@@ -248,15 +252,16 @@ pub async fn run(spool_dir: &Path, archive: &Archive) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::wal::{Lsn, TimelineId};
     use crate::ingest::outbox::{Health, ProviderHealth};
 
     fn st(acknowledging: bool, second_up: bool) -> StreamStatus {
         StreamStatus {
             pid: 42,
             updated: 1000,
-            timeline: 1,
-            received: "0/3000000".into(),
-            acknowledged: "0/2000000".into(),
+            timeline: Some(TimelineId(1)),
+            received: Lsn(0x300_0000),
+            acknowledged: Lsn(0x200_0000),
             connected: true,
             error: None,
             delivery: Health {

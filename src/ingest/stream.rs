@@ -611,9 +611,9 @@ impl StatusReporter {
             std::sync::Arc::new(std::sync::Mutex::new(crate::ingest::status::StreamStatus {
                 pid: std::process::id(),
                 updated: 0,
-                timeline: 0,
-                received: Lsn::INVALID.to_string(),
-                acknowledged: Lsn::INVALID.to_string(),
+                timeline: None,
+                received: Lsn::INVALID,
+                acknowledged: Lsn::INVALID,
                 connected: false,
                 error: Some("starting".into()),
                 delivery: crate::ingest::outbox::Health::default(),
@@ -648,9 +648,9 @@ impl Streamer {
             return;
         };
         let mut st = r.shared.lock().expect("not poisoned");
-        st.timeline = self.state.tli.0;
-        st.received = self.state.written.to_string();
-        st.acknowledged = self.state.acked.to_string();
+        st.timeline = Some(self.state.tli);
+        st.received = self.state.written;
+        st.acknowledged = self.state.acked;
         st.connected = connected;
         st.error = error;
     }

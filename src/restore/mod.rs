@@ -24,7 +24,6 @@ use crate::archive::Archive;
 use crate::core::catalog::{ArchiveMeta, BackupMeta, BackupPart, WalInventory};
 use crate::core::fmt;
 use crate::core::plan::{self, Inventory, ParsedTime, Plan, Target, TimelineChoice, Timestamp};
-use crate::core::wal::WalSegSize;
 use crate::pipeline::{self, Opener};
 
 /// `recovery_target_action`.
@@ -116,7 +115,7 @@ pub async fn inventory(archive: &Archive) -> Result<(Inventory, ArchiveMeta)> {
         .meta()
         .await?
         .ok_or_else(|| anyhow!("the archive is empty (no archive.json on any provider)\nhint: check the [[storage]] url in the configuration"))?;
-    let seg = WalSegSize::new(meta.wal_segment_size).map_err(|e| anyhow!("archive.json: {e}"))?;
+    let seg = meta.wal_segment_size;
     let mut keys = std::collections::BTreeSet::new();
     let mut errors = Vec::new();
     let mut answered = 0;

@@ -168,10 +168,7 @@ async fn archive_meta(archive: &Archive, file: &str) -> Result<(WalSegSize, Stri
         .meta()
         .await?
         .ok_or_else(|| NotFound(format!("{file} (the archive is empty)")))?;
-    Ok((
-        WalSegSize::new(meta.wal_segment_size)?,
-        meta.system_identifier,
-    ))
+    Ok((meta.wal_segment_size, meta.system_identifier))
 }
 
 /// Fetch through the archive's one reader ([`Archive::read_segment`],
@@ -796,7 +793,7 @@ async fn worker_with(
         .meta()
         .await?
         .ok_or_else(|| anyhow!("the archive is empty"))?;
-    let seg = WalSegSize::new(meta.wal_segment_size)?;
+    let seg = meta.wal_segment_size;
     let id = QueueIdentity {
         system_identifier: meta.system_identifier,
         seg_bytes: seg.bytes(),
