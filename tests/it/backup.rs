@@ -355,7 +355,7 @@ fn bad_input_backup_errors_are_exact() {
     assert_eq!(
         first_error_line(&out),
         format!(
-            "error: storage \"local\" holds the archive of database system {}, but the server is system {}",
+            "error: storage \"local\" holds the archive of database system {}, but the server is system {}\nhint: never mix two clusters in one archive: point [[storage]] url at a new, empty location for this cluster",
             a.system_identifier(),
             b.system_identifier()
         )
@@ -571,7 +571,7 @@ fn bad_input_disk_full_on_the_spool() {
     assert_eq!(
         first_error_line(&out),
         format!(
-            "error: backup {id} is stored but not restorable: archiving its WAL {start} – {end} on timeline 1 failed: writing spool file {}/backup-{id}/{seg}.partial: No space left on device (os error 28)",
+            "error: backup {id} is stored but not restorable: archiving its WAL {start} – {end} on timeline 1 failed: writing spool file {}/backup-{id}/{seg}.partial: No space left on device (os error 28)\nhint: fix that and take a new backup, or keep a lifeboat stream running for this cluster",
             lb.spool.display()
         )
     );

@@ -577,7 +577,7 @@ fn wrong_cluster_is_refused() {
     assert_eq!(
         first_error_line(&out),
         format!(
-            "error: storage \"local\" holds the archive of database system {}, but the server is system {}",
+            "error: storage \"local\" holds the archive of database system {}, but the server is system {}\nhint: never mix two clusters in one archive: point [[storage]] url at a new, empty location for this cluster",
             a.system_identifier(),
             b.system_identifier()
         )
