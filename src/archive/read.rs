@@ -154,7 +154,9 @@ impl Archive {
             let attempt = match p.get(key).await {
                 Ok(Some(b)) => match accept(b).await {
                     Ok(t) => {
-                        if tried.iter().any(|(_, a)| *a != Attempt::Missing) {
+                        // A copy missing on an earlier provider is worth a warning too:
+                        // every provider should hold every object.
+                        if !tried.is_empty() {
                             tracing::warn!(
                                 provider = p.name(),
                                 key,

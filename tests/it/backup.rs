@@ -381,7 +381,7 @@ fn bad_input_backup_errors_are_exact() {
     assert_eq!(
         first_error_line(&out),
         format!(
-            "error: {}: backup.max_rate: 5 is out of range",
+            "error: {}: backup.max_rate: 5 is out of range\nhint: the rate is in kB/s, from 32 to 1048576, as PostgreSQL's MAX_RATE",
             lb.config.display()
         )
     );

@@ -595,7 +595,7 @@ fn wrong_cluster_is_refused() {
     assert_eq!(
         first_error_line(&out),
         format!(
-            "error: spool directory {} holds the WAL state of database system {}, but the server is system {}",
+            "error: spool directory {} holds the WAL state of database system {}, but the server is system {}\nhint: a spool belongs to one cluster: point wal.spool_dir at an empty directory for this one, and empty the old one only once the other cluster's WAL it holds is archived or no longer needed",
             lb.spool.display(),
             a.system_identifier(),
             b.system_identifier()
