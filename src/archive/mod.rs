@@ -83,8 +83,21 @@ impl Archive {
             wal_segment_size: seg,
             created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
         };
+        let mut answered = 0;
+        let mut first_error = None;
         for p in &self.mirror.providers {
-            match read_meta(p.as_ref()).await? {
+            // A provider that cannot be reached is checked the next time lifeboat starts;
+            // the others go on (a restart during an outage must not stop archiving).
+            let found = match read_meta(p.as_ref()).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(provider = p.name(), error = %format!("{e:#}"), "provider unavailable at start: its WAL is held in the spool until it is back");
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            answered += 1;
+            match found {
                 Some(m) => {
                     if m.system_identifier != want.system_identifier {
                         bail!(
@@ -112,7 +125,10 @@ impl Archive {
                 }
             }
         }
-        Ok(want)
+        match first_error {
+            Some(e) if answered == 0 => Err(e),
+            _ => Ok(want),
+        }
     }
 
     /// The WAL inventory of one provider.
@@ -129,14 +145,28 @@ impl Archive {
     /// provider is left with a hole. `None` when no provider holds WAL.
     /// `pending` are keys of objects waiting in the local outbox, which will reach every
     /// provider before anything newer.
+    ///
+    /// With `floor` (the position acknowledged durably before: every provider holds the
+    /// WAL up to it, or the outbox does), a provider that cannot be reached is skipped:
+    /// resuming at or below the floor leaves it no hole. Without one, every provider must
+    /// answer.
     pub async fn resume_point(
         &self,
         seg: WalSegSize,
         pending: &[String],
+        floor: Option<(TimelineId, Lsn)>,
     ) -> Result<Option<(TimelineId, Lsn)>> {
         let mut min: Option<(TimelineId, Lsn)> = None;
         for p in &self.mirror.providers {
-            let mut keys: Vec<String> = p.list("wal/").await?.into_iter().map(|m| m.key).collect();
+            let listed = match p.list("wal/").await {
+                Ok(l) => l,
+                Err(e) if floor.is_some() => {
+                    tracing::warn!(provider = p.name(), error = %e, "provider unavailable at start: resuming from the acknowledged position");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut keys: Vec<String> = listed.into_iter().map(|m| m.key).collect();
             keys.extend(pending.iter().cloned());
             let inv = WalInventory::from_keys(keys.iter().map(String::as_str), seg);
             if let Some(r) = inv.resume_point(seg) {
@@ -146,7 +176,10 @@ impl Archive {
                 });
             }
         }
-        Ok(min)
+        Ok(match (min, floor) {
+            (Some(m), Some(f)) => Some(m.min(f)),
+            (m, f) => m.or(f),
+        })
     }
     /// Every committed backup's metadata, oldest first: the union over the providers (a
     /// backup counts when any provider holds its backup.json).

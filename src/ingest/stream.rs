@@ -386,19 +386,25 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     .into_iter()
                     .map(|(_, key, _, _)| key)
                     .collect();
-                let mut resume = archive.resume_point(seg, &pending).await?;
                 // With several writes in flight per provider, the newest object may sit
                 // after a hole left by a crash: never resume past what was acknowledged.
-                if let (Some(r), Some(a)) = (resume, crate::ingest::outbox::acknowledged(&outbox)) {
-                    if a < r {
-                        tracing::info!(acknowledged = %a.1, archived = %r.1, "resuming from the last acknowledged position; newer objects are sent again");
-                        resume = Some(a);
+                let acknowledged = crate::ingest::outbox::acknowledged(&outbox);
+                let resume = archive.resume_point(seg, &pending, acknowledged).await?;
+                if let (Some(r), Some(a)) = (resume, acknowledged) {
+                    if r == a {
+                        tracing::info!(acknowledged = %a.1, "resuming from the last acknowledged position; newer objects are sent again");
                     }
                 }
                 let mut histories = HashSet::new();
                 for p in &archive.mirror.providers {
-                    let inv = archive.inventory(p.as_ref(), seg).await?;
-                    histories.extend(inv.histories.keys().copied());
+                    // A provider that is down gets a history it lacks from the outbox.
+                    match archive.inventory(p.as_ref(), seg).await {
+                        Ok(inv) => histories.extend(inv.histories.keys().copied()),
+                        Err(e) if acknowledged.is_some() => {
+                            tracing::debug!(provider = p.name(), error = %format!("{e:#}"), "provider unavailable at start");
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 let uploader = Uploader::start(
                     archive.mirror.providers.clone(),

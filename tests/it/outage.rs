@@ -438,3 +438,37 @@ fn one_key_that_keeps_failing_keeps_the_provider_down_without_flapping() {
     );
     assert_mirrored_without_gap(&s, end);
 }
+
+/// A restart (a deploy, an OOM kill) while one provider is down must not stop archiving to
+/// the healthy one: the streamer resumes from its acknowledged position, spools for the
+/// down provider, and backfills it when it returns.
+#[test]
+fn a_restart_while_a_provider_is_down_keeps_archiving() {
+    let s = setup("");
+    let mut stream = spawn(&s);
+    let before = write_wal(&s.pg, 2);
+    wait_archived(&s.pg, before, Duration::from_secs(60), &s.lb);
+    kill9(&mut stream.0);
+
+    std::fs::write(&s.flag, b"down").unwrap();
+    let mut stream = spawn(&s);
+    let during = write_wal(&s.pg, 8);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        stream.0.try_wait().unwrap().is_none(),
+        "the streamer must keep running while a provider is down:\n{}",
+        s.lb.stream_log()
+    );
+    wait_archived(&s.pg, during, Duration::from_secs(90), &s.lb);
+    assert!(
+        !files(&s.lb.spool.join("outbox")).is_empty(),
+        "the spool holds what the down provider lacks\n{}",
+        s.lb.stream_log()
+    );
+
+    std::fs::remove_file(&s.flag).unwrap();
+    let end = parse_lsn(&s.pg.switch_wal());
+    wait_archived(&s.pg, end, Duration::from_secs(90), &s.lb);
+    drain_and_stop(&s, stream);
+    assert_mirrored_without_gap(&s, end);
+}
