@@ -432,6 +432,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                         histories,
                     },
                     resume_known: resume.is_some(),
+                    floor_from_slot: resume.is_some() && acknowledged.is_none(),
                     max_delay: cfg.max_delay(),
                     status_interval: cfg.status_interval(),
                     slot: cfg.postgres.slot.clone(),
@@ -551,6 +552,7 @@ pub async fn archive_range(
             histories,
         },
         resume_known: true,
+        floor_from_slot: false,
         max_delay: cfg.max_delay(),
         status_interval: cfg.status_interval(),
         slot: Some(s.slot.to_string()),
@@ -592,6 +594,10 @@ struct Streamer {
     uploader: Uploader,
     state: State,
     resume_known: bool,
+    /// The spool had no acknowledged position (a first run, or a lost spool): the archive's
+    /// newest end may lie beyond a hole, so the slot's restart_lsn (what an earlier run
+    /// reported durable) is the floor the first start may not pass.
+    floor_from_slot: bool,
     max_delay: Duration,
     status_interval: Duration,
     slot: Option<String>,
@@ -740,6 +746,21 @@ impl Streamer {
             } else if let Some(info) = conn.read_replication_slot(&slot).await? {
                 if info.restart_lsn.is_none() {
                     return Err(PgError::SlotMissing { slot }.into());
+                }
+            }
+        }
+        if std::mem::take(&mut self.floor_from_slot) {
+            if let Some(slot) = self.slot.clone() {
+                let info = conn.read_replication_slot(&slot).await?;
+                match info.and_then(|i| Some((i.restart_tli?, i.restart_lsn?))) {
+                    Some(floor) if floor < (self.state.tli, self.state.submitted) => {
+                        tracing::warn!(slot, restart_lsn = %floor.1, archived = %self.state.submitted, "no acknowledged position in the spool: resuming from the slot's restart_lsn; newer objects are sent again");
+                        self.state.tli = floor.0;
+                        self.state.submitted = floor.1.segment_start(seg);
+                        self.state.acked = floor.1;
+                    }
+                    Some(_) => {}
+                    None => tracing::warn!(slot, "no acknowledged position in the spool, and the slot's restart_lsn cannot be read here (READ_REPLICATION_SLOT needs PostgreSQL 15): resuming from the archive's newest end"),
                 }
             }
         }

@@ -294,6 +294,19 @@ fn verify_providers_finds_and_repairs_what_one_lacks() {
 /// the acknowledged position and fills it.
 #[test]
 fn a_hole_left_by_a_crash_is_filled_on_restart() {
+    hole_left_by_a_crash(false);
+}
+
+/// The spool (with `<spool>/acknowledged`) is lost between the kill -9 and the restart: the
+/// newest object on the providers lies beyond the hole, so only the slot's own restart_lsn
+/// says where the durable WAL ends. The slot must never pass the hole, and the next run
+/// fills it.
+#[test]
+fn a_lost_spool_never_lets_the_slot_pass_a_hole() {
+    hole_left_by_a_crash(true);
+}
+
+fn hole_left_by_a_crash(lose_spool: bool) {
     let s = setup("");
     let mut stream = spawn(&s);
     let before = write_wal(&s.pg, 2);
@@ -356,17 +369,24 @@ fn a_hole_left_by_a_crash_is_filled_on_restart() {
 
     // ...and the next run fills it.
     std::fs::remove_file(&s.flag).unwrap();
+    if lose_spool {
+        std::fs::remove_dir_all(&s.lb.spool).unwrap();
+    }
     let end = parse_lsn(&s.pg.switch_wal());
     let mut c = s.lb.cmd();
     c.args(["stream", "--endpos", &fmt_lsn(end)]);
     let out = run_timeout(&mut c, Duration::from_secs(120), None).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    assert_mirrored_without_gap(&s, end);
     assert!(
-        stderr.contains("resuming from the last acknowledged position"),
+        stderr.contains(if lose_spool {
+            "no acknowledged position in the spool: resuming from the slot's restart_lsn"
+        } else {
+            "resuming from the last acknowledged position"
+        }),
         "{stderr}"
     );
-    assert_mirrored_without_gap(&s, end);
 }
 
 #[test]
