@@ -161,6 +161,14 @@ pub struct Delivery {
     tasks: Vec<JoinHandle<()>>,
 }
 
+impl Delivery {
+    /// False once any of its tasks has ended: they end only on a fatal error (reported on
+    /// the acknowledgement channel first) or a panic, and nothing more will be stored.
+    pub fn is_running(&self) -> bool {
+        self.tasks.iter().all(|t| !t.is_finished())
+    }
+}
+
 impl Drop for Delivery {
     fn drop(&mut self) {
         for t in &self.tasks {
