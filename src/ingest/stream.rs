@@ -232,11 +232,16 @@ fn seal_range(sealer: &Sealer, path: &Path, start: u64, end: u64) -> Result<Seal
     if len < end {
         bail!("spool file has {len} bytes, expected at least {end}");
     }
-    let reader = std::io::Read::take(RangeReader { f, pos: start }, end - start);
+    let reader = RangeReader { f, pos: start };
     // WAL typically compresses 3-4x: reserve for that rather than growing by doubling.
     let hint = ((end - start) / 3) as usize;
-    Ok(sealer
-        .seal_reader_with_capacity(std::io::BufReader::with_capacity(256 * 1024, reader), hint)?)
+    // Exactly the job's bytes (a segment: the segment size; a part: its range), even if
+    // the file shrinks while it is read.
+    Ok(sealer.seal_reader_exact(
+        std::io::BufReader::with_capacity(256 * 1024, reader),
+        end - start,
+        hint,
+    )?)
 }
 
 struct RangeReader {
@@ -1064,5 +1069,46 @@ enum CopyEnd {
 impl Drop for Uploader {
     fn drop(&mut self) {
         self.storer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer() -> Sealer {
+        let id = age::x25519::Identity::generate();
+        Sealer::new(&[id.to_public().to_string()], 1).expect("sealer")
+    }
+
+    /// A spool file that yields fewer bytes than its range (truncated while it is read)
+    /// must fail the seal, not become a short object. A sysfs file stands in for the
+    /// truncation: its size says 4096 bytes and reading it yields a few.
+    #[test]
+    fn a_spool_file_shorter_than_its_range_fails_the_seal() {
+        let short = Path::new("/sys/devices/system/cpu/online");
+        let Ok(meta) = std::fs::metadata(short) else {
+            eprintln!("skipped: no {}", short.display());
+            return;
+        };
+        let got = std::fs::read(short).expect("read").len() as u64;
+        assert!(got < meta.len(), "{} is not short", short.display());
+        let err = seal_range(&sealer(), short, 0, meta.len())
+            .expect_err("a short read must fail the seal");
+        assert_eq!(
+            format!("{err:#}"),
+            format!("read {got} bytes to seal, expected {} (the source was truncated or changed while it was read)", meta.len())
+        );
+    }
+
+    #[test]
+    fn a_range_is_sealed_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("seg.partial");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let s = seal_range(&sealer(), &p, 1000, 9000).expect("seal");
+        assert_eq!(s.plain_len, 8000);
+        // Shorter than the range: refused before reading.
+        assert!(seal_range(&sealer(), &p, 0, 10_001).is_err());
     }
 }
