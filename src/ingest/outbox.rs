@@ -329,7 +329,11 @@ impl Delivery {
                         let mut backoff = Duration::from_millis(500);
                         loop {
                             let res = match obj.body() {
-                                Ok(b) => p.put(&obj.key, b).await.map_err(|e| e.to_string()),
+                                // A re-send after a lost response may meet a provider
+                                // that refuses overwrites: an identical copy is stored.
+                                Ok(b) => crate::storage::put_or_identical(p.as_ref(), &obj.key, b)
+                                    .await
+                                    .map_err(|e| e.to_string()),
                                 Err(e) => Err(e.to_string()),
                             };
                             match res {

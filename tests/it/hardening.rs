@@ -237,3 +237,55 @@ fn sigterm_ends_the_streamer_while_a_provider_stalls() {
     catch_up(&s, end);
     assert_no_gap(&s, end);
 }
+
+/// A provider that refuses overwrites (an object lock, a retention policy) and loses the
+/// response of a put it stored: the re-send of the same bytes is refused. That used to be a
+/// permanent failure (the provider down for good, its WAL piling up in the spool); a key
+/// that already holds exactly the bytes being sent is stored.
+#[test]
+fn a_refused_overwrite_of_an_identical_copy_counts_as_stored() {
+    let s = setup();
+    let stream = spawn(&s);
+    let before = write_wal(&s.pg, 256);
+    wait_archived(&s.pg, before, Duration::from_secs(60), &s.lb);
+
+    // Every WAL object's first put to "second" is stored and its response lost.
+    std::fs::write(&s.flag, "exists wal/").unwrap();
+    write_wal(&s.pg, 2048);
+    let end = parse_lsn(&s.pg.switch_wal());
+    wait_archived(&s.pg, end, Duration::from_secs(60), &s.lb);
+    // The spool drains: "second" took every object.
+    let outbox = s.lb.spool.join("outbox");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !files(&outbox).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the spool did not drain: {:?}\nstatus:\n{}\nlog:\n{}",
+            files(&outbox),
+            status_code(&s.lb).1,
+            s.lb.stream_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // (While the fault lasts, each new object's lost response marks "second" down for a
+    // moment; once it ends, "second" is up.)
+    std::fs::remove_file(&s.flag).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out) = status_code(&s.lb);
+        if out.contains("\"second\": up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let end = parse_lsn(&s.pg.switch_wal());
+    wait_archived(&s.pg, end, Duration::from_secs(60), &s.lb);
+    stop_streamer(stream);
+    let log = s.lb.stream_log();
+    assert!(
+        log.contains("the provider refused to overwrite an object that already holds exactly these bytes: stored"),
+        "{log}"
+    );
+    assert_no_gap(&s, end);
+}
