@@ -20,6 +20,10 @@
 //!   error ([`ArchivingFailed`]): nothing after it could ever be acknowledged, so waiting
 //!   would only hide the failure while the slot grows. The service manager restarts
 //!   lifeboat, which streams the unacknowledged WAL again from the slot.
+//! - A server that keeps asking for a reply while lifeboat has received everything it sent
+//!   but cannot acknowledge it (a shutdown waits for that) is not held: after
+//!   [`SERVER_WAIT_PATIENCE`] lifeboat disconnects. The slot keeps the WAL; lifeboat
+//!   reconnects once the providers have stored what it received.
 //! - A stop (SIGTERM, Ctrl-C) archives what was received while the providers make
 //!   progress, and gives up after [`STOP_PATIENCE`] without any: what is not stored is not
 //!   acknowledged, and the slot keeps it for the next start.
@@ -51,6 +55,11 @@ const PIPELINE_DEPTH: usize = 2;
 /// After a stop is asked for, how long to wait for the providers without any
 /// acknowledgement before exiting with WAL not yet stored.
 const STOP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long the server may wait on an acknowledgement lifeboat cannot give (it asks for
+/// replies while everything it sent is received but not stored: a shutdown waits for
+/// that) before lifeboat disconnects rather than hold it.
+const SERVER_WAIT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The archiving pipeline failed for good: a job could not be sealed, or the outbox or the
 /// acknowledged position cannot be written. Nothing after the acknowledged position can be
@@ -507,6 +516,9 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                 &stop_rx,
             )
             .await;
+        // The server is not held while the providers catch up (a shutdown waits for this
+        // connection); a COPY that ended cleanly has nothing more to say either.
+        conn.close().await;
         if let Err(e) = &result {
             // A failed pipeline cannot drain: end the run (the slot keeps what was not
             // acknowledged, and the service manager restarts lifeboat).
@@ -519,6 +531,12 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
             }
         }
         // Whatever happened, let every submitted job finish before touching the spool again.
+        if !matches!(result, Ok(Outcome::Done)) {
+            s.write_status(
+                false,
+                Some("disconnected: waiting for the providers to store what was received".into()),
+            );
+        }
         if let Err(e) = s.drain().await {
             if e.is::<StoppedUnfinished>() {
                 s.warn_unfinished();
@@ -527,10 +545,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
             return Err(e);
         }
         match result {
-            Ok(Outcome::Done) => {
-                conn.close().await;
-                return Ok(());
-            }
+            Ok(Outcome::Done) => return Ok(()),
             Ok(Outcome::Reconnect(why)) => {
                 ever_streamed = true;
                 backoff = Duration::from_secs(1);
@@ -944,6 +959,11 @@ impl Streamer {
                     CopyEnd::ServerShutdown => {
                         return Ok(Outcome::Reconnect("the server shut down".into()))
                     }
+                    CopyEnd::ServerWaiting => {
+                        return Ok(Outcome::Reconnect(
+                            "disconnected: the server waited for an acknowledgement".into(),
+                        ))
+                    }
                 },
             };
             let Some((next_tli, next_start)) = next else {
@@ -991,6 +1011,10 @@ impl Streamer {
         let mut reported = Lsn::INVALID;
         self.write_status(true, None);
         let mut last_report = Instant::now();
+        // Since when the server has been asking for replies, one after another (as a
+        // shutdown does, not as an idle server's keepalive every wal_sender_timeout / 2),
+        // at this end of its WAL while the acknowledgement lags behind it; and its last ask.
+        let mut server_waits: Option<(Lsn, Instant, Instant)> = None;
         conn.send_status(self.state.written, self.state.acked, false)
             .await?;
         loop {
@@ -1019,6 +1043,31 @@ impl Streamer {
                                 conn.send_status(self.state.written, self.state.acked, false).await?;
                                 last_status = Instant::now();
                                 reported = self.state.acked;
+                                if self.state.written >= wal_end && self.state.acked < wal_end {
+                                    match &mut server_waits {
+                                        Some((end, since, last))
+                                            if *end == wal_end
+                                                && last.elapsed() < Duration::from_secs(1) =>
+                                        {
+                                            *last = Instant::now();
+                                            if since.elapsed() >= SERVER_WAIT_PATIENCE {
+                                                tracing::warn!(
+                                                    acknowledged = %self.state.acked,
+                                                    server_end = %wal_end,
+                                                    waited = ?since.elapsed(),
+                                                    "the server waits for an acknowledgement lifeboat cannot give yet (a provider is slow or the spool is full): disconnecting so that it is not held; the slot keeps the WAL"
+                                                );
+                                                return Ok(CopyEnd::ServerWaiting);
+                                            }
+                                        }
+                                        _ => {
+                                            server_waits =
+                                                Some((wal_end, Instant::now(), Instant::now()))
+                                        }
+                                    }
+                                } else {
+                                    server_waits = None;
+                                }
                             }
                         }
                         StreamEvent::Ended { next } => return Ok(CopyEnd::TimelineEnded(next)),
@@ -1064,6 +1113,8 @@ enum CopyEnd {
     TimelineEnded(Option<(TimelineId, Lsn)>),
     Stopped,
     ServerShutdown,
+    /// The server kept asking for an acknowledgement that cannot come yet.
+    ServerWaiting,
 }
 
 impl Drop for Uploader {

@@ -289,3 +289,43 @@ fn a_refused_overwrite_of_an_identical_copy_counts_as_stored() {
     );
     assert_no_gap(&s, end);
 }
+
+/// A fast shutdown of the server while a provider stalls: the walsender waits until its
+/// client has flushed everything it sent, and lifeboat (answering every keepalive with a
+/// flush position it cannot advance) used to hold the server's shutdown forever. It must
+/// disconnect within seconds (the slot keeps the WAL), and once the provider returns the
+/// archive has no gap.
+#[test]
+fn a_fast_shutdown_is_not_held_while_a_provider_stalls() {
+    let s = setup();
+    let stream = spawn(&s);
+    let before = write_wal(&s.pg, 256);
+    wait_archived(&s.pg, before, Duration::from_secs(60), &s.lb);
+
+    std::fs::write(&s.flag, "stall wal/").unwrap();
+    let written = write_wal(&s.pg, 512);
+    std::thread::sleep(Duration::from_secs(1));
+    let (out, took) = s.pg.try_stop_fast(40);
+    assert!(
+        out.status.success() && took < Duration::from_secs(20),
+        "pg_ctl stop -m fast took {took:?} ({}): {}\n{}\nlog:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.lb.stream_log()
+    );
+    assert!(
+        s.lb.stream_log()
+            .contains("the server waits for an acknowledgement lifeboat cannot give yet"),
+        "{}",
+        s.lb.stream_log()
+    );
+
+    // The provider returns, the server starts again: the streamer catches up, no gap.
+    std::fs::remove_file(&s.flag).unwrap();
+    s.pg.start_again();
+    let end = parse_lsn(&s.pg.switch_wal()).max(written);
+    wait_archived(&s.pg, end, Duration::from_secs(90), &s.lb);
+    stop_streamer(stream);
+    assert_no_gap(&s, end);
+}
