@@ -37,17 +37,21 @@ impl Faulty {
             .iter()
             .any(|m| content.starts_with(m));
         if !partial {
-            return Err(StorageError {
-                provider: self.inner.name().to_string(),
-                op,
-                key: key.to_string(),
-                message: format!("injected fault ({} exists)", self.flag.display()),
-                hint: None,
-                retryable: true,
-                refused_overwrite: false,
-            });
+            return Err(self.injected(op, key));
         }
         Ok(())
+    }
+
+    fn injected(&self, op: &'static str, key: &str) -> StorageError {
+        StorageError {
+            provider: self.inner.name().to_string(),
+            op,
+            key: key.to_string(),
+            message: format!("injected fault ({} exists)", self.flag.display()),
+            hint: None,
+            retryable: true,
+            refused_overwrite: false,
+        }
     }
 }
 
@@ -105,9 +109,10 @@ impl ObjectStore for Faulty {
                 return self.inner.put(key, data).await;
             }
             if let Some(t) = content.trim().strip_prefix("fail ") {
-                if !key.contains(t.trim()) {
-                    return self.inner.put(key, data).await;
+                if key.contains(t.trim()) {
+                    return Err(self.injected("put", key));
                 }
+                return self.inner.put(key, data).await;
             }
             self.check("put", key)?;
             self.inner.put(key, data).await
