@@ -85,6 +85,38 @@ pub trait ObjectStore: Send + Sync {
     }
 }
 
+/// Store `data` under `key`. When the provider refuses because the key exists
+/// ([`StorageError::refused_overwrite`]), read the key: if it holds exactly `data` (an
+/// earlier put of these bytes was stored and its response lost), the object is stored;
+/// otherwise the put's error stands.
+pub async fn put_or_identical(
+    store: &dyn ObjectStore,
+    key: &str,
+    data: Bytes,
+) -> Result<(), StorageError> {
+    let err = match store.put(key, data.clone()).await {
+        Ok(()) => return Ok(()),
+        Err(e) if e.refused_overwrite => e,
+        Err(e) => return Err(e),
+    };
+    match store.get(key).await {
+        Ok(Some(held)) if held == data => {
+            tracing::info!(
+                provider = store.name(),
+                key,
+                refused = %err.message,
+                "the provider refused to overwrite an object that already holds exactly these bytes: stored"
+            );
+            Ok(())
+        }
+        Ok(_) => Err(err),
+        Err(e) => {
+            tracing::debug!(provider = store.name(), key, error = %e, "cannot read back an object whose overwrite was refused");
+            Err(err)
+        }
+    }
+}
+
 /// Check a provider's configuration without touching the network: `Err((key, message))`
 /// names the offending key of the `[[storage]]` entry.
 pub fn validate(cfg: &StorageConfig) -> Result<(), (&'static str, String)> {
@@ -426,38 +458,6 @@ impl ObjectStore for FileStore {
                 Err(e) => Err(self.err("delete", key, e)),
             }
         })
-    }
-}
-
-/// Store `data` under `key`. When the provider refuses because the key exists
-/// ([`StorageError::refused_overwrite`]), read the key: if it holds exactly `data` (an
-/// earlier put of these bytes was stored and its response lost), the object is stored;
-/// otherwise the put's error stands.
-pub async fn put_or_identical(
-    store: &dyn ObjectStore,
-    key: &str,
-    data: Bytes,
-) -> Result<(), StorageError> {
-    let err = match store.put(key, data.clone()).await {
-        Ok(()) => return Ok(()),
-        Err(e) if e.refused_overwrite => e,
-        Err(e) => return Err(e),
-    };
-    match store.get(key).await {
-        Ok(Some(held)) if held == data => {
-            tracing::info!(
-                provider = store.name(),
-                key,
-                refused = %err.message,
-                "the provider refused to overwrite an object that already holds exactly these bytes: stored"
-            );
-            Ok(())
-        }
-        Ok(_) => Err(err),
-        Err(e) => {
-            tracing::debug!(provider = store.name(), key, error = %e, "cannot read back an object whose overwrite was refused");
-            Err(err)
-        }
     }
 }
 
