@@ -50,7 +50,6 @@ impl Faulty {
             message: format!("injected fault ({} exists)", self.flag.display()),
             hint: None,
             retryable: true,
-            refused_overwrite: false,
         }
     }
 }
@@ -58,24 +57,19 @@ impl Faulty {
 impl Faulty {
     /// `exists` mode: store once and lose the response; refuse to overwrite.
     async fn put_locked(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        let err = |message: &str, retryable, refused_overwrite| StorageError {
+        let err = |message: &str, retryable| StorageError {
             provider: self.inner.name().to_string(),
             op: "put",
             key: key.to_string(),
             message: format!("{message} (injected by {})", self.flag.display()),
             hint: None,
             retryable,
-            refused_overwrite,
         };
         if self.inner.get(key).await?.is_some() {
-            return Err(err(
-                "the object exists and may not be overwritten",
-                false,
-                true,
-            ));
+            return Err(err("the object exists and may not be overwritten", false));
         }
         self.inner.put(key, data).await?;
-        Err(err("the response was lost", true, false))
+        Err(err("the response was lost", true))
     }
 }
 

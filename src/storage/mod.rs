@@ -7,9 +7,10 @@
 //!   fsync directory) and is atomic: a reader sees the whole object or none.
 //! - `Mirror::put` returns only once every provider has the object.
 //! - `list` returns keys sorted, so a prefix listing yields WAL in LSN order.
-//! - A put refused because the key exists ([`StorageError::refused_overwrite`]: an object
-//!   lock, a retention policy, a precondition) counts as stored when the key holds exactly
-//!   the bytes we meant to store ([`put_or_identical`]): a re-send after a lost response.
+//! - A put the provider refuses for good (not retryable: e.g. an object lock or retention
+//!   policy forbidding an overwrite, a failed precondition) counts as stored when the key
+//!   holds exactly the bytes we meant to store ([`put_or_identical`]): a re-send after a
+//!   lost response.
 
 use std::future::Future;
 use std::io::Write;
@@ -39,11 +40,6 @@ pub struct StorageError {
     pub message: String,
     pub hint: Option<String>,
     pub retryable: bool,
-    /// A put refused in a way an existing object causes (an object lock or retention
-    /// policy forbidding overwrites, a failed precondition, a permission the provider
-    /// denies for replacing): the key may already hold these very bytes, from an earlier
-    /// put whose response was lost. [`put_or_identical`] checks.
-    pub refused_overwrite: bool,
 }
 
 impl StorageError {
@@ -85,10 +81,11 @@ pub trait ObjectStore: Send + Sync {
     }
 }
 
-/// Store `data` under `key`. When the provider refuses because the key exists
-/// ([`StorageError::refused_overwrite`]), read the key: if it holds exactly `data` (an
-/// earlier put of these bytes was stored and its response lost), the object is stored;
-/// otherwise the put's error stands.
+/// Store `data` under `key`. When the provider refuses the put for good (not retryable:
+/// the way an object lock or a retention policy refuses to overwrite an existing object,
+/// R2 and GCS with HTTP 403, a precondition with 412 or 409), read the key: if it holds
+/// exactly `data` (an earlier put of these bytes was stored and its response lost), the
+/// object is stored; otherwise the put's error stands.
 pub async fn put_or_identical(
     store: &dyn ObjectStore,
     key: &str,
@@ -96,7 +93,7 @@ pub async fn put_or_identical(
 ) -> Result<(), StorageError> {
     let err = match store.put(key, data.clone()).await {
         Ok(()) => return Ok(()),
-        Err(e) if e.refused_overwrite => e,
+        Err(e) if !e.is_retryable() => e,
         Err(e) => return Err(e),
     };
     match store.get(key).await {
@@ -276,9 +273,6 @@ impl FileStore {
             message: format!("{e} (in {})", self.root.display()),
             hint,
             retryable,
-            // A file that may not be replaced (immutable, or a directory the user cannot
-            // write) looks like this.
-            refused_overwrite: op == "put" && e.kind() == std::io::ErrorKind::PermissionDenied,
         }
     }
 
@@ -296,7 +290,6 @@ impl FileStore {
                 message: "invalid object key".into(),
                 hint: None,
                 retryable: false,
-                refused_overwrite: false,
             });
         }
         Ok(self.root.join(key))
@@ -551,7 +544,6 @@ mod tests {
                         message: "AccessDenied".into(),
                         hint: None,
                         retryable: false,
-                        refused_overwrite: true,
                     });
                 }
                 self.0.put(key, data).await
@@ -583,7 +575,7 @@ mod tests {
         let e = put_or_identical(&s, "wal/k", Bytes::from_static(b"sealed object B"))
             .await
             .unwrap_err();
-        assert!(e.refused_overwrite && e.message == "AccessDenied", "{e}");
+        assert!(!e.retryable && e.message == "AccessDenied", "{e}");
         assert_eq!(s.get("wal/k").await.unwrap().unwrap(), a);
     }
 

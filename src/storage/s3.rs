@@ -426,7 +426,6 @@ impl S3Store {
             message: c.message,
             hint: c.hint,
             retryable: c.retryable,
-            refused_overwrite: op == "put" && refuses_overwrite(&p),
         }
     }
 
@@ -503,7 +502,6 @@ impl S3Store {
                 "set region = \"{actual}\" in this [[storage]] entry"
             )),
             retryable: false,
-            refused_overwrite: false,
         })
     }
 
@@ -526,7 +524,6 @@ impl S3Store {
                     message: m,
                     hint: Some("export it in lifeboat's environment (e.g. EnvironmentFile= in the systemd unit); the config names the variable, never the credential".into()),
                     retryable: false,
-                    refused_overwrite: false,
                 });
             }
         }
@@ -579,7 +576,6 @@ impl S3Store {
                 ),
                 hint: Some("create a bucket with Object Lock enabled (most providers cannot turn it on later) and point url at it, or remove object_lock from this [[storage]] entry".into()),
                 retryable: false,
-                refused_overwrite: false,
             });
         }
         Ok(Features {
@@ -1023,19 +1019,6 @@ pub struct ErrorContext<'a> {
     pub creds_hint: String,
 }
 
-/// Whether a refused put may mean the key exists and may not be replaced: an object lock
-/// or retention policy (R2 bucket locks, GCS retention answer 403), a failed precondition
-/// (412) or a conflict (409). The caller reads the key back to tell (see
-/// [`crate::storage::put_or_identical`]).
-pub fn refuses_overwrite(p: &Problem) -> bool {
-    p.kind == ProblemKind::Response
-        && (matches!(p.status, Some(403 | 409 | 412))
-            || matches!(
-                p.code.as_deref(),
-                Some("PreconditionFailed" | "ConditionalRequestConflict" | "ObjectLocked")
-            ))
-}
-
 pub struct Classified {
     pub message: String,
     pub hint: Option<String>,
@@ -1268,26 +1251,6 @@ mod tests {
             kind: ProblemKind::Response,
             clock_offset: None,
         }
-    }
-
-    #[test]
-    fn refused_overwrites() {
-        for (code, status) in [
-            ("AccessDenied", 403),
-            ("PreconditionFailed", 412),
-            ("OperationAborted", 409),
-            ("ObjectLocked", 400),
-        ] {
-            assert!(refuses_overwrite(&resp(code, status)), "{code}");
-        }
-        for (code, status) in [("SlowDown", 503), ("NoSuchBucket", 404), ("", 500)] {
-            assert!(!refuses_overwrite(&resp(code, status)), "{code}");
-        }
-        let t = Problem {
-            kind: ProblemKind::Timeout,
-            ..Default::default()
-        };
-        assert!(!refuses_overwrite(&t));
     }
 
     #[test]
