@@ -40,6 +40,8 @@ pub enum PipelineError {
     Decrypt(String),
     #[error("decrypted object has {got} bytes, its trailer says {want}")]
     Length { got: u64, want: u64 },
+    #[error("read {got} bytes to seal, expected {want} (the source was truncated or changed while it was read)")]
+    ShortInput { got: u64, want: u64 },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -242,6 +244,25 @@ impl Sealer {
             plain_len,
             crc32,
         })
+    }
+
+    /// Seal exactly `len` bytes of `input`: fails with [`PipelineError::ShortInput`] when
+    /// it ends sooner (e.g. a file truncated while it is read), so that a short object is
+    /// never made.
+    pub fn seal_reader_exact(
+        &self,
+        input: impl Read,
+        len: u64,
+        hint: usize,
+    ) -> Result<Sealed, PipelineError> {
+        let sealed = self.seal_reader_with_capacity(input.take(len), hint)?;
+        if sealed.plain_len != len {
+            return Err(PipelineError::ShortInput {
+                got: sealed.plain_len,
+                want: len,
+            });
+        }
+        Ok(sealed)
     }
 
     /// Seal a buffer that is already in memory. zstd compresses it in one call: with the
@@ -500,6 +521,26 @@ mod tests {
         assert_eq!(c.crc32, sealed.crc32);
         let o = Opener::from_file(idf.path()).unwrap();
         assert_eq!(o.open(&sealed.bytes).unwrap(), data);
+    }
+
+    #[test]
+    fn seal_reader_exact_refuses_a_short_source() {
+        let (r, idf) = keypair();
+        let s = Sealer::new(&[r], 3).unwrap();
+        let data = vec![5u8; 1000];
+        // Longer than asked: exactly `len` bytes are sealed.
+        let sealed = s.seal_reader_exact(&data[..], 600, 0).unwrap();
+        assert_eq!(sealed.plain_len, 600);
+        let o = Opener::from_file(idf.path()).unwrap();
+        assert_eq!(o.open(&sealed.bytes).unwrap(), data[..600]);
+        // Shorter: an error, not a short object.
+        match s.seal_reader_exact(&data[..], 1001, 0) {
+            Err(PipelineError::ShortInput {
+                got: 1000,
+                want: 1001,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -161,6 +161,14 @@ pub struct Delivery {
     tasks: Vec<JoinHandle<()>>,
 }
 
+impl Delivery {
+    /// False once any of its tasks has ended: they end only on a fatal error (reported on
+    /// the acknowledgement channel first) or a panic, and nothing more will be stored.
+    pub fn is_running(&self) -> bool {
+        self.tasks.iter().all(|t| !t.is_finished())
+    }
+}
+
 impl Drop for Delivery {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -321,7 +329,11 @@ impl Delivery {
                         let mut backoff = Duration::from_millis(500);
                         loop {
                             let res = match obj.body() {
-                                Ok(b) => p.put(&obj.key, b).await.map_err(|e| e.to_string()),
+                                // A re-send after a lost response may meet a provider
+                                // that refuses overwrites: an identical copy is stored.
+                                Ok(b) => crate::storage::put_or_identical(p.as_ref(), &obj.key, b)
+                                    .await
+                                    .map_err(|e| e.to_string()),
                                 Err(e) => Err(e.to_string()),
                             };
                             match res {

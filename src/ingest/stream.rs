@@ -16,6 +16,17 @@
 //!   of that and each provider's newest end, which leaves no hole.
 //! - A restart re-streams from the start of the segment holding the resume point (like
 //!   pg_receivewal), so a complete segment can always be sealed from the spool.
+//! - A job that cannot be sealed, or an outbox that cannot be written, ends the run with an
+//!   error ([`ArchivingFailed`]): nothing after it could ever be acknowledged, so waiting
+//!   would only hide the failure while the slot grows. The service manager restarts
+//!   lifeboat, which streams the unacknowledged WAL again from the slot.
+//! - A server that keeps asking for a reply while lifeboat has received everything it sent
+//!   but cannot acknowledge it (a shutdown waits for that) is not held: after
+//!   [`SERVER_WAIT_PATIENCE`] lifeboat disconnects. The slot keeps the WAL; lifeboat
+//!   reconnects once the providers have stored what it received.
+//! - A stop (SIGTERM, Ctrl-C) archives what was received while the providers make
+//!   progress, and gives up after [`STOP_PATIENCE`] without any: what is not stored is not
+//!   acknowledged, and the slot keeps it for the next start.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -40,6 +51,50 @@ use crate::pipeline::{Sealed, Sealer};
 
 /// How many sealed-but-unstored jobs may be in flight (bounds memory).
 const PIPELINE_DEPTH: usize = 2;
+
+/// After a stop is asked for, how long to wait for the providers without any
+/// acknowledgement before exiting with WAL not yet stored.
+const STOP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long the server may wait on an acknowledgement lifeboat cannot give (it asks for
+/// replies while everything it sent is received but not stored: a shutdown waits for
+/// that) before lifeboat disconnects rather than hold it.
+const SERVER_WAIT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The archiving pipeline failed for good: a job could not be sealed, or the outbox or the
+/// acknowledged position cannot be written. Nothing after the acknowledged position can be
+/// acknowledged any more, so the run ends with this error (the message carries its hint).
+#[derive(Debug)]
+pub struct ArchivingFailed(pub String);
+
+impl std::fmt::Display for ArchivingFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ArchivingFailed {}
+
+/// A stop was asked for and the providers made no progress for [`STOP_PATIENCE`]: WAL was
+/// received that is not stored (nor acknowledged).
+#[derive(Debug)]
+struct StoppedUnfinished;
+
+impl std::fmt::Display for StoppedUnfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped before everything received was stored")
+    }
+}
+
+impl std::error::Error for StoppedUnfinished {}
+
+/// Resolves [`STOP_PATIENCE`] after `stop` turns true (never, if it never does).
+async fn stop_patience_over(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(STOP_PATIENCE).await;
+}
 
 enum JobKind {
     Segment,
@@ -166,8 +221,10 @@ impl Uploader {
             let _permit = permit;
             match (range, content) {
                 (Some((start, end)), _) => seal_range(&sealer, &spool, start, end)
-                    .map_err(|e| format!("sealing {}: {e:#}", spool.display())),
-                (None, Some(c)) => sealer.seal(&c).map_err(|e| e.to_string()),
+                    .map_err(|e| format!("cannot seal {}: {e:#}\nhint: the spool file changed under lifeboat: make sure nothing else writes, truncates or deletes files in wal.spool_dir; this WAL was not acknowledged, so the replication slot keeps it and the next start streams it again", spool.display())),
+                (None, Some(c)) => sealer
+                    .seal(&c)
+                    .map_err(|e| format!("cannot seal a timeline history file: {e}")),
                 (None, None) => Err("empty job".into()),
             }
         });
@@ -184,11 +241,16 @@ fn seal_range(sealer: &Sealer, path: &Path, start: u64, end: u64) -> Result<Seal
     if len < end {
         bail!("spool file has {len} bytes, expected at least {end}");
     }
-    let reader = std::io::Read::take(RangeReader { f, pos: start }, end - start);
+    let reader = RangeReader { f, pos: start };
     // WAL typically compresses 3-4x: reserve for that rather than growing by doubling.
     let hint = ((end - start) / 3) as usize;
-    Ok(sealer
-        .seal_reader_with_capacity(std::io::BufReader::with_capacity(256 * 1024, reader), hint)?)
+    // Exactly the job's bytes (a segment: the segment size; a part: its range), even if
+    // the file shrinks while it is read.
+    Ok(sealer.seal_reader_exact(
+        std::io::BufReader::with_capacity(256 * 1024, reader),
+        end - start,
+        hint,
+    )?)
 }
 
 struct RangeReader {
@@ -347,8 +409,11 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
             let ident = conn.identify_system().await?;
             let seg = conn.wal_segment_size().await?;
             Ok::<_, anyhow::Error>((conn, ident, seg))
-        }
-        .await;
+        };
+        let attempt = tokio::select! {
+            a = attempt => a,
+            _ = stop_requested(&stop_rx) => return Ok(()),
+        };
         let (mut conn, ident, seg) = match attempt {
             Ok(x) => x,
             Err(e) => {
@@ -438,6 +503,8 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     slot: cfg.postgres.slot.clone(),
                     create_slot: cfg.postgres.create_slot,
                     status: Some(status_reporter),
+                    stop: stop_rx.clone(),
+                    failed: None,
                 })
             }
         };
@@ -456,13 +523,36 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                 &stop_rx,
             )
             .await;
-        // Whatever happened, let every submitted job finish before touching the spool again.
-        s.drain().await?;
-        match result {
-            Ok(Outcome::Done) => {
-                conn.close().await;
+        // The server is not held while the providers catch up (a shutdown waits for this
+        // connection); a COPY that ended cleanly has nothing more to say either.
+        conn.close().await;
+        if let Err(e) = &result {
+            // A failed pipeline cannot drain: end the run (the slot keeps what was not
+            // acknowledged, and the service manager restarts lifeboat).
+            if e.is::<ArchivingFailed>() {
+                return result.map(|_| ());
+            }
+            if e.is::<StoppedUnfinished>() {
+                s.warn_unfinished();
                 return Ok(());
             }
+        }
+        // Whatever happened, let every submitted job finish before touching the spool again.
+        if !matches!(result, Ok(Outcome::Done)) {
+            s.write_status(
+                false,
+                Some("disconnected: waiting for the providers to store what was received".into()),
+            );
+        }
+        if let Err(e) = s.drain().await {
+            if e.is::<StoppedUnfinished>() {
+                s.warn_unfinished();
+                return Ok(());
+            }
+            return Err(e);
+        }
+        match result {
+            Ok(Outcome::Done) => return Ok(()),
             Ok(Outcome::Reconnect(why)) => {
                 ever_streamed = true;
                 backoff = Duration::from_secs(1);
@@ -537,6 +627,8 @@ pub async fn archive_range(
         cfg.spool_max_size(),
     )?;
     let start = s.start.segment_start(s.seg);
+    // Never signalled: the session ends at `endpos` (the sender must outlive it).
+    let (_stop_tx, stop_rx) = watch::channel(false);
     let mut streamer = Streamer {
         system_id: s.system_id,
         uploader,
@@ -558,10 +650,13 @@ pub async fn archive_range(
         slot: Some(s.slot.to_string()),
         create_slot: false,
         status: None,
+        stop: stop_rx.clone(),
+        failed: None,
     };
-    // Never signalled: the session ends at `endpos` (the sender must outlive it).
-    let (_stop_tx, stop_rx) = watch::channel(false);
     let result = streamer.follow(conn, Some(s.endpos), &stop_rx).await;
+    if matches!(&result, Err(e) if e.is::<ArchivingFailed>()) {
+        return result.map(|_| streamer.state.acked);
+    }
     streamer.drain().await?;
     match result? {
         Outcome::Done => Ok(streamer.state.acked),
@@ -570,6 +665,14 @@ pub async fn archive_range(
             streamer.state.written,
             s.endpos
         ),
+    }
+}
+
+/// Resolves once a stop is asked for.
+async fn stop_requested(stop: &watch::Receiver<bool>) {
+    let mut stop = stop.clone();
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -605,6 +708,10 @@ struct Streamer {
     /// Writes `<spool>/status.json` for `lifeboat status` (the service, not a backup's
     /// own session).
     status: Option<StatusReporter>,
+    /// True once a stop is asked for.
+    stop: watch::Receiver<bool>,
+    /// Why the archiving pipeline failed, once it has (see [`ArchivingFailed`]).
+    failed: Option<String>,
 }
 
 /// A task that rewrites `<spool>/status.json` every second from a shared snapshot, so the
@@ -667,30 +774,90 @@ impl Streamer {
         st.error = error;
     }
 
-    /// Wait until everything submitted is stored.
+    /// Wait until everything submitted is stored. Fails at once when the pipeline has
+    /// failed ([`ArchivingFailed`]), and with [`StoppedUnfinished`] when a stop is asked
+    /// for and no acknowledgement came for [`STOP_PATIENCE`].
     async fn drain(&mut self) -> Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut progress = Instant::now();
         while self.state.acked < self.state.submitted {
-            match self.uploader.acks.recv().await {
-                Some(a) => self.on_ack(a)?,
-                None => bail!("the archiving task stopped"),
+            self.check_pipeline()?;
+            tokio::select! {
+                a = self.uploader.acks.recv() => match a {
+                    Some(a) => {
+                        self.on_ack(a)?;
+                        progress = Instant::now();
+                    }
+                    None => return Err(self.fail("the archiving task stopped".into())),
+                },
+                _ = tick.tick() => {
+                    if *self.stop.borrow() && progress.elapsed() >= STOP_PATIENCE {
+                        return Err(StoppedUnfinished.into());
+                    }
+                }
             }
         }
         Ok(())
     }
 
+    /// Remember that the pipeline failed; the error that ends the run.
+    fn fail(&mut self, why: String) -> anyhow::Error {
+        let why = self.failed.get_or_insert(why).clone();
+        tracing::debug!(error = why, "the archiving pipeline failed");
+        ArchivingFailed(why).into()
+    }
+
     fn on_ack(&mut self, a: Ack) -> Result<()> {
-        let end = a.map_err(|e| anyhow!(e))?;
+        let end = a.map_err(|e| self.fail(e))?;
         if end > self.state.acked {
             self.state.acked = end;
         }
         Ok(())
     }
 
-    async fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
-        for j in jobs {
-            self.uploader.submit(j).await?;
+    /// Take the acknowledgements that are waiting, and fail if the pipeline has failed or
+    /// one of its tasks ended.
+    fn check_pipeline(&mut self) -> Result<()> {
+        while let Ok(a) = self.uploader.acks.try_recv() {
+            self.on_ack(a)?;
+        }
+        if let Some(why) = &self.failed {
+            return Err(ArchivingFailed(why.clone()).into());
+        }
+        if self.uploader.storer.is_finished() || !self.uploader.delivery.is_running() {
+            return Err(self.fail("the archiving task stopped".into()));
         }
         Ok(())
+    }
+
+    /// Hand jobs to the pipeline. Waits while it is full; once a stop is asked for, for
+    /// [`STOP_PATIENCE`] at most.
+    async fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
+        for j in jobs {
+            let submitted = tokio::select! {
+                r = self.uploader.submit(j) => Some(r),
+                _ = stop_patience_over(self.stop.clone()) => None,
+            };
+            match submitted {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    // The pipeline ended: report why, if it said.
+                    self.check_pipeline()?;
+                    return Err(self.fail(format!("{e:#}")));
+                }
+                None => return Err(StoppedUnfinished.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Log that the run stops with WAL that is not stored (and so not acknowledged).
+    fn warn_unfinished(&self) {
+        tracing::warn!(
+            acknowledged = %self.state.acked,
+            received = %self.state.written,
+            "stopping with WAL not yet stored on every provider: it is not acknowledged, so the replication slot keeps it and the next start archives it"
+        );
     }
 
     async fn ensure_history(&mut self, conn: &mut Connection, tli: TimelineId) -> Result<()> {
@@ -710,19 +877,18 @@ impl Streamer {
             log: 0,
             seg: 0,
         };
-        self.uploader
-            .submit(Job {
-                name,
-                kind: JobKind::History {
-                    parent: parent.tli,
-                    switch: parent.switch_lsn,
-                    content,
-                },
-                spool: PathBuf::new(),
-                // A history file makes no WAL durable: it acknowledges what already is.
-                end: self.state.acked,
-            })
-            .await?;
+        self.submit(vec![Job {
+            name,
+            kind: JobKind::History {
+                parent: parent.tli,
+                switch: parent.switch_lsn,
+                content,
+            },
+            spool: PathBuf::new(),
+            // A history file makes no WAL durable: it acknowledges what already is.
+            end: self.state.acked,
+        }])
+        .await?;
         self.drain().await?;
         self.state.histories.insert(tli);
         tracing::info!(timeline = %tli, parent = %parent.tli, switch = %parent.switch_lsn, "archived timeline history");
@@ -820,6 +986,11 @@ impl Streamer {
                     CopyEnd::ServerShutdown => {
                         return Ok(Outcome::Reconnect("the server shut down".into()))
                     }
+                    CopyEnd::ServerWaiting => {
+                        return Ok(Outcome::Reconnect(
+                            "disconnected: the server waited for an acknowledgement".into(),
+                        ))
+                    }
                 },
             };
             let Some((next_tli, next_start)) = next else {
@@ -867,6 +1038,10 @@ impl Streamer {
         let mut reported = Lsn::INVALID;
         self.write_status(true, None);
         let mut last_report = Instant::now();
+        // Since when the server has been asking for replies, one after another (as a
+        // shutdown does, not as an idle server's keepalive every wal_sender_timeout / 2),
+        // at this end of its WAL while the acknowledgement lags behind it; and its last ask.
+        let mut server_waits: Option<(Lsn, Instant, Instant)> = None;
         conn.send_status(self.state.written, self.state.acked, false)
             .await?;
         loop {
@@ -895,6 +1070,31 @@ impl Streamer {
                                 conn.send_status(self.state.written, self.state.acked, false).await?;
                                 last_status = Instant::now();
                                 reported = self.state.acked;
+                                if self.state.written >= wal_end && self.state.acked < wal_end {
+                                    match &mut server_waits {
+                                        Some((end, since, last))
+                                            if *end == wal_end
+                                                && last.elapsed() < Duration::from_secs(1) =>
+                                        {
+                                            *last = Instant::now();
+                                            if since.elapsed() >= SERVER_WAIT_PATIENCE {
+                                                tracing::warn!(
+                                                    acknowledged = %self.state.acked,
+                                                    server_end = %wal_end,
+                                                    waited = ?since.elapsed(),
+                                                    "the server waits for an acknowledgement lifeboat cannot give yet (a provider is slow or the spool is full): disconnecting so that it is not held; the slot keeps the WAL"
+                                                );
+                                                return Ok(CopyEnd::ServerWaiting);
+                                            }
+                                        }
+                                        _ => {
+                                            server_waits =
+                                                Some((wal_end, Instant::now(), Instant::now()))
+                                        }
+                                    }
+                                } else {
+                                    server_waits = None;
+                                }
                             }
                         }
                         StreamEvent::Ended { next } => return Ok(CopyEnd::TimelineEnded(next)),
@@ -904,10 +1104,11 @@ impl Streamer {
                 ack = self.uploader.acks.recv() => {
                     match ack {
                         Some(a) => self.on_ack(a)?,
-                        None => bail!("the archiving task stopped"),
+                        None => return Err(self.fail("the archiving task stopped".into())),
                     }
                 }
                 _ = ticker.tick() => {
+                    self.check_pipeline()?;
                     if let Some(since) = self.state.pending_since {
                         if since.elapsed() >= self.max_delay {
                             if let Some(j) = self.state.take_part(false) {
@@ -939,10 +1140,53 @@ enum CopyEnd {
     TimelineEnded(Option<(TimelineId, Lsn)>),
     Stopped,
     ServerShutdown,
+    /// The server kept asking for an acknowledgement that cannot come yet.
+    ServerWaiting,
 }
 
 impl Drop for Uploader {
     fn drop(&mut self) {
         self.storer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer() -> Sealer {
+        let id = age::x25519::Identity::generate();
+        Sealer::new(&[id.to_public().to_string()], 1).expect("sealer")
+    }
+
+    /// A spool file that yields fewer bytes than its range (truncated while it is read)
+    /// must fail the seal, not become a short object. A sysfs file stands in for the
+    /// truncation: its size says 4096 bytes and reading it yields a few.
+    #[test]
+    fn a_spool_file_shorter_than_its_range_fails_the_seal() {
+        let short = Path::new("/sys/devices/system/cpu/online");
+        let Ok(meta) = std::fs::metadata(short) else {
+            eprintln!("skipped: no {}", short.display());
+            return;
+        };
+        let got = std::fs::read(short).expect("read").len() as u64;
+        assert!(got < meta.len(), "{} is not short", short.display());
+        let err = seal_range(&sealer(), short, 0, meta.len())
+            .expect_err("a short read must fail the seal");
+        assert_eq!(
+            format!("{err:#}"),
+            format!("read {got} bytes to seal, expected {} (the source was truncated or changed while it was read)", meta.len())
+        );
+    }
+
+    #[test]
+    fn a_range_is_sealed_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("seg.partial");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let s = seal_range(&sealer(), &p, 1000, 9000).expect("seal");
+        assert_eq!(s.plain_len, 8000);
+        // Shorter than the range: refused before reading.
+        assert!(seal_range(&sealer(), &p, 0, 10_001).is_err());
     }
 }

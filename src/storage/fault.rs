@@ -6,7 +6,10 @@
 //! A flag whose content is `stall TEXT` instead holds every write of a key containing TEXT
 //! until the flag goes (other writes go on): a slow request, to leave a hole behind later
 //! objects. A flag whose content is `fail TEXT` fails every write of a key containing TEXT
-//! (other operations go on): one object a provider keeps refusing.
+//! (other operations go on): one object a provider keeps refusing. A flag whose content is
+//! `exists TEXT` makes keys containing TEXT behave as under an object lock whose first
+//! response is lost: the first put of such a key is stored and answered with a retryable
+//! error, and every later put of a key that exists is refused as an overwrite.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,18 +26,50 @@ struct Faulty {
 }
 
 impl Faulty {
+    /// Fail while the flag exists, unless it names a mode that holds only some writes
+    /// (`stall`, `fail`, `exists`: other operations go on).
     fn check(&self, op: &'static str, key: &str) -> Result<(), StorageError> {
-        if self.flag.exists() {
-            return Err(StorageError {
-                provider: self.inner.name().to_string(),
-                op,
-                key: key.to_string(),
-                message: format!("injected fault ({} exists)", self.flag.display()),
-                hint: None,
-                retryable: true,
-            });
+        let Ok(content) = std::fs::read_to_string(&self.flag) else {
+            return Ok(());
+        };
+        let content = content.trim_start();
+        let partial = ["stall ", "fail ", "exists "]
+            .iter()
+            .any(|m| content.starts_with(m));
+        if !partial {
+            return Err(self.injected(op, key));
         }
         Ok(())
+    }
+
+    fn injected(&self, op: &'static str, key: &str) -> StorageError {
+        StorageError {
+            provider: self.inner.name().to_string(),
+            op,
+            key: key.to_string(),
+            message: format!("injected fault ({} exists)", self.flag.display()),
+            hint: None,
+            retryable: true,
+        }
+    }
+}
+
+impl Faulty {
+    /// `exists` mode: store once and lose the response; refuse to overwrite.
+    async fn put_locked(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let err = |message: &str, retryable| StorageError {
+            provider: self.inner.name().to_string(),
+            op: "put",
+            key: key.to_string(),
+            message: format!("{message} (injected by {})", self.flag.display()),
+            hint: None,
+            retryable,
+        };
+        if self.inner.get(key).await?.is_some() {
+            return Err(err("the object exists and may not be overwritten", false));
+        }
+        self.inner.put(key, data).await?;
+        Err(err("the response was lost", true))
     }
 }
 
@@ -55,6 +90,12 @@ impl ObjectStore for Faulty {
                 })
             };
             let content = std::fs::read_to_string(&self.flag).unwrap_or_default();
+            if let Some(t) = content.trim().strip_prefix("exists ") {
+                if key.contains(t.trim()) {
+                    return self.put_locked(key, data).await;
+                }
+                return self.inner.put(key, data).await;
+            }
             if content.starts_with("stall ") {
                 while stalls(&self.flag) {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -62,9 +103,10 @@ impl ObjectStore for Faulty {
                 return self.inner.put(key, data).await;
             }
             if let Some(t) = content.trim().strip_prefix("fail ") {
-                if !key.contains(t.trim()) {
-                    return self.inner.put(key, data).await;
+                if key.contains(t.trim()) {
+                    return Err(self.injected("put", key));
                 }
+                return self.inner.put(key, data).await;
             }
             self.check("put", key)?;
             self.inner.put(key, data).await

@@ -7,6 +7,10 @@
 //!   fsync directory) and is atomic: a reader sees the whole object or none.
 //! - `Mirror::put` returns only once every provider has the object.
 //! - `list` returns keys sorted, so a prefix listing yields WAL in LSN order.
+//! - A put the provider refuses for good (not retryable: e.g. an object lock or retention
+//!   policy forbidding an overwrite, a failed precondition) counts as stored when the key
+//!   holds exactly the bytes we meant to store ([`put_or_identical`]): a re-send after a
+//!   lost response.
 
 use std::future::Future;
 use std::io::Write;
@@ -74,6 +78,39 @@ pub trait ObjectStore: Send + Sync {
     /// first, once; commands call it to fail early with a clear message.
     fn check(&self) -> BoxFut<'_, Result<(), StorageError>> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+/// Store `data` under `key`. When the provider refuses the put for good (not retryable:
+/// the way an object lock or a retention policy refuses to overwrite an existing object,
+/// R2 and GCS with HTTP 403, a precondition with 412 or 409), read the key: if it holds
+/// exactly `data` (an earlier put of these bytes was stored and its response lost), the
+/// object is stored; otherwise the put's error stands.
+pub async fn put_or_identical(
+    store: &dyn ObjectStore,
+    key: &str,
+    data: Bytes,
+) -> Result<(), StorageError> {
+    let err = match store.put(key, data.clone()).await {
+        Ok(()) => return Ok(()),
+        Err(e) if !e.is_retryable() => e,
+        Err(e) => return Err(e),
+    };
+    match store.get(key).await {
+        Ok(Some(held)) if held == data => {
+            tracing::info!(
+                provider = store.name(),
+                key,
+                refused = %err.message,
+                "the provider refused to overwrite an object that already holds exactly these bytes: stored"
+            );
+            Ok(())
+        }
+        Ok(_) => Err(err),
+        Err(e) => {
+            tracing::debug!(provider = store.name(), key, error = %e, "cannot read back an object whose overwrite was refused");
+            Err(err)
+        }
     }
 }
 
@@ -436,7 +473,7 @@ impl Mirror {
             let p = p.clone();
             let k = key.to_string();
             let d = data.clone();
-            set.spawn(async move { p.put(&k, d).await });
+            set.spawn(async move { put_or_identical(p.as_ref(), &k, d).await });
         }
         let mut first = None;
         while let Some(r) = set.join_next().await {
@@ -456,6 +493,61 @@ impl Mirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file store that refuses to replace an object, as an object lock does.
+    struct Locked(FileStore);
+
+    impl ObjectStore for Locked {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn features(&self) -> Features {
+            self.0.features()
+        }
+        fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                if self.0.get(key).await?.is_some() {
+                    return Err(StorageError {
+                        provider: "locked".into(),
+                        op: "put",
+                        key: key.into(),
+                        message: "AccessDenied".into(),
+                        hint: None,
+                        retryable: false,
+                    });
+                }
+                self.0.put(key, data).await
+            })
+        }
+        fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Option<Bytes>, StorageError>> {
+            self.0.get(key)
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> BoxFut<'a, Result<Vec<ObjectMeta>, StorageError>> {
+            self.0.list(prefix)
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
+            self.0.delete(key)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_overwrite_counts_as_stored_only_for_identical_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Locked(FileStore::new("locked", d.path().to_path_buf()));
+        let a = Bytes::from_static(b"sealed object A");
+        put_or_identical(&s, "wal/k", a.clone()).await.unwrap();
+        // The same bytes again (a re-send after a lost response): stored.
+        put_or_identical(&s, "wal/k", a.clone()).await.unwrap();
+        // Other bytes under that key: the refusal stands.
+        let e = put_or_identical(&s, "wal/k", Bytes::from_static(b"sealed object B"))
+            .await
+            .unwrap_err();
+        assert!(!e.retryable && e.message == "AccessDenied", "{e}");
+        assert_eq!(s.get("wal/k").await.unwrap().unwrap(), a);
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]

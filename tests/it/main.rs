@@ -11,6 +11,7 @@ mod support;
 
 mod backup;
 mod cmd;
+mod hardening;
 mod harness;
 mod outage;
 mod restore;

@@ -566,6 +566,19 @@ impl PgCluster {
         self.pg_ctl_ok(&["stop", "-m", "fast"]);
     }
 
+    /// `pg_ctl stop -m fast -w -t SECS`, which may fail (e.g. when the server has not
+    /// stopped within SECS): its output and how long it took.
+    pub fn try_stop_fast(&self, secs: u32) -> (Output, Duration) {
+        let t = Instant::now();
+        let out = self
+            .pg_ctl(
+                &["stop", "-m", "fast", "-w", "-t", &secs.to_string()],
+                Duration::from_secs(u64::from(secs) + 30),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        (out, t.elapsed())
+    }
+
     /// Start a stopped cluster again (same port, same config).
     pub fn start_again(&self) {
         if let Some(pid) = self.postmaster_pid() {
