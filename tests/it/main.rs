@@ -11,6 +11,7 @@ mod support;
 
 mod backup;
 mod cmd;
+mod fuzz_corpus;
 mod harness;
 mod outage;
 mod restore;
