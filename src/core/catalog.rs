@@ -140,7 +140,7 @@ pub fn parse_history_key(key: &str) -> Option<HistoryObject> {
     let rest = key.strip_prefix("history/")?;
     let (tli, rest) = rest.split_once(".history.")?;
     let (parent, switch) = rest.split_once('-')?;
-    let switch = (switch.len() == 16)
+    let switch = (switch.len() == 16 && switch.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| u64::from_str_radix(switch, 16).ok())
         .flatten()?;
     Some(HistoryObject {
@@ -325,6 +325,16 @@ mod tests {
         ] {
             assert_eq!(parse_wal_key(bad, SEG), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_history_key_with_a_signed_switch_point_is_foreign() {
+        // Found by fuzzing (fuzz/regressions/wal_inventory/): from_str_radix takes a sign,
+        // so this foreign key parsed as the history of timeline 3.
+        assert_eq!(
+            parse_history_key("history/00000003.history.00000002-+000000103000000"),
+            None
+        );
     }
 
     #[test]

@@ -1,0 +1,6 @@
+#![no_main]
+//! See `lifeboat_fuzz::conninfo` (fuzz/harness.rs).
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| lifeboat_fuzz::conninfo(data));
