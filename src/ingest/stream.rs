@@ -920,7 +920,7 @@ impl Streamer {
                 let info = conn.read_replication_slot(&slot).await?;
                 match info.and_then(|i| Some((i.restart_tli?, i.restart_lsn?))) {
                     Some(floor) if floor < (self.state.tli, self.state.submitted) => {
-                        tracing::warn!(slot, restart_lsn = %floor.1, archived = %self.state.submitted, "no acknowledged position in the spool: resuming from the slot's restart_lsn; newer objects are sent again");
+                        tracing::info!(slot, restart_lsn = %floor.1, archived = %self.state.submitted, "no acknowledged position in the spool: resuming from the slot's restart_lsn; newer objects are sent again");
                         self.state.tli = floor.0;
                         self.state.submitted = floor.1.segment_start(seg);
                         self.state.acked = floor.1;
