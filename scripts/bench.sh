@@ -10,7 +10,9 @@
 #
 # Env: LIFEBOAT_BENCH_MAJOR (default 15), LIFEBOAT_BENCH_WAL_CONF (extra [wal] lines), LIFEBOAT_BENCH_WAL_MB (default 1536),
 #      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp),
-#      LIFEBOAT_BENCH_KEEP (set: keep the work directory, for profiling).
+#      LIFEBOAT_BENCH_KEEP (set: keep the work directory, for profiling),
+#      LIFEBOAT_BENCH_AB (restore: another lifeboat binary, e.g. an older build, timed in
+#      the same rounds on the same archive: an A/B of two builds on one quiet machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -382,7 +384,7 @@ bench_restore() {
   "${PSQL[@]}" -c "VACUUM (ANALYZE) replay_filler" >/dev/null
   "${PSQL[@]}" -c "CHECKPOINT" >/dev/null; sync
 
-  local lb_t=() lb_m=() br_t=() t m
+  local lb_t=() lb_m=() br_t=() ab_t=() t m
   for i in $(seq 1 "$ROUNDS"); do
     rm -rf "$WORK/r_lb"; sync
     /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
@@ -390,6 +392,14 @@ bench_restore() {
     read -r t m < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
     echo "round $i lifeboat restore (parallel fetch, age, zstd, manifest check, fsync): ${t}s, peak RSS $((m / 1024)) MiB"
     rm -rf "$WORK/r_lb"
+    if [[ -n "${LIFEBOAT_BENCH_AB:-}" ]]; then
+      sync
+      /usr/bin/time -f "%e %M" -o "$WORK/t" "$LIFEBOAT_BENCH_AB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
+        restore --pgdata "$WORK/r_lb" --pg-bin "$BIN" --target-immediate >/dev/null
+      read -r t m < "$WORK/t"; ab_t+=("$t")
+      echo "round $i B: $LIFEBOAT_BENCH_AB restore:                                  ${t}s, peak RSS $((m / 1024)) MiB"
+      rm -rf "$WORK/r_lb"
+    fi
 
     rm -rf "$WORK/r_br"; mkdir -p "$WORK/r_br"; chmod 700 "$WORK/r_br"
     if [[ $(id -u) == 0 ]]; then chown lifeboat-test "$WORK/r_br"; fi
@@ -422,6 +432,14 @@ print(f"  lifeboat restore    {min(lb):7.2f} s  peak RSS {rss:.1f} MiB")
 print(f"  pgbackrest restore  {min(br):7.2f} s  ratio lifeboat/pgbackrest {min(lb) / min(br):.2f}x (target <= 0.8x)")
 print(f"  WAL replay of {mb:.0f} MiB: without prefetch {r0:.2f} s ({mb / r0:.0f} MiB/s), with prefetch 8 {r8:.2f} s ({mb / r8:.0f} MiB/s), {r0 / r8:.2f}x faster")
 ' "${lb_t[*]}" "${br_t[*]}" "${lb_m[*]}" "${rp[*]}" "$SIZE" "$replay_mb"
+  if [[ ${#ab_t[@]} -gt 0 ]]; then
+    python3 -c '
+import statistics, sys
+a, b = ([float(x) for x in s.split()] for s in sys.argv[1:3])
+r = [x / y for x, y in zip(a, b)]
+print(f"  A/B: this build {statistics.median(a):.2f} s median, B {statistics.median(b):.2f} s median; per-round ratio A/B median {statistics.median(r):.2f}x, best {min(r):.2f}x")
+' "${lb_t[*]}" "${ab_t[*]}"
+  fi
 }
 
 case "$WHAT" in

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 
 use crate::config::Config;
-use crate::core::catalog::{self, ArchiveMeta, BackupMeta, DrillReport, WalInventory};
+use crate::core::catalog::{self, AcceptedGap, ArchiveMeta, BackupMeta, DrillReport, WalInventory};
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 use crate::storage::{self, Mirror, ObjectStore};
 
@@ -226,11 +226,43 @@ impl Archive {
     /// Every recorded drill, oldest first: the union over the providers that answer. An
     /// unreadable record is logged and skipped (`verify` reports it).
     pub async fn drills(&self) -> Result<Vec<DrillReport>> {
-        let mut found: std::collections::BTreeMap<String, DrillReport> = Default::default();
+        let mut out: Vec<DrillReport> = self.records(catalog::DRILLS_PREFIX, "drill").await?;
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// The accepted WAL gaps (`gaps/*.json`), by timeline and position: the union over the
+    /// providers.
+    pub async fn gaps(&self) -> Result<Vec<AcceptedGap>> {
+        let mut out: Vec<AcceptedGap> = self.records(catalog::GAPS_PREFIX, "gap").await?;
+        out.sort_by_key(|g| (g.timeline, g.from));
+        Ok(out)
+    }
+
+    /// Record an accepted gap on every provider; fails unless every provider stores it (a
+    /// gap the planner does not know of would read as an unexplained hole).
+    pub async fn record_gap(&self, gap: &AcceptedGap) -> Result<()> {
+        let body = serde_json::to_vec_pretty(gap).context("encoding the gap record")?;
+        self.mirror
+            .put(&gap.key(), Bytes::from(body))
+            .await
+            .with_context(|| format!("recording {} in the archive", gap.key()))?;
+        Ok(())
+    }
+
+    /// Every plain JSON record under `prefix` (`drills/`, `gaps/`), the union over the
+    /// providers (a record counts when any provider holds it); one no provider could list
+    /// is an error only when no provider answered.
+    async fn records<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        what: &str,
+    ) -> Result<Vec<T>> {
+        let mut found: std::collections::BTreeMap<String, T> = Default::default();
         let mut errors = Vec::new();
         let mut answered = 0;
         for p in &self.mirror.providers {
-            let listed = match p.list(catalog::DRILLS_PREFIX).await {
+            let listed = match p.list(prefix).await {
                 Ok(l) => l,
                 Err(e) => {
                     errors.push(e);
@@ -243,12 +275,12 @@ impl Archive {
                     continue;
                 }
                 if let Some(b) = p.get(&o.key).await? {
-                    match serde_json::from_slice::<DrillReport>(&b) {
+                    match serde_json::from_slice::<T>(&b) {
                         Ok(r) => {
                             found.insert(o.key, r);
                         }
                         Err(e) => {
-                            tracing::warn!(key = o.key, error = %e, "unreadable drill record")
+                            tracing::warn!(key = o.key, error = %e, "unreadable {what} record")
                         }
                     }
                 }
@@ -259,9 +291,7 @@ impl Archive {
                 return Err(e.into());
             }
         }
-        let mut out: Vec<DrillReport> = found.into_values().collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        Ok(found.into_values().collect())
     }
 
     /// Record a drill under `drills/<ID>.json` on every provider (plain JSON, written once).

@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::archive::Archive;
-use crate::core::catalog::{self, BackupMeta, WalRange};
+use crate::core::catalog::{self, AcceptedGap, BackupMeta, WalRange};
 use crate::core::wal::Lsn;
 
 #[derive(Debug, Serialize)]
@@ -29,6 +29,8 @@ pub struct BackupSummary {
 pub struct ListReport {
     pub backups: Vec<BackupSummary>,
     pub wal: Vec<WalRange>,
+    /// WAL recorded as lost (`lifeboat accept-gap`): no restore crosses these.
+    pub gaps: Vec<AcceptedGap>,
     /// The most recent restore drill recorded in the archive.
     pub last_drill: Option<DrillSummary>,
 }
@@ -72,6 +74,7 @@ pub async fn run(archive: &Archive) -> Result<ListReport> {
         return Ok(ListReport {
             backups: Vec::new(),
             wal: Vec::new(),
+            gaps: Vec::new(),
             last_drill: None,
         });
     };
@@ -95,9 +98,11 @@ pub async fn run(archive: &Archive) -> Result<ListReport> {
         target: d.recovery_target,
         total_seconds: d.phases.total,
     });
+    let gaps = archive.gaps().await?;
     Ok(ListReport {
         backups,
         wal,
+        gaps,
         last_drill,
     })
 }

@@ -51,6 +51,12 @@ pub fn render(r: &ListReport) -> String {
             ));
         }
     }
+    for g in &r.gaps {
+        s.push_str(&format!(
+            "  LOST   timeline {}: {} – {} (accepted {}: {})\n",
+            g.timeline, g.from, g.to, g.accepted_at, g.reason
+        ));
+    }
     match &r.last_drill {
         None => s.push_str("no restore drill recorded\n"),
         Some(d) => s.push_str(&format!(
@@ -92,6 +98,15 @@ mod tests {
                 start_lsn: Lsn(0x100_0000),
                 end_lsn: Lsn(0x600_0000),
             }],
+            gaps: vec![crate::core::catalog::AcceptedGap {
+                format: 1,
+                timeline: crate::core::wal::TimelineId(1),
+                from: Lsn(0x600_0000),
+                to: Lsn(0x900_0000),
+                accepted_at: crate::core::plan::Timestamp(1_764_000_000_000_000),
+                slot: Some("lifeboat".into()),
+                reason: "the server removed this WAL before it was archived".into(),
+            }],
             last_drill: Some(DrillSummary {
                 id: "20261124T093000Z".into(),
                 ok: true,
@@ -105,11 +120,13 @@ mod tests {
             "BACKUP               TLI START LSN    END LSN      STARTED                    SIZE     STORED RESTORABLE LABEL\n\
              20261124T083012Z       1 0/5000028    0/5000138    2026-11-24T08:30:12Z   24.0 MiB    3.0 MiB yes        nightly\n\
              WAL:\n  timeline 1: 0/1000000 – 0/6000000\n\
+             \x20 LOST   timeline 1: 0/6000000 – 0/9000000 (accepted 2025-11-24 16:00:00+00: the server removed this WAL before it was archived)\n\
              last drill: 20261124T093000Z passed (backup 20261124T083012Z, 12.3 s)\n"
         );
         let empty = ListReport {
             backups: vec![],
             wal: vec![],
+            gaps: vec![],
             last_drill: None,
         };
         assert_eq!(

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::config::{Config, ConfigError};
 use crate::pipeline::Opener;
 
+pub mod accept_gap;
 pub mod backup;
 pub mod drill;
 pub mod list;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Restore drill: restore into a scratch directory, start PostgreSQL, run checks,
     /// report timings, record the result in the archive.
     Drill(drill::Args),
+    /// After the streamer stopped on lost WAL: record the gap in the archive, make the
+    /// replication slot usable again, and let archiving resume after the gap.
+    AcceptGap,
 }
 
 /// Run one command.
@@ -84,6 +88,7 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::Status => status::run(&ctx).await,
         Command::Restore(a) => restore::run(&ctx, a).await,
         Command::Drill(a) => drill::run(&ctx, a).await,
+        Command::AcceptGap => accept_gap::run(&ctx).await,
     }
 }
 

@@ -566,6 +566,41 @@ pub fn wal_covers(
     }
 }
 
+/// WAL the server removed before lifeboat archived it, recorded by `lifeboat accept-gap`
+/// under `gaps/<TLI>-<FROM>-<TO>.json` (plain JSON, written once): the archive's WAL of
+/// that timeline is missing from `from` to `to` for good.
+pub const GAPS_PREFIX: &str = "gaps/";
+
+/// One accepted gap, as recorded and as `list`, `verify` and the planner show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AcceptedGap {
+    pub format: u32,
+    pub timeline: TimelineId,
+    /// The archive's end when the WAL was found lost.
+    pub from: Lsn,
+    /// The start of the oldest WAL the server still had: archiving resumed here.
+    pub to: Lsn,
+    pub accepted_at: Timestamp,
+    /// The replication slot that did not keep the WAL.
+    pub slot: Option<String>,
+    /// Why, as lifeboat found it (the server's error).
+    pub reason: String,
+}
+
+impl AcceptedGap {
+    pub fn key(&self) -> String {
+        format!(
+            "{GAPS_PREFIX}{:08X}-{:016X}-{:016X}.json",
+            self.timeline.0, self.from.0, self.to.0
+        )
+    }
+
+    /// Whether `lsn` on timeline `tli` falls inside the gap.
+    pub fn contains(&self, tli: TimelineId, lsn: Lsn) -> bool {
+        tli == self.timeline && self.from <= lsn && lsn < self.to
+    }
+}
+
 /// Restore drills are recorded under `drills/<ID>.json` (plain JSON, written once).
 pub const DRILLS_PREFIX: &str = "drills/";
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::archive::Archive;
 use crate::core::fmt;
+use crate::ingest::gap::LOST_WAL;
 use crate::ingest::status::{self, now, StreamStatus};
 
 /// How stale `status.json` may be before the streamer counts as gone.
@@ -93,6 +94,20 @@ pub fn stream_checks(
     };
     let age = now.saturating_sub(st.updated);
     if !alive(st.pid) || age > STALE_SECS {
+        // A streamer that ended on an error it cannot get past (WAL lost before it was
+        // archived) said why: that, not the generic advice, is what the operator needs.
+        if let Some(e) = st.error.as_deref().filter(|e| e.starts_with(LOST_WAL)) {
+            out.push(Check {
+                check: "streamer",
+                status: Level::Failing,
+                message: format!(
+                    "not running: pid {} stopped {} on: {e}",
+                    st.pid,
+                    fmt::ago(age)
+                ),
+            });
+            return out;
+        }
         out.push(Check {
             check: "streamer",
             status: Level::Failing,

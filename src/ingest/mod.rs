@@ -2,6 +2,7 @@
 //! outbox, acknowledgement, and the status file the streamer keeps fresh.
 
 pub mod backup;
+pub mod gap;
 pub mod health;
 pub mod outbox;
 pub mod status;

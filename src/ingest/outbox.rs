@@ -124,7 +124,9 @@ enum LaneEvent {
     Failed(usize, u64, String),
 }
 
-pub type Ack = std::result::Result<Lsn, String>;
+/// What the delivery task reports: the new acknowledged position as (timeline, LSN), or
+/// why the pipeline failed.
+pub type Ack = std::result::Result<(TimelineId, Lsn), String>;
 
 /// One provider as the delivery task sees it, for `lifeboat status`.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -270,6 +272,12 @@ pub fn ensure_acknowledged(dir: &Path, tli: TimelineId, lsn: Lsn) -> std::io::Re
     if ack_path(dir).exists() {
         return Ok(());
     }
+    std::fs::create_dir_all(ack_path(dir).parent().expect("has a parent"))?;
+    write_acknowledged(dir, tli, lsn)
+}
+
+/// Set the acknowledged position outright (`accept-gap` moves it past a recorded gap).
+pub fn set_acknowledged(dir: &Path, tli: TimelineId, lsn: Lsn) -> std::io::Result<()> {
     std::fs::create_dir_all(ack_path(dir).parent().expect("has a parent"))?;
     write_acknowledged(dir, tli, lsn)
 }
@@ -519,7 +527,7 @@ impl Delivery {
                         let _ = ack_tx.send(Err(format!("cannot record the acknowledged position in {}: {e}\nhint: free space there or set wal.spool_dir", dir.display())));
                         return;
                     }
-                    if ack_tx.send(Ok(end)).is_err() {
+                    if ack_tx.send(Ok((tli, end))).is_err() {
                         return;
                     }
                 }

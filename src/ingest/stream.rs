@@ -283,6 +283,9 @@ struct State {
     submitted: Lsn,
     /// The flush position reported to the server: stored on every provider.
     acked: Lsn,
+    /// The timeline whose history `acked` is a position in. Positions compare as
+    /// (timeline, LSN): on a newer timeline, WAL up to its switch point is shared history.
+    acked_tli: TimelineId,
     pending_since: Option<Instant>,
     spool_dir: PathBuf,
     current: Option<SpoolFile>,
@@ -455,6 +458,15 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                 // after a hole left by a crash: never resume past what was acknowledged.
                 let acknowledged = crate::ingest::outbox::acknowledged(&outbox);
                 let resume = archive.resume_point(seg, &pending, acknowledged).await?;
+                // WAL an operator accepted as lost (`lifeboat accept-gap`): resume after it.
+                let gaps = archive.gaps().await?;
+                let resume = resume.map(|(t, l)| {
+                    let after = crate::ingest::gap::after_gaps(&gaps, t, l);
+                    if after.1 != l {
+                        tracing::warn!(timeline = %t, from = %l, to = %after.1, "resuming after the accepted WAL gap");
+                    }
+                    after
+                });
                 if let (Some(r), Some(a)) = (resume, acknowledged) {
                     if r == a {
                         tracing::info!(acknowledged = %a.1, "resuming from the last acknowledged position; newer objects are sent again");
@@ -491,6 +503,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                         written: Lsn::INVALID,
                         submitted: resume.map(|r| r.1).unwrap_or(Lsn::INVALID),
                         acked: resume.map(|r| r.1).unwrap_or(Lsn::INVALID),
+                        acked_tli: resume.map(|r| r.0).unwrap_or(ident.timeline),
                         pending_since: None,
                         spool_dir: cfg.wal.spool_dir.clone(),
                         current: None,
@@ -508,23 +521,22 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                 })
             }
         };
-        if let Some(end) = opts.endpos {
-            if s.state.acked >= end {
-                tracing::info!(endpos = %end, "everything before the end position is archived");
+        // The end position is one on the server's timeline: archived WAL of an older
+        // timeline past that LSN is not on the server's history (positions compare as
+        // (timeline, LSN)).
+        let endpos = opts.endpos.map(|e| (ident.timeline, e));
+        if let Some(end) = endpos {
+            if s.state.tli == end.0 && (s.state.acked_tli, s.state.acked) >= end {
+                tracing::info!(endpos = %end.1, timeline = %end.0, "everything before the end position is archived");
                 return Ok(());
             }
         }
         let result = s
-            .stream(
-                &mut conn,
-                ident.timeline,
-                ident.xlogpos,
-                opts.endpos,
-                &stop_rx,
-            )
+            .stream(&mut conn, ident.timeline, ident.xlogpos, endpos, &stop_rx)
             .await;
         // The server is not held while the providers catch up (a shutdown waits for this
         // connection); a COPY that ended cleanly has nothing more to say either.
+        let conn_target = conn.target.clone();
         conn.close().await;
         if let Err(e) = &result {
             // A failed pipeline cannot drain: end the run (the slot keeps what was not
@@ -560,6 +572,26 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                 s.write_status(false, Some(format!("stream ended: {why}; reconnecting")));
             }
             Err(e) => {
+                if let Some(said) = crate::ingest::gap::server_lost_wal(&e) {
+                    // Nothing gets past lost WAL but an operator's decision: stop, say
+                    // exactly what is lost, and leave the reason for `status`.
+                    let lost = crate::ingest::gap::measure(
+                        &params,
+                        &conn_target,
+                        s.state.tli,
+                        s.state.seg,
+                        s.state.submitted,
+                        ident.xlogpos,
+                    )
+                    .await
+                    .with_context(|| format!("measuring the WAL lost after: {said}"))?;
+                    let msg = crate::ingest::gap::lost_message(&lost, s.slot.as_deref(), &said);
+                    s.write_status(false, Some(msg.clone()));
+                    if let Some(r) = &s.status {
+                        r.write_now();
+                    }
+                    return Err(anyhow!(msg));
+                }
                 let permanent = e
                     .downcast_ref::<PgError>()
                     .is_some_and(PgError::is_permanent);
@@ -638,6 +670,7 @@ pub async fn archive_range(
             written: Lsn::INVALID,
             submitted: start,
             acked: start,
+            acked_tli: s.timeline,
             pending_since: None,
             spool_dir: s.spool_dir.clone(),
             current: None,
@@ -653,7 +686,9 @@ pub async fn archive_range(
         stop: stop_rx.clone(),
         failed: None,
     };
-    let result = streamer.follow(conn, Some(s.endpos), &stop_rx).await;
+    let result = streamer
+        .follow(conn, Some((s.timeline, s.endpos)), &stop_rx)
+        .await;
     if matches!(&result, Err(e) if e.is::<ArchivingFailed>()) {
         return result.map(|_| streamer.state.acked);
     }
@@ -718,6 +753,8 @@ struct Streamer {
 /// report stays fresh even while the streamer waits (e.g. on a full spool).
 struct StatusReporter {
     shared: std::sync::Arc<std::sync::Mutex<crate::ingest::status::StreamStatus>>,
+    health: std::sync::Arc<std::sync::Mutex<crate::ingest::outbox::Health>>,
+    spool_dir: PathBuf,
     task: JoinHandle<()>,
 }
 
@@ -738,19 +775,38 @@ impl StatusReporter {
                 delivery: crate::ingest::outbox::Health::default(),
             }));
         let snap = shared.clone();
+        let (dir, h) = (spool_dir.clone(), health.clone());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let mut st = snap.lock().expect("not poisoned").clone();
-                st.updated = crate::ingest::status::now();
-                st.delivery = health.lock().expect("not poisoned").clone();
-                if let Err(e) = crate::ingest::status::write(&spool_dir, &st) {
-                    tracing::debug!(error = %e, "cannot write the status file");
-                }
+                write_status_file(&snap, &h, &dir);
             }
         });
-        StatusReporter { shared, task }
+        StatusReporter {
+            shared,
+            health,
+            spool_dir,
+            task,
+        }
+    }
+
+    /// Write the status file now (the last word of a run that ends).
+    fn write_now(&self) {
+        write_status_file(&self.shared, &self.health, &self.spool_dir);
+    }
+}
+
+fn write_status_file(
+    snap: &std::sync::Mutex<crate::ingest::status::StreamStatus>,
+    health: &std::sync::Mutex<crate::ingest::outbox::Health>,
+    spool_dir: &Path,
+) {
+    let mut st = snap.lock().expect("not poisoned").clone();
+    st.updated = crate::ingest::status::now();
+    st.delivery = health.lock().expect("not poisoned").clone();
+    if let Err(e) = crate::ingest::status::write(spool_dir, &st) {
+        tracing::debug!(error = %e, "cannot write the status file");
     }
 }
 
@@ -780,7 +836,7 @@ impl Streamer {
     async fn drain(&mut self) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut progress = Instant::now();
-        while self.state.acked < self.state.submitted {
+        while (self.state.acked_tli, self.state.acked) < (self.state.tli, self.state.submitted) {
             self.check_pipeline()?;
             tokio::select! {
                 a = self.uploader.acks.recv() => match a {
@@ -808,8 +864,9 @@ impl Streamer {
     }
 
     fn on_ack(&mut self, a: Ack) -> Result<()> {
-        let end = a.map_err(|e| self.fail(e))?;
-        if end > self.state.acked {
+        let (tli, end) = a.map_err(|e| self.fail(e))?;
+        if (tli, end) > (self.state.acked_tli, self.state.acked) {
+            self.state.acked_tli = tli;
             self.state.acked = end;
         }
         Ok(())
@@ -895,19 +952,89 @@ impl Streamer {
         Ok(())
     }
 
+    /// Continue on timeline `next`, which branched off the current one at `at`. The WAL
+    /// up to `at` is shared history: what was acknowledged of it stays acknowledged, and
+    /// nothing past `at` is (on the new timeline it is other WAL).
+    fn switch_timeline(&mut self, next: TimelineId, at: Lsn) {
+        self.state.tli = next;
+        // Parts of the new timeline's first segment start at its offset 0.
+        self.state.submitted = at.segment_start(self.state.seg);
+        self.state.acked = self.state.acked.min(at);
+        self.state.acked_tli = next;
+    }
+
+    /// Bring the archive's position onto the server's history before streaming. A server
+    /// on a newer timeline than the archive (a promoted standby, a cluster restored to a
+    /// point in time) descends from the archive's timeline at a fork: when the archive
+    /// ends before the fork, the server ends the old timeline there and the stream follows
+    /// it; when the archive holds WAL of the old timeline past the fork (a standby that
+    /// lagged was promoted), that WAL is not in the server's history, so archiving goes on
+    /// from the fork on the child timeline, and the flush position reported to this server
+    /// never passes the fork before the new timeline's WAL is stored.
+    async fn reconcile_timeline(
+        &mut self,
+        conn: &mut Connection,
+        server_tli: TimelineId,
+    ) -> Result<()> {
+        let tli = self.state.tli;
+        if server_tli == tli {
+            return Ok(());
+        }
+        let (target, archived) = (conn.target.clone(), self.state.submitted);
+        let not_ours = |why: String| {
+            anyhow!(
+                "the server at {target} is on timeline {server_tli}, {why}; the archive ends at {archived} on timeline {tli}\nhint: point postgres.conninfo at the current primary of the archived cluster (or one of its standbys); a server whose history leaves the archive's is a different branch: archive it to a new storage prefix"
+            )
+        };
+        if server_tli < tli {
+            return Err(not_ours(format!(
+                "older than the archive's timeline {tli} (a former primary that was not rebuilt after a failover?)"
+            )));
+        }
+        let content = conn.timeline_history(server_tli).await?;
+        let hist = TimelineHistory::parse(&String::from_utf8_lossy(&content))
+            .with_context(|| format!("timeline history of timeline {server_tli}"))?;
+        let Some(i) = hist.entries.iter().position(|e| e.tli == tli) else {
+            return Err(not_ours(format!(
+                "whose history does not contain timeline {tli}"
+            )));
+        };
+        let fork = hist.entries[i].switch_lsn;
+        if self.state.submitted <= fork {
+            // The server ends timeline `tli` at the fork and the stream follows it.
+            return Ok(());
+        }
+        let child = hist.entries.get(i + 1).map_or(server_tli, |e| e.tli);
+        tracing::warn!(
+            timeline = %tli,
+            fork = %fork,
+            archived = %self.state.submitted,
+            next = %child,
+            "the server's history left timeline {tli} at {fork}, before the archive's end: the archived WAL of timeline {tli} after {fork} is not part of it (a standby that lagged was promoted, or a cluster restored to an earlier point). That WAL stays in the archive (a restore can still reach it with --target-timeline {tli}); archiving goes on on timeline {child} from {fork}"
+        );
+        self.switch_timeline(child, fork);
+        Ok(())
+    }
+
     async fn stream(
         &mut self,
         conn: &mut Connection,
         server_tli: TimelineId,
         server_pos: Lsn,
-        endpos: Option<Lsn>,
+        endpos: Option<(TimelineId, Lsn)>,
         stop: &watch::Receiver<bool>,
     ) -> Result<Outcome> {
         let seg = self.state.seg;
         if let Some(slot) = self.slot.clone() {
             if self.create_slot {
                 if conn.create_physical_slot(&slot, false).await? {
-                    tracing::info!(slot, "created physical replication slot");
+                    if self.resume_known {
+                        // Never silently: a slot that vanished under an archive may have
+                        // let the server remove WAL the archive lacks (the start checks).
+                        tracing::warn!(slot, archived = %self.state.submitted, "the replication slot did not exist on the server and was created again: if it was dropped, WAL after the archive's end may be gone (streaming from there stops with an explanation if it is)");
+                    } else {
+                        tracing::info!(slot, "created physical replication slot");
+                    }
                 }
             } else if let Some(info) = conn.read_replication_slot(&slot).await? {
                 if info.restart_lsn.is_none() {
@@ -924,6 +1051,7 @@ impl Streamer {
                         self.state.tli = floor.0;
                         self.state.submitted = floor.1.segment_start(seg);
                         self.state.acked = floor.1;
+                        self.state.acked_tli = floor.0;
                     }
                     Some(_) => {}
                     None => tracing::warn!(slot, "no acknowledged position in the spool, and the slot's restart_lsn cannot be read here (READ_REPLICATION_SLOT needs PostgreSQL 15): resuming from the archive's newest end"),
@@ -941,10 +1069,12 @@ impl Streamer {
                 }
             }
             self.state.tli = start.0;
+            self.state.acked_tli = start.0;
             self.state.submitted = start.1.segment_start(seg);
             self.resume_known = true;
             tracing::info!(timeline = %start.0, start = %self.state.submitted, "archive is empty: starting at the server's position");
         }
+        self.reconcile_timeline(conn, server_tli).await?;
         self.follow(conn, endpos, stop).await
     }
 
@@ -954,7 +1084,7 @@ impl Streamer {
     async fn follow(
         &mut self,
         conn: &mut Connection,
-        endpos: Option<Lsn>,
+        endpos: Option<(TimelineId, Lsn)>,
         stop: &watch::Receiver<bool>,
     ) -> Result<Outcome> {
         let seg = self.state.seg;
@@ -1005,9 +1135,7 @@ impl Streamer {
                 let _ = std::fs::remove_file(cur.path);
             }
             tracing::info!(from = %tli, to = %next_tli, at = %next_start, "timeline switch");
-            self.state.tli = next_tli;
-            // Parts of the new timeline's first segment start at its offset 0.
-            self.state.submitted = next_start.segment_start(seg);
+            self.switch_timeline(next_tli, next_start);
         }
     }
 
@@ -1026,7 +1154,7 @@ impl Streamer {
     async fn copy_both(
         &mut self,
         conn: &mut Connection,
-        endpos: Option<Lsn>,
+        endpos: Option<(TimelineId, Lsn)>,
         stop: &watch::Receiver<bool>,
     ) -> Result<CopyEnd> {
         let mut stop = stop.clone();
@@ -1052,9 +1180,9 @@ impl Streamer {
                             let jobs = self.state.write(start, &data)?;
                             self.submit(jobs).await?;
                             if let Some(end) = endpos {
-                                if self.state.written >= end {
+                                if (self.state.tli, self.state.written) >= end {
                                     self.finish_copy(conn).await?;
-                                    tracing::info!(endpos = %end, archived = %self.state.acked, "end position reached and archived");
+                                    tracing::info!(endpos = %end.1, timeline = %end.0, archived = %self.state.acked, "end position reached and archived");
                                     return Ok(CopyEnd::Stopped);
                                 }
                             }

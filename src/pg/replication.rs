@@ -118,6 +118,18 @@ impl Connection {
         }
     }
 
+    /// `DROP_REPLICATION_SLOT`; a slot that does not exist is not an error.
+    pub async fn drop_slot_if_exists(&mut self, name: &str) -> Result<(), PgError> {
+        match self
+            .simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(name)))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(SqlState::UNDEFINED_OBJECT) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// READ_REPLICATION_SLOT (PostgreSQL 15+). `Ok(None)` on 14, where it does not exist;
     /// `Ok(Some(info))` with no restart_lsn when the slot is missing.
     pub async fn read_replication_slot(&mut self, name: &str) -> Result<Option<SlotInfo>, PgError> {

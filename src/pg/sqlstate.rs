@@ -30,6 +30,9 @@ impl SqlState {
     pub const DUPLICATE_OBJECT: SqlState = SqlState(*b"42710");
     /// `53300` too_many_connections (including max_wal_senders).
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState(*b"53300");
+    /// `55000` object_not_in_prerequisite_state (e.g. PostgreSQL 18's "can no longer
+    /// access replication slot" for a slot the server invalidated).
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState(*b"55000");
     /// `58P01` undefined_file (e.g. the requested WAL segment has already been removed).
     pub const UNDEFINED_FILE: SqlState = SqlState(*b"58P01");
 

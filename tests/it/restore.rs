@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::support::*;
 
 /// Streamer running and caught up; a fast backup taken; returns the streamer.
-fn stream_and_backup(pg: &PgCluster, lb: &Lb) -> KillOnDrop {
+pub(crate) fn stream_and_backup(pg: &PgCluster, lb: &Lb) -> KillOnDrop {
     let child = lb.start_streamer(pg);
     let out = lb.run(&["backup", "--fast"], Duration::from_secs(600));
     expect_success(&out, "lifeboat backup");
@@ -18,7 +18,7 @@ fn stream_and_backup(pg: &PgCluster, lb: &Lb) -> KillOnDrop {
 
 /// `lifeboat restore --pgdata <new dir> --pg-bin <major's bin> ARGS`: the output and the
 /// directory (inside a temp dir kept alive by the caller).
-fn restore(lb: &Lb, major: u32, work: &Path, args: &[&str]) -> (Output, std::path::PathBuf) {
+pub(crate) fn restore(lb: &Lb, major: u32, work: &Path, args: &[&str]) -> (Output, std::path::PathBuf) {
     let dir = work.join(format!("data{}", rand_suffix()));
     let bin = pg_bin_dir(major);
     let mut a = vec![
@@ -39,7 +39,7 @@ fn rand_suffix() -> u32 {
 }
 
 /// Restore with ARGS, start PostgreSQL on it, wait for promotion.
-fn restore_and_start(lb: &Lb, major: u32, work: &Path, args: &[&str]) -> PgCluster {
+pub(crate) fn restore_and_start(lb: &Lb, major: u32, work: &Path, args: &[&str]) -> PgCluster {
     let (out, dir) = restore(lb, major, work, args);
     expect_success(&out, &format!("lifeboat restore {args:?}"));
     assert!(dir.join("recovery.signal").exists());

@@ -73,6 +73,24 @@ impl Lb {
         }
     }
 
+    /// Point the workspace's config at another server (as `for_cluster` does): the same
+    /// archive and spool, as an operator does after a failover.
+    pub fn retarget(&self, pg: &PgCluster) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let conninfo = pg.conninfo(REPL_USER, Some(REPL_PASSWORD));
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("conninfo = ") {
+                    format!("conninfo = \"{conninfo}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, text.join("\n") + "\n").expect("write config");
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(BIN);
         c.arg("--config").arg(&self.config);
