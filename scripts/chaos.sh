@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The fault campaign: under pgbench load, kill -9 the streamer at random moments, mixed with
-# provider faults (down, a stalled write, one refused key), a server restart and a
-# pg_terminate_backend of lifeboat's walsender. After every kill, the flush rule is checked:
+# provider faults (down, a stalled write, one refused key), a server restart, a
+# pg_terminate_backend of lifeboat's walsender, and a failover: the primary is stopped
+# (immediate) and its asynchronous standby promoted, and lifeboat, pg_receivewal and the load
+# move to it, as an operator would move them. After every kill, the flush rule is checked:
 # the slot (which only moves when lifeboat reports a flush position) must never be ahead of
 # the WAL the never-faulted provider holds without a hole. At the end: zero gaps on every
-# provider, byte identity with pg_receivewal on every complete segment, and a restore of the
-# base backup taken at the start that PostgreSQL replays to the end, with the primary's rows.
+# provider, byte identity with pg_receivewal on every complete segment of the final timeline,
+# and a restore of the base backup taken at the start that PostgreSQL replays to the end of
+# the new timeline, with the new primary's rows.
 #
 #   scripts/chaos.sh            # 50 kills (LIFEBOAT_CHAOS_KILLS to change; CI runs 5)
 #   LIFEBOAT_CHAOS_MAJOR=18 scripts/chaos.sh
@@ -35,12 +38,14 @@ chmod 755 "$WORK"
 AS=()
 if [[ $(id -u) == 0 ]]; then AS=(runuser -u lifeboat-test --); chown lifeboat-test "$WORK"; fi
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+SPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 RPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 STREAM_PID= RECV_PID= LOAD_PID=
 cleanup() {
   for p in $STREAM_PID $RECV_PID $LOAD_PID; do kill -9 "$p" 2>/dev/null || true; done
   pkill -9 -f "$WORK/" 2>/dev/null || true
   "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+  "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/standby" -m immediate stop >/dev/null 2>&1 || true
   "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/restored" -m immediate stop >/dev/null 2>&1 || true
   if [[ -n "${LIFEBOAT_CHAOS_KEEP:-}" ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
@@ -92,9 +97,17 @@ LBC=("$LB" --config "$WORK/lifeboat.toml" --identity "$WORK/identity.txt")
 FLAG="$WORK/second-fault"
 export LIFEBOAT_FAULT_INJECT="second=$FLAG"
 
+# The standby that the failover promotes: asynchronous, on its own slot.
+"${AS[@]}" "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/standby" -R -X stream -C -S standby -c fast --no-sync >/dev/null
+# Wheel-built binaries may link an older libpq than the server's: drop what it cannot parse.
+"${AS[@]}" sed -i 's/sslcertmode=[a-z-]* *//' "$WORK/standby/postgresql.auto.conf"
+echo "port = $SPORT" | "${AS[@]}" tee -a "$WORK/standby/postgresql.auto.conf" >/dev/null
+"${AS[@]}" "$BIN/pg_ctl" -D "$WORK/standby" -l "$WORK/standby.log" -w start >/dev/null
+echo "$PORT" >"$WORK/port"
+
 # The oracle: pg_receivewal on its own slot, from the same start.
 "$BIN/pg_receivewal" -h 127.0.0.1 -p "$PORT" -U postgres --slot oracle --create-slot >/dev/null 2>&1
-mkdir -p "$WORK/oracle"
+ORACLE="$WORK/oracle"; mkdir -p "$ORACLE"
 "$BIN/pg_receivewal" -h 127.0.0.1 -p "$PORT" -U postgres --slot oracle -D "$WORK/oracle" 2>"$WORK/oracle.log" &
 RECV_PID=$!
 
@@ -108,8 +121,9 @@ log "base backup taken"
 "${PSQL[@]}" -c "CREATE TABLE ticks(id bigserial primary key, at timestamptz default now())" >/dev/null
 (
   while [[ ! -e "$WORK/stop-load" ]]; do
-    "$BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n -T 5 -c 2 -j 1 postgres >/dev/null 2>&1 || sleep 0.2
-    "${PSQL[@]}" -c "INSERT INTO ticks DEFAULT VALUES" >/dev/null 2>&1 || true
+    p=$(cat "$WORK/port") # the failover moves the load to the new primary
+    "$BIN/pgbench" -h 127.0.0.1 -p "$p" -U postgres -n -T 5 -c 2 -j 1 postgres >/dev/null 2>&1 || sleep 0.2
+    "$BIN/psql" -X -At -h 127.0.0.1 -p "$p" -U postgres -d postgres -c "INSERT INTO ticks DEFAULT VALUES" >/dev/null 2>&1 || true
   done
 ) &
 LOAD_PID=$!
@@ -146,7 +160,25 @@ PY
   fi
 }
 
-faults=0 restarts=0 terminations=0
+# The failover: the primary stops dead (its standby may lag behind what lifeboat archived),
+# the standby is promoted, and everything moves to it.
+failover() {
+  "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null
+  "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/standby" -w promote >/dev/null
+  PORT=$SPORT
+  echo "$PORT" >"$WORK/port"
+  PSQL=("$BIN/psql" -X -At -h 127.0.0.1 -p "$PORT" -U postgres -d postgres)
+  sed -i "s/^conninfo = .*/conninfo = \"host=127.0.0.1 port=$PORT user=lifeboat sslmode=disable\"/" "$WORK/lifeboat.toml"
+  kill "$RECV_PID" 2>/dev/null || true; wait "$RECV_PID" 2>/dev/null || true
+  "$BIN/pg_receivewal" -h 127.0.0.1 -p "$PORT" -U postgres --slot oracle --create-slot >/dev/null 2>&1
+  # A directory of its own: the old one may end past the fork, where the new primary
+  # cannot start it.
+  ORACLE="$WORK/oracle2"; mkdir -p "$ORACLE"
+  "$BIN/pg_receivewal" -h 127.0.0.1 -p "$PORT" -U postgres --slot oracle -D "$ORACLE" 2>>"$WORK/oracle.log" &
+  RECV_PID=$!
+}
+
+faults=0 restarts=0 terminations=0 failovers=0
 start_streamer
 for ((i = 1; i <= KILLS; i++)); do
   sleep "$(printf '0.%03d' $((RANDOM % 1000)))"
@@ -166,6 +198,10 @@ for ((i = 1; i <= KILLS; i++)); do
     "${PSQL[@]}" -c "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'lifeboat' AND active_pid IS NOT NULL" >/dev/null 2>&1 || true
     terminations=$((terminations + 1)); log "kill $i: lifeboat's walsender terminated"
     sleep 1
+  fi
+  if ((i == 2 * KILLS / 3 + 1)); then
+    failover
+    failovers=$((failovers + 1)); log "kill $i: failover: primary stopped, standby promoted to timeline $("${PSQL[@]}" -c "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")"
   fi
   kill -9 "$STREAM_PID" 2>/dev/null || true
   wait "$STREAM_PID" 2>/dev/null || true
@@ -202,9 +238,13 @@ if ! "${LBC[@]}" verify --providers >"$WORK/providers.txt" 2>&1; then
 fi
 
 compared=0 differ=0
-for f in "$WORK"/oracle/*; do
+FINAL_TLI=$("${PSQL[@]}" -c "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+for f in "$ORACLE"/*; do
   name=$(basename "$f")
   [[ "$name" =~ ^[0-9A-F]{24}$ ]] || continue # complete segments only
+  # The final timeline: what the old primary wrote after the fork (or that lifeboat never
+  # acknowledged before it died) is not on it.
+  [[ "${name:0:8}" == "$FINAL_TLI" ]] || continue
   if ! "${LBC[@]}" -q wal-fetch "$name" "$WORK/fetched" 2>>"$WORK/fetch.log"; then
     log "segment $name: pg_receivewal has it, the archive cannot serve it"; differ=$((differ + 1)); continue
   fi
@@ -231,7 +271,7 @@ RTICKS=$("$BIN/psql" -X -At -h 127.0.0.1 -p "$RPORT" -U postgres -c "SELECT coun
 log "restore: replayed to the end, ticks $RTICKS of $TICKS"
 [[ "$RTICKS" == "$TICKS" ]] || problems=$((problems + 1))
 
-echo "chaos: seed $SEED; $KILLS kills; $faults provider faults; $restarts server restarts; $terminations walsender terminations; flush rule checked $checks times, $violations violations; $gaps gaps; $compared segments byte-identical to pg_receivewal, $differ differ; restore replayed $RTICKS of $TICKS rows"
+echo "chaos: seed $SEED; $KILLS kills; $faults provider faults; $restarts server restarts; $terminations walsender terminations; $failovers failovers; flush rule checked $checks times, $violations violations; $gaps gaps; $compared segments byte-identical to pg_receivewal, $differ differ; restore replayed $RTICKS of $TICKS rows"
 if ((problems > 0 || violations > 0)); then
   echo "chaos: FAILED (work dir kept: $WORK)"; LIFEBOAT_CHAOS_KEEP=1; exit 1
 fi

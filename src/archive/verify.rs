@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::archive::Archive;
-use crate::core::catalog::{self, BackupMeta, BackupPart, WalInventory, WalRange};
+use crate::core::catalog::{self, AcceptedGap, BackupMeta, BackupPart, WalInventory, WalRange};
 use crate::core::wal::{TimelineHistory, TimelineId};
 use crate::pipeline::{self, Opener};
 
@@ -29,6 +29,8 @@ pub struct ProviderReport {
 pub struct Report {
     pub full: bool,
     pub providers: Vec<ProviderReport>,
+    /// WAL recorded as lost (`lifeboat accept-gap`): holes there are known, not problems.
+    pub gaps: Vec<AcceptedGap>,
 }
 
 impl Report {
@@ -41,6 +43,7 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
     let mut report = Report {
         full: opener.is_some(),
         providers: Vec::new(),
+        gaps: archive.gaps().await?,
     };
     let meta = archive.meta().await?;
     let known = known_backups(archive).await;
@@ -115,7 +118,7 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
             }
         }
         pr.wal = inv.ranges(seg);
-        continuity(&inv, &pr.wal, &mut pr.problems);
+        continuity(&inv, &pr.wal, &report.gaps, &mut pr.problems);
         check_backups(p.as_ref(), &known, opener, &mut pr).await;
         report.providers.push(pr);
     }
@@ -331,9 +334,17 @@ fn check_history_content(h: &catalog::HistoryObject, plain: &[u8], problems: &mu
 }
 
 /// Gaps inside a timeline, and the history chain between timelines.
-fn continuity(inv: &WalInventory, ranges: &[WalRange], problems: &mut Vec<String>) {
+fn continuity(
+    inv: &WalInventory,
+    ranges: &[WalRange],
+    accepted: &[AcceptedGap],
+    problems: &mut Vec<String>,
+) {
     for w in ranges.windows(2) {
-        if w[0].timeline == w[1].timeline {
+        let known = accepted.iter().any(|g| {
+            g.timeline.0 == w[0].timeline && g.from <= w[0].end_lsn && w[1].start_lsn <= g.to
+        });
+        if w[0].timeline == w[1].timeline && !known {
             problems.push(format!(
                 "WAL gap {}–{} on timeline {}",
                 w[0].end_lsn, w[1].start_lsn, w[0].timeline

@@ -58,6 +58,12 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
                 println!("  problem: {}", pr.replace('\n', "\n           "));
             }
         }
+        for g in &report.gaps {
+            println!(
+                "accepted gap: WAL {}–{} on timeline {} is lost ({}, accepted {}); no restore crosses it",
+                g.from, g.to, g.timeline, g.reason, g.accepted_at
+            );
+        }
     }
     if report.ok() {
         Ok(())

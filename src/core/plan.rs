@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::catalog::{BackupMeta, HistoryObject, WalRange};
+use crate::core::catalog::{AcceptedGap, BackupMeta, HistoryObject, WalRange};
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 
 /// Microseconds since the Unix epoch, UTC. Prints the way PostgreSQL prints a
@@ -267,6 +267,9 @@ pub struct Inventory {
     /// Contiguous archived WAL per timeline.
     pub wal: Vec<WalRange>,
     pub histories: BTreeMap<TimelineId, HistoryObject>,
+    /// WAL recorded as lost (`lifeboat accept-gap`): a hole the planner meets there is
+    /// explained as what it is.
+    pub gaps: Vec<AcceptedGap>,
 }
 
 /// One timeline's share of the WAL a restore replays.
@@ -503,8 +506,49 @@ fn coverage(
     Ok((steps, reached))
 }
 
-/// Pick the backup and check the WAL for restoring to `target` along `timeline`.
+/// Pick the backup and check the WAL for restoring to `target` along `timeline`. A WAL gap
+/// that an operator accepted as lost says so.
 pub fn plan(
+    inv: &Inventory,
+    target: &Target,
+    timeline: TimelineChoice,
+    backup: Option<&str>,
+) -> Result<Plan, PlanError> {
+    plan_inner(inv, target, timeline, backup).map_err(|e| match e {
+        PlanError::Gap {
+            timeline,
+            from,
+            to,
+            why,
+            hint,
+        } => match inv
+            .gaps
+            .iter()
+            .find(|g| g.contains(TimelineId(timeline), from))
+        {
+            Some(g) => PlanError::Gap {
+                timeline,
+                from,
+                to,
+                why: format!(
+                    "{why}; WAL {}–{} was lost: {} (accepted {})",
+                    g.from, g.to, g.reason, g.accepted_at
+                ),
+                hint: format!("no restore crosses a lost gap: restore to a target before {}, or from a backup taken after {}", g.from, g.to),
+            },
+            None => PlanError::Gap {
+                timeline,
+                from,
+                to,
+                why,
+                hint,
+            },
+        },
+        other => other,
+    })
+}
+
+fn plan_inner(
     inv: &Inventory,
     target: &Target,
     timeline: TimelineChoice,
@@ -762,7 +806,40 @@ mod tests {
             backups,
             wal,
             histories: h.into_iter().collect(),
+            gaps: vec![],
         }
+    }
+
+    #[test]
+    fn an_accepted_gap_is_named_as_lost() {
+        let mut i = inv(
+            vec![backup("A", 1, 2 * S, 2 * S + 100, "2026-11-24T08:00:00Z")],
+            vec![r(1, 2 * S, 5 * S), r(1, 6 * S, 9 * S)],
+            vec![],
+        );
+        i.gaps.push(AcceptedGap {
+            format: 1,
+            timeline: TimelineId(1),
+            from: Lsn(5 * S),
+            to: Lsn(6 * S),
+            accepted_at: Timestamp(1_764_000_000_000_000),
+            slot: Some("lifeboat".into()),
+            reason: "the server removed this WAL before it was archived".into(),
+        });
+        let e = plan(&i, &Target::Latest, TimelineChoice::Latest, None).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("WAL gap 0/5000000–0/6000000 on timeline 1: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("; WAL 0/5000000–0/6000000 was lost: the server removed this WAL before it was archived (accepted 2025-11-24 16:00:00+00)\nhint: no restore crosses a lost gap: restore to a target before 0/5000000, or from a backup taken after 0/6000000"),
+            "{text}"
+        );
+        // A gap elsewhere changes nothing.
+        i.gaps[0].timeline = TimelineId(2);
+        let e = plan(&i, &Target::Latest, TimelineChoice::Latest, None).unwrap_err();
+        assert!(!e.to_string().contains("was lost"), "{e}");
     }
 
     #[test]

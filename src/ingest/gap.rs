@@ -45,11 +45,16 @@ pub fn server_lost_wal(e: &anyhow::Error) -> Option<String> {
     }
 }
 
-/// Whether the server can still send WAL from `at` on timeline `tli` (asked without a
-/// slot, on a connection of its own).
-pub async fn server_has(params: &ConnParams, tli: TimelineId, at: Lsn) -> Result<bool> {
+/// Whether the server can still send WAL from `at` on timeline `tli`, through `slot` or
+/// without one, on a connection of its own.
+pub async fn server_has(
+    params: &ConnParams,
+    slot: Option<&str>,
+    tli: TimelineId,
+    at: Lsn,
+) -> Result<bool> {
     let mut conn = Connection::connect(params, true).await?;
-    let started = conn.start_replication(None, at, tli).await;
+    let started = conn.start_replication(slot, at, tli).await;
     let answer = match started {
         Ok(StartOutcome::TimelineEnded { .. }) => Ok(true),
         Ok(StartOutcome::Streaming) => {
@@ -68,6 +73,8 @@ pub async fn server_has(params: &ConnParams, tli: TimelineId, at: Lsn) -> Result
                 }
             }
         }
+        // A slot that does not exist serves nothing.
+        Err(e) if slot.is_some() && e.code() == Some(SqlState::UNDEFINED_OBJECT) => Ok(false),
         Err(e) => {
             let e = anyhow::Error::new(e);
             if server_lost_wal(&e).is_some() {
@@ -95,7 +102,7 @@ pub async fn oldest_kept(
     // Invariant: segment lo is gone, segment hi is there.
     while hi > lo + 1 {
         let mid = lo + (hi - lo) / 2;
-        if server_has(params, tli, Lsn(mid * seg.bytes())).await? {
+        if server_has(params, None, tli, Lsn(mid * seg.bytes())).await? {
             hi = mid;
         } else {
             lo = mid;
@@ -124,7 +131,7 @@ pub async fn measure(
     from: Lsn,
     pos: Lsn,
 ) -> Result<Lost> {
-    let to = if server_has(params, tli, from.segment_start(seg)).await? {
+    let to = if server_has(params, None, tli, from.segment_start(seg)).await? {
         None
     } else {
         Some(oldest_kept(params, tli, seg, from, pos.max(from)).await?)
@@ -141,14 +148,17 @@ pub async fn measure(
 pub fn lost_message(lost: &Lost, slot: Option<&str>, server_said: &str) -> String {
     let slot_words = match slot {
         Some(s) => format!("replication slot \"{s}\" on {}", lost.server),
-        None => format!("the server {} (no replication slot is configured)", lost.server),
+        None => format!(
+            "the server {} (no replication slot is configured)",
+            lost.server
+        ),
     };
     match lost.to {
         Some(to) => format!(
-            "{LOST_WAL}: {slot_words} did not keep it, and the server has removed WAL {}–{to} on timeline {} (from the archive's end to the oldest WAL it still has; the server said: {server_said})\n\
-             consequence: point-in-time recovery into or across {}–{to} is impossible, and restores from backups taken before it cannot reach past {}\n\
-             hint: run `lifeboat accept-gap` to record the gap in the archive and resume archiving from {to}, then take a new base backup at once (`lifeboat backup`); to keep this from happening, raise max_slot_wal_keep_size or keep the streamer running",
-            lost.from, lost.timeline, lost.from, lost.from
+            "{LOST_WAL}: {slot_words} did not keep it, and the server removed WAL {from}–{to} on timeline {tli} (from the archive's end to the oldest WAL it still has): point-in-time recovery across {from}–{to} is impossible, and backups taken before it cannot restore past {from} (the server said: {server_said})\n\
+             hint: run `lifeboat accept-gap` to record the gap in the archive and resume archiving at {to}, then take a new base backup at once (`lifeboat backup`); to keep this from happening again, raise max_slot_wal_keep_size on the server or keep the streamer running",
+            from = lost.from,
+            tli = lost.timeline,
         ),
         None => format!(
             "{LOST_WAL} yet, but {slot_words} is no longer usable (the server said: {server_said}); the server still has the WAL from the archive's end {} on timeline {}, and may remove it at any checkpoint\n\
@@ -197,23 +207,29 @@ pub async fn accept(cfg: &Config) -> Result<Accepted> {
     if tli != ident.timeline {
         return Err(anyhow!("the archive ends on timeline {tli} and the server is on timeline {}: accept-gap measures a gap on one timeline\nhint: start `lifeboat stream`, which follows the server's timeline history, and run accept-gap if it stops on lost WAL", ident.timeline));
     }
+    conn.close().await;
     let slot = cfg.postgres.slot.clone();
-    // The slot first, reserving WAL from now on, so nothing after the gap can go too.
-    let mut slot_recreated = false;
+    let start = from.segment_start(seg);
+    // A slot that still serves the archive's end is left alone: nothing is lost.
     if let Some(s) = &slot {
-        let usable = match conn.read_replication_slot(s).await? {
-            // PostgreSQL 14 has no READ_REPLICATION_SLOT: recreate to be sure.
-            None => false,
-            Some(info) => info.restart_lsn.is_some(),
-        };
-        if !usable {
-            conn.drop_slot_if_exists(s).await?;
-            conn.create_physical_slot(s, false).await?;
-            slot_recreated = true;
-            tracing::warn!(slot = s, "replication slot created again");
+        if server_has(&params, Some(s), tli, start).await? {
+            return Ok(Accepted {
+                gap: None,
+                slot_recreated: false,
+                slot,
+            });
         }
     }
-    conn.close().await;
+    // The slot first, reserving WAL from now on, so nothing after the gap goes too.
+    let mut slot_recreated = false;
+    if let Some(s) = &slot {
+        let mut conn = Connection::connect(&params, true).await?;
+        conn.drop_slot_if_exists(s).await?;
+        conn.create_physical_slot(s, false).await?;
+        conn.close().await;
+        slot_recreated = true;
+        tracing::warn!(slot = s, "replication slot created again");
+    }
     let lost = measure(&params, &target, tli, seg, from, ident.xlogpos).await?;
     let gap = match lost.to {
         None => None,

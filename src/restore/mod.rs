@@ -151,6 +151,7 @@ pub async fn inventory(archive: &Archive) -> Result<(Inventory, ArchiveMeta)> {
             backups,
             wal: wal.ranges(seg),
             histories: wal.histories,
+            gaps: archive.gaps().await?,
         },
         meta,
     ))

@@ -18,4 +18,5 @@ mod harness;
 mod outage;
 mod restore;
 mod s3;
+mod slots;
 mod stream;

@@ -18,7 +18,12 @@ pub(crate) fn stream_and_backup(pg: &PgCluster, lb: &Lb) -> KillOnDrop {
 
 /// `lifeboat restore --pgdata <new dir> --pg-bin <major's bin> ARGS`: the output and the
 /// directory (inside a temp dir kept alive by the caller).
-pub(crate) fn restore(lb: &Lb, major: u32, work: &Path, args: &[&str]) -> (Output, std::path::PathBuf) {
+pub(crate) fn restore(
+    lb: &Lb,
+    major: u32,
+    work: &Path,
+    args: &[&str],
+) -> (Output, std::path::PathBuf) {
     let dir = work.join(format!("data{}", rand_suffix()));
     let bin = pg_bin_dir(major);
     let mut a = vec![

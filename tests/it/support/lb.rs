@@ -272,6 +272,11 @@ pub fn first_error_line(out: &Output) -> String {
     text
 }
 
+/// stdout as text.
+pub fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// stderr as text.
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
