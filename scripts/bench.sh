@@ -11,8 +11,8 @@
 # Env: LIFEBOAT_BENCH_MAJOR (default 15), LIFEBOAT_BENCH_WAL_CONF (extra [wal] lines), LIFEBOAT_BENCH_WAL_MB (default 1536),
 #      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp),
 #      LIFEBOAT_BENCH_KEEP (set: keep the work directory, for profiling),
-#      LIFEBOAT_BENCH_AB (restore: another lifeboat binary, e.g. an older build, timed in
-#      the same rounds on the same archive: an A/B of two builds on one quiet machine).
+#      LIFEBOAT_BENCH_AB (stream, restore: another lifeboat binary, e.g. an older build, timed
+#      in the same rounds on the same data: an A/B of two builds on one quiet machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -75,14 +75,17 @@ gen_wal() {
 
 bench_stream() {
   local slots=()
-  for i in $(seq 1 "$ROUNDS"); do slots+=("rw$i" "lb$i"); done
+  for i in $(seq 1 "$ROUNDS"); do
+    slots+=("rw$i" "lb$i")
+    [[ -n "${LIFEBOAT_BENCH_AB:-}" ]] && slots+=("ab$i")
+  done
   gen_wal "${slots[@]}"
   local end="$END" mb="$MB"
   age-keygen -o "$WORK/id.txt" 2>/dev/null
   local rcpt
   rcpt=$(age-keygen -y "$WORK/id.txt")
 
-  local rw_t=() rw_m=() lb_t=() lb_m=()
+  local rw_t=() rw_m=() lb_t=() lb_m=() ab_t=()
   for i in $(seq 1 "$ROUNDS"); do
     rm -rf "$WORK/rw"; mkdir -p "$WORK/rw"; sync
     /usr/bin/time -f "%e %M" -o "$WORK/t" "$BIN/pg_receivewal" -D "$WORK/rw" -h 127.0.0.1 -p "$PORT" -U postgres \
@@ -111,6 +114,13 @@ EOF
     local stored
     stored=$(du -sm "$WORK/arch" | cut -f1)
     echo "round $i lifeboat stream (zstd, age, fsync'd):   ${t}s, peak RSS $((m / 1024)) MiB, stored ${stored} MiB"
+    if [[ -n "${LIFEBOAT_BENCH_AB:-}" ]]; then
+      rm -rf "$WORK/arch" "$WORK/spool"; sync
+      sed -i "s/^slot = .*/slot = \"ab$i\"/" "$WORK/lb.toml"
+      /usr/bin/time -f "%e %M" -o "$WORK/t" "$LIFEBOAT_BENCH_AB" --config "$WORK/lb.toml" -q stream --endpos "$end"
+      read -r t m < "$WORK/t"; ab_t+=("$t")
+      echo "round $i B: $LIFEBOAT_BENCH_AB stream:   ${t}s, peak RSS $((m / 1024)) MiB"
+    fi
   done
   python3 - "${rw_t[*]}" "${lb_t[*]}" "${lb_m[*]}" "$mb" <<'EOF'
 import sys
@@ -124,6 +134,18 @@ print(f"  pg_receivewal  {b_rw:7.2f} s  {mb / b_rw:7.1f} MiB/s")
 print(f"  lifeboat       {b_lb:7.2f} s  {mb / b_lb:7.1f} MiB/s  peak RSS {rss:.1f} MiB")
 print(f"  ratio lifeboat/pg_receivewal wall time: {b_lb / b_rw:.2f}x (target <= 1.0x); peak RSS target <= 64 MiB")
 EOF
+  ab_summary "${lb_t[*]}" "${ab_t[*]}"
+}
+
+# The A/B line: this build against LIFEBOAT_BENCH_AB, per round (when it was run).
+ab_summary() {
+  [[ -n "$2" ]] || return 0
+  python3 -c '
+import statistics, sys
+a, b = ([float(x) for x in s.split()] for s in sys.argv[1:3])
+r = [x / y for x, y in zip(a, b)]
+print(f"  A/B: this build {statistics.median(a):.2f} s median, B {statistics.median(b):.2f} s median; per-round ratio A/B median {statistics.median(r):.2f}x, best {min(r):.2f}x")
+' "$1" "$2"
 }
 
 # Start moto and s3s-fs (from scripts/install-s3.sh) on loopback, each with a bucket
@@ -432,14 +454,7 @@ print(f"  lifeboat restore    {min(lb):7.2f} s  peak RSS {rss:.1f} MiB")
 print(f"  pgbackrest restore  {min(br):7.2f} s  ratio lifeboat/pgbackrest {min(lb) / min(br):.2f}x (target <= 0.8x)")
 print(f"  WAL replay of {mb:.0f} MiB: without prefetch {r0:.2f} s ({mb / r0:.0f} MiB/s), with prefetch 8 {r8:.2f} s ({mb / r8:.0f} MiB/s), {r0 / r8:.2f}x faster")
 ' "${lb_t[*]}" "${br_t[*]}" "${lb_m[*]}" "${rp[*]}" "$SIZE" "$replay_mb"
-  if [[ ${#ab_t[@]} -gt 0 ]]; then
-    python3 -c '
-import statistics, sys
-a, b = ([float(x) for x in s.split()] for s in sys.argv[1:3])
-r = [x / y for x, y in zip(a, b)]
-print(f"  A/B: this build {statistics.median(a):.2f} s median, B {statistics.median(b):.2f} s median; per-round ratio A/B median {statistics.median(r):.2f}x, best {min(r):.2f}x")
-' "${lb_t[*]}" "${ab_t[*]}"
-  fi
+  ab_summary "${lb_t[*]}" "${ab_t[*]}"
 }
 
 case "$WHAT" in

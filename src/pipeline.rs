@@ -462,7 +462,10 @@ impl Opener {
                     .map(|i| i.as_ref() as &dyn age::Identity),
             )
             .map_err(|e| PipelineError::Decrypt(decrypt_msg(&e)))?;
-        let mut z = zstd::stream::read::Decoder::new(r)?;
+        // Never more than the trailer's length plus one byte: a body that decompresses to
+        // more is refused without decompressing the rest (the trailer is what
+        // `check` read; an object made to expand is refused as soon as it passes it).
+        let mut z = zstd::stream::read::Decoder::new(r)?.take(c.plain_len.saturating_add(1));
         let n = io::copy(&mut z, &mut out).map_err(|e| {
             PipelineError::Decrypt(format!(
                 "{e} (the object fails authentication or decompression)"
@@ -521,6 +524,27 @@ mod tests {
         assert_eq!(c.crc32, sealed.crc32);
         let o = Opener::from_file(idf.path()).unwrap();
         assert_eq!(o.open(&sealed.bytes).unwrap(), data);
+    }
+
+    /// Found by reading for fuzzing: an object whose trailer understates its length (anyone
+    /// holding the public recipient can make one, and recompute the CRC) was decompressed
+    /// whole before being refused. Seen failing before the fix (1,000,000 bytes written).
+    #[test]
+    fn decompression_stops_one_byte_past_the_trailers_length() {
+        let (r, idf) = keypair();
+        let s = Sealer::new(&[r], 3).unwrap();
+        let mut forged = s.seal(&vec![0u8; 1_000_000]).unwrap().bytes;
+        let n = forged.len();
+        forged[n - TRAILER_LEN..n - TRAILER_LEN + 8].copy_from_slice(&10u64.to_be_bytes());
+        let crc = crc32fast::hash(&forged[..n - 8]);
+        forged[n - 8..n - 4].copy_from_slice(&crc.to_be_bytes());
+        let o = Opener::from_file(idf.path()).unwrap();
+        let mut out = Vec::new();
+        match o.open_into(&forged, &mut out) {
+            Err(PipelineError::Length { got: 11, want: 10 }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(out.len(), 11);
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub fn parse_wal_key(key: &str, seg: WalSegSize) -> Option<WalObject> {
     let segno = name.segno(seg)?;
     let tail = file.get(24..)?;
     if tail == ".seg" {
+        // The segment's end must be an LSN: the last segment of the LSN space ends at 2^64.
+        segno.0.checked_add(1)?.checked_mul(seg.bytes())?;
         return Some(WalObject {
             key: key.into(),
             name,
@@ -126,6 +128,7 @@ pub fn parse_wal_key(key: &str, seg: WalSegSize) -> Option<WalObject> {
     let range = tail.strip_prefix('.')?.strip_suffix(".part")?;
     let (a, b) = range.split_once('-')?;
     let (start, end) = (u64::from(hex32(a)?), u64::from(hex32(b)?));
+    segno.0.checked_mul(seg.bytes())?.checked_add(end)?;
     (start < end && end <= seg.bytes()).then(|| WalObject {
         key: key.into(),
         name,
@@ -335,6 +338,21 @@ mod tests {
             parse_history_key("history/00000003.history.00000002-+000000103000000"),
             None
         );
+    }
+
+    /// Found by reading for fuzzing: the complete last segment of the LSN space ends at
+    /// 2^64, which no LSN holds (a panic in debug builds, 0/0 in release). Seen failing
+    /// before the fix (the key parsed).
+    #[test]
+    fn objects_ending_past_the_lsn_space_are_foreign() {
+        let last = "wal/FFFFFFFF/FFFFFFFFFFFFFFFF000000FF";
+        assert_eq!(parse_wal_key(&format!("{last}.seg"), SEG), None);
+        assert_eq!(
+            parse_wal_key(&format!("{last}.00000000-01000000.part"), SEG),
+            None
+        );
+        let o = parse_wal_key(&format!("{last}.00000000-00FFFFFF.part"), SEG).unwrap();
+        assert_eq!(o.end_lsn(SEG), Lsn(u64::MAX));
     }
 
     #[test]

@@ -93,7 +93,10 @@ pub struct BackupStart {
 impl BackupStart {
     /// Sum of the tablespace size estimates, in bytes.
     pub fn estimated_size(&self) -> u64 {
-        self.tablespaces.iter().filter_map(|t| t.size).sum()
+        self.tablespaces
+            .iter()
+            .filter_map(|t| t.size)
+            .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -250,7 +253,7 @@ impl Decoder {
                     };
                     let size = text(&v, 2)
                         .and_then(|s| s.trim().parse::<u64>().ok())
-                        .map(|kb| kb * 1024);
+                        .map(|kb| kb.saturating_mul(1024));
                     self.tablespaces.push(Tablespace {
                         oid,
                         location: text(&v, 1),
@@ -563,6 +566,36 @@ mod tests {
             command(14, &spread),
             "BASE_BACKUP LABEL 'x' PROGRESS NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP"
         );
+    }
+
+    /// Found by reading the decoder for fuzzing: a size near 2^64 kB overflowed (a panic
+    /// in debug builds). Seen failing before the fix (attempt to multiply with overflow).
+    #[test]
+    fn huge_tablespace_sizes_saturate() {
+        let mut w = BytesMut::new();
+        row_desc(&mut w, &["recptr", "tli"]);
+        data_row(&mut w, &[Some("0/2000028"), Some("1")]);
+        complete(&mut w, "SELECT");
+        row_desc(&mut w, &["spcoid", "spclocation", "size"]);
+        data_row(
+            &mut w,
+            &[Some("16384"), Some("/ts/one"), Some("18446744073709551615")],
+        );
+        data_row(&mut w, &[None, None, Some("18014398509481984")]);
+        complete(&mut w, "SELECT");
+        for body in [&b"tablespace-tar"[..], &b"base-tar-1"[..]] {
+            msg(&mut w, b'H', &[0, 0, 0]);
+            msg(&mut w, b'd', body);
+            msg(&mut w, b'c', b"");
+        }
+        msg(&mut w, b'H', &[0, 0, 0]);
+        msg(&mut w, b'd', b"{\"manifest\":1}");
+        msg(&mut w, b'c', b"");
+        trailer(&mut w);
+        let (start, _) = decode(14, w);
+        let start = start.unwrap();
+        assert_eq!(start.tablespaces[0].size, Some(u64::MAX));
+        assert_eq!(start.estimated_size(), u64::MAX);
     }
 
     #[test]

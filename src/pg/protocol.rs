@@ -89,6 +89,10 @@ pub enum Backend {
 
 /// Take one complete backend message off the front of `buf`, or `None` if more bytes are
 /// needed (nothing is consumed then).
+/// The most [`split_message`] reserves ahead of a message's bytes (WAL and tar data come in
+/// CopyData messages of at most 128 KiB; larger messages grow the buffer as they arrive).
+const RESERVE_AHEAD: usize = 1 << 20;
+
 pub fn split_message(buf: &mut BytesMut) -> Result<Option<Backend>, ProtocolError> {
     if buf.len() < 5 {
         return Ok(None);
@@ -102,7 +106,9 @@ pub fn split_message(buf: &mut BytesMut) -> Result<Option<Backend>, ProtocolErro
         )));
     }
     if buf.len() < 1 + len {
-        buf.reserve(1 + len - buf.len());
+        // Room for the rest, but never more than RESERVE_AHEAD before the bytes arrive:
+        // a declared length is the peer's word, and 5 bytes must not allocate 1 GiB.
+        buf.reserve((1 + len - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     buf.advance(5);
@@ -359,6 +365,28 @@ mod tests {
         v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    /// Found by reading the codec for fuzzing: five bytes declaring a 1 GiB message made
+    /// the buffer reserve 1 GiB before any of it arrived. Seen failing before the fix
+    /// (capacity 1073741829).
+    #[test]
+    fn a_declared_length_does_not_allocate_ahead_of_the_bytes() {
+        let mut b = BytesMut::from(&[b'd', 0x40, 0, 0, 0][..]);
+        assert_eq!(split_message(&mut b).unwrap(), None);
+        assert!(b.capacity() <= 2 * RESERVE_AHEAD, "{}", b.capacity());
+        assert_eq!(b.len(), 5);
+        // The message still arrives whole, however it is cut.
+        let whole = frame(b'd', &vec![7u8; 3 * RESERVE_AHEAD]);
+        let mut b = BytesMut::new();
+        let mut got = None;
+        for chunk in whole.chunks(100_000) {
+            b.extend_from_slice(chunk);
+            if let Some(m) = split_message(&mut b).unwrap() {
+                got = Some(m);
+            }
+        }
+        assert!(got.is_some() && b.is_empty());
     }
 
     #[test]
