@@ -6,4 +6,5 @@ pub mod catalog;
 pub mod fmt;
 pub mod ledger;
 pub mod plan;
+pub mod retention;
 pub mod wal;

@@ -1,0 +1,821 @@
+//! The retention planner: which recovery points a policy keeps, and exactly which objects a
+//! provider may delete, planned from that provider's own listing. Pure: the policy, the
+//! backup catalog, the listing and `now` are parameters.
+//!
+//! The rules, each a property test below:
+//! - every instant in the PITR window `(now − pitr_days, now]` that is recoverable before
+//!   pruning stays recoverable: the newest backup that ended at or before the window's
+//!   start (the anchor) is kept, with all WAL from its start onward, on every timeline;
+//! - every kept backup keeps its parts, its manifest, and the WAL from its start to its end
+//!   (on both timelines when it spans a switch); history files are never deleted;
+//! - a tier keeps the **first** restorable backup (by end time) of each UTC day, ISO week
+//!   and month of its horizon: a choice later backups never change;
+//! - the newest `min_backups` restorable backups are kept, whatever their age;
+//! - a backup counts only if it is complete and its WAL is archived *on this provider*;
+//! - objects no `backup.json` explains (an interrupted backup, a `.tmp.` leftover) are
+//!   deleted only once older than the grace period (a backup in progress on another host);
+//! - a backup is deleted `backup.json` first (it stops existing), then its parts;
+//! - planning again after the deletions deletes nothing (idempotent).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::core::catalog::{self, BackupMeta, WalInventory, WalRange};
+use crate::core::plan::{civil_from_days, days_from_civil, Timestamp};
+use crate::core::wal::{TimelineId, WalSegSize};
+
+const DAY: i64 = 86_400 * 1_000_000;
+
+/// The `[retention]` policy, as the planner takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub pitr_days: u32,
+    pub daily_days: u32,
+    pub weekly_weeks: u32,
+    pub monthly_months: u32,
+    pub min_backups: u32,
+    /// How long objects no `backup.json` explains are left alone (microseconds).
+    pub grace: i64,
+}
+
+impl Policy {
+    /// The strategy's policy: PITR 7 days, dailies 30 days, weeklies 12 months, monthlies
+    /// 7 years, 2 backups at least, 1 day of grace.
+    pub fn strategy() -> Policy {
+        Policy {
+            pitr_days: 7,
+            daily_days: 30,
+            weekly_weeks: 52,
+            monthly_months: 84,
+            min_backups: 2,
+            grace: DAY,
+        }
+    }
+}
+
+/// One listed object of a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// When the provider last wrote it, where the listing says.
+    pub modified: Option<Timestamp>,
+}
+
+/// Why a backup is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The PITR window's anchor, or a backup inside the window.
+    Pitr,
+    /// Among the newest `min_backups`.
+    Newest,
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+/// A kept recovery point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Kept {
+    pub backup: String,
+    pub end_time: Timestamp,
+    pub tiers: Vec<Tier>,
+    /// Until when the calendar tiers keep it; `None` while only the window or the newest
+    /// count keep it (re-decided every run).
+    pub keep_until: Option<Timestamp>,
+}
+
+/// Why an object goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// The commit marker of a backup no rule keeps: deleted first.
+    ExpiredBackup,
+    /// A part or manifest of a backup no rule keeps, after its marker.
+    ExpiredPart,
+    /// Left by a backup that never committed, older than the grace period.
+    Interrupted,
+    /// WAL no kept recovery point needs.
+    Wal,
+    /// A `.part` whose segment's `.seg` this provider holds, before the PITR anchor.
+    Superseded,
+    /// A `.tmp.` leftover of an interrupted write, older than the grace period.
+    Temporary,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deletion {
+    pub key: String,
+    pub size: u64,
+    pub why: Why,
+}
+
+/// The plan for one provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderPlan {
+    /// The start of the PITR window.
+    pub window_start: Timestamp,
+    /// The backup every instant of the window is recovered from (`None`: no restorable
+    /// backup here, so nothing is deleted but leftovers).
+    pub anchor: Option<String>,
+    /// Whether the whole window is covered (a backup ended at or before its start).
+    pub window_covered: bool,
+    pub kept: Vec<Kept>,
+    /// Backups with a `backup.json` here that cannot be restored from this provider
+    /// (a part or their WAL missing): never counted, kept while inside the window.
+    pub unrestorable: Vec<String>,
+    /// What to delete, in the order to delete it.
+    pub delete: Vec<Deletion>,
+    pub freed: u64,
+}
+
+/// The day index (days since 1970-01-01, UTC) of a time.
+fn day_of(t: Timestamp) -> i64 {
+    t.0.div_euclid(DAY)
+}
+
+fn at_day(d: i64) -> Timestamp {
+    Timestamp(d * DAY)
+}
+
+/// Monday of the ISO week holding day `d` (1970-01-01 was a Thursday).
+fn week_of(d: i64) -> i64 {
+    d - (d + 3).rem_euclid(7)
+}
+
+/// First day of the month holding day `d`.
+fn month_of(d: i64) -> i64 {
+    let (y, m, _) = civil_from_days(d);
+    days_from_civil(y, m, 1)
+}
+
+fn add_months(first: i64, months: u32) -> i64 {
+    let (y, m, _) = civil_from_days(first);
+    let total = y * 12 + (m - 1) + i64::from(months);
+    days_from_civil(total.div_euclid(12), total.rem_euclid(12) + 1, 1)
+}
+
+/// The UTC start time encoded in a backup id (`YYYYMMDDTHHMMSSZ[-N]`).
+pub fn backup_id_time(id: &str) -> Option<Timestamp> {
+    if !catalog::is_backup_id(id) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| id.get(r)?.parse::<i64>().ok();
+    let days = days_from_civil(n(0..4)?, n(4..6)?, n(6..8)?);
+    let secs = days * 86_400 + n(9..11)? * 3600 + n(11..13)? * 60 + n(13..15)?;
+    Some(Timestamp::from_unix_secs(secs))
+}
+
+/// The segments a backup's own replay reads, per timeline: from its start to its end.
+fn backup_wal(b: &BackupMeta, seg: WalSegSize) -> Vec<(TimelineId, u64, u64)> {
+    let (s, e) = (b.start_lsn.segno(seg).0, b.end_lsn.segno(seg).0);
+    if b.timeline == b.end_timeline {
+        vec![(b.timeline, s, e)]
+    } else {
+        vec![(b.timeline, s, e), (b.end_timeline, s, e)]
+    }
+}
+
+/// Plan one provider: `catalog` is every backup whose `backup.json` any provider holds
+/// (parsed), `listing` this provider's objects, sorted by key (as providers list them).
+pub fn plan_provider<'a>(
+    policy: &Policy,
+    now: Timestamp,
+    seg: WalSegSize,
+    catalog: &'a [BackupMeta],
+    listing: &[Listed],
+) -> ProviderPlan {
+    let keys: BTreeSet<&str> = listing.iter().map(|l| l.key.as_str()).collect();
+    let size_of: std::collections::HashMap<&str, u64> =
+        listing.iter().map(|l| (l.key.as_str(), l.size)).collect();
+    let wal_inv = WalInventory::from_keys(
+        listing
+            .iter()
+            .filter(|l| l.key.starts_with("wal/"))
+            .map(|l| l.key.as_str()),
+        seg,
+    );
+    let ranges: Vec<WalRange> = wal_inv.ranges(seg);
+    let window_start = Timestamp(now.0 - i64::from(policy.pitr_days) * DAY);
+
+    // The backups this provider can restore, oldest first.
+    let here: Vec<&BackupMeta> = catalog
+        .iter()
+        .filter(|b| keys.contains(catalog::backup_meta_key(&b.id).as_str()))
+        .collect();
+    let restorable_on = |b: &BackupMeta| {
+        b.parts
+            .iter()
+            .map(|p| p.key.as_str())
+            .chain([b.manifest.key.as_str()])
+            .all(|k| keys.contains(k))
+            && catalog::wal_covers(&ranges, b.timeline, b.start_lsn, b.end_timeline, b.end_lsn)
+    };
+    let mut restorable: Vec<&BackupMeta> =
+        here.iter().copied().filter(|b| restorable_on(b)).collect();
+    restorable.sort_by(|a, b| (a.end_time, &a.id).cmp(&(b.end_time, &b.id)));
+    let unrestorable: Vec<String> = here
+        .iter()
+        .filter(|b| !restorable_on(b))
+        .map(|b| b.id.clone())
+        .collect();
+
+    let mut kept: BTreeMap<&str, Kept> = BTreeMap::new();
+    let mut keep = |b: &'a BackupMeta, tier: Tier, until: Option<Timestamp>| {
+        let k = kept.entry(b.id.as_str()).or_insert_with(|| Kept {
+            backup: b.id.clone(),
+            end_time: b.end_time,
+            tiers: Vec::new(),
+            keep_until: None,
+        });
+        if !k.tiers.contains(&tier) {
+            k.tiers.push(tier);
+            k.tiers.sort();
+        }
+        if let Some(u) = until {
+            k.keep_until = Some(k.keep_until.map_or(u, |x| x.max(u)));
+        }
+    };
+
+    // The PITR window: its anchor and everything inside it.
+    let anchor = restorable
+        .iter()
+        .rev()
+        .find(|b| b.end_time <= window_start)
+        .or(restorable.first())
+        .copied();
+    let window_covered = anchor.is_some_and(|a| a.end_time <= window_start);
+    if let Some(a) = anchor {
+        for b in restorable.iter().filter(|b| b.end_time >= a.end_time) {
+            keep(b, Tier::Pitr, None);
+        }
+    }
+    // The newest few.
+    for b in restorable.iter().rev().take(policy.min_backups as usize) {
+        keep(b, Tier::Newest, None);
+    }
+    // Calendar tiers: the first restorable backup of each day, week and month.
+    let mut first_of: BTreeMap<(u8, i64), &BackupMeta> = BTreeMap::new();
+    for b in &restorable {
+        let d = day_of(b.end_time);
+        for bucket in [(0u8, d), (1, week_of(d)), (2, month_of(d))] {
+            first_of.entry(bucket).or_insert(b);
+        }
+    }
+    for ((tier, start), b) in &first_of {
+        let (tier, until) = match tier {
+            0 => (Tier::Daily, at_day(start + i64::from(policy.daily_days))),
+            1 => (
+                Tier::Weekly,
+                at_day(start + 7 * i64::from(policy.weekly_weeks)),
+            ),
+            _ => (
+                Tier::Monthly,
+                at_day(add_months(*start, policy.monthly_months)),
+            ),
+        };
+        if until > now {
+            keep(b, tier, Some(until));
+        }
+    }
+
+    // The WAL the kept points need: each kept backup's own span, and everything from the
+    // anchor's start on (any timeline: a branch may be a target).
+    let by_id: BTreeMap<&str, &BackupMeta> = here.iter().map(|b| (b.id.as_str(), *b)).collect();
+    let mut spans: Vec<(TimelineId, u64, u64)> = Vec::new();
+    for id in kept.keys() {
+        spans.extend(backup_wal(by_id[id], seg));
+    }
+    let floor = anchor.map(|a| a.start_lsn.segment_start(seg));
+    let needed = |tli: TimelineId, segno: u64| {
+        floor.map_or(true, |f| segno >= f.segno(seg).0)
+            || spans
+                .iter()
+                .any(|(t, s, e)| *t == tli && *s <= segno && segno <= *e)
+    };
+
+    let old = |l: &Listed| {
+        l.modified
+            .is_some_and(|m| m.0 <= now.0.saturating_sub(policy.grace))
+    };
+    let mut delete = Vec::new();
+    // Backups no rule keeps: only with an anchor (else nothing is known to be safe), and
+    // never one that is not restorable here while it is inside the window.
+    if anchor.is_some() {
+        let mut gone: Vec<&BackupMeta> = here
+            .iter()
+            .copied()
+            .filter(|b| !kept.contains_key(b.id.as_str()))
+            .filter(|b| restorable_on(b) || b.end_time < window_start)
+            .collect();
+        gone.sort_by(|a, b| a.id.cmp(&b.id));
+        for b in gone {
+            let prefix = catalog::backup_prefix(&b.id);
+            let meta = catalog::backup_meta_key(&b.id);
+            if let Some(size) = size_of.get(meta.as_str()) {
+                delete.push(Deletion {
+                    key: meta.clone(),
+                    size: *size,
+                    why: Why::ExpiredBackup,
+                });
+            }
+            // The listing is sorted by key: the backup's objects are one run of it.
+            let from = listing.partition_point(|l| l.key.as_str() < prefix.as_str());
+            for l in listing[from..]
+                .iter()
+                .take_while(|l| l.key.starts_with(&prefix))
+                .filter(|l| l.key != meta)
+            {
+                delete.push(Deletion {
+                    key: l.key.clone(),
+                    size: l.size,
+                    why: Why::ExpiredPart,
+                });
+            }
+        }
+    }
+    // Leftovers of backups that never committed (no backup.json on any provider).
+    let committed: BTreeSet<&str> = catalog.iter().map(|b| b.id.as_str()).collect();
+    let grace_start = Timestamp(now.0.saturating_sub(policy.grace));
+    for l in listing {
+        let Some(rest) = l.key.strip_prefix(catalog::BACKUPS_PREFIX) else {
+            continue;
+        };
+        let Some((id, _)) = rest.split_once('/') else {
+            continue;
+        };
+        if committed.contains(id) || keys.contains(catalog::backup_meta_key(id).as_str()) {
+            continue;
+        }
+        let started = backup_id_time(id);
+        if started.is_some_and(|t| t <= grace_start) && (l.modified.is_none() || old(l)) {
+            delete.push(Deletion {
+                key: l.key.clone(),
+                size: l.size,
+                why: Why::Interrupted,
+            });
+        }
+    }
+    // WAL: what nothing kept needs (only with an anchor), and superseded parts before it.
+    if let Some(f) = floor {
+        for objs in wal_inv.objects.values() {
+            for o in objs {
+                let size = size_of.get(o.key.as_str()).copied().unwrap_or(0);
+                if !needed(o.name.tli, o.segno.0) {
+                    delete.push(Deletion {
+                        key: o.key.clone(),
+                        size,
+                        why: Why::Wal,
+                    });
+                } else if !o.complete
+                    && o.segno.0 < f.segno(seg).0
+                    && keys.contains(catalog::segment_key(o.name).as_str())
+                {
+                    delete.push(Deletion {
+                        key: o.key.clone(),
+                        size,
+                        why: Why::Superseded,
+                    });
+                }
+            }
+        }
+    }
+    for l in listing.iter().filter(|l| l.key.contains(".tmp.") && old(l)) {
+        delete.push(Deletion {
+            key: l.key.clone(),
+            size: l.size,
+            why: Why::Temporary,
+        });
+    }
+    let freed = delete.iter().map(|d| d.size).sum();
+    ProviderPlan {
+        window_start,
+        anchor: anchor.map(|a| a.id.clone()),
+        window_covered,
+        kept: kept.into_values().collect(),
+        unrestorable,
+        delete,
+        freed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::catalog::BackupPart;
+    use crate::core::wal::{Lsn, SegmentName};
+    use proptest::prelude::*;
+
+    const SEG: WalSegSize = WalSegSize::DEFAULT;
+    /// One WAL segment is written every `UNIT` of simulated time.
+    const UNIT: i64 = 6 * 3600 * 1_000_000;
+    /// 2026-01-01T00:00:00Z.
+    const T0: i64 = 1_767_225_600 * 1_000_000;
+
+    /// A simulated history: segments written one per UNIT from unit 1, backups at some
+    /// units, a timeline switch, holes, objects missing from the provider.
+    #[derive(Debug, Clone)]
+    struct History {
+        units: u64,
+        backups: Vec<u64>,
+        switch: Option<u64>,
+        holes: Vec<u64>,
+        interrupted: Vec<u64>,
+        missing: Vec<(u8, u64)>,
+        temps: Vec<u64>,
+        policy: Policy,
+        now_extra: i64,
+    }
+
+    fn t(unit: u64) -> Timestamp {
+        Timestamp(T0 + unit as i64 * UNIT)
+    }
+
+    fn tli_at(h: &History, unit: u64) -> TimelineId {
+        match h.switch {
+            Some(s) if unit > s => TimelineId(2),
+            _ => TimelineId(1),
+        }
+    }
+
+    fn switch_lsn(s: u64) -> Lsn {
+        Lsn((s + 1) * SEG.bytes() + SEG.bytes() / 2)
+    }
+
+    fn id_of(unit: u64) -> String {
+        let secs = t(unit).0 / 1_000_000;
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        let r = secs.rem_euclid(86_400);
+        format!(
+            "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+            r / 3600,
+            r / 60 % 60,
+            r % 60
+        )
+    }
+
+    fn meta(h: &History, unit: u64) -> BackupMeta {
+        let id = id_of(unit);
+        let tli = tli_at(h, unit);
+        let part = |tar: &str, seq: u32| BackupPart {
+            key: catalog::backup_part_key(&id, tar, seq),
+            tar: tar.into(),
+            seq,
+            plain_len: 10,
+            stored_len: 10,
+            crc32: 0,
+        };
+        BackupMeta {
+            format: 1,
+            id: id.clone(),
+            label: String::new(),
+            system_identifier: "1".into(),
+            pg_version: 170000,
+            timeline: tli,
+            start_lsn: Lsn((unit + 1) * SEG.bytes() + 0x28),
+            end_timeline: tli,
+            end_lsn: Lsn((unit + 2) * SEG.bytes() + 0x100),
+            start_time: t(unit),
+            end_time: Timestamp(t(unit).0 + 1800 * 1_000_000),
+            plain_size: 0,
+            stored_size: 0,
+            tablespaces: vec![],
+            parts: vec![part("base.tar", 0), part("base.tar", 1)],
+            manifest: BackupPart {
+                key: catalog::backup_manifest_key(&id),
+                tar: String::new(),
+                seq: 0,
+                plain_len: 1,
+                stored_len: 1,
+                crc32: 0,
+            },
+            extensions: None,
+            shared_preload_libraries: None,
+            data_checksums: true,
+            wal_segment_size: SEG,
+            from_standby: false,
+            bootstrap_superuser: None,
+            snapshot_at_end: None,
+            created_by: String::new(),
+        }
+    }
+
+    /// The catalog and one provider's listing for a history.
+    fn build(h: &History) -> (Vec<BackupMeta>, Vec<Listed>) {
+        let mut listing = Vec::new();
+        let mut add = |key: String, unit: u64| {
+            listing.push(Listed {
+                key,
+                size: 100,
+                modified: Some(t(unit)),
+            })
+        };
+        // WAL: segment n holds unit n-1's writes; the last one is still a part.
+        let last = h.units + 2;
+        for n in 1..=last {
+            let unit = n.saturating_sub(1);
+            if h.holes.contains(&n) {
+                continue;
+            }
+            let tli = match h.switch {
+                Some(s) if n > s + 1 => TimelineId(2),
+                _ => TimelineId(1),
+            };
+            let name = SegmentName::new(tli, crate::core::wal::SegNo(n), SEG);
+            if n == last {
+                add(catalog::part_key(name, 0, 0x1000), unit);
+            } else {
+                add(catalog::segment_key(name), unit);
+                if n % 5 == 0 {
+                    // A part superseded by the segment (a restart re-sent it whole).
+                    add(catalog::part_key(name, 0, 0x2000), unit);
+                }
+            }
+            if let Some(s) = h.switch {
+                if n == s + 1 {
+                    // The switch segment: timeline 1's half, then timeline 2's whole.
+                    let n2 = SegmentName::new(TimelineId(2), crate::core::wal::SegNo(n), SEG);
+                    add(catalog::segment_key(n2), unit);
+                }
+            }
+        }
+        if let Some(s) = h.switch {
+            add(
+                catalog::history_key(TimelineId(2), TimelineId(1), switch_lsn(s)),
+                s,
+            );
+        }
+        let mut cat = Vec::new();
+        for &u in &h.backups {
+            if h.switch == Some(u) {
+                continue;
+            }
+            let m = meta(h, u);
+            for p in m.parts.iter().chain([&m.manifest]) {
+                add(p.key.clone(), u);
+            }
+            add(catalog::backup_meta_key(&m.id), u);
+            cat.push(m);
+        }
+        for &u in &h.interrupted {
+            add(
+                catalog::backup_part_key(&format!("{}-9", id_of(u)), "base.tar", 0),
+                u,
+            );
+        }
+        for &u in &h.temps {
+            add(format!("wal/00000001/x.tmp.{u}"), u);
+        }
+        cat.sort_by(|a, b| a.id.cmp(&b.id));
+        cat.dedup_by(|a, b| a.id == b.id);
+        // Objects this provider lacks: a backup's marker or part, or a segment.
+        for (kind, i) in &h.missing {
+            if cat.is_empty() {
+                break;
+            }
+            let b = &cat[*i as usize % cat.len()];
+            let key = match kind % 3 {
+                0 => catalog::backup_meta_key(&b.id),
+                1 => b.parts[0].key.clone(),
+                _ => b.manifest.key.clone(),
+            };
+            listing.retain(|l| l.key != key);
+        }
+        listing.sort_by(|a, b| a.key.cmp(&b.key));
+        listing.dedup_by(|a, b| a.key == b.key);
+        (cat, listing)
+    }
+
+    fn now_of(h: &History) -> Timestamp {
+        Timestamp(t(h.units).0 + h.now_extra)
+    }
+
+    fn after(listing: &[Listed], plan: &ProviderPlan) -> Vec<Listed> {
+        let gone: BTreeSet<&str> = plan.delete.iter().map(|d| d.key.as_str()).collect();
+        listing
+            .iter()
+            .filter(|l| !gone.contains(l.key.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    fn restorable(cat: &[BackupMeta], listing: &[Listed]) -> Vec<BackupMeta> {
+        let keys: BTreeSet<&str> = listing.iter().map(|l| l.key.as_str()).collect();
+        let ranges = WalInventory::from_keys(keys.iter().copied(), SEG).ranges(SEG);
+        cat.iter()
+            .filter(|b| {
+                keys.contains(catalog::backup_meta_key(&b.id).as_str())
+                    && b.parts
+                        .iter()
+                        .chain([&b.manifest])
+                        .all(|p| keys.contains(p.key.as_str()))
+                    && catalog::wal_covers(
+                        &ranges,
+                        b.timeline,
+                        b.start_lsn,
+                        b.end_timeline,
+                        b.end_lsn,
+                    )
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// What a listing can restore: its restorable backups and WAL ranges.
+    struct View {
+        restorable: Vec<BackupMeta>,
+        ranges: Vec<WalRange>,
+    }
+
+    fn view(cat: &[BackupMeta], listing: &[Listed]) -> View {
+        View {
+            restorable: restorable(cat, listing),
+            ranges: WalInventory::from_keys(listing.iter().map(|l| l.key.as_str()), SEG)
+                .ranges(SEG),
+        }
+    }
+
+    /// Whether the instant at `unit` (its segment's start) can be recovered.
+    fn recoverable(h: &History, v: &View, unit: u64) -> bool {
+        let ranges = &v.ranges;
+        let covers = |tli: TimelineId, from: Lsn, to: Lsn| {
+            ranges
+                .iter()
+                .any(|r| r.timeline == tli.0 && r.start_lsn <= from && r.end_lsn >= to)
+        };
+        let target = Lsn((unit + 1) * SEG.bytes() + 0x200);
+        let at = t(unit);
+        let ttli = tli_at(h, unit);
+        v.restorable.iter().any(|b| {
+            if b.end_time > at || b.end_lsn > target {
+                return false;
+            }
+            if b.timeline == ttli {
+                covers(ttli, b.start_lsn, target)
+            } else {
+                let sw = switch_lsn(h.switch.unwrap());
+                covers(b.timeline, b.start_lsn, sw) && covers(ttli, sw.segment_start(SEG), target)
+            }
+        })
+    }
+
+    fn history() -> impl Strategy<Value = History> {
+        (20u64..480).prop_flat_map(|units| {
+            (
+                Just(units),
+                proptest::collection::vec(0..units, 0..30),
+                proptest::option::of(0..units),
+                proptest::collection::vec(1..units + 2, 0..4),
+                proptest::collection::vec(0..units, 0..3),
+                proptest::collection::vec((any::<u8>(), any::<u64>()), 0..3),
+                proptest::collection::vec(0..units, 0..3),
+                (1u32..12, 0u32..40, 0u32..60, 0u32..100, 0u32..4, 0i64..48),
+                0i64..UNIT,
+            )
+                .prop_map(
+                    |(units, backups, switch, holes, interrupted, missing, temps, p, now_extra)| {
+                        History {
+                            units,
+                            backups,
+                            switch,
+                            holes,
+                            interrupted,
+                            missing,
+                            temps,
+                            policy: Policy {
+                                pitr_days: p.0,
+                                daily_days: p.1,
+                                weekly_weeks: p.2,
+                                monthly_months: p.3,
+                                min_backups: p.4,
+                                grace: p.5 * 3600 * 1_000_000,
+                            },
+                            now_extra,
+                        }
+                    },
+                )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn pruning_keeps_every_promise(h in history()) {
+            let (cat, listing) = build(&h);
+            let now = now_of(&h);
+            let plan = plan_provider(&h.policy, now, SEG, &cat, &listing);
+            let rest = after(&listing, &plan);
+            let gone: BTreeSet<&str> = plan.delete.iter().map(|d| d.key.as_str()).collect();
+
+            // Every instant of the window that was recoverable still is.
+            let window = plan.window_start;
+            let (v0, v1) = (view(&cat, &listing), view(&cat, &rest));
+            for unit in 0..=h.units {
+                if t(unit) > window && recoverable(&h, &v0, unit) {
+                    prop_assert!(
+                        recoverable(&h, &v1, unit),
+                        "unit {unit} lost; plan {plan:?}"
+                    );
+                }
+            }
+            // Kept backups stay restorable; the newest min_backups are among them.
+            let after_ok: BTreeSet<String> =
+                v1.restorable.iter().map(|b| b.id.clone()).collect();
+            for k in &plan.kept {
+                prop_assert!(after_ok.contains(&k.backup), "kept {} broken", k.backup);
+            }
+            let mut before = v0.restorable.clone();
+            before.sort_by(|a, b| (a.end_time, &a.id).cmp(&(b.end_time, &b.id)));
+            for b in before.iter().rev().take(h.policy.min_backups as usize) {
+                prop_assert!(after_ok.contains(&b.id), "newest {} dropped", b.id);
+            }
+            // The first backup of each day in the daily horizon is kept.
+            let mut seen_days = BTreeSet::new();
+            for b in &before {
+                let d = day_of(b.end_time);
+                if seen_days.insert(d) && at_day(d + i64::from(h.policy.daily_days)) > now {
+                    prop_assert!(after_ok.contains(&b.id), "first of day {} dropped", b.id);
+                }
+            }
+            // Nothing young that no backup.json explains goes, and a marker goes first.
+            for d in &plan.delete {
+                let l = listing.iter().find(|l| l.key == d.key).unwrap();
+                if matches!(d.why, Why::Interrupted | Why::Temporary) {
+                    prop_assert!(l.modified.unwrap().0 <= now.0 - h.policy.grace, "{d:?}");
+                }
+                if d.why == Why::ExpiredPart {
+                    let id = d.key.split('/').nth(1).unwrap();
+                    let marker = catalog::backup_meta_key(id);
+                    if let Some(mi) = plan.delete.iter().position(|x| x.key == marker) {
+                        let pi = plan.delete.iter().position(|x| x.key == d.key).unwrap();
+                        prop_assert!(mi < pi, "{marker} after {}", d.key);
+                    }
+                }
+            }
+            // History files are never deleted.
+            prop_assert!(!gone.iter().any(|k| k.starts_with("history/")));
+            // Idempotent.
+            let again = plan_provider(&h.policy, now, SEG, &cat, &rest);
+            prop_assert!(again.delete.is_empty(), "second run deletes {:?}", again.delete);
+        }
+    }
+
+    /// The strategy's policy over 7 simulated years of daily backups: what stays.
+    #[test]
+    fn seven_years_of_the_strategys_policy() {
+        let days = 7 * 365;
+        let h = History {
+            units: days * 4,
+            backups: (0..days).map(|d| d * 4).collect(),
+            switch: None,
+            holes: vec![],
+            interrupted: vec![],
+            missing: vec![],
+            temps: vec![],
+            policy: Policy::strategy(),
+            now_extra: 0,
+        };
+        let (cat, listing) = build(&h);
+        let now = now_of(&h);
+        let plan = plan_provider(&h.policy, now, SEG, &cat, &listing);
+        assert!(plan.window_covered);
+        let count = |tier: Tier| plan.kept.iter().filter(|k| k.tiers.contains(&tier)).count();
+        // `now` is midnight, before the day's backup: backups end 30 minutes after
+        // midnight, so the window (7 days back) holds 7 of them plus its anchor, and the
+        // daily horizon (days whose start is less than 30 days back) 29 days.
+        assert_eq!(count(Tier::Pitr), 8);
+        assert_eq!(count(Tier::Daily), 29);
+        assert_eq!(count(Tier::Weekly), 52);
+        assert_eq!(count(Tier::Monthly), 84);
+        assert_eq!(count(Tier::Newest), 2);
+        // Kept points are the union of the tiers, far fewer than 2,555 backups.
+        assert!(plan.kept.len() < 8 + 30 + 52 + 84, "{}", plan.kept.len());
+        let rest = after(&listing, &plan);
+        let again = plan_provider(&h.policy, now, SEG, &cat, &rest);
+        assert!(again.delete.is_empty());
+        // The oldest monthly is at most 84 months back, and its WAL span is kept.
+        let oldest = plan.kept.iter().map(|k| k.end_time).min().unwrap();
+        assert!(now.0 - oldest.0 <= 85 * 31 * DAY);
+    }
+
+    #[test]
+    fn backup_ids_tell_their_start() {
+        assert_eq!(
+            backup_id_time("20261124T083012Z").unwrap().rfc3339(),
+            "2026-11-24T08:30:12Z"
+        );
+        assert_eq!(
+            backup_id_time("20261124T083012Z-2").unwrap().rfc3339(),
+            "2026-11-24T08:30:12Z"
+        );
+        assert_eq!(backup_id_time("x"), None);
+        assert_eq!(week_of(day_of(Timestamp(T0))), day_of(Timestamp(T0)) - 3); // 2026-01-01 is a Thursday
+        assert_eq!(
+            at_day(add_months(day_of(Timestamp(T0)), 13)).rfc3339(),
+            "2027-02-01T00:00:00Z"
+        );
+    }
+}
