@@ -6,7 +6,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::archive::Archive;
+use crate::config::RetentionConfig;
 use crate::core::catalog::{self, AcceptedGap, BackupMeta, WalRange};
+use crate::core::plan::Timestamp;
+use crate::core::retention::{self, Listed, Tier};
 use crate::core::wal::Lsn;
 
 #[derive(Debug, Serialize)]
@@ -23,6 +26,11 @@ pub struct BackupSummary {
     pub plain_size: u64,
     pub stored_size: u64,
     pub pg_version: u32,
+    /// The retention tiers that keep it now (on the first provider); empty: the next
+    /// `prune` deletes it.
+    pub kept_by: Vec<Tier>,
+    /// Until when the calendar tiers keep it.
+    pub keep_until: Option<Timestamp>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,11 +73,13 @@ impl BackupSummary {
             plain_size: m.plain_size,
             stored_size: m.stored_size,
             pg_version: m.pg_version,
+            kept_by: Vec::new(),
+            keep_until: None,
         }
     }
 }
 
-pub async fn run(archive: &Archive) -> Result<ListReport> {
+pub async fn run(archive: &Archive, retention: &RetentionConfig) -> Result<ListReport> {
     let Some(meta) = archive.meta().await? else {
         return Ok(ListReport {
             backups: Vec::new(),
@@ -85,12 +95,35 @@ pub async fn run(archive: &Archive) -> Result<ListReport> {
         .first()
         .expect("an archive has at least one provider");
     let wal = archive.inventory(first.as_ref(), seg).await?.ranges(seg);
-    let backups = archive
-        .backups()
-        .await?
-        .iter()
-        .map(|m| BackupSummary::new(m, &wal))
-        .collect();
+    let metas = archive.backups().await?;
+    let mut backups: Vec<BackupSummary> =
+        metas.iter().map(|m| BackupSummary::new(m, &wal)).collect();
+    // What the retention policy keeps, as `prune` would plan the first provider now.
+    let mut listing = Vec::new();
+    for prefix in ["backups/", "history/", "wal/"] {
+        listing.extend(first.list(prefix).await?.into_iter().map(|o| Listed {
+            key: o.key,
+            size: o.size,
+            modified: None,
+        }));
+    }
+    listing.sort_by(|a, b| a.key.cmp(&b.key));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let plan = retention::plan_provider(
+        &crate::archive::prune::policy(retention),
+        Timestamp(now),
+        seg,
+        &metas,
+        &listing,
+    );
+    for b in &mut backups {
+        if let Some(k) = plan.kept.iter().find(|k| k.backup == b.id) {
+            b.kept_by = k.tiers.clone();
+            b.keep_until = k.keep_until;
+        }
+    }
     let last_drill = archive.drills().await?.pop().map(|d| DrillSummary {
         id: d.id,
         ok: d.ok,

@@ -7,7 +7,7 @@ use crate::core::fmt;
 
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let archive = Archive::open(&ctx.cfg)?;
-    let report = summary::run(&archive).await?;
+    let report = summary::run(&archive, &ctx.cfg.retention).await?;
     if ctx.json() {
         return print_json(&report);
     }
@@ -22,12 +22,26 @@ pub fn render(r: &ListReport) -> String {
         s.push_str("no backups\n");
     } else {
         s.push_str(&format!(
-            "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} LABEL\n",
-            "BACKUP", "TLI", "START LSN", "END LSN", "STARTED", "SIZE", "STORED", "RESTORABLE"
+            "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {:<24} {:<10} LABEL\n",
+            "BACKUP",
+            "TLI",
+            "START LSN",
+            "END LSN",
+            "STARTED",
+            "SIZE",
+            "STORED",
+            "RESTORABLE",
+            "KEPT BY",
+            "UNTIL"
         ));
         for b in &r.backups {
+            let kept: Vec<String> = b
+                .kept_by
+                .iter()
+                .map(|t| format!("{t:?}").to_lowercase())
+                .collect();
             s.push_str(&format!(
-                "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {}\n",
+                "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {:<24} {:<10} {}\n",
                 b.id,
                 b.timeline,
                 b.start_lsn.to_string(),
@@ -36,6 +50,13 @@ pub fn render(r: &ListReport) -> String {
                 fmt::size(b.plain_size),
                 fmt::size(b.stored_size),
                 if b.restorable { "yes" } else { "no (WAL)" },
+                if kept.is_empty() {
+                    "- (next prune)".to_string()
+                } else {
+                    kept.join(",")
+                },
+                b.keep_until
+                    .map_or_else(|| "-".to_string(), |t| t.rfc3339()[..10].to_string()),
                 b.label
             ));
         }
@@ -92,6 +113,11 @@ mod tests {
                 plain_size: 24 << 20,
                 stored_size: 3 << 20,
                 pg_version: 170002,
+                kept_by: vec![
+                    crate::core::retention::Tier::Daily,
+                    crate::core::retention::Tier::Monthly,
+                ],
+                keep_until: Some(crate::core::plan::Timestamp(1_790_812_800_000_000)),
             }],
             wal: vec![WalRange {
                 timeline: 1,
@@ -117,8 +143,8 @@ mod tests {
         };
         assert_eq!(
             render(&r),
-            "BACKUP               TLI START LSN    END LSN      STARTED                    SIZE     STORED RESTORABLE LABEL\n\
-             20261124T083012Z       1 0/5000028    0/5000138    2026-11-24T08:30:12Z   24.0 MiB    3.0 MiB yes        nightly\n\
+            "BACKUP               TLI START LSN    END LSN      STARTED                    SIZE     STORED RESTORABLE KEPT BY                  UNTIL      LABEL\n\
+             20261124T083012Z       1 0/5000028    0/5000138    2026-11-24T08:30:12Z   24.0 MiB    3.0 MiB yes        daily,monthly            2026-10-01 nightly\n\
              WAL:\n  timeline 1: 0/1000000 – 0/6000000\n\
              \x20 LOST   timeline 1: 0/6000000 – 0/9000000 (accepted 2025-11-24 16:00:00+00: the server removed this WAL before it was archived)\n\
              last drill: 20261124T093000Z passed (backup 20261124T083012Z, 12.3 s)\n"

@@ -15,6 +15,7 @@ pub mod accept_gap;
 pub mod backup;
 pub mod drill;
 pub mod list;
+pub mod prune;
 pub mod restore;
 pub mod status;
 pub mod stream;
@@ -74,6 +75,9 @@ pub enum Command {
     /// After the streamer stopped on lost WAL: record the gap in the archive, make the
     /// replication slot usable again, and let archiving resume after the gap.
     AcceptGap,
+    /// Apply the [retention] policy: keep the recovery points its tiers name, delete the
+    /// rest in a crash-safe order (--dry-run: print the plan only).
+    Prune(prune::Args),
 }
 
 /// Run one command.
@@ -89,6 +93,7 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::Restore(a) => restore::run(&ctx, a).await,
         Command::Drill(a) => drill::run(&ctx, a).await,
         Command::AcceptGap => accept_gap::run(&ctx).await,
+        Command::Prune(a) => prune::run(&ctx, a).await,
     }
 }
 

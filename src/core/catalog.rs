@@ -619,6 +619,9 @@ impl AcceptedGap {
     }
 }
 
+/// Each `prune` run that deletes records `prune/<TIME>.json` (plain JSON, written once).
+pub const PRUNE_PREFIX: &str = "prune/";
+
 /// Restore drills are recorded under `drills/<ID>.json` (plain JSON, written once).
 pub const DRILLS_PREFIX: &str = "drills/";
 

@@ -182,9 +182,13 @@ pub fn stream_checks(
 }
 
 /// The archive's checks: the newest backup and the last drill.
-async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
+async fn archive_checks(
+    archive: &Archive,
+    retention: &crate::config::RetentionConfig,
+    now: u64,
+) -> Vec<Check> {
     let mut out = Vec::new();
-    match crate::archive::summary::run(archive).await {
+    match crate::archive::summary::run(archive, retention).await {
         Err(e) => out.push(Check {
             check: "archive",
             status: Level::Degraded,
@@ -246,11 +250,15 @@ async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
     out
 }
 
-pub async fn run(spool_dir: &Path, archive: &Archive) -> Report {
+pub async fn run(
+    spool_dir: &Path,
+    archive: &Archive,
+    retention: &crate::config::RetentionConfig,
+) -> Report {
     let st = status::read(spool_dir);
     let now = now();
     let mut checks = stream_checks(spool_dir, st.as_ref(), now, alive);
-    checks.extend(archive_checks(archive, now).await);
+    checks.extend(archive_checks(archive, retention, now).await);
     let mut r = Report {
         status: "healthy",
         checks,

@@ -61,6 +61,8 @@ pub struct Features {
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
+    /// When the provider last wrote it, where the listing says (prune's grace period).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 pub trait ObjectStore: Send + Sync {
@@ -362,8 +364,12 @@ impl FileStore {
                 };
                 let key = rel.to_string_lossy().replace('\\', "/");
                 if key.starts_with(prefix) {
-                    let size = ent.metadata().map(|m| m.len()).unwrap_or(0);
-                    out.push(ObjectMeta { key, size });
+                    let md = ent.metadata().ok();
+                    out.push(ObjectMeta {
+                        key,
+                        size: md.as_ref().map_or(0, |m| m.len()),
+                        modified: md.and_then(|m| m.modified().ok()),
+                    });
                 }
             }
         }

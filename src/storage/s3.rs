@@ -880,6 +880,9 @@ impl ObjectStore for S3Store {
                     out.push(ObjectMeta {
                         key: rel.to_string(),
                         size: o.size().unwrap_or(0).max(0) as u64,
+                        modified: o
+                            .last_modified()
+                            .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                     });
                 }
                 match page.next_continuation_token() {

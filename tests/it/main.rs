@@ -16,6 +16,7 @@ mod fuzz_corpus;
 mod hardening;
 mod harness;
 mod outage;
+mod prune;
 mod restore;
 mod s3;
 mod slots;

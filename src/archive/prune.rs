@@ -1,0 +1,192 @@
+//! `prune`: the retention planner's plan for each provider, planned from that provider's
+//! own listing, and carrying it out in its crash-safe order.
+//!
+//! A deletion a provider refuses (an Object Lock, a policy that denies deletes to these
+//! credentials) is reported and skipped, never fatal; a backup whose `backup.json` could not
+//! be deleted keeps all its parts (it still exists, so it must stay whole). Every run that
+//! deletes writes a report, `prune/<TIME>.json`, to every provider.
+
+use anyhow::{anyhow, Result};
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::archive::Archive;
+use crate::config::RetentionConfig;
+use crate::core::catalog;
+use crate::core::plan::Timestamp;
+use crate::core::retention::{self, Listed, Policy, ProviderPlan, Why};
+
+/// One day, in microseconds: how long objects no `backup.json` explains are left alone.
+const GRACE: i64 = 86_400 * 1_000_000;
+
+/// The planner's policy from the `[retention]` section.
+pub fn policy(r: &RetentionConfig) -> Policy {
+    Policy {
+        pitr_days: r.pitr_days,
+        daily_days: r.daily_days,
+        weekly_weeks: r.weekly_weeks,
+        monthly_months: r.monthly_months,
+        min_backups: r.min_backups,
+        grace: GRACE,
+    }
+}
+
+/// A deletion the provider refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refused {
+    pub key: String,
+    pub error: String,
+}
+
+/// One provider's share of a prune run.
+#[derive(Debug, Serialize)]
+pub struct ProviderPrune {
+    pub provider: String,
+    /// Objects listed (the requests a listing costs follow from it: 1,000 keys a page on S3).
+    pub listed: usize,
+    /// Why the provider could not be planned (it was left alone).
+    pub error: Option<String>,
+    pub plan: Option<ProviderPlan>,
+    pub deleted: usize,
+    pub freed: u64,
+    pub refused: Vec<Refused>,
+}
+
+/// What `prune` planned and did.
+#[derive(Debug, Serialize)]
+pub struct PruneReport {
+    pub format: u32,
+    /// The report's id and time: `prune/<ID>.json`.
+    pub id: String,
+    pub now: Timestamp,
+    pub dry_run: bool,
+    pub policy: PolicyView,
+    pub providers: Vec<ProviderPrune>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyView {
+    pub pitr_days: u32,
+    pub daily_days: u32,
+    pub weekly_weeks: u32,
+    pub monthly_months: u32,
+    pub min_backups: u32,
+    pub grace_hours: i64,
+}
+
+/// Plan every provider (nothing is deleted).
+pub async fn plan(archive: &Archive, policy: &Policy, now: Timestamp) -> Result<PruneReport> {
+    let meta = archive.meta().await?.ok_or_else(|| {
+        anyhow!("the archive is empty: there is nothing to prune\nhint: check the [[storage]] entries, or start `lifeboat stream` and take a backup")
+    })?;
+    let seg = meta.wal_segment_size;
+    let backups = archive.backups().await?;
+    if backups.is_empty() {
+        return Err(anyhow!("the archive holds no backup, so no recovery point can be kept and nothing can be pruned safely\nhint: take one with `lifeboat backup`; prune keeps the newest backups and the WAL they need"));
+    }
+    let mut providers = Vec::new();
+    for p in &archive.mirror.providers {
+        let mut listing = Vec::new();
+        let mut error = None;
+        for prefix in ["backups/", "history/", "wal/"] {
+            match p.list(prefix).await {
+                Ok(objs) => listing.extend(objs.into_iter().map(|o| Listed {
+                    key: o.key,
+                    size: o.size,
+                    modified: o.modified.map(|m| {
+                        Timestamp(
+                            m.duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_micros() as i64),
+                        )
+                    }),
+                })),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        listing.sort_by(|a, b| a.key.cmp(&b.key));
+        let plan = error
+            .is_none()
+            .then(|| retention::plan_provider(policy, now, seg, &backups, &listing));
+        providers.push(ProviderPrune {
+            provider: p.name().to_string(),
+            listed: listing.len(),
+            error,
+            plan,
+            deleted: 0,
+            freed: 0,
+            refused: Vec::new(),
+        });
+    }
+    Ok(PruneReport {
+        format: 1,
+        id: report_id(now),
+        now,
+        dry_run: true,
+        policy: PolicyView {
+            pitr_days: policy.pitr_days,
+            daily_days: policy.daily_days,
+            weekly_weeks: policy.weekly_weeks,
+            monthly_months: policy.monthly_months,
+            min_backups: policy.min_backups,
+            grace_hours: policy.grace / 3_600_000_000,
+        },
+        providers,
+    })
+}
+
+/// `YYYYMMDDTHHMMSSZ` of a time, as backup ids are made.
+fn report_id(now: Timestamp) -> String {
+    let secs = Timestamp::from_unix_secs(now.0.div_euclid(1_000_000));
+    catalog::backup_id_from_rfc3339(&secs.rfc3339())
+}
+
+/// Carry out the plan on every provider, in its order, then record the report.
+pub async fn apply(archive: &Archive, report: &mut PruneReport) -> Result<()> {
+    report.dry_run = false;
+    for (p, pp) in archive
+        .mirror
+        .providers
+        .iter()
+        .zip(report.providers.iter_mut())
+    {
+        let Some(plan) = &pp.plan else {
+            continue;
+        };
+        // A backup whose marker stays keeps its parts: it still exists.
+        let mut kept_markers: Vec<String> = Vec::new();
+        for d in &plan.delete {
+            if d.why == Why::ExpiredPart
+                && kept_markers.iter().any(|prefix| d.key.starts_with(prefix))
+            {
+                continue;
+            }
+            match p.delete(&d.key).await {
+                Ok(()) => {
+                    pp.deleted += 1;
+                    pp.freed += d.size;
+                }
+                Err(e) => {
+                    tracing::warn!(provider = p.name(), key = d.key, error = %e, "deletion refused; skipped");
+                    if d.why == Why::ExpiredBackup {
+                        if let Some(id) = catalog::parse_backup_meta_key(&d.key) {
+                            kept_markers.push(catalog::backup_prefix(id));
+                        }
+                    }
+                    pp.refused.push(Refused {
+                        key: d.key.clone(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    let key = format!("{}{}.json", catalog::PRUNE_PREFIX, report.id);
+    let body = serde_json::to_vec_pretty(&*report)?;
+    if let Err(e) = archive.mirror.put(&key, Bytes::from(body)).await {
+        tracing::warn!(key, error = %e, "cannot record the prune report in the archive");
+    }
+    Ok(())
+}

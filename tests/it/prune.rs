@@ -1,0 +1,210 @@
+//! `lifeboat prune` on real PostgreSQL and two real providers: the plan (`--dry-run`,
+//! `--explain`) matches what is done, the kept point restores, `verify` is clean, a second
+//! run deletes nothing, and a provider that lacks part of a backup keeps its older anchor on
+//! that provider only.
+
+use std::time::Duration;
+
+use crate::restore::restore_and_start;
+use crate::support::*;
+
+/// A policy whose window is one day and whose calendar tiers are off: two days on, only
+/// the newest backup and the WAL from its start are needed.
+const POLICY: &str = "[retention]\npitr_days = 1\ndaily_days = 0\nweekly_weeks = 0\nmonthly_months = 0\nmin_backups = 1\n";
+
+fn in_days(pg: &PgCluster, days: u32) -> String {
+    pg.psql(&format!(
+        "SELECT to_char((now() + interval '{days} days') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00'"
+    ))
+}
+
+fn backup_ids(lb: &Lb) -> Vec<String> {
+    lb.list_json()["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn prune_keeps_the_window_and_deletes_the_rest_in_order() {
+    let pg = PgCluster::start(15, ClusterOpts::default());
+    let second = tempfile::tempdir().unwrap();
+    let lb = Lb::for_cluster(
+        &pg,
+        &format!(
+            "{SMALL_PARTS}[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n\n{POLICY}",
+            second.path().display()
+        ),
+    );
+    pg.psql("CREATE TABLE t (id int, src text)");
+    pg.psql("INSERT INTO t SELECT g, 'first' FROM generate_series(1, 1000) g");
+    let streamer = lb.start_streamer(&pg);
+    expect_success(
+        &lb.run(&["backup", "--fast"], Duration::from_secs(600)),
+        "backup 1",
+    );
+    pg.psql("INSERT INTO t SELECT g, 'between' FROM generate_series(1001, 2000) g");
+    pg.switch_wal();
+    pg.psql("INSERT INTO t SELECT g, 'between' FROM generate_series(2001, 3000) g");
+    pg.switch_wal();
+    std::thread::sleep(Duration::from_millis(1100));
+    expect_success(
+        &lb.run(&["backup", "--fast"], Duration::from_secs(600)),
+        "backup 2",
+    );
+    pg.psql("INSERT INTO t SELECT g, 'last' FROM generate_series(3001, 3100) g");
+    wait_caught_up(&pg, Duration::from_secs(120), &lb);
+    stop_streamer(streamer);
+    let ids = backup_ids(&lb);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let (old, new) = (ids[0].clone(), ids[1].clone());
+    let wal_before = lb.archive_files("wal/");
+    let later = in_days(&pg, 3);
+
+    // The plan, without acting on it.
+    let dry = lb.run_ok(
+        &["prune", "--dry-run", "--now", &later],
+        Duration::from_secs(120),
+    );
+    assert!(dry.contains(&format!("anchor {new}")), "{dry}");
+    assert!(
+        dry.contains(&format!("keep   {new:<20} pitr,newest")),
+        "{dry}"
+    );
+    assert!(dry.contains("delete 1 backups ("), "{dry}");
+    assert!(dry.contains("dry run: nothing was deleted"), "{dry}");
+    assert_eq!(backup_ids(&lb), ids);
+    assert_eq!(lb.archive_files("wal/"), wal_before);
+    let why = lb.run_ok(
+        &["prune", "--explain", &old, "--now", &later],
+        Duration::from_secs(120),
+    );
+    assert!(
+        why.contains(&format!(
+            "storage \"local\": {old} deleted: older than the PITR window's anchor {new}"
+        )),
+        "{why}"
+    );
+    let why = lb.run_ok(
+        &["prune", "--explain", &new, "--now", &later],
+        Duration::from_secs(120),
+    );
+    assert!(
+        why.contains(&format!("storage \"second\": {new} kept by pitr, newest")),
+        "{why}"
+    );
+    let planned = json_of(&lb.run(
+        &["--json", "prune", "--dry-run", "--now", &later],
+        Duration::from_secs(120),
+    ));
+
+    // Done as planned, on both providers.
+    let done = lb.run(
+        &["--json", "prune", "--now", &later],
+        Duration::from_secs(120),
+    );
+    let done = json_of(&done);
+    for (i, p) in done["providers"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            p["plan"]["delete"],
+            planned["providers"][i]["plan"]["delete"]
+        );
+        assert_eq!(
+            p["deleted"].as_u64().unwrap() as usize,
+            p["plan"]["delete"].as_array().unwrap().len()
+        );
+        assert!(p["refused"].as_array().unwrap().is_empty(), "{p}");
+        // The marker went first.
+        assert_eq!(
+            p["plan"]["delete"][0]["key"],
+            format!("backups/{old}/backup.json"),
+            "{p}"
+        );
+    }
+    assert_eq!(backup_ids(&lb), vec![new.clone()]);
+    for dir in [lb.archive.clone(), second.path().to_path_buf()] {
+        assert!(
+            !files(&dir)
+                .iter()
+                .any(|f| f.starts_with(&format!("backups/{old}/"))),
+            "{}",
+            dir.display()
+        );
+        assert!(
+            files(&dir)
+                .iter()
+                .any(|f| f.starts_with("prune/") && f.ends_with(".json")),
+            "report on {}",
+            dir.display()
+        );
+    }
+    let wal_after = lb.archive_files("wal/");
+    assert!(wal_after.len() < wal_before.len(), "{wal_after:?}");
+    let (ok, report) = lb.verify(true);
+    assert!(ok, "{report}");
+    assert!(lb
+        .run(&["verify", "--providers"], Duration::from_secs(120))
+        .status
+        .success());
+    // Idempotent.
+    let again = json_of(&lb.run(
+        &["--json", "prune", "--now", &later],
+        Duration::from_secs(120),
+    ));
+    for p in again["providers"].as_array().unwrap() {
+        assert_eq!(p["plan"]["delete"].as_array().unwrap().len(), 0, "{p}");
+    }
+    // The kept point restores, to the end.
+    let work = tempfile::tempdir().unwrap();
+    let restored = restore_and_start(&lb, 15, work.path(), &[]);
+    assert_eq!(
+        restored.psql("SELECT src, count(*) FROM t GROUP BY src ORDER BY src"),
+        "between|2000\nfirst|1000\nlast|100"
+    );
+}
+
+/// Each provider is planned from its own listing: one that lacks a part of the newest
+/// backup keeps the older backup as its anchor; the other prunes it.
+#[test]
+fn a_provider_missing_part_of_a_backup_keeps_the_older_anchor() {
+    let pg = PgCluster::start(15, ClusterOpts::default());
+    let second = tempfile::tempdir().unwrap();
+    let lb = Lb::for_cluster(
+        &pg,
+        &format!(
+            "{SMALL_PARTS}[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n\n{POLICY}",
+            second.path().display()
+        ),
+    );
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id");
+    let streamer = lb.start_streamer(&pg);
+    expect_success(
+        &lb.run(&["backup", "--fast"], Duration::from_secs(600)),
+        "backup 1",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    expect_success(
+        &lb.run(&["backup", "--fast"], Duration::from_secs(600)),
+        "backup 2",
+    );
+    wait_caught_up(&pg, Duration::from_secs(120), &lb);
+    stop_streamer(streamer);
+    let ids = backup_ids(&lb);
+    let (old, new) = (ids[0].clone(), ids[1].clone());
+    std::fs::remove_file(second.path().join(format!("backups/{new}/base.tar.000000"))).unwrap();
+    let later = in_days(&pg, 3);
+    let out = json_of(&lb.run(
+        &["--json", "prune", "--now", &later],
+        Duration::from_secs(120),
+    ));
+    let p = out["providers"].as_array().unwrap();
+    assert_eq!(p[0]["plan"]["anchor"], new.as_str());
+    assert_eq!(p[1]["plan"]["anchor"], old.as_str());
+    assert_eq!(p[1]["plan"]["unrestorable"][0], new.as_str());
+    assert!(files(&lb.archive)
+        .iter()
+        .all(|f| !f.starts_with(&format!("backups/{old}/"))));
+    assert!(files(second.path()).contains(&format!("backups/{old}/backup.json")));
+}
