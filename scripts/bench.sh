@@ -7,6 +7,8 @@
 #   scripts/bench.sh backup-s3  # lifeboat backup to one file:// store vs to two S3 servers (loopback)
 #   scripts/bench.sh restore    # lifeboat restore vs pgbackrest restore, same dataset; WAL replay
 #                               # of ~1 GiB through wal-fetch with and without prefetch
+#   scripts/bench.sh prune      # prune over a synthetic file:// archive of 7 years of daily
+#                               # backups and ~1 million WAL objects: plan, delete, plan again
 #
 # Env: LIFEBOAT_BENCH_MAJOR (default 15), LIFEBOAT_BENCH_WAL_CONF (extra [wal] lines), LIFEBOAT_BENCH_WAL_MB (default 1536),
 #      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp),
@@ -457,11 +459,93 @@ print(f"  WAL replay of {mb:.0f} MiB: without prefetch {r0:.2f} s ({mb / r0:.0f}
   ab_summary "${lb_t[*]}" "${ab_t[*]}"
 }
 
+bench_prune() {
+  local days="${LIFEBOAT_BENCH_PRUNE_DAYS:-2557}" per_day="${LIFEBOAT_BENCH_PRUNE_SEGS:-400}"
+  age-keygen -o "$WORK/id.txt" 2>/dev/null
+  cat > "$WORK/prune.toml" <<EOF
+[postgres]
+conninfo = "host=127.0.0.1 port=$PORT user=postgres sslmode=disable"
+slot = "lifeboat"
+[encryption]
+recipients = ["$(age-keygen -y "$WORK/id.txt")"]
+[wal]
+spool_dir = "$WORK/spool"
+[[storage]]
+name = "local"
+url = "file://$WORK/parch"
+EOF
+  echo "generating a synthetic archive: $days days of daily backups, $per_day WAL segments a day ..."
+  python3 - "$WORK/parch" "$days" "$per_day" <<'PY'
+import datetime, json, os, sys
+root, days, per_day = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+SEG = 16 << 20
+lsn = lambda v: "%X/%X" % (v >> 32, v & 0xFFFFFFFF)
+now = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+t0 = now - datetime.timedelta(days=days)
+os.makedirs(f"{root}/wal/00000001")
+with open(f"{root}/archive.json", "w") as f:
+    json.dump({"format": 1, "system_identifier": "7000000000000000001",
+               "wal_segment_size": SEG, "created_by": "bench"}, f)
+wal = f"{root}/wal/00000001"
+for segno in range(1, days * per_day + 2):
+    os.close(os.open("%s/%08X%08X%08X.seg" % (wal, 1, segno // 256, segno % 256), os.O_CREAT | os.O_WRONLY, 0o644))
+for day in range(days):
+    start = t0 + datetime.timedelta(days=day, hours=1)
+    end = start + datetime.timedelta(minutes=10)
+    bid = start.strftime("%Y%m%dT%H%M%SZ")
+    segno = day * per_day + per_day // 24 + 1
+    os.makedirs(f"{root}/backups/{bid}")
+    parts = []
+    for seq in range(3):
+        key = f"backups/{bid}/base.tar.{seq:06d}"
+        open(f"{root}/{key}", "wb").close()
+        parts.append({"key": key, "tar": "base.tar", "seq": seq, "plain_len": 0, "stored_len": 0, "crc32": 0})
+    mkey = f"backups/{bid}/backup_manifest"
+    open(f"{root}/{mkey}", "wb").close()
+    meta = {"format": 1, "id": bid, "label": bid, "system_identifier": "7000000000000000001",
+            "pg_version": 170000, "timeline": 1, "start_lsn": lsn(segno * SEG + 0x28),
+            "end_timeline": 1, "end_lsn": lsn((segno + 2) * SEG + 0x100),
+            "start_time": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end_time": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "plain_size": 0, "stored_size": 0,
+            "tablespaces": [{"oid": None, "location": None, "tar": "base.tar"}],
+            "parts": parts,
+            "manifest": {"key": mkey, "tar": "backup_manifest", "seq": 0, "plain_len": 0, "stored_len": 0, "crc32": 0},
+            "extensions": None, "shared_preload_libraries": None, "data_checksums": True,
+            "wal_segment_size": SEG, "from_standby": False, "bootstrap_superuser": None,
+            "snapshot_at_end": None, "created_by": "bench"}
+    with open(f"{root}/backups/{bid}/backup.json", "w") as f:
+        json.dump(meta, f)
+PY
+  local n
+  n=$(find "$WORK/parch" -type f | wc -l)
+  echo "$n objects in the file:// store"
+  sync
+  local t m
+  for i in $(seq 1 "$ROUNDS"); do
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/prune.toml" prune --dry-run \
+      --now "2026-12-01 00:00:00+00" >"$WORK/plan.txt" 2>"$WORK/plan.log"
+    read -r t m < "$WORK/t"
+    echo "round $i prune --dry-run (list, catalog, plan): ${t}s, peak RSS $((m / 1024)) MiB; $(grep -o 'objects=[0-9]* listed_s=[0-9.]* planned_s=[0-9.]*' "$WORK/plan.log")"
+  done
+  grep -E "^  (PITR|delete)" "$WORK/plan.txt"
+  echo "kept: $(grep -c '^  keep ' "$WORK/plan.txt") backups"
+  /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/prune.toml" prune \
+    --now "2026-12-01 00:00:00+00" >"$WORK/apply.txt" 2>"$WORK/apply.log"
+  read -r t m < "$WORK/t"
+  echo "prune (plan and delete): ${t}s, peak RSS $((m / 1024)) MiB; $(grep -E '^  deleted' "$WORK/apply.txt")"
+  echo "$(find "$WORK/parch" -type f | wc -l) objects left"
+  /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/prune.toml" prune \
+    --now "2026-12-01 00:00:00+00" >"$WORK/again.txt" 2>&1
+  read -r t m < "$WORK/t"
+  echo "second prune: ${t}s; $(grep -E '^  delete' "$WORK/again.txt")"
+}
+
 case "$WHAT" in
   stream) bench_stream ;;
   backup) bench_backup ;;
   restore) bench_restore ;;
+  prune) bench_prune ;;
   stream-s3) bench_stream_s3 ;;
   backup-s3) bench_backup_s3 ;;
-  *) echo "usage: scripts/bench.sh stream|stream-s3|backup|backup-s3|restore" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh stream|stream-s3|backup|backup-s3|restore|prune" >&2; exit 2 ;;
 esac

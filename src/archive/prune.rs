@@ -86,30 +86,52 @@ pub async fn plan(archive: &Archive, policy: &Policy, now: Timestamp) -> Result<
     }
     let mut providers = Vec::new();
     for p in &archive.mirror.providers {
+        let started = std::time::Instant::now();
         let mut listing = Vec::new();
         let mut error = None;
-        for prefix in ["backups/", "history/", "wal/"] {
+        // The big listing (WAL) first, so it is never copied into a growing buffer.
+        for prefix in ["wal/", "backups/", "history/"] {
             match p.list(prefix).await {
-                Ok(objs) => listing.extend(objs.into_iter().map(|o| Listed {
-                    key: o.key,
-                    size: o.size,
-                    modified: o.modified.map(|m| {
-                        Timestamp(
-                            m.duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_micros() as i64),
-                        )
-                    }),
-                })),
+                Ok(objs) => {
+                    // Same layout: collected in place, no second buffer of a million.
+                    let mut part: Vec<Listed> = objs
+                        .into_iter()
+                        .map(|o| Listed {
+                            key: o.key,
+                            size: o.size,
+                            modified: o.modified.map(|m| {
+                                Timestamp(
+                                    m.duration_since(std::time::UNIX_EPOCH)
+                                        .map_or(0, |d| d.as_micros() as i64),
+                                )
+                            }),
+                        })
+                        .collect();
+                    if listing.is_empty() {
+                        listing = part;
+                    } else {
+                        listing.append(&mut part);
+                    }
+                }
                 Err(e) => {
                     error = Some(e.to_string());
                     break;
                 }
             }
         }
-        listing.sort_by(|a, b| a.key.cmp(&b.key));
+        // Keys are unique: an unstable sort needs no buffer of its own.
+        listing.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let listed = started.elapsed();
         let plan = error
             .is_none()
             .then(|| retention::plan_provider(policy, now, seg, &backups, &listing));
+        tracing::info!(
+            provider = p.name(),
+            objects = listing.len(),
+            listed_s = listed.as_secs_f64(),
+            planned_s = (started.elapsed() - listed).as_secs_f64(),
+            "planned"
+        );
         providers.push(ProviderPrune {
             provider: p.name().to_string(),
             listed: listing.len(),
@@ -184,9 +206,84 @@ pub async fn apply(archive: &Archive, report: &mut PruneReport) -> Result<()> {
         }
     }
     let key = format!("{}{}.json", catalog::PRUNE_PREFIX, report.id);
-    let body = serde_json::to_vec_pretty(&*report)?;
+    let body = serde_json::to_vec_pretty(&record(report))?;
     if let Err(e) = archive.mirror.put(&key, Bytes::from(body)).await {
         tracing::warn!(key, error = %e, "cannot record the prune report in the archive");
     }
     Ok(())
+}
+
+/// The record a run leaves in the archive: the plan's decisions and what became of them,
+/// without the list of every WAL object deleted (a million keys would make a 100 MB report).
+#[derive(Debug, Serialize)]
+struct Record<'a> {
+    format: u32,
+    id: &'a str,
+    now: Timestamp,
+    policy: &'a PolicyView,
+    providers: Vec<ProviderRecord<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ProviderRecord<'a> {
+    provider: &'a str,
+    listed: usize,
+    error: Option<&'a str>,
+    window_start: Option<Timestamp>,
+    anchor: Option<&'a str>,
+    kept: Option<&'a [retention::Kept]>,
+    unrestorable: Option<&'a [String]>,
+    /// The backups whose `backup.json` was deleted.
+    backups_deleted: Vec<&'a str>,
+    /// Planned deletions by reason.
+    planned: std::collections::BTreeMap<String, usize>,
+    deleted: usize,
+    freed: u64,
+    refused: &'a [Refused],
+}
+
+fn record(r: &PruneReport) -> Record<'_> {
+    Record {
+        format: 1,
+        id: &r.id,
+        now: r.now,
+        policy: &r.policy,
+        providers: r
+            .providers
+            .iter()
+            .map(|p| {
+                let plan = p.plan.as_ref();
+                let mut planned = std::collections::BTreeMap::new();
+                for d in plan.map_or(&[][..], |pl| &pl.delete) {
+                    let why = serde_json::to_value(d.why)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default();
+                    *planned.entry(why).or_insert(0) += 1;
+                }
+                let refused_keys: Vec<&str> = p.refused.iter().map(|f| f.key.as_str()).collect();
+                ProviderRecord {
+                    provider: &p.provider,
+                    listed: p.listed,
+                    error: p.error.as_deref(),
+                    window_start: plan.map(|pl| pl.window_start),
+                    anchor: plan.and_then(|pl| pl.anchor.as_deref()),
+                    kept: plan.map(|pl| &pl.kept[..]),
+                    unrestorable: plan.map(|pl| &pl.unrestorable[..]),
+                    backups_deleted: plan
+                        .map_or(&[][..], |pl| &pl.delete)
+                        .iter()
+                        .filter(|d| {
+                            d.why == Why::ExpiredBackup && !refused_keys.contains(&d.key.as_str())
+                        })
+                        .filter_map(|d| catalog::parse_backup_meta_key(&d.key))
+                        .collect(),
+                    planned,
+                    deleted: p.deleted,
+                    freed: p.freed,
+                    refused: &p.refused,
+                }
+            })
+            .collect(),
+    }
 }

@@ -266,11 +266,7 @@ impl Archive {
                 if w.complete {
                     has_seg = true;
                 } else {
-                    parts
-                        .entry(w.key.clone())
-                        .or_insert((w, Vec::new()))
-                        .1
-                        .push(i);
+                    parts.entry(w.key()).or_insert((w, Vec::new())).1.push(i);
                 }
             }
             if !has_seg {
@@ -362,14 +358,12 @@ impl Archive {
         }
         let mut chunks = Vec::with_capacity(chosen.len());
         for o in &chosen {
-            let holders = &parts[&o.key].1;
+            let holders = &parts[&o.key()].1;
             let want = o.end - o.start;
             let (plain, _) = self
-                .read_among(
-                    &o.key,
-                    holders,
-                    |b| async move { open_exact(opener, &b, want) },
-                )
+                .read_among(&o.key(), holders, |b| async move {
+                    open_exact(opener, &b, want)
+                })
                 .await
                 .map_err(|nc| {
                     WalError::Unusable(format!(
@@ -393,7 +387,7 @@ impl Archive {
                         .filter_map(|o| catalog::parse_wal_key(&o.key, seg))
                         .find(|w| w.name.tli == tli && w.end_lsn(seg) > lsn);
                     if let Some(w) = later {
-                        return Later::Found(format!("{} on storage \"{}\"", w.key, p.name()));
+                        return Later::Found(format!("{} on storage \"{}\"", w.key(), p.name()));
                     }
                 }
                 Err(e) => return Later::Unknown(e.to_string()),

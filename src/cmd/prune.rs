@@ -32,9 +32,11 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
         }
         Some(s) => match plan::parse_time(s) {
             Ok(ParsedTime::Zoned(t)) => t,
-            Ok(ParsedTime::Naive(_)) => return Err(super::usage(format!(
+            Ok(ParsedTime::Naive(_)) => {
+                return Err(super::usage(format!(
                 "--now {s}: give the time with its zone\nhint: e.g. --now '2026-12-24 00:00:00+00'"
-            ))),
+            )))
+            }
             Err(e) => return Err(super::usage(format!("--now: {e}"))),
         },
     };

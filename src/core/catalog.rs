@@ -66,10 +66,10 @@ pub fn history_prefix(tli: TimelineId) -> String {
     format!("history/{:08X}.history.", tli.0)
 }
 
-/// One WAL object, parsed from its key.
+/// One WAL object, parsed from its key (which it re-renders exactly: [`WalObject::key`];
+/// not holding it keeps a listing of a million objects small).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalObject {
-    pub key: String,
     pub name: SegmentName,
     pub segno: SegNo,
     /// Byte range inside the segment.
@@ -79,6 +79,14 @@ pub struct WalObject {
 }
 
 impl WalObject {
+    /// Its key: `wal/<TLI>/<SEGMENT>.seg` or `….<START>-<END>.part`.
+    pub fn key(&self) -> String {
+        if self.complete {
+            segment_key(self.name)
+        } else {
+            part_key(self.name, self.start, self.end)
+        }
+    }
     pub fn start_lsn(&self, seg: WalSegSize) -> Lsn {
         Lsn(self.segno.start_lsn(seg).0 + self.start)
     }
@@ -117,7 +125,6 @@ pub fn parse_wal_key(key: &str, seg: WalSegSize) -> Option<WalObject> {
         // The segment's end must be an LSN: the last segment of the LSN space ends at 2^64.
         segno.0.checked_add(1)?.checked_mul(seg.bytes())?;
         return Some(WalObject {
-            key: key.into(),
             name,
             segno,
             start: 0,
@@ -129,8 +136,7 @@ pub fn parse_wal_key(key: &str, seg: WalSegSize) -> Option<WalObject> {
     let (a, b) = range.split_once('-')?;
     let (start, end) = (u64::from(hex32(a)?), u64::from(hex32(b)?));
     segno.0.checked_mul(seg.bytes())?.checked_add(end)?;
-    (start < end && end <= seg.bytes()).then(|| WalObject {
-        key: key.into(),
+    (start < end && end <= seg.bytes()).then_some(WalObject {
         name,
         segno,
         start,

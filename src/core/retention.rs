@@ -187,30 +187,37 @@ pub fn plan_provider<'a>(
     catalog: &'a [BackupMeta],
     listing: &[Listed],
 ) -> ProviderPlan {
-    let keys: BTreeSet<&str> = listing.iter().map(|l| l.key.as_str()).collect();
-    let size_of: std::collections::HashMap<&str, u64> =
-        listing.iter().map(|l| (l.key.as_str(), l.size)).collect();
-    let wal_inv = WalInventory::from_keys(
+    // The listing is sorted by key: lookups are binary searches (no second index of a
+    // million keys).
+    let find = |key: &str| {
+        listing
+            .binary_search_by(|l| l.key.as_str().cmp(key))
+            .ok()
+            .map(|i| &listing[i])
+    };
+    let has = |key: &str| find(key).is_some();
+    // The WAL ranges (the inventory of a million objects is dropped at once).
+    let ranges: Vec<WalRange> = WalInventory::from_keys(
         listing
             .iter()
             .filter(|l| l.key.starts_with("wal/"))
             .map(|l| l.key.as_str()),
         seg,
-    );
-    let ranges: Vec<WalRange> = wal_inv.ranges(seg);
+    )
+    .ranges(seg);
     let window_start = Timestamp(now.0 - i64::from(policy.pitr_days) * DAY);
 
     // The backups this provider can restore, oldest first.
     let here: Vec<&BackupMeta> = catalog
         .iter()
-        .filter(|b| keys.contains(catalog::backup_meta_key(&b.id).as_str()))
+        .filter(|b| has(&catalog::backup_meta_key(&b.id)))
         .collect();
     let restorable_on = |b: &BackupMeta| {
         b.parts
             .iter()
             .map(|p| p.key.as_str())
             .chain([b.manifest.key.as_str()])
-            .all(|k| keys.contains(k))
+            .all(has)
             && catalog::wal_covers(&ranges, b.timeline, b.start_lsn, b.end_timeline, b.end_lsn)
     };
     let mut restorable: Vec<&BackupMeta> =
@@ -288,12 +295,31 @@ pub fn plan_provider<'a>(
     for id in kept.keys() {
         spans.extend(backup_wal(by_id[id], seg));
     }
+    // Merged per timeline, for a binary search per WAL object.
+    spans.sort();
+    let mut merged: BTreeMap<(TimelineId, u64), u64> = BTreeMap::new();
+    let mut last: Option<(TimelineId, u64, u64)> = None;
+    for (t, s, e) in spans {
+        match &mut last {
+            Some((lt, _, le)) if *lt == t && s <= *le + 1 => *le = (*le).max(e),
+            _ => {
+                if let Some((lt, ls, le)) = last.take() {
+                    merged.insert((lt, ls), le);
+                }
+                last = Some((t, s, e));
+            }
+        }
+    }
+    if let Some((lt, ls, le)) = last {
+        merged.insert((lt, ls), le);
+    }
     let floor = anchor.map(|a| a.start_lsn.segment_start(seg));
     let needed = |tli: TimelineId, segno: u64| {
         floor.map_or(true, |f| segno >= f.segno(seg).0)
-            || spans
-                .iter()
-                .any(|(t, s, e)| *t == tli && *s <= segno && segno <= *e)
+            || merged
+                .range(..=(tli, segno))
+                .next_back()
+                .is_some_and(|((t, _), e)| *t == tli && segno <= *e)
     };
 
     let old = |l: &Listed| {
@@ -314,10 +340,10 @@ pub fn plan_provider<'a>(
         for b in gone {
             let prefix = catalog::backup_prefix(&b.id);
             let meta = catalog::backup_meta_key(&b.id);
-            if let Some(size) = size_of.get(meta.as_str()) {
+            if let Some(l) = find(&meta) {
                 delete.push(Deletion {
                     key: meta.clone(),
-                    size: *size,
+                    size: l.size,
                     why: Why::ExpiredBackup,
                 });
             }
@@ -346,7 +372,7 @@ pub fn plan_provider<'a>(
         let Some((id, _)) = rest.split_once('/') else {
             continue;
         };
-        if committed.contains(id) || keys.contains(catalog::backup_meta_key(id).as_str()) {
+        if committed.contains(id) || has(&catalog::backup_meta_key(id)) {
             continue;
         }
         let started = backup_id_time(id);
@@ -358,28 +384,32 @@ pub fn plan_provider<'a>(
             });
         }
     }
-    // WAL: what nothing kept needs (only with an anchor), and superseded parts before it.
+    // WAL: what nothing kept needs (only with an anchor), and superseded parts before it;
+    // oldest first (the listing's order is timeline, then LSN).
     if let Some(f) = floor {
-        for objs in wal_inv.objects.values() {
-            for o in objs {
-                let size = size_of.get(o.key.as_str()).copied().unwrap_or(0);
-                if !needed(o.name.tli, o.segno.0) {
-                    delete.push(Deletion {
-                        key: o.key.clone(),
-                        size,
-                        why: Why::Wal,
-                    });
-                } else if !o.complete
-                    && o.segno.0 < f.segno(seg).0
-                    && keys.contains(catalog::segment_key(o.name).as_str())
-                {
-                    delete.push(Deletion {
-                        key: o.key.clone(),
-                        size,
-                        why: Why::Superseded,
-                    });
-                }
-            }
+        let from = listing.partition_point(|l| l.key.as_str() < "wal/");
+        for l in listing[from..]
+            .iter()
+            .take_while(|l| l.key.starts_with("wal/"))
+        {
+            let Some(o) = catalog::parse_wal_key(&l.key, seg) else {
+                continue;
+            };
+            let why = if !needed(o.name.tli, o.segno.0) {
+                Why::Wal
+            } else if !o.complete
+                && o.segno.0 < f.segno(seg).0
+                && has(&catalog::segment_key(o.name))
+            {
+                Why::Superseded
+            } else {
+                continue;
+            };
+            delete.push(Deletion {
+                key: l.key.clone(),
+                size: l.size,
+                why,
+            });
         }
     }
     for l in listing.iter().filter(|l| l.key.contains(".tmp.") && old(l)) {

@@ -373,7 +373,8 @@ impl FileStore {
                 }
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        // Keys are unique: an unstable sort needs no buffer of its own.
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 }
