@@ -79,7 +79,9 @@ impl BackupSummary {
     }
 }
 
-pub async fn run(archive: &Archive, retention: &RetentionConfig) -> Result<ListReport> {
+/// The summary; with `retention`, also what the policy keeps (a listing and a plan of the
+/// first provider: `list` shows it, `status`, which monitoring runs often, does not).
+pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Result<ListReport> {
     let Some(meta) = archive.meta().await? else {
         return Ok(ListReport {
             backups: Vec::new(),
@@ -99,29 +101,31 @@ pub async fn run(archive: &Archive, retention: &RetentionConfig) -> Result<ListR
     let mut backups: Vec<BackupSummary> =
         metas.iter().map(|m| BackupSummary::new(m, &wal)).collect();
     // What the retention policy keeps, as `prune` would plan the first provider now.
-    let mut listing = Vec::new();
-    for prefix in ["backups/", "history/", "wal/"] {
-        listing.extend(first.list(prefix).await?.into_iter().map(|o| Listed {
-            key: o.key,
-            size: o.size,
-            modified: None,
-        }));
-    }
-    listing.sort_by(|a, b| a.key.cmp(&b.key));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    let plan = retention::plan_provider(
-        &crate::archive::prune::policy(retention),
-        Timestamp(now),
-        seg,
-        &metas,
-        &listing,
-    );
-    for b in &mut backups {
-        if let Some(k) = plan.kept.iter().find(|k| k.backup == b.id) {
-            b.kept_by = k.tiers.clone();
-            b.keep_until = k.keep_until;
+    if let Some(retention) = retention {
+        let mut listing = Vec::new();
+        for prefix in ["backups/", "history/", "wal/"] {
+            listing.extend(first.list(prefix).await?.into_iter().map(|o| Listed {
+                key: o.key,
+                size: o.size,
+                modified: None,
+            }));
+        }
+        listing.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let plan = retention::plan_provider(
+            &crate::archive::prune::policy(retention),
+            Timestamp(now),
+            seg,
+            &metas,
+            &listing,
+        );
+        for b in &mut backups {
+            if let Some(k) = plan.kept.iter().find(|k| k.backup == b.id) {
+                b.kept_by = k.tiers.clone();
+                b.keep_until = k.keep_until;
+            }
         }
     }
     let last_drill = archive.drills().await?.pop().map(|d| DrillSummary {

@@ -7,7 +7,7 @@ use crate::core::fmt;
 
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let archive = Archive::open(&ctx.cfg)?;
-    let report = summary::run(&archive, &ctx.cfg.retention).await?;
+    let report = summary::run(&archive, Some(&ctx.cfg.retention)).await?;
     if ctx.json() {
         return print_json(&report);
     }

@@ -11,7 +11,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
         err: e,
         quiet: false,
     })?;
-    let report = health::run(&ctx.cfg.wal.spool_dir, &archive, &ctx.cfg.retention).await;
+    let report = health::run(&ctx.cfg.wal.spool_dir, &archive).await;
     if ctx.json() {
         print_json(&report)?;
     } else {

@@ -329,3 +329,87 @@ fn a_fast_shutdown_is_not_held_while_a_provider_stalls() {
     stop_streamer(stream);
     assert_no_gap(&s, end);
 }
+
+/// Item 1 end to end: the first provider holds only the first part of a segment and
+/// nothing after it; the second holds everything. Restored to the latest point, with the
+/// plain `wal-fetch` restore_command of the README (`--wal-prefetch 0`) and with the
+/// prefetching one, PostgreSQL replays every committed row: the one reader merges the
+/// providers instead of zero-filling the first provider's prefix. (Before the reader, the
+/// plain form replayed 18,000 of 36,000 rows and promoted.)
+#[test]
+fn a_one_sided_partial_never_ends_a_restore_early() {
+    let s = setup();
+    s.pg.psql("CREATE TABLE t (id int, batch int)");
+    let stream = s.lb.start_streamer(&s.pg);
+    expect_success(
+        &s.lb.run(&["backup", "--fast"], Duration::from_secs(600)),
+        "backup",
+    );
+    // Small commits with pauses longer than max_delay: the segment gets parts.
+    let seg_bytes = s.pg.wal_segment_size();
+    let n = parse_lsn(&s.pg.current_lsn()) / seg_bytes;
+    for b in 0..3 {
+        s.pg.psql(&format!(
+            "INSERT INTO t SELECT g, {b} FROM generate_series({}, {}) g",
+            b * 1000 + 1,
+            b * 1000 + 1000
+        ));
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    // Then enough WAL for later segments.
+    for b in 3..6 {
+        s.pg.psql(&format!(
+            "INSERT INTO t SELECT g, {b} FROM generate_series({}, {}) g",
+            b * 100_000 + 1,
+            b * 100_000 + 100_000
+        ));
+        s.pg.switch_wal();
+    }
+    let total = s.pg.psql("SELECT count(*) FROM t");
+    wait_caught_up(&s.pg, Duration::from_secs(120), &s.lb);
+    stop_streamer(stream);
+
+    // The first provider keeps only segment N's first part, and nothing after N.
+    let name = format!(
+        "{:08X}{:08X}{:08X}",
+        1,
+        n / (0x1_0000_0000 / seg_bytes),
+        n % (0x1_0000_0000 / seg_bytes)
+    );
+    let dir = s.lb.archive.join("wal/00000001");
+    let mut parts: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&name) && f.ends_with(".part"))
+        .collect();
+    parts.sort();
+    let first = parts
+        .iter()
+        .find(|p| p.contains(".00000000-"))
+        .unwrap_or_else(|| panic!("segment {name} has no part from offset 0: {parts:?}"))
+        .clone();
+    let mut removed = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let f = e.unwrap().file_name().to_string_lossy().into_owned();
+        if f.len() >= 24 && (f[..24] > *name.as_str() || (f.starts_with(&name) && f != first)) {
+            std::fs::remove_file(dir.join(&f)).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 2, "{removed}");
+
+    let work = tempfile::tempdir().unwrap();
+    for prefetch in ["0", "8"] {
+        let restored = crate::restore::restore_and_start(
+            &s.lb,
+            15,
+            work.path(),
+            &["--wal-prefetch", prefetch],
+        );
+        assert_eq!(
+            restored.psql("SELECT count(*) FROM t"),
+            total,
+            "prefetch {prefetch}"
+        );
+    }
+}
