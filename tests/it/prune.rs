@@ -208,3 +208,103 @@ fn a_provider_missing_part_of_a_backup_keeps_the_older_anchor() {
         .all(|f| !f.starts_with(&format!("backups/{old}/"))));
     assert!(files(second.path()).contains(&format!("backups/{old}/backup.json")));
 }
+
+/// The same on both S3 test servers (moto and s3s-fs, beside the local store): the old
+/// backup's objects and the WAL before the kept backup leave every provider, the kept point
+/// restores, and each provider holds the run's record.
+#[test]
+fn prune_on_both_s3_servers() {
+    use crate::support::s3::{cred_env, Kind, S3Server};
+    let pg = PgCluster::start(15, ClusterOpts::default());
+    let moto = S3Server::start(Kind::Moto);
+    let fs = S3Server::start(Kind::S3sFs);
+    moto.create_bucket("archive", false);
+    fs.create_bucket("archive", false);
+    let lb = Lb::for_cluster(
+        &pg,
+        &format!(
+            "{SMALL_PARTS}{}\n{}\n{POLICY}",
+            moto.storage_toml("moto", "archive", "pg", ""),
+            fs.storage_toml("s3s-fs", "archive", "pg", "")
+        ),
+    );
+    let run = |args: &[&str]| {
+        let mut c = lb.cmd();
+        c.args(args).envs(cred_env());
+        run_timeout(&mut c, Duration::from_secs(600), None).unwrap()
+    };
+    pg.psql("CREATE TABLE t (id int, src text)");
+    pg.psql("INSERT INTO t SELECT g, 'first' FROM generate_series(1, 1000) g");
+    let end = pg.current_lsn();
+    expect_success(&run(&["stream", "--endpos", &end]), "stream");
+    expect_success(&run(&["backup", "--fast"]), "backup 1");
+    pg.psql("INSERT INTO t SELECT g, 'between' FROM generate_series(1001, 2000) g");
+    pg.switch_wal();
+    std::thread::sleep(Duration::from_millis(1100));
+    expect_success(&run(&["backup", "--fast"]), "backup 2");
+    pg.psql("INSERT INTO t SELECT g, 'last' FROM generate_series(2001, 2100) g");
+    let end = pg.switch_wal();
+    expect_success(&run(&["stream", "--endpos", &end]), "stream to the end");
+    let list = json_of(&run(&["--json", "list"]));
+    let ids: Vec<String> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    let old = &ids[0];
+    let first_wal = moto
+        .keys("archive")
+        .into_iter()
+        .find(|k| k.starts_with("pg/wal/"))
+        .unwrap();
+
+    let later = in_days(&pg, 3);
+    let out = run(&["--json", "prune", "--now", &later]);
+    let done = json_of(&out);
+    for p in done["providers"].as_array().unwrap() {
+        assert!(
+            p["error"].is_null() && p["refused"].as_array().unwrap().is_empty(),
+            "{p}"
+        );
+        assert!(p["deleted"].as_u64().unwrap() > 0, "{p}");
+    }
+    for srv in [&moto, &fs] {
+        let keys = srv.keys("archive");
+        assert!(
+            !keys
+                .iter()
+                .any(|k| k.starts_with(&format!("pg/backups/{old}/"))),
+            "{}: {keys:?}",
+            srv.kind.name()
+        );
+        assert!(
+            !keys.contains(&first_wal),
+            "{}: {first_wal}",
+            srv.kind.name()
+        );
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with("pg/prune/") && k.ends_with(".json")),
+            "{}: {keys:?}",
+            srv.kind.name()
+        );
+    }
+    let again = json_of(&run(&["--json", "prune", "--now", &later]));
+    for p in again["providers"].as_array().unwrap() {
+        assert_eq!(p["plan"]["delete"].as_array().unwrap().len(), 0, "{p}");
+    }
+    // The kept point restores from S3 alone (the local store emptied first).
+    std::fs::remove_dir_all(&lb.archive).unwrap();
+    std::fs::create_dir_all(&lb.archive).unwrap();
+    for (k, v) in cred_env() {
+        std::env::set_var(k, v);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let restored = restore_and_start(&lb, 15, work.path(), &[]);
+    assert_eq!(
+        restored.psql("SELECT src, count(*) FROM t GROUP BY src ORDER BY src"),
+        "between|1000\nfirst|1000\nlast|100"
+    );
+}
