@@ -22,7 +22,7 @@ pub fn render(r: &ListReport) -> String {
         s.push_str("no backups\n");
     } else {
         s.push_str(&format!(
-            "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {:<24} {:<10} LABEL\n",
+            "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {:<32} {:<10} LABEL\n",
             "BACKUP",
             "TLI",
             "START LSN",
@@ -41,7 +41,7 @@ pub fn render(r: &ListReport) -> String {
                 .map(|t| format!("{t:?}").to_lowercase())
                 .collect();
             s.push_str(&format!(
-                "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {:<24} {:<10} {}\n",
+                "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {:<32} {:<10} {}\n",
                 b.id,
                 b.timeline,
                 b.start_lsn.to_string(),
@@ -143,8 +143,8 @@ mod tests {
         };
         assert_eq!(
             render(&r),
-            "BACKUP               TLI START LSN    END LSN      STARTED                    SIZE     STORED RESTORABLE KEPT BY                  UNTIL      LABEL\n\
-             20261124T083012Z       1 0/5000028    0/5000138    2026-11-24T08:30:12Z   24.0 MiB    3.0 MiB yes        daily,monthly            2026-10-01 nightly\n\
+            "BACKUP               TLI START LSN    END LSN      STARTED                    SIZE     STORED RESTORABLE KEPT BY                          UNTIL      LABEL\n\
+             20261124T083012Z       1 0/5000028    0/5000138    2026-11-24T08:30:12Z   24.0 MiB    3.0 MiB yes        daily,monthly                    2026-10-01 nightly\n\
              WAL:\n  timeline 1: 0/1000000 – 0/6000000\n\
              \x20 LOST   timeline 1: 0/6000000 – 0/9000000 (accepted 2025-11-24 16:00:00+00: the server removed this WAL before it was archived)\n\
              last drill: 20261124T093000Z passed (backup 20261124T083012Z, 12.3 s)\n"
