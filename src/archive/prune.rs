@@ -185,6 +185,10 @@ pub async fn apply(archive: &Archive, report: &mut PruneReport) -> Result<()> {
             {
                 continue;
             }
+            // Nor its WAL: the plan counted on the backup being gone.
+            if matches!(d.why, Why::Wal | Why::Superseded) && !kept_markers.is_empty() {
+                continue;
+            }
             match p.delete(&d.key).await {
                 Ok(()) => {
                     pp.deleted += 1;

@@ -45,7 +45,11 @@ pub fn part_key(name: SegmentName, start: u64, end: u64) -> String {
 pub fn superseding_segment_key(key: &str) -> Option<String> {
     let rest = key.strip_prefix("wal/")?.strip_suffix(".part")?;
     let (tli_dir, file) = rest.split_once('/')?;
-    let name: SegmentName = file.get(..24)?.parse().ok()?;
+    let seg_name = file.get(..24)?;
+    if seg_name.bytes().any(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    let name: SegmentName = seg_name.parse().ok()?;
     (hex32(tli_dir)? == name.tli.0 && file.as_bytes().get(24) == Some(&b'.'))
         .then(|| segment_key(name))
 }
@@ -104,10 +108,13 @@ pub struct HistoryObject {
     pub switch: Lsn,
 }
 
+/// Eight upper-case hex digits, as lifeboat writes them (keys re-render exactly).
 fn hex32(s: &str) -> Option<u32> {
-    (s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| u32::from_str_radix(s, 16).ok())
-        .flatten()
+    (s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
+    .then(|| u32::from_str_radix(s, 16).ok())
+    .flatten()
 }
 
 /// Parse a WAL key; `None` for anything else (foreign files are ignored, not fatal).

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::core::catalog::{self, BackupMeta, WalInventory, WalRange};
 use crate::core::plan::{civil_from_days, days_from_civil, Timestamp};
-use crate::core::wal::{TimelineId, WalSegSize};
+use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 
 const DAY: i64 = 86_400 * 1_000_000;
 
@@ -246,11 +246,50 @@ pub fn plan_provider<'a>(
         }
     };
 
+    // The newest timeline's history: the PITR anchor must lie on it. A backup of a branch
+    // the cluster left (timeline 1 past the point a lagging standby forked from it) cannot
+    // recover any instant of the current timeline, and WAL kept from its start would miss
+    // the current timeline's WAL before it.
+    let mut histories: BTreeMap<TimelineId, (TimelineId, Lsn)> = BTreeMap::new();
+    let from = listing.partition_point(|l| l.key.as_str() < "history/");
+    for l in listing[from..]
+        .iter()
+        .take_while(|l| l.key.starts_with("history/"))
+    {
+        if let Some(h) = catalog::parse_history_key(&l.key) {
+            histories.insert(h.tli, (h.parent, h.switch));
+        }
+    }
+    let newest = ranges
+        .iter()
+        .map(|r| TimelineId(r.timeline))
+        .chain(histories.keys().copied())
+        .max()
+        .unwrap_or(TimelineId(1));
+    // (timeline, where it begins) from the newest back to its root.
+    let mut path = vec![(newest, Lsn(0))];
+    while let Some((parent, switch)) = histories.get(&path.last().expect("not empty").0) {
+        path.last_mut().expect("not empty").1 = *switch;
+        if *parent >= path.last().expect("not empty").0 || path.len() > 10_000 {
+            break;
+        }
+        path.push((*parent, Lsn(0)));
+    }
+    let tli_at = |lsn: Lsn| {
+        path.iter()
+            .find(|(_, begin)| *begin <= lsn)
+            .map(|(t, _)| *t)
+    };
+    let on_path = |b: &BackupMeta| {
+        tli_at(b.start_lsn) == Some(b.timeline) && tli_at(b.end_lsn) == Some(b.end_timeline)
+    };
+
     // The PITR window: its anchor and everything inside it.
     let anchor = restorable
         .iter()
         .rev()
-        .find(|b| b.end_time <= window_start)
+        .find(|b| b.end_time <= window_start && on_path(b))
+        .or_else(|| restorable.iter().find(|b| on_path(b)))
         .or(restorable.first())
         .copied();
     let window_covered = anchor.is_some_and(|a| a.end_time <= window_start);
@@ -362,9 +401,25 @@ pub fn plan_provider<'a>(
             }
         }
     }
-    // Leftovers of backups that never committed (no backup.json on any provider).
+    // Leftovers of backups that never committed (no backup.json on any provider). A backup
+    // still writing (a throttled one may run longer than the grace period) has a recent
+    // object: its id's newest write decides, not each object's.
     let committed: BTreeSet<&str> = catalog.iter().map(|b| b.id.as_str()).collect();
     let grace_start = Timestamp(now.0.saturating_sub(policy.grace));
+    let mut newest_write: BTreeMap<&str, Option<Timestamp>> = BTreeMap::new();
+    for l in listing {
+        if let Some((id, _)) = l
+            .key
+            .strip_prefix(catalog::BACKUPS_PREFIX)
+            .and_then(|r| r.split_once('/'))
+        {
+            let e = newest_write.entry(id).or_insert(l.modified);
+            *e = match (*e, l.modified) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
     for l in listing {
         let Some(rest) = l.key.strip_prefix(catalog::BACKUPS_PREFIX) else {
             continue;
@@ -376,7 +431,8 @@ pub fn plan_provider<'a>(
             continue;
         }
         let started = backup_id_time(id);
-        if started.is_some_and(|t| t <= grace_start) && (l.modified.is_none() || old(l)) {
+        let written = newest_write.get(id).copied().flatten();
+        if started.is_some_and(|t| t <= grace_start) && written.map_or(true, |w| w <= grace_start) {
             delete.push(Deletion {
                 key: l.key.clone(),
                 size: l.size,
@@ -829,6 +885,98 @@ mod tests {
         // The oldest monthly is at most 84 months back, and its WAL span is kept.
         let oldest = plan.kept.iter().map(|k| k.end_time).min().unwrap();
         assert!(now.0 - oldest.0 <= 85 * 31 * DAY);
+    }
+
+    /// A standby that lagged was promoted: timeline 2 forked from timeline 1 at segment 10,
+    /// and backup B was taken on timeline 1 after that point (during the lag), before the
+    /// failover; C on timeline 2 after it. With the window's start between B and C, the
+    /// anchor must be A (before the fork, on timeline 2's history), not B: recovering an
+    /// instant of timeline 2 before C needs A, timeline 1 up to the fork and timeline 2
+    /// from it.
+    #[test]
+    fn the_anchor_lies_on_the_current_timelines_history() {
+        let h = History {
+            units: 40,
+            backups: vec![],
+            switch: None,
+            holes: vec![],
+            interrupted: vec![],
+            missing: vec![],
+            temps: vec![],
+            policy: Policy {
+                pitr_days: 7,
+                daily_days: 0,
+                weekly_weeks: 0,
+                monthly_months: 0,
+                min_backups: 0,
+                grace: DAY,
+            },
+            now_extra: 0,
+        };
+        let day = |d: i64| Timestamp(T0 + d * DAY);
+        let mk = |unit: u64, tli: u32, start_seg: u64, end_day: i64| {
+            let mut m = meta(&h, unit);
+            m.timeline = TimelineId(tli);
+            m.end_timeline = TimelineId(tli);
+            m.start_lsn = Lsn(start_seg * SEG.bytes() + 0x28);
+            m.end_lsn = Lsn(start_seg * SEG.bytes() + 0x1000);
+            m.end_time = day(end_day);
+            m
+        };
+        let cat = vec![mk(1, 1, 2, 1), mk(2, 1, 15, 10), mk(3, 2, 25, 12)];
+        let mut listing = Vec::new();
+        let mut add = |key: String| {
+            listing.push(Listed {
+                key,
+                size: 1,
+                modified: Some(day(0)),
+            })
+        };
+        for n in 1..=20u64 {
+            add(catalog::segment_key(SegmentName::new(
+                TimelineId(1),
+                crate::core::wal::SegNo(n),
+                SEG,
+            )));
+        }
+        for n in 10..=30u64 {
+            add(catalog::segment_key(SegmentName::new(
+                TimelineId(2),
+                crate::core::wal::SegNo(n),
+                SEG,
+            )));
+        }
+        add(catalog::history_key(
+            TimelineId(2),
+            TimelineId(1),
+            Lsn(10 * SEG.bytes() + 0x100),
+        ));
+        for b in &cat {
+            for p in b.parts.iter().chain([&b.manifest]) {
+                add(p.key.clone());
+            }
+            add(catalog::backup_meta_key(&b.id));
+        }
+        listing.sort_by(|a, b| a.key.cmp(&b.key));
+        let plan = plan_provider(&h.policy, day(18), SEG, &cat, &listing);
+        assert_eq!(plan.anchor.as_deref(), Some(cat[0].id.as_str()), "{plan:?}");
+        assert!(
+            !plan
+                .delete
+                .iter()
+                .any(|d| d.key.starts_with("wal/00000002/")),
+            "{:?}",
+            plan.delete
+        );
+        // Timeline 1 from A's start on stays too (it leads to the fork); only segment 1,
+        // before A, goes.
+        let wal: Vec<&str> = plan
+            .delete
+            .iter()
+            .filter(|d| d.why == Why::Wal)
+            .map(|d| d.key.as_str())
+            .collect();
+        assert_eq!(wal, vec!["wal/00000001/000000010000000000000001.seg"]);
     }
 
     #[test]

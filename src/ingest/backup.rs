@@ -555,6 +555,7 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
                     seg,
                     timeline: start.1,
                     start: meta.start_lsn,
+                    end_timeline: meta.end_timeline,
                     endpos: meta.end_lsn,
                     spool_dir: spool_dir.clone(),
                 },

@@ -38,7 +38,10 @@ pub fn server_lost_wal(e: &anyhow::Error) -> Option<String> {
     let m = &fields.message;
     match fields.code? {
         SqlState::UNDEFINED_FILE if m.contains("has already been removed") => Some(m.clone()),
-        SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE if m.contains("replication slot") => {
+        SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE
+            if m.contains("can no longer access replication slot")
+                || m.contains("has been invalidated") =>
+        {
             Some(fields.to_string())
         }
         _ => None,
@@ -161,7 +164,7 @@ pub fn lost_message(lost: &Lost, slot: Option<&str>, server_said: &str) -> Strin
             tli = lost.timeline,
         ),
         None => format!(
-            "{LOST_WAL} yet, but {slot_words} is no longer usable (the server said: {server_said}); the server still has the WAL from the archive's end {} on timeline {}, and may remove it at any checkpoint\n\
+            "{LOST_WAL}: not yet, but {slot_words} is no longer usable (the server said: {server_said}); the server still has the WAL from the archive's end {} on timeline {}, and may remove it at any checkpoint\n\
              hint: run `lifeboat accept-gap` now: it makes the slot usable again (nothing is lost, so no gap is recorded)",
             lost.from, lost.timeline
         ),

@@ -619,6 +619,8 @@ pub struct Session<'a> {
     pub timeline: TimelineId,
     /// Streaming starts at the beginning of the segment holding it.
     pub start: Lsn,
+    /// The timeline of `endpos` (the backup's end timeline).
+    pub end_timeline: TimelineId,
     /// Streaming stops once everything before it is archived.
     pub endpos: Lsn,
     /// A spool directory of this session's own (spool files and outbox): never a running
@@ -687,7 +689,7 @@ pub async fn archive_range(
         failed: None,
     };
     let result = streamer
-        .follow(conn, Some((s.timeline, s.endpos)), &stop_rx)
+        .follow(conn, Some((s.end_timeline, s.endpos)), &stop_rx)
         .await;
     if matches!(&result, Err(e) if e.is::<ArchivingFailed>()) {
         return result.map(|_| streamer.state.acked);
@@ -1071,6 +1073,9 @@ impl Streamer {
             self.state.tli = start.0;
             self.state.acked_tli = start.0;
             self.state.submitted = start.1.segment_start(seg);
+            // Nothing before the start is the archive's to hold: the first drain (a history
+            // file on a timeline above 1) must not wait for an acknowledgement of it.
+            self.state.acked = self.state.submitted;
             self.resume_known = true;
             tracing::info!(timeline = %start.0, start = %self.state.submitted, "archive is empty: starting at the server's position");
         }

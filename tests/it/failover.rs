@@ -203,3 +203,33 @@ fn a_point_in_time_restore_streamed_back_into_its_archive() {
         point_in_time_restore_streamed_back(major);
     }
 }
+
+/// A first run against a server already on timeline 2 (a promoted standby, a restored
+/// cluster): the history file is archived first, and the run does not wait for an
+/// acknowledgement of WAL before its start (it used to hang there, the slot holding WAL).
+#[test]
+fn a_fresh_archive_of_a_server_on_timeline_2() {
+    let primary = PgCluster::start(15, ClusterOpts::default());
+    primary.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id");
+    let standby = primary.create_standby();
+    standby.wait_for("SELECT count(*) FROM t", "1000", Duration::from_secs(60));
+    primary.stop();
+    standby.promote();
+    assert_eq!(standby.timeline(), 2);
+    standby.psql("INSERT INTO t SELECT generate_series(1001, 2000)");
+    let end = standby.switch_wal();
+    let lb = Lb::for_cluster(&standby, "");
+    let out = lb.run(&["stream", "--endpos", &end], Duration::from_secs(60));
+    expect_success(
+        &out,
+        "lifeboat stream --endpos on a fresh archive at timeline 2",
+    );
+    assert!(!lb
+        .archive_files("history/00000002.history.00000001-")
+        .is_empty());
+    assert!(
+        archived_end(&lb, 2) >= parse_lsn(&end),
+        "{:?}",
+        lb.wal_ranges()
+    );
+}
