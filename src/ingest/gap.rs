@@ -254,7 +254,12 @@ pub async fn accept(cfg: &Config) -> Result<Accepted> {
             archive.record_gap(&gap).await?;
             // The spool's acknowledged position lies before the gap: move it past, so a
             // restart resumes after the gap (the archive's end before it stays as it is).
-            crate::ingest::outbox::set_acknowledged(&outbox, tli, to)?;
+            crate::ingest::outbox::set_acknowledged(&outbox, tli, to).map_err(|e| {
+                anyhow!(
+                    "the gap {from}–{to} is recorded in the archive, but the acknowledged position in {} cannot be moved past it: {e}\nhint: the streamer resumes after the recorded gap anyway; fix the spool directory's permissions or free space",
+                    outbox.display()
+                )
+            })?;
             Some(gap)
         }
     };
