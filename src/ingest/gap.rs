@@ -201,8 +201,13 @@ pub async fn accept(cfg: &Config) -> Result<Accepted> {
     let outbox = cfg.wal.spool_dir.join("outbox");
     let acknowledged = crate::ingest::outbox::acknowledged(&outbox);
     let gaps = archive.gaps().await?;
+    // WAL still in the outbox (a provider was down) is archived as far as the end goes.
+    let pending: Vec<String> = crate::ingest::outbox::leftovers(&outbox)?
+        .into_iter()
+        .map(|(_, key, _, _)| key)
+        .collect();
     let end = archive
-        .resume_point(seg, &[], acknowledged)
+        .resume_point(seg, &pending, acknowledged)
         .await?
         .map(|(tli, lsn)| after_gaps(&gaps, tli, lsn))
         .ok_or_else(|| anyhow!("the archive holds no WAL yet: there is no end to measure a gap from\nhint: start `lifeboat stream`"))?;
