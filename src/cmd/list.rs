@@ -50,8 +50,10 @@ pub fn render(r: &ListReport) -> String {
                 fmt::size(b.plain_size),
                 fmt::size(b.stored_size),
                 if b.restorable { "yes" } else { "no (WAL)" },
-                if kept.is_empty() {
+                if kept.is_empty() && b.restorable {
                     "- (next prune)".to_string()
+                } else if kept.is_empty() {
+                    "-".to_string()
                 } else {
                     kept.join(",")
                 },
