@@ -99,12 +99,7 @@ pub async fn plan(archive: &Archive, policy: &Policy, now: Timestamp) -> Result<
                         .map(|o| Listed {
                             key: o.key,
                             size: o.size,
-                            modified: o.modified.map(|m| {
-                                Timestamp(
-                                    m.duration_since(std::time::UNIX_EPOCH)
-                                        .map_or(0, |d| d.as_micros() as i64),
-                                )
-                            }),
+                            modified: o.modified.map(Timestamp::from_system_time),
                         })
                         .collect();
                     if listing.is_empty() {

@@ -111,12 +111,9 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
             }));
         }
         listing.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
         let plan = retention::plan_provider(
             &crate::archive::prune::policy(retention),
-            Timestamp(now),
+            Timestamp::from_system_time(std::time::SystemTime::now()),
             seg,
             &metas,
             &listing,

@@ -35,11 +35,7 @@ pub fn render(r: &ListReport) -> String {
             "UNTIL"
         ));
         for b in &r.backups {
-            let kept: Vec<String> = b
-                .kept_by
-                .iter()
-                .map(|t| format!("{t:?}").to_lowercase())
-                .collect();
+            let kept = crate::core::retention::tiers_text(&b.kept_by);
             s.push_str(&format!(
                 "{:<20} {:>3} {:<12} {:<12} {:<20} {:>10} {:>10} {:<10} {:<32} {:<10} {}\n",
                 b.id,
@@ -55,7 +51,7 @@ pub fn render(r: &ListReport) -> String {
                 } else if kept.is_empty() {
                     "-".to_string()
                 } else {
-                    kept.join(",")
+                    kept
                 },
                 b.keep_until
                     .map_or_else(|| "-".to_string(), |t| t.rfc3339()[..10].to_string()),

@@ -7,7 +7,7 @@ use crate::archive::prune::{self, PruneReport};
 use crate::archive::Archive;
 use crate::core::fmt;
 use crate::core::plan::{self, ParsedTime, Timestamp};
-use crate::core::retention::Why;
+use crate::core::retention::{tiers_text, Why};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,12 +24,7 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     let now = match &a.now {
-        None => {
-            let d = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            Timestamp(d.as_micros() as i64)
-        }
+        None => Timestamp::from_system_time(std::time::SystemTime::now()),
         Some(s) => match plan::parse_time(s) {
             Ok(ParsedTime::Zoned(t)) => t,
             Ok(ParsedTime::Naive(_)) => {
@@ -98,15 +93,10 @@ pub fn render(r: &PruneReport) -> String {
             }
         }
         for k in &plan.kept {
-            let tiers: Vec<String> = k
-                .tiers
-                .iter()
-                .map(|t| format!("{t:?}").to_lowercase())
-                .collect();
             s.push_str(&format!(
                 "  keep   {:<20} {:<28} until {}\n",
                 k.backup,
-                tiers.join(","),
+                tiers_text(&k.tiers),
                 until(k.keep_until)
             ));
         }
@@ -154,14 +144,9 @@ pub fn explain(r: &PruneReport, id: &str) -> String {
             continue;
         };
         let line = if let Some(k) = plan.kept.iter().find(|k| k.backup == id) {
-            let tiers: Vec<String> = k
-                .tiers
-                .iter()
-                .map(|t| format!("{t:?}").to_lowercase())
-                .collect();
             format!(
                 "kept by {} (until {}){}",
-                tiers.join(", "),
+                tiers_text(&k.tiers).replace(',', ", "),
                 until(k.keep_until),
                 if plan.anchor.as_deref() == Some(id) {
                     "; it is the PITR window's anchor: all WAL from its start on is kept"

@@ -174,6 +174,14 @@ impl Timestamp {
         Timestamp(secs * 1_000_000)
     }
 
+    /// A wall-clock time the caller read (core reads no clock); before 1970 counts as 1970.
+    pub fn from_system_time(t: std::time::SystemTime) -> Timestamp {
+        Timestamp(
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64),
+        )
+    }
+
     /// RFC 3339 in UTC, as JSON records hold it: `2026-11-24T14:30:41Z`
     /// (`...41.123456Z` when there are microseconds).
     pub fn rfc3339(self) -> String {

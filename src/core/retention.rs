@@ -76,6 +76,24 @@ pub enum Tier {
     Monthly,
 }
 
+impl Tier {
+    /// The name `list`, `prune` and the JSON records use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Pitr => "pitr",
+            Tier::Newest => "newest",
+            Tier::Daily => "daily",
+            Tier::Weekly => "weekly",
+            Tier::Monthly => "monthly",
+        }
+    }
+}
+
+/// Tiers as `list` and `prune` print them: `pitr,newest,daily`.
+pub fn tiers_text(tiers: &[Tier]) -> String {
+    tiers.iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
+}
+
 /// A kept recovery point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Kept {

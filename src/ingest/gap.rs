@@ -247,7 +247,7 @@ pub async fn accept(cfg: &Config) -> Result<Accepted> {
                 timeline: tli,
                 from,
                 to,
-                accepted_at: now(),
+                accepted_at: Timestamp::from_system_time(std::time::SystemTime::now()),
                 slot: slot.clone(),
                 reason: format!(
                     "the server removed this WAL before it was archived ({})",
@@ -273,13 +273,6 @@ pub async fn accept(cfg: &Config) -> Result<Accepted> {
         slot_recreated,
         slot,
     })
-}
-
-fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp(d.as_micros() as i64)
 }
 
 /// Where archiving resumes given the accepted gaps: a position inside a gap moves to its

@@ -8,29 +8,9 @@ use std::time::Duration;
 use crate::restore::{restore_and_start, stream_and_backup};
 use crate::support::*;
 
-/// PostgreSQL 15 and the newest installed major (the failover tests run on both).
-fn failover_majors() -> Vec<u32> {
-    let avail = require_majors();
-    let mut m: Vec<u32> = [15, *avail.iter().max().unwrap()]
-        .into_iter()
-        .filter(|v| avail.contains(v))
-        .collect();
-    m.dedup();
-    m
-}
-
-fn rows_by_source(pg: &PgCluster) -> String {
+/// Rows of the tests' table `t` counted by their `src` column.
+pub(crate) fn rows_by_source(pg: &PgCluster) -> String {
     pg.psql("SELECT src, count(*) FROM t GROUP BY src ORDER BY src")
-}
-
-/// The newest archived end on timeline `tli`.
-fn archived_end(lb: &Lb, tli: u64) -> u64 {
-    lb.wal_ranges()
-        .iter()
-        .filter(|r| r.0 == tli)
-        .map(|r| r.2)
-        .max()
-        .unwrap_or(0)
 }
 
 fn failover_to_a_lagging_standby(major: u32) {
@@ -53,7 +33,7 @@ fn failover_to_a_lagging_standby(major: u32) {
     }
     wait_caught_up(&primary, Duration::from_secs(120), &lb);
     stop_streamer(streamer);
-    let old_end = archived_end(&lb, 1);
+    let old_end = lb.archived_end(1);
     drop(primary);
 
     // The standby is promoted (its primary is gone) and takes writes.
@@ -84,13 +64,13 @@ fn failover_to_a_lagging_standby(major: u32) {
         lb.archive_files("history/")
     );
     assert!(
-        archived_end(&lb, 2) >= parse_lsn(&end),
+        lb.archived_end(2) >= parse_lsn(&end),
         "timeline 2 archived to {end}: {:?}",
         lb.wal_ranges()
     );
     // The slot on the new primary holds what is not archived, never more than archived.
     let slot = slot_restart_lsn(&standby, "lifeboat").expect("slot on the new primary");
-    assert!(slot <= archived_end(&lb, 2), "slot at {}", fmt_lsn(slot));
+    assert!(slot <= lb.archived_end(2), "slot at {}", fmt_lsn(slot));
     let (ok, report) = lb.verify(false);
     assert!(ok, "{report}");
 
@@ -105,7 +85,7 @@ fn failover_to_a_lagging_standby(major: u32) {
 
 #[test]
 fn failover_to_a_lagging_standby_continues_from_the_fork() {
-    for major in failover_majors() {
+    for major in fifteen_and_newest_majors() {
         failover_to_a_lagging_standby(major);
     }
 }
@@ -146,7 +126,7 @@ fn failover_to_an_up_to_date_standby(major: u32) {
 
 #[test]
 fn failover_to_an_up_to_date_standby_follows_the_switch() {
-    for major in failover_majors() {
+    for major in fifteen_and_newest_majors() {
         failover_to_an_up_to_date_standby(major);
     }
 }
@@ -187,7 +167,7 @@ fn point_in_time_restore_streamed_back(major: u32) {
     let out = lb.run(&["stream", "--endpos", &end], Duration::from_secs(120));
     expect_success(&out, "lifeboat stream --endpos on the restored cluster");
     assert!(
-        archived_end(&lb, 2) >= parse_lsn(&end),
+        lb.archived_end(2) >= parse_lsn(&end),
         "{:?}\n{}",
         lb.wal_ranges(),
         stderr_of(&out)
@@ -199,7 +179,7 @@ fn point_in_time_restore_streamed_back(major: u32) {
 
 #[test]
 fn a_point_in_time_restore_streamed_back_into_its_archive() {
-    for major in failover_majors() {
+    for major in fifteen_and_newest_majors() {
         point_in_time_restore_streamed_back(major);
     }
 }
@@ -228,7 +208,7 @@ fn a_fresh_archive_of_a_server_on_timeline_2() {
         .archive_files("history/00000002.history.00000001-")
         .is_empty());
     assert!(
-        archived_end(&lb, 2) >= parse_lsn(&end),
+        lb.archived_end(2) >= parse_lsn(&end),
         "{:?}",
         lb.wal_ranges()
     );

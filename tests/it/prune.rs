@@ -18,6 +18,19 @@ fn in_days(pg: &PgCluster, days: u32) -> String {
     ))
 }
 
+/// The cluster's workspace with a second `file://` provider and the test policy.
+fn with_second_provider(pg: &PgCluster) -> (Lb, tempfile::TempDir) {
+    let second = tempfile::tempdir().unwrap();
+    let lb = Lb::for_cluster(
+        pg,
+        &format!(
+            "{SMALL_PARTS}[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n\n{POLICY}",
+            second.path().display()
+        ),
+    );
+    (lb, second)
+}
+
 fn backup_ids(lb: &Lb) -> Vec<String> {
     lb.list_json()["backups"]
         .as_array()
@@ -30,14 +43,7 @@ fn backup_ids(lb: &Lb) -> Vec<String> {
 #[test]
 fn prune_keeps_the_window_and_deletes_the_rest_in_order() {
     let pg = PgCluster::start(15, ClusterOpts::default());
-    let second = tempfile::tempdir().unwrap();
-    let lb = Lb::for_cluster(
-        &pg,
-        &format!(
-            "{SMALL_PARTS}[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n\n{POLICY}",
-            second.path().display()
-        ),
-    );
+    let (lb, second) = with_second_provider(&pg);
     pg.psql("CREATE TABLE t (id int, src text)");
     pg.psql("INSERT INTO t SELECT g, 'first' FROM generate_series(1, 1000) g");
     let streamer = lb.start_streamer(&pg);
@@ -170,14 +176,7 @@ fn prune_keeps_the_window_and_deletes_the_rest_in_order() {
 #[test]
 fn a_provider_missing_part_of_a_backup_keeps_the_older_anchor() {
     let pg = PgCluster::start(15, ClusterOpts::default());
-    let second = tempfile::tempdir().unwrap();
-    let lb = Lb::for_cluster(
-        &pg,
-        &format!(
-            "{SMALL_PARTS}[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n\n{POLICY}",
-            second.path().display()
-        ),
-    );
+    let (lb, second) = with_second_provider(&pg);
     pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id");
     let streamer = lb.start_streamer(&pg);
     expect_success(

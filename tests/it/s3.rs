@@ -560,16 +560,6 @@ fn stream_to_s3(major: u32) {
 }
 
 /// 15 and the newest installed major (if that is not 15).
-fn fifteen_and_newest_majors() -> Vec<u32> {
-    let mut majors = vec![15];
-    if let Some(n) = newest_major() {
-        if n != 15 {
-            majors.push(n);
-        }
-    }
-    majors
-}
-
 #[test]
 fn stream_end_to_end_on_s3() {
     for major in fifteen_and_newest_majors() {

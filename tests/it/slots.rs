@@ -6,18 +6,9 @@
 
 use std::time::Duration;
 
+use crate::failover::rows_by_source;
 use crate::restore::{restore, restore_and_start, stream_and_backup};
 use crate::support::*;
-
-fn slot_majors() -> Vec<u32> {
-    let avail = require_majors();
-    let mut m: Vec<u32> = [15, *avail.iter().max().unwrap()]
-        .into_iter()
-        .filter(|v| avail.contains(v))
-        .collect();
-    m.dedup();
-    m
-}
 
 /// A server that removes WAL eagerly: small WAL, nothing kept beyond what slots need, and
 /// slots given up past 32 MB.
@@ -44,14 +35,6 @@ fn churn(pg: &PgCluster, from: u32) {
     pg.psql("CHECKPOINT");
 }
 
-fn archived_end(lb: &Lb) -> u64 {
-    lb.wal_ranges().iter().map(|r| r.2).max().unwrap_or(0)
-}
-
-fn rows_by_source(pg: &PgCluster) -> String {
-    pg.psql("SELECT src, count(*) FROM t GROUP BY src ORDER BY src")
-}
-
 fn invalidated_slot(major: u32) {
     let pg = eager_server(major);
     pg.psql("CREATE TABLE t (id int, src text)");
@@ -59,7 +42,7 @@ fn invalidated_slot(major: u32) {
     let lb = Lb::for_cluster(&pg, SMALL_PARTS);
     let streamer = stream_and_backup(&pg, &lb);
     stop_streamer(streamer);
-    let end = archived_end(&lb);
+    let end = lb.archived_end(1);
 
     // The streamer is down; the server gives up on the slot and removes the WAL.
     churn(&pg, 1001);
@@ -122,7 +105,7 @@ fn invalidated_slot(major: u32) {
     let now = pg.switch_wal();
     let out = lb.run(&["stream", "--endpos", &now], Duration::from_secs(120));
     expect_success(&out, "lifeboat stream after accept-gap");
-    assert!(archived_end(&lb) >= parse_lsn(&now));
+    assert!(lb.archived_end(1) >= parse_lsn(&now));
     let ranges = lb.wal_ranges();
     assert!(
         ranges.iter().any(|r| r.1 == to),
@@ -171,7 +154,7 @@ fn invalidated_slot(major: u32) {
 
 #[test]
 fn an_invalidated_slot_stops_with_the_lost_range_until_the_gap_is_accepted() {
-    for major in slot_majors() {
+    for major in fifteen_and_newest_majors() {
         invalidated_slot(major);
     }
 }
@@ -195,7 +178,7 @@ fn dropped_slot(major: u32) {
         "{}",
         stderr_of(&out)
     );
-    let end = archived_end(&lb);
+    let end = lb.archived_end(1);
     assert!(end >= parse_lsn(&now));
 
     // Dropped, and the WAL removed since: the streamer stops and names the range.
@@ -222,7 +205,7 @@ fn dropped_slot(major: u32) {
 
 #[test]
 fn a_dropped_slot_is_recreated_loudly_and_lost_wal_stops_the_streamer() {
-    for major in slot_majors() {
+    for major in fifteen_and_newest_majors() {
         dropped_slot(major);
     }
 }

@@ -122,6 +122,18 @@ pub fn oldest_and_newest_majors() -> Vec<u32> {
     picks
 }
 
+/// PostgreSQL 15 and the newest available major (the failover, slot and S3 end-to-end tests
+/// run on both).
+pub fn fifteen_and_newest_majors() -> Vec<u32> {
+    let mut majors = vec![15];
+    if let Some(n) = newest_major() {
+        if n != 15 {
+            majors.push(n);
+        }
+    }
+    majors
+}
+
 /// The highest available major, if any.
 pub fn newest_major() -> Option<u32> {
     available_majors().into_iter().max()

@@ -73,6 +73,16 @@ impl Lb {
         }
     }
 
+    /// The newest archived end on timeline `tli` (0 when it has none).
+    pub fn archived_end(&self, tli: u64) -> u64 {
+        self.wal_ranges()
+            .iter()
+            .filter(|r| r.0 == tli)
+            .map(|r| r.2)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Point the workspace's config at another server (as `for_cluster` does): the same
     /// archive and spool, as an operator does after a failover.
     pub fn retarget(&self, pg: &PgCluster) {
