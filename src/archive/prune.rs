@@ -15,6 +15,10 @@ use crate::config::RetentionConfig;
 use crate::core::catalog;
 use crate::core::plan::Timestamp;
 use crate::core::retention::{self, Listed, Policy, ProviderPlan, Why};
+use crate::storage::Extended;
+
+/// A key that never exists, deleted to learn whether the credentials may delete.
+const PROBE_KEY: &str = "prune/.delete-probe";
 
 /// One day, in microseconds: how long objects no `backup.json` explains are left alone.
 const GRACE: i64 = 86_400 * 1_000_000;
@@ -50,6 +54,12 @@ pub struct ProviderPrune {
     pub deleted: usize,
     pub freed: u64,
     pub refused: Vec<Refused>,
+    /// Objects whose Object Lock date was raised to their kept point's keep-until date,
+    /// and those already locked that long.
+    pub locks_raised: usize,
+    pub locks_held: usize,
+    /// Why nothing was done here: these credentials may not delete.
+    pub denied: Option<String>,
 }
 
 /// What `prune` planned and did.
@@ -135,6 +145,9 @@ pub async fn plan(archive: &Archive, policy: &Policy, now: Timestamp) -> Result<
             deleted: 0,
             freed: 0,
             refused: Vec::new(),
+            locks_raised: 0,
+            locks_held: 0,
+            denied: None,
         });
     }
     Ok(PruneReport {
@@ -172,6 +185,28 @@ pub async fn apply(archive: &Archive, report: &mut PruneReport) -> Result<()> {
         let Some(plan) = &pp.plan else {
             continue;
         };
+        // Credentials without delete rights (the database host's) are found before
+        // anything is done, not by a million refusals.
+        if let Err(e) = p.probe_delete(PROBE_KEY).await {
+            tracing::warn!(provider = p.name(), error = %e, "these credentials may not delete: nothing is done on this provider");
+            pp.denied = Some(format!("{} {}: {}", e.op, e.key, e.message));
+            continue;
+        }
+        // Locks first: a run stopped after them has only kept things longer.
+        for r in &plan.retain {
+            match p.extend_retention(&r.key, r.until.to_system_time()).await {
+                Ok(Extended::Raised) => pp.locks_raised += 1,
+                Ok(Extended::Held) => pp.locks_held += 1,
+                Ok(Extended::Unsupported) => break,
+                Err(e) => {
+                    tracing::warn!(provider = p.name(), key = r.key, error = %e, "cannot extend the object's lock; skipped");
+                    pp.refused.push(Refused {
+                        key: r.key.clone(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
         // A backup whose marker stays keeps its parts: it still exists.
         let mut kept_markers: Vec<String> = Vec::new();
         for d in &plan.delete {
@@ -239,6 +274,9 @@ struct ProviderRecord<'a> {
     deleted: usize,
     freed: u64,
     refused: &'a [Refused],
+    locks_raised: usize,
+    locks_held: usize,
+    denied: Option<&'a str>,
 }
 
 fn record(r: &PruneReport) -> Record<'_> {
@@ -281,6 +319,9 @@ fn record(r: &PruneReport) -> Record<'_> {
                     deleted: p.deleted,
                     freed: p.freed,
                     refused: &p.refused,
+                    locks_raised: p.locks_raised,
+                    locks_held: p.locks_held,
+                    denied: p.denied.as_deref(),
                 }
             })
             .collect(),

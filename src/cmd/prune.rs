@@ -48,6 +48,12 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     } else {
         print!("{}", render(&report));
     }
+    if let Some(p) = report.providers.iter().find(|p| p.denied.is_some()) {
+        return Err(super::failed(format!(
+            "storage \"{}\": these credentials may not delete, so prune did nothing there\nhint: prune runs on a vault or restore host whose [[storage]] credentials may delete objects and their versions and extend retention (docs/IAM.md); the database host keeps write-only credentials",
+            p.provider
+        )));
+    }
     let refused: usize = report.providers.iter().map(|p| p.refused.len()).sum();
     let down = report
         .providers
@@ -115,7 +121,25 @@ pub fn render(r: &PruneReport) -> String {
             count(Why::Interrupted) + count(Why::Temporary),
             fmt::size(plan.freed)
         ));
+        if !plan.retain.is_empty() {
+            s.push_str(&format!(
+                "  lock   {} objects of the backups the calendar tiers keep, until their keep-until dates (where the provider has Object Lock)\n",
+                plan.retain.len()
+            ));
+        }
+        if let Some(d) = &p.denied {
+            s.push_str(&format!(
+                "  nothing done: these credentials may not delete: {d}\n"
+            ));
+            continue;
+        }
         if !r.dry_run {
+            if p.locks_raised + p.locks_held > 0 {
+                s.push_str(&format!(
+                    "  locks raised on {} objects, {} already locked long enough\n",
+                    p.locks_raised, p.locks_held
+                ));
+            }
             s.push_str(&format!(
                 "  deleted {} objects ({}), {} refused\n",
                 p.deleted,

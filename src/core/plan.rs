@@ -182,6 +182,11 @@ impl Timestamp {
         )
     }
 
+    /// The wall-clock time (before 1970 counts as 1970), for a provider's dates.
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(self.0.max(0) as u64)
+    }
+
     /// RFC 3339 in UTC, as JSON records hold it: `2026-11-24T14:30:41Z`
     /// (`...41.123456Z` when there are microseconds).
     pub fn rfc3339(self) -> String {

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::core::catalog::{self, BackupMeta, WalInventory, WalRange};
 use crate::core::plan::{civil_from_days, days_from_civil, Timestamp};
-use crate::core::wal::{Lsn, TimelineId, WalSegSize};
+use crate::core::wal::{Lsn, SegNo, SegmentName, TimelineId, WalSegSize};
 
 const DAY: i64 = 86_400 * 1_000_000;
 
@@ -147,6 +147,17 @@ pub struct ProviderPlan {
     /// What to delete, in the order to delete it.
     pub delete: Vec<Deletion>,
     pub freed: u64,
+    /// Each object a calendar tier keeps, with the latest keep-until date of the points
+    /// that need it, sorted by key: the retain-until date an Object Lock must reach.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retain: Vec<Retain>,
+}
+
+/// An object a kept recovery point needs until `until` (its lock's target date).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retain {
+    pub key: String,
+    pub until: Timestamp,
 }
 
 /// The day index (days since 1970-01-01, UTC) of a time.
@@ -494,6 +505,7 @@ pub fn plan_provider<'a>(
         });
     }
     let freed = delete.iter().map(|d| d.size).sum();
+    let retain = retain_dates(seg, listing, &kept, &by_id);
     ProviderPlan {
         window_start,
         anchor: anchor.map(|a| a.id.clone()),
@@ -502,7 +514,77 @@ pub fn plan_provider<'a>(
         unrestorable,
         delete,
         freed,
+        retain,
     }
+}
+
+/// The lock targets: every object of a backup a calendar tier keeps (its parts, manifest
+/// and `backup.json`), the WAL from its start to its end, and the history files (tiny, and
+/// any timeline may need them) until the latest date of all.
+fn retain_dates(
+    seg: WalSegSize,
+    listing: &[Listed],
+    kept: &BTreeMap<&str, Kept>,
+    by_id: &BTreeMap<&str, &BackupMeta>,
+) -> Vec<Retain> {
+    let mut until: BTreeMap<&str, Timestamp> = BTreeMap::new();
+    let mut latest: Option<Timestamp> = None;
+    for (id, k) in kept {
+        let Some(u) = k.keep_until else { continue };
+        latest = Some(latest.map_or(u, |l| l.max(u)));
+        // Not `.tmp.` leftovers, nor parts a listed `.seg` supersedes (both may go).
+        let mut bump = |key: &str| {
+            if key.contains(".tmp.")
+                || catalog::parse_wal_key(key, seg).is_some_and(|o| {
+                    !o.complete
+                        && listing
+                            .binary_search_by(|l| l.key.as_str().cmp(&catalog::segment_key(o.name)))
+                            .is_ok()
+                })
+            {
+                return;
+            }
+            let at = listing
+                .binary_search_by(|l| l.key.as_str().cmp(key))
+                .expect("listed");
+            let e = until.entry(listing[at].key.as_str()).or_insert(u);
+            *e = (*e).max(u);
+        };
+        let prefix = catalog::backup_prefix(id);
+        let from = listing.partition_point(|l| l.key.as_str() < prefix.as_str());
+        for l in listing[from..]
+            .iter()
+            .take_while(|l| l.key.starts_with(&prefix))
+        {
+            bump(&l.key);
+        }
+        for (tli, s, e) in backup_wal(by_id[id], seg) {
+            let first = format!("wal/{:08X}/{}", tli.0, SegmentName::new(tli, SegNo(s), seg));
+            let from = listing.partition_point(|l| l.key.as_str() < first.as_str());
+            for l in &listing[from..] {
+                match catalog::parse_wal_key(&l.key, seg) {
+                    Some(o) if o.name.tli == tli && o.segno.0 <= e => bump(&l.key),
+                    _ => break,
+                }
+            }
+        }
+    }
+    if let Some(u) = latest {
+        let from = listing.partition_point(|l| l.key.as_str() < "history/");
+        for l in listing[from..]
+            .iter()
+            .take_while(|l| l.key.starts_with("history/"))
+        {
+            until.insert(l.key.as_str(), u);
+        }
+    }
+    until
+        .into_iter()
+        .map(|(key, until)| Retain {
+            key: key.to_string(),
+            until,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -864,6 +946,35 @@ mod tests {
             // Idempotent.
             let again = plan_provider(&h.policy, now, SEG, &cat, &rest);
             prop_assert!(again.delete.is_empty(), "second run deletes {:?}", again.delete);
+            // Lock targets: nothing deleted is locked; every object of a backup a calendar
+            // tier keeps, and its own WAL, is locked at least until the tier's date.
+            let targets: BTreeMap<&str, Timestamp> =
+                plan.retain.iter().map(|r| (r.key.as_str(), r.until)).collect();
+            prop_assert!(!plan.retain.iter().any(|r| gone.contains(r.key.as_str())));
+            let listed: BTreeSet<&str> = listing.iter().map(|l| l.key.as_str()).collect();
+            for k in &plan.kept {
+                let Some(u) = k.keep_until else { continue };
+                let b = cat.iter().find(|b| b.id == k.backup).unwrap();
+                let spans = backup_wal(b, SEG);
+                let prefix = catalog::backup_prefix(&b.id);
+                for l in listing.iter().filter(|l| l.key.starts_with(&prefix)) {
+                    prop_assert!(targets.get(l.key.as_str()).is_some_and(|t| *t >= u), "{} of {} not locked", l.key, b.id);
+                }
+                for l in &listing {
+                    let Some(o) = catalog::parse_wal_key(&l.key, SEG) else { continue };
+                    let own = spans
+                        .iter()
+                        .any(|(tli, s, e)| o.name.tli == *tli && (*s..=*e).contains(&o.segno.0));
+                    // A part a listed `.seg` supersedes adds nothing: the `.seg` is locked.
+                    let superseded = !o.complete
+                        && listed.contains(catalog::segment_key(o.name).as_str());
+                    if own && !superseded {
+                        prop_assert!(targets.get(l.key.as_str()).is_some_and(|t| *t >= u), "WAL {} of {} not locked", l.key, b.id);
+                    }
+                }
+            }
+            let latest = plan.kept.iter().filter_map(|k| k.keep_until).max();
+            prop_assert!(plan.retain.iter().all(|r| Some(r.until) <= latest));
         }
     }
 

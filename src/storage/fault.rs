@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::storage::{BoxFut, Features, ObjectMeta, ObjectStore, StorageError};
+use crate::storage::{BoxFut, Extended, Features, ObjectMeta, ObjectStore, StorageError};
 
 pub const ENV: &str = "LIFEBOAT_FAULT_INJECT";
 
@@ -128,6 +128,22 @@ impl ObjectStore for Faulty {
         Box::pin(async move {
             self.check("delete", key)?;
             self.inner.delete(key).await
+        })
+    }
+    fn probe_delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.check("delete", key)?;
+            self.inner.probe_delete(key).await
+        })
+    }
+    fn extend_retention<'a>(
+        &'a self,
+        key: &'a str,
+        until: std::time::SystemTime,
+    ) -> BoxFut<'a, Result<Extended, StorageError>> {
+        Box::pin(async move {
+            self.check("retain", key)?;
+            self.inner.extend_retention(key, until).await
         })
     }
 }

@@ -55,6 +55,20 @@ impl StorageError {
 pub struct Features {
     pub object_lock: bool,
     pub delete: bool,
+    /// The bucket keeps versions (always so with Object Lock): a delete removes every
+    /// version of the key, by its id, so nothing is left behind a delete marker.
+    pub versioned: bool,
+}
+
+/// What [`ObjectStore::extend_retention`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extended {
+    /// The retain-until date was raised to the target.
+    Raised,
+    /// It already reached the target (a lock is never shortened).
+    Held,
+    /// The provider has no Object Lock here (nothing to do).
+    Unsupported,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +89,22 @@ pub trait ObjectStore: Send + Sync {
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<ObjectMeta>, StorageError>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>>;
+    /// Whether these credentials may delete (and, in a versioned bucket, delete versions):
+    /// deletes `key`, which must not exist, leaving nothing behind. `Err` when refused.
+    fn probe_delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
+        let _ = key;
+        Box::pin(async { Ok(()) })
+    }
+    /// Raise the object's Object Lock retain-until date to `until` where it is earlier;
+    /// never lower it.
+    fn extend_retention<'a>(
+        &'a self,
+        key: &'a str,
+        until: std::time::SystemTime,
+    ) -> BoxFut<'a, Result<Extended, StorageError>> {
+        let _ = (key, until);
+        Box::pin(async { Ok(Extended::Unsupported) })
+    }
     /// Reach the provider and check that it can serve this configuration (bucket exists,
     /// credentials work, Object Lock is there when asked for). Every other call does this
     /// first, once; commands call it to fail early with a clear message.
@@ -415,6 +445,7 @@ impl ObjectStore for FileStore {
         Features {
             object_lock: false,
             delete: true,
+            versioned: false,
         }
     }
 

@@ -369,6 +369,7 @@ impl S3Store {
         let lock_features = Features {
             object_lock: cfg.object_lock.is_some(),
             delete: true,
+            versioned: cfg.object_lock.is_some(),
         };
         Ok(S3Store {
             name: cfg.name.clone(),
@@ -578,10 +579,148 @@ impl S3Store {
                 retryable: false,
             });
         }
+        // Object Lock implies versioning; otherwise ask (a provider without the call, or
+        // credentials without the permission, count as unversioned: a delete then leaves
+        // at most a delete marker, as before).
+        let versioned = object_lock
+            || self
+                .client
+                .get_bucket_versioning()
+                .bucket(&self.url.bucket)
+                .send()
+                .await
+                .is_ok_and(|v| v.status().is_some());
         Ok(Features {
             object_lock,
             delete: true,
+            versioned,
         })
+    }
+
+    /// Every version and delete marker of exactly `key` (full key), oldest data version
+    /// first, delete markers last.
+    async fn versions_of(&self, key: &str, full: &str) -> Result<Vec<String>, StorageError> {
+        let mut data: Vec<(Option<DateTime>, String)> = Vec::new();
+        let mut markers = Vec::new();
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.url.bucket)
+                .prefix(full)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.sdk_error("delete", key, e))?;
+            for v in page.versions() {
+                if v.key() == Some(full) {
+                    if let Some(id) = v.version_id() {
+                        data.push((v.last_modified().copied(), id.to_string()));
+                    }
+                }
+            }
+            for m in page.delete_markers() {
+                if m.key() == Some(full) {
+                    if let Some(id) = m.version_id() {
+                        markers.push(id.to_string());
+                    }
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        data.sort_by_key(|(t, _)| t.map(|t| (t.secs(), t.subsec_nanos())));
+        Ok(data.into_iter().map(|(_, id)| id).chain(markers).collect())
+    }
+
+    async fn delete_version(
+        &self,
+        key: &str,
+        full: &str,
+        version: Option<String>,
+    ) -> Result<(), StorageError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.url.bucket)
+            .key(full)
+            .set_version_id(version)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let p = Problem::from_sdk(e);
+                if matches!(p.code.as_deref(), Some("NoSuchKey" | "NoSuchVersion")) {
+                    return Ok(());
+                }
+                Err(self.error("delete", key, p))
+            }
+        }
+    }
+
+    /// Raise the current version's retain-until date (see the trait).
+    async fn raise_retention(
+        &self,
+        key: &str,
+        until: SystemTime,
+    ) -> Result<crate::storage::Extended, StorageError> {
+        use crate::storage::Extended;
+        use aws_sdk_s3::types::{ObjectLockRetention, ObjectLockRetentionMode};
+        let features = self.ensure().await?;
+        if !features.object_lock {
+            return Ok(Extended::Unsupported);
+        }
+        let full = self.full_key(key);
+        // HeadObject carries the retention (GetObjectRetention is missing from some
+        // S3-compatible servers, moto among them).
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.url.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("retain", key, e))?;
+        let target = DateTime::from(until);
+        if head
+            .object_lock_retain_until_date()
+            .is_some_and(|h| h.secs() >= target.secs())
+        {
+            return Ok(Extended::Held);
+        }
+        // Compliance stays compliance (it cannot be lowered to governance); otherwise the
+        // configured mode, governance by default.
+        let mode = match (head.object_lock_mode(), self.lock) {
+            (Some(SdkLockMode::Compliance), _) => ObjectLockRetentionMode::Compliance,
+            (_, Some(l)) if l.mode == ObjectLockMode::Compliance => {
+                ObjectLockRetentionMode::Compliance
+            }
+            _ => ObjectLockRetentionMode::Governance,
+        };
+        self.client
+            .put_object_retention()
+            .bucket(&self.url.bucket)
+            .key(&full)
+            .set_version_id(head.version_id().map(str::to_string))
+            .retention(
+                ObjectLockRetention::builder()
+                    .mode(mode)
+                    .retain_until_date(target)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("retain", key, e))?;
+        Ok(Extended::Raised)
     }
 
     fn retain_until(&self) -> Option<(SdkLockMode, DateTime)> {
@@ -898,25 +1037,44 @@ impl ObjectStore for S3Store {
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
         Box::pin(async move {
-            self.ensure().await?;
-            match self
-                .client
-                .delete_object()
-                .bucket(&self.url.bucket)
-                .key(self.full_key(key))
-                .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let p = Problem::from_sdk(e);
-                    if p.code.as_deref() == Some("NoSuchKey") {
-                        return Ok(());
-                    }
-                    Err(self.error("delete", key, p))
+            let features = self.ensure().await?;
+            let full = self.full_key(key);
+            if !features.versioned {
+                return self.delete_version(key, &full, None).await;
+            }
+            // Versioned: a plain delete would only hide the object behind a delete marker
+            // (and succeed on a locked one). Delete each version by id, oldest first, so a
+            // refusal (a lock) leaves the newest in place: the object stays as it was.
+            for v in self.versions_of(key, &full).await? {
+                self.delete_version(key, &full, Some(v)).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn probe_delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let features = self.ensure().await?;
+            let full = self.full_key(key);
+            // A plain delete of a missing key: refused without s3:DeleteObject. In a
+            // versioned bucket it leaves a delete marker, removed by its version id:
+            // refused without s3:DeleteObjectVersion, which prune needs as well.
+            self.delete_version(key, &full, None).await?;
+            if features.versioned {
+                for v in self.versions_of(key, &full).await? {
+                    self.delete_version(key, &full, Some(v)).await?;
                 }
             }
+            Ok(())
         })
+    }
+
+    fn extend_retention<'a>(
+        &'a self,
+        key: &'a str,
+        until: SystemTime,
+    ) -> BoxFut<'a, Result<crate::storage::Extended, StorageError>> {
+        Box::pin(self.raise_retention(key, until))
     }
 }
 

@@ -307,3 +307,151 @@ fn prune_on_both_s3_servers() {
         "between|1000\nfirst|1000\nlast|100"
     );
 }
+
+/// Two roles against moto enforcing IAM policies and Object Lock: the database host's
+/// write-only credentials archive but cannot prune (refused before anything is done, with
+/// the exact message); the vault's credentials raise the lock of every object the daily
+/// tier keeps to its keep-until date, and the WAL no point needs, still under its default
+/// lock, is refused by the server, reported, and stays. Nothing hides behind a delete marker.
+#[test]
+fn prune_with_object_lock_and_two_roles() {
+    use crate::support::s3::{S3Server, KEY_VAR, SECRET_VAR};
+    let pg = PgCluster::start(15, ClusterOpts::default());
+    let (moto, keys) = S3Server::start_moto_with_iam("vault");
+    let lb = Lb::for_cluster(
+        &pg,
+        &format!(
+            "{SMALL_PARTS}{}\n[retention]\npitr_days = 1\ndaily_days = 30\nweekly_weeks = 0\nmonthly_months = 0\nmin_backups = 1\n",
+            moto.storage_toml(
+                "moto",
+                "vault",
+                "pg",
+                "object_lock = { mode = \"governance\", days = 1 }"
+            )
+        ),
+    );
+    let run_as = |who: &(String, String), args: &[&str]| {
+        let mut c = lb.cmd();
+        c.args(args).env(KEY_VAR, &who.0).env(SECRET_VAR, &who.1);
+        run_timeout(&mut c, Duration::from_secs(600), None).unwrap()
+    };
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id");
+    let end = pg.current_lsn();
+    expect_success(&run_as(&keys.db, &["stream", "--endpos", &end]), "stream");
+    expect_success(&run_as(&keys.db, &["backup", "--fast"]), "backup 1");
+    pg.psql("INSERT INTO t SELECT generate_series(1001, 2000)");
+    pg.switch_wal();
+    std::thread::sleep(Duration::from_millis(1100));
+    expect_success(&run_as(&keys.db, &["backup", "--fast"]), "backup 2");
+    let end = pg.switch_wal();
+    expect_success(
+        &run_as(&keys.db, &["stream", "--endpos", &end]),
+        "stream to the end",
+    );
+    let archived = |srv: &S3Server| -> Vec<String> {
+        srv.keys("vault")
+            .into_iter()
+            .filter(|k| !k.starts_with("pg/prune/"))
+            .collect()
+    };
+    let before = archived(&moto);
+    let later = in_days(&pg, 3);
+
+    // The database host's credentials: refused before anything is done.
+    let out = run_as(&keys.db, &["prune", "--now", &later]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).ends_with("error: storage \"moto\": these credentials may not delete, so prune did nothing there\nhint: prune runs on a vault or restore host whose [[storage]] credentials may delete objects and their versions and extend retention (docs/IAM.md); the database host keeps write-only credentials\n"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(archived(&moto), before);
+
+    // The vault's credentials.
+    let out = run_as(&keys.vault, &["--json", "prune", "--now", &later]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let report = json_of(&out);
+    let p = report["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "moto")
+        .unwrap()
+        .clone();
+    let plan = &p["plan"];
+    let daily = plan["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["tiers"].as_array().unwrap().contains(&"daily".into()))
+        .unwrap_or_else(|| panic!("no daily point: {plan}"));
+    let keep_until = daily["keep_until"].as_str().unwrap().to_string();
+    let retain = plan["retain"].as_array().unwrap();
+    assert!(!retain.is_empty(), "{plan}");
+    assert_eq!(p["locks_raised"].as_u64(), Some(retain.len() as u64), "{p}");
+    // Each retained object's lock reads the kept point's date.
+    let want = aws_sdk_s3::primitives::DateTime::from_str(
+        &keep_until,
+        aws_sdk_s3::primitives::DateTimeFormat::DateTime,
+    )
+    .unwrap()
+    .secs();
+    for r in retain {
+        let key = format!("pg/{}", r["key"].as_str().unwrap());
+        let got = moto
+            .block_on(moto.client().head_object().bucket("vault").key(&key).send())
+            .unwrap();
+        assert_eq!(
+            got.object_lock_retain_until_date().unwrap().secs(),
+            want,
+            "{key}"
+        );
+        assert_eq!(
+            got.object_lock_mode().unwrap().as_str(),
+            "GOVERNANCE",
+            "{key}"
+        );
+    }
+    // The daily point's own objects are among them.
+    let id = daily["backup"].as_str().unwrap();
+    assert!(retain
+        .iter()
+        .any(|r| r["key"] == format!("backups/{id}/backup.json").as_str()));
+    // The WAL no point needs is still locked (1 day): refused, reported, still there.
+    let refused = p["refused"].as_array().unwrap();
+    assert!(!refused.is_empty(), "{p}");
+    for f in refused {
+        assert!(f["key"].as_str().unwrap().starts_with("wal/"), "{f}");
+        assert!(
+            f["error"].as_str().unwrap().contains("access denied"),
+            "{f}"
+        );
+    }
+    assert_eq!(p["deleted"].as_u64(), Some(0), "{p}");
+    assert_eq!(archived(&moto), before);
+    let versions = moto
+        .block_on(
+            moto.client()
+                .list_object_versions()
+                .bucket("vault")
+                .prefix("pg/")
+                .send(),
+        )
+        .unwrap();
+    assert!(
+        versions.delete_markers().is_empty(),
+        "{:?}",
+        versions.delete_markers()
+    );
+    // Again: every lock already reaches its date.
+    let again = json_of(&run_as(&keys.vault, &["--json", "prune", "--now", &later]));
+    let p = again["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "moto")
+        .unwrap()
+        .clone();
+    assert_eq!(p["locks_raised"].as_u64(), Some(0), "{p}");
+    assert_eq!(p["locks_held"].as_u64(), Some(retain.len() as u64), "{p}");
+}

@@ -274,8 +274,17 @@ fn object_lock_protects_every_object_until_its_date() {
             .to_string();
         rt.block_on(store.put("wal/k", Bytes::from_static(b"v2")))
             .unwrap();
-        // A plain delete only adds a delete marker...
-        rt.block_on(store.delete("wal/k")).unwrap();
+        // lifeboat deletes by version id, so a locked object is refused, not hidden behind
+        // a delete marker: it reads as before...
+        let err = rt
+            .block_on(store.delete("wal/k"))
+            .expect_err("a locked object was deleted");
+        assert!(!err.is_retryable(), "{mode}: {err}");
+        assert_eq!(
+            rt.block_on(store.get("wal/k")).unwrap().as_deref(),
+            Some(&b"v2"[..]),
+            "{mode}"
+        );
         let old = rt
             .block_on(
                 c.get_object()
@@ -299,6 +308,84 @@ fn object_lock_protects_every_object_until_its_date() {
         let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&err).map(str::to_string);
         assert_eq!(code.as_deref(), Some("AccessDenied"), "{mode}: {err:?}");
     }
+}
+
+/// `prune`'s lock extension: a retain-until date is raised to a kept point's date, never
+/// lowered, and the mode stays; in a versioned bucket a delete of an unlocked object leaves
+/// no version and no delete marker behind.
+#[test]
+fn retention_is_only_ever_extended_and_deletes_leave_no_versions() {
+    use lifeboat::storage::Extended;
+    let srv = S3Server::start(Kind::Moto);
+    srv.create_bucket("vault", true);
+    let rt = rt();
+    let store = s3_store(
+        &srv,
+        "vault",
+        "x",
+        "object_lock = { mode = \"governance\", days = 1 }",
+    );
+    let c = store.client().clone();
+    let retention = |key: &str| {
+        let h = rt
+            .block_on(
+                c.head_object()
+                    .bucket("vault")
+                    .key(format!("x/{key}"))
+                    .send(),
+            )
+            .unwrap();
+        (
+            h.object_lock_mode().unwrap().as_str().to_string(),
+            h.object_lock_retain_until_date().unwrap().secs(),
+        )
+    };
+    rt.block_on(store.put("backups/b/base.tar", Bytes::from_static(b"data")))
+        .unwrap();
+    let day = |n: u64| SystemTime::now() + Duration::from_secs(n * 86_400);
+    let secs = |t: SystemTime| aws_sdk_s3::primitives::DateTime::from(t).secs();
+    let (_, first) = retention("backups/b/base.tar");
+    assert!((first - secs(day(1))).abs() < 300);
+    let target = day(30);
+    assert_eq!(
+        rt.block_on(store.extend_retention("backups/b/base.tar", target))
+            .unwrap(),
+        Extended::Raised
+    );
+    assert_eq!(
+        retention("backups/b/base.tar"),
+        ("GOVERNANCE".to_string(), secs(target))
+    );
+    // An earlier date (a later run whose tiers keep it less long) changes nothing.
+    assert_eq!(
+        rt.block_on(store.extend_retention("backups/b/base.tar", day(10)))
+            .unwrap(),
+        Extended::Held
+    );
+    assert_eq!(retention("backups/b/base.tar").1, secs(target));
+    // Still locked: lifeboat's delete is refused and the object stays.
+    assert!(rt.block_on(store.delete("backups/b/base.tar")).is_err());
+    assert!(rt
+        .block_on(store.get("backups/b/base.tar"))
+        .unwrap()
+        .is_some());
+
+    // The same bucket written without a lock (a vault whose default lock ran out): two
+    // versions of a key, deleted by lifeboat, leave nothing.
+    let open = s3_store(&srv, "vault", "y", "");
+    rt.block_on(async {
+        open.put("wal/k", Bytes::from_static(b"v1")).await.unwrap();
+        open.put("wal/k", Bytes::from_static(b"v2")).await.unwrap();
+        open.delete("wal/k").await.unwrap();
+    });
+    let versions = rt
+        .block_on(c.list_object_versions().bucket("vault").prefix("y/").send())
+        .unwrap();
+    assert!(
+        versions.versions().is_empty() && versions.delete_markers().is_empty(),
+        "{versions:?}"
+    );
+    assert_eq!(rt.block_on(open.get("wal/k")).unwrap(), None);
 }
 
 #[test]

@@ -82,6 +82,8 @@ pub fn cred_env() -> [(&'static str, &'static str); 2] {
 
 pub struct S3Server {
     pub kind: Kind,
+    /// Environment for the server process (moto's IAM enforcement).
+    env: Vec<(String, String)>,
     pub port: u16,
     pub endpoint: String,
     child: Option<Child>,
@@ -92,6 +94,10 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(kind: Kind) -> S3Server {
+        S3Server::start_env(kind, Vec::new())
+    }
+
+    fn start_env(kind: Kind, env: Vec<(String, String)>) -> S3Server {
         let bin = kind.binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -101,6 +107,7 @@ impl S3Server {
         let client = test_client("http://127.0.0.1:1");
         let mut s = S3Server {
             kind,
+            env,
             port: 0,
             endpoint: String::new(),
             child: None,
@@ -137,7 +144,8 @@ impl S3Server {
                     .arg(&data);
                 }
             }
-            c.stdin(Stdio::null())
+            c.envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log);
             let mut child = c.spawn().unwrap_or_else(|e| panic!("spawn {bin:?}: {e}"));
@@ -169,6 +177,62 @@ impl S3Server {
             );
         }
         panic!("{} did not start", self.kind.name());
+    }
+
+    /// moto enforcing IAM policies (its `INITIAL_NO_AUTH_ACTION_COUNT`): `bucket` is
+    /// created with Object Lock, and two users with access keys: `db`, the database host's
+    /// write-only role (no delete), and `vault`, allowed everything on the bucket. The
+    /// server's own client then acts as `vault`.
+    pub fn start_moto_with_iam(bucket: &str) -> (S3Server, IamKeys) {
+        // The seven setup calls below are the only unauthenticated ones.
+        let mut s = S3Server::start_env(
+            Kind::Moto,
+            vec![("INITIAL_NO_AUTH_ACTION_COUNT".into(), "7".into())],
+        );
+        let python = Kind::Moto.binary().with_file_name("python");
+        let script = format!(
+            r#"
+import boto3, json
+c = dict(endpoint_url="{endpoint}", region_name="{REGION}", aws_access_key_id="setup", aws_secret_access_key="setup")
+s3, iam = boto3.client("s3", **c), boto3.client("iam", **c)
+s3.create_bucket(Bucket="{bucket}", ObjectLockEnabledForBucket=True)
+res = ["arn:aws:s3:::{bucket}", "arn:aws:s3:::{bucket}/*"]
+db = ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation",
+      "s3:GetBucketObjectLockConfiguration", "s3:GetBucketVersioning", "s3:PutObjectRetention",
+      "s3:AbortMultipartUpload"]
+keys = []
+for user, actions in (("db", db), ("vault", ["s3:*"])):
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(
+        {{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": actions, "Resource": res}}]}}))
+    k = iam.create_access_key(UserName=user)["AccessKey"]
+    keys += [k["AccessKeyId"], k["SecretAccessKey"]]
+print(" ".join(keys))
+"#,
+            endpoint = s.endpoint
+        );
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("moto's python");
+        assert!(
+            out.status.success(),
+            "IAM setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let k: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(k.len(), 4, "{k:?}");
+        let keys = IamKeys {
+            db: (k[0].clone(), k[1].clone()),
+            vault: (k[2].clone(), k[3].clone()),
+        };
+        s.client = client_with(&s.endpoint, &keys.vault.0, &keys.vault.1);
+        (s, keys)
     }
 
     pub fn log(&self) -> String {
@@ -255,9 +319,20 @@ impl Drop for S3Server {
     }
 }
 
+/// Access keys of the two IAM users of [`S3Server::start_moto_with_iam`].
+pub struct IamKeys {
+    pub db: (String, String),
+    pub vault: (String, String),
+}
+
 /// A plain SDK client for the test servers: path-style, the good credentials, and checksums
 /// only when required (what lifeboat does for custom endpoints).
 pub fn test_client(endpoint: &str) -> aws_sdk_s3::Client {
+    client_with(endpoint, ACCESS_KEY, SECRET_KEY)
+}
+
+/// The same with other credentials.
+pub fn client_with(endpoint: &str, key: &str, secret: &str) -> aws_sdk_s3::Client {
     let http = aws_smithy_http_client::Builder::new().build_http();
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
@@ -265,7 +340,13 @@ pub fn test_client(endpoint: &str) -> aws_sdk_s3::Client {
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
         .force_path_style(true)
-        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+        .credentials_provider(Credentials::new(
+            key.to_string(),
+            secret.to_string(),
+            None,
+            None,
+            "test",
+        ))
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
         .timeout_config(
