@@ -407,7 +407,7 @@ pub fn plan(i: &Inputs) -> CostPlan {
     let sum = |class: Option<Class>| -> u64 {
         tiers
             .iter()
-            .filter(|t| class.is_none_or(|c| t.class == c))
+            .filter(|t| class.map_or(true, |c| t.class == c))
             .map(|t| t.bytes)
             .sum()
     };
