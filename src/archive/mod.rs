@@ -18,6 +18,8 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::core::catalog::{self, AcceptedGap, ArchiveMeta, BackupMeta, DrillReport, WalInventory};
+use crate::core::plan::Timestamp;
+use crate::core::retention::Listed;
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 use crate::storage::{self, Mirror, ObjectStore};
 
@@ -182,6 +184,35 @@ impl Archive {
             (m, f) => m.or(f),
         })
     }
+    /// The `wal/` objects (sizes and modified times) of the first provider that lists
+    /// them, with its name: what `plan` measures the WAL rate from.
+    pub async fn wal_listing(&self) -> Result<(String, Vec<Listed>)> {
+        let mut first_error = None;
+        for p in &self.mirror.providers {
+            match p.list("wal/").await {
+                Ok(objs) => {
+                    let listed = objs
+                        .into_iter()
+                        .map(|o| Listed {
+                            key: o.key,
+                            size: o.size,
+                            modified: o.modified.map(Timestamp::from_system_time),
+                        })
+                        .collect();
+                    return Ok((p.name().to_string(), listed));
+                }
+                Err(e) => {
+                    tracing::warn!(provider = p.name(), error = %e, "a provider is unavailable; listing WAL from the others");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => bail!("no [[storage]] provider configured"),
+        }
+    }
+
     /// Every committed backup's metadata, oldest first: the union over the providers (a
     /// backup counts when any provider holds its backup.json).
     pub async fn backups(&self) -> Result<Vec<BackupMeta>> {

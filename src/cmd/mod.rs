@@ -15,6 +15,7 @@ pub mod accept_gap;
 pub mod backup;
 pub mod drill;
 pub mod list;
+pub mod plan;
 pub mod prune;
 pub mod restore;
 pub mod status;
@@ -78,6 +79,10 @@ pub enum Command {
     /// Apply the [retention] policy: keep the recovery points its tiers name, delete the
     /// rest in a crash-safe order (--dry-run: print the plan only).
     Prune(prune::Args),
+    /// The cost plan of the [retention] policy: stored bytes and USD a month per tier and
+    /// provider, storage and requests, with the wal.max_delay trade-off; from the archive's
+    /// sizes or from --db-size and --wal-per-day.
+    Plan(plan::Args),
 }
 
 /// Run one command.
@@ -94,6 +99,7 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::Drill(a) => drill::run(&ctx, a).await,
         Command::AcceptGap => accept_gap::run(&ctx).await,
         Command::Prune(a) => prune::run(&ctx, a).await,
+        Command::Plan(a) => plan::run(&ctx, a).await,
     }
 }
 

@@ -1,8 +1,10 @@
 //! Pure types and planners: PostgreSQL quantities (`wal`), the repository layout and its
-//! records (`catalog`), and the restore planner (`plan`). Nothing here does I/O, reads the
-//! clock or the environment, or draws random numbers: those are parameters.
+//! records (`catalog`), the restore planner (`plan`), the retention planner (`retention`)
+//! and the cost plan (`cost`). Nothing here does I/O, reads the clock or the environment,
+//! or draws random numbers: those are parameters.
 
 pub mod catalog;
+pub mod cost;
 pub mod fmt;
 pub mod ledger;
 pub mod plan;

@@ -170,17 +170,18 @@ fn at_day(d: i64) -> Timestamp {
 }
 
 /// Monday of the ISO week holding day `d` (1970-01-01 was a Thursday).
-fn week_of(d: i64) -> i64 {
+pub(crate) fn week_of(d: i64) -> i64 {
     d - (d + 3).rem_euclid(7)
 }
 
 /// First day of the month holding day `d`.
-fn month_of(d: i64) -> i64 {
+pub(crate) fn month_of(d: i64) -> i64 {
     let (y, m, _) = civil_from_days(d);
     days_from_civil(y, m, 1)
 }
 
-fn add_months(first: i64, months: u32) -> i64 {
+/// The first day of the month `months` after the month that begins on day `first`.
+pub(crate) fn add_months(first: i64, months: u32) -> i64 {
     let (y, m, _) = civil_from_days(first);
     let total = y * 12 + (m - 1) + i64::from(months);
     days_from_civil(total.div_euclid(12), total.rem_euclid(12) + 1, 1)
