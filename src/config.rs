@@ -49,6 +49,16 @@ pub struct RetentionConfig {
     pub monthly_months: u32,
     /// Backups kept whatever their age.
     pub min_backups: u32,
+    /// How often `prune` is expected to run (from the vault host): `status` warns when the
+    /// newest prune report in the archive is older (default 1 day).
+    #[serde(deserialize_with = "prune_interval")]
+    pub prune_interval: Duration,
+}
+
+fn prune_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    typed(d, "retention.prune_interval", |s| {
+        parse_duration(s).map_err(|m| (m, "write a duration like \"1d\" or \"12h\""))
+    })
 }
 
 impl Default for RetentionConfig {
@@ -59,6 +69,7 @@ impl Default for RetentionConfig {
             weekly_weeks: 52,
             monthly_months: 84,
             min_backups: 2,
+            prune_interval: Duration::from_secs(86_400),
         }
     }
 }

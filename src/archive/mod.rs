@@ -263,6 +263,38 @@ impl Archive {
         Ok(out)
     }
 
+    /// The id of the newest prune report (`prune/<ID>.json`) any provider holds; `Err`
+    /// only when no provider could be listed.
+    pub async fn newest_prune(&self) -> Result<Option<String>> {
+        let mut newest: Option<String> = None;
+        let mut errors = Vec::new();
+        for p in &self.mirror.providers {
+            match p.list(catalog::PRUNE_PREFIX).await {
+                Ok(l) => {
+                    for o in l {
+                        let id = o
+                            .key
+                            .strip_prefix(catalog::PRUNE_PREFIX)
+                            .and_then(|r| r.strip_suffix(".json"))
+                            .filter(|id| catalog::is_backup_id(id));
+                        if let Some(id) = id {
+                            if newest.as_deref().map_or(true, |n| id > n) {
+                                newest = Some(id.to_string());
+                            }
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.len() == self.mirror.providers.len() {
+            if let Some(e) = errors.into_iter().next() {
+                return Err(e.into());
+            }
+        }
+        Ok(newest)
+    }
+
     /// The accepted WAL gaps (`gaps/*.json`), by timeline and position: the union over the
     /// providers.
     pub async fn gaps(&self) -> Result<Vec<AcceptedGap>> {

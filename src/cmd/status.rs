@@ -11,7 +11,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
         err: e,
         quiet: false,
     })?;
-    let report = health::run(&ctx.cfg.wal.spool_dir, &archive).await;
+    let report = health::run(
+        &ctx.cfg.wal.spool_dir,
+        &archive,
+        ctx.cfg.retention.prune_interval,
+    )
+    .await;
     if ctx.json() {
         print_json(&report)?;
     } else {

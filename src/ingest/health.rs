@@ -181,8 +181,44 @@ pub fn stream_checks(
     out
 }
 
-/// The archive's checks: the newest backup and the last drill.
-async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
+/// The prune check: the newest prune report against the interval prune should run at
+/// (`retention.prune_interval`, plus an hour of slack for a run in progress).
+fn prune_check(newest: Option<&str>, now: u64, interval: std::time::Duration) -> Check {
+    let every = humantime::format_duration(interval);
+    let Some(id) = newest else {
+        return Check {
+            check: "prune",
+            status: Level::Ok,
+            message: format!("never run: the archive keeps everything and no lock is extended to its tier's date\nhint: run `lifeboat prune` from the vault host every {every} (retention.prune_interval)"),
+        };
+    };
+    let at = crate::core::retention::backup_id_time(id)
+        .map_or(0, |t| t.0.div_euclid(1_000_000).max(0) as u64);
+    let age = now.saturating_sub(at);
+    if age > interval.as_secs() + 3600 {
+        Check {
+            check: "prune",
+            status: Level::Degraded,
+            message: format!(
+                "the newest prune report {id} is from {}, longer ago than retention.prune_interval ({every}): the archive grows and kept points' locks are not extended\nhint: check the prune schedule on the vault host (lifeboat prune)",
+                fmt::ago(age)
+            ),
+        }
+    } else {
+        Check {
+            check: "prune",
+            status: Level::Ok,
+            message: format!("last prune {id} ({})", fmt::ago(age)),
+        }
+    }
+}
+
+/// The archive's checks: the newest backup, the last drill and the last prune.
+async fn archive_checks(
+    archive: &Archive,
+    now: u64,
+    prune_interval: std::time::Duration,
+) -> Vec<Check> {
     let mut out = Vec::new();
     match crate::archive::summary::run(archive, None).await {
         Err(e) => out.push(Check {
@@ -243,14 +279,21 @@ async fn archive_checks(archive: &Archive, now: u64) -> Vec<Check> {
             }
         }
     }
+    if let Ok(newest) = archive.newest_prune().await {
+        out.push(prune_check(newest.as_deref(), now, prune_interval));
+    }
     out
 }
 
-pub async fn run(spool_dir: &Path, archive: &Archive) -> Report {
+pub async fn run(
+    spool_dir: &Path,
+    archive: &Archive,
+    prune_interval: std::time::Duration,
+) -> Report {
     let st = status::read(spool_dir);
     let now = now();
     let mut checks = stream_checks(spool_dir, st.as_ref(), now, alive);
-    checks.extend(archive_checks(archive, now).await);
+    checks.extend(archive_checks(archive, now, prune_interval).await);
     let mut r = Report {
         status: "healthy",
         checks,
@@ -302,6 +345,26 @@ mod tests {
 
     fn level(c: &[Check]) -> Level {
         c.iter().map(|c| c.status).max().unwrap()
+    }
+
+    #[test]
+    fn prune_overdue() {
+        let day = std::time::Duration::from_secs(86_400);
+        // 2026-12-01T00:00:00Z.
+        let now = 1_796_083_200;
+        let never = prune_check(None, now, day);
+        assert_eq!(never.status, Level::Ok);
+        assert!(never.message.starts_with("never run"), "{}", never.message);
+        let recent = prune_check(Some("20261130T230000Z"), now, day);
+        assert_eq!(recent.status, Level::Ok);
+        assert_eq!(recent.message, "last prune 20261130T230000Z (60 min ago)");
+        let late = prune_check(Some("20261129T220000Z"), now, day);
+        assert_eq!(late.status, Level::Degraded);
+        assert!(
+            late.message.starts_with("the newest prune report 20261129T220000Z is from 26 h ago, longer ago than retention.prune_interval (1day)"),
+            "{}",
+            late.message
+        );
     }
 
     #[test]
