@@ -634,8 +634,13 @@ mod tests {
         let e = Config::parse("[retention]\npitr_day = 14\n", "/etc/lb.toml").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "/etc/lb.toml: line 2, column 1: unknown field `pitr_day`, expected one of `pitr_days`, `daily_days`, `weekly_weeks`, `monthly_months`, `min_backups`\nhint: check the spelling against the keys listed in the README's configuration section"
+            "/etc/lb.toml: line 2, column 1: unknown field `pitr_day`, expected one of `pitr_days`, `daily_days`, `weekly_weeks`, `monthly_months`, `min_backups`, `prune_interval`\nhint: check the spelling against the keys listed in the README's configuration section"
         );
+        assert_eq!(c.retention.prune_interval, Duration::from_secs(86_400));
+        let c = Config::parse("[retention]\nprune_interval = \"12h\"\n", "c").unwrap();
+        assert_eq!(c.retention.prune_interval, Duration::from_secs(12 * 3600));
+        let e = Config::parse("[retention]\nprune_interval = \"daily\"\n", "c").unwrap_err();
+        assert!(e.to_string().contains("retention.prune_interval"), "{e}");
         let e = Config::parse("[retention]\ndaily_days = \"30d\"\n", "c").unwrap_err();
         assert!(
             e.to_string()

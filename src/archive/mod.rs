@@ -11,6 +11,7 @@
 pub mod prune;
 pub mod read;
 pub mod summary;
+pub mod thaw;
 pub mod verify;
 
 use anyhow::{anyhow, bail, Context, Result};

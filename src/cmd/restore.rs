@@ -114,11 +114,14 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
         )
         .await?;
         let (problems, pg, _) = restore::preflight(&archive, &op, &meta, &opts).await;
+        let keys = restore::backup_keys(&meta);
+        let cold = crate::archive::thaw::survey(&archive, &keys, false).await?;
         if ctx.json() {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "plan": plan,
+                    "cold": cold.cold.iter().map(|(k, p)| serde_json::json!({"key": k, "provider": p})).collect::<Vec<_>>(),
                     "preflight": problems,
                     "pg_bin": pg.as_ref().map(|p| p.bin.clone()),
                 }))
@@ -126,6 +129,15 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             );
         } else {
             print!("{}", plan.render());
+            if !cold.cold.is_empty() {
+                println!(
+                    "cold      {} of {} objects are in an archive storage class (first: {} on \"{}\"): restore requests their thaw and waits (hours for Deep Archive)",
+                    cold.cold.len(),
+                    keys.len(),
+                    cold.cold[0].0,
+                    cold.cold[0].1
+                );
+            }
             if let Some(pg) = &pg {
                 println!("postgres  {} (PostgreSQL {})", pg.bin.display(), pg.version);
             }

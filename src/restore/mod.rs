@@ -961,6 +961,13 @@ pub fn recovery_settings(plan: &Plan, action: TargetAction, restore_command: &st
     s
 }
 
+/// The objects a restore of `meta` reads: its manifest and parts.
+pub fn backup_keys(meta: &BackupMeta) -> Vec<String> {
+    std::iter::once(meta.manifest.key.clone())
+        .chain(meta.parts.iter().map(|p| p.key.clone()))
+        .collect()
+}
+
 /// Plan only (for `--dry-run` and the drill).
 pub async fn make_plan(
     archive: &Archive,
@@ -992,6 +999,14 @@ pub async fn run(
         target = plan.target_text,
         "restore planned"
     );
+    crate::archive::thaw::thaw_all(
+        archive,
+        &backup_keys(&meta),
+        Duration::from_secs(60),
+        Duration::from_secs(48 * 3600),
+    )
+    .await
+    .with_context(|| format!("backup {}", meta.id))?;
     let (problems, pg, manifest) = preflight(archive, &opener, &meta, opts).await;
     if !problems.is_empty() {
         bail!(

@@ -130,6 +130,16 @@ impl ObjectStore for Faulty {
             self.inner.delete(key).await
         })
     }
+    fn thaw<'a>(
+        &'a self,
+        key: &'a str,
+        request: Option<u32>,
+    ) -> BoxFut<'a, Result<crate::storage::Thaw, StorageError>> {
+        Box::pin(async move {
+            self.check("get", key)?;
+            self.inner.thaw(key, request).await
+        })
+    }
     fn probe_delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
         Box::pin(async move {
             self.check("delete", key)?;

@@ -60,6 +60,21 @@ pub struct Features {
     pub versioned: bool,
 }
 
+/// Whether an object can be read now ([`ObjectStore::thaw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thaw {
+    /// In a class read at once.
+    Warm,
+    /// Not on this provider.
+    Missing,
+    /// In an archive class (Glacier Flexible Retrieval, Deep Archive), with a restored
+    /// copy readable now.
+    Thawed,
+    /// In an archive class: a restore is under way (or was just requested), or, when only
+    /// looking, none was requested yet.
+    Cold,
+}
+
 /// What [`ObjectStore::extend_retention`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Extended {
@@ -94,6 +109,17 @@ pub trait ObjectStore: Send + Sync {
     fn probe_delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
         let _ = key;
         Box::pin(async { Ok(()) })
+    }
+    /// Whether the object is in an archive storage class and must be thawed before a read;
+    /// with `request = Some(days)`, ask the provider to restore a readable copy for that
+    /// many days (once: a restore already under way is left alone).
+    fn thaw<'a>(
+        &'a self,
+        key: &'a str,
+        request: Option<u32>,
+    ) -> BoxFut<'a, Result<Thaw, StorageError>> {
+        let _ = (key, request);
+        Box::pin(async { Ok(Thaw::Warm) })
     }
     /// Raise the object's Object Lock retain-until date to `until` where it is earlier;
     /// never lower it.
@@ -456,6 +482,20 @@ impl ObjectStore for FileStore {
             tokio::task::spawn_blocking(move || me.put_sync(&key2, &data))
                 .await
                 .expect("file put task panicked")
+        })
+    }
+
+    fn thaw<'a>(
+        &'a self,
+        key: &'a str,
+        _request: Option<u32>,
+    ) -> BoxFut<'a, Result<Thaw, StorageError>> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            Ok(match tokio::fs::try_exists(&path).await {
+                Ok(true) => Thaw::Warm,
+                _ => Thaw::Missing,
+            })
         })
     }
 

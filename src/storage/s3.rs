@@ -667,6 +667,81 @@ impl S3Store {
         }
     }
 
+    /// See [`ObjectStore::thaw`]: HeadObject says the class and any restore's state
+    /// (`x-amz-restore: ongoing-request="false"` once a copy is readable).
+    async fn thaw_object(
+        &self,
+        key: &str,
+        request: Option<u32>,
+    ) -> Result<crate::storage::Thaw, StorageError> {
+        use crate::storage::Thaw;
+        use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest, StorageClass, Tier};
+        self.ensure().await?;
+        let full = self.full_key(key);
+        let head = match self
+            .client
+            .head_object()
+            .bucket(&self.url.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                let p = Problem::from_sdk(e);
+                if p.status == Some(404) {
+                    return Ok(Thaw::Missing);
+                }
+                return Err(self.error("thaw", key, p));
+            }
+        };
+        let cold = matches!(
+            head.storage_class(),
+            Some(StorageClass::Glacier | StorageClass::DeepArchive)
+        ) || head.archive_status().is_some();
+        if !cold {
+            return Ok(Thaw::Warm);
+        }
+        match head.restore() {
+            Some(r) if r.contains("ongoing-request=\"false\"") => return Ok(Thaw::Thawed),
+            Some(_) => return Ok(Thaw::Cold),
+            None => {}
+        }
+        let Some(days) = request else {
+            return Ok(Thaw::Cold);
+        };
+        let mut req = RestoreRequest::builder().days(days as i32);
+        if head.archive_status().is_none() {
+            // Standard retrieval: hours for Deep Archive, minutes to hours for Glacier.
+            req = req.glacier_job_parameters(
+                GlacierJobParameters::builder()
+                    .tier(Tier::Standard)
+                    .build()
+                    .map_err(|e| self.error("thaw", key, Problem::other(&e.to_string())))?,
+            );
+        }
+        match self
+            .client
+            .restore_object()
+            .bucket(&self.url.bucket)
+            .key(&full)
+            .restore_request(req.build())
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                let p = Problem::from_sdk(e);
+                if p.code.as_deref() != Some("RestoreAlreadyInProgress") {
+                    return Err(self.error("thaw", key, p));
+                }
+            }
+        }
+        tracing::info!(provider = %self.name, key, days, "requested a restore of a cold object");
+        // Some providers have the copy at once.
+        Box::pin(self.thaw_object(key, None)).await
+    }
+
     /// Raise the current version's retain-until date (see the trait).
     async fn raise_retention(
         &self,
@@ -1052,6 +1127,14 @@ impl ObjectStore for S3Store {
         })
     }
 
+    fn thaw<'a>(
+        &'a self,
+        key: &'a str,
+        request: Option<u32>,
+    ) -> BoxFut<'a, Result<crate::storage::Thaw, StorageError>> {
+        Box::pin(self.thaw_object(key, request))
+    }
+
     fn probe_delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let features = self.ensure().await?;
@@ -1253,6 +1336,11 @@ pub fn classify(p: &Problem, ctx: &ErrorContext<'_>) -> Classified {
         "InvalidToken" | "ExpiredToken" | "TokenRefreshRequired" => c(
             format!("the credentials were refused ({code})"),
             Some(ctx.creds_hint.clone()),
+            false,
+        ),
+        "InvalidObjectState" => c(
+            format!("the object is in an archive storage class and must be restored (thawed) before it can be read ({detail})"),
+            Some("lifeboat restore and drill thaw a backup's objects themselves; WAL moved to an archive class by a lifecycle rule must be thawed first (aws s3api restore-object): keep wal/ in a class read at once".into()),
             false,
         ),
         "NoSuchBucket" => c(

@@ -868,3 +868,103 @@ fn restore_and_drill_on_s3(major: u32) {
         );
     }
 }
+
+/// A backup whose parts a lifecycle rule moved to Deep Archive (done here as the provider's
+/// rule would: each part copied onto itself in the cold class) cannot be read as it is:
+/// `restore --dry-run` names the cold objects, and `restore` requests their thaw, waits
+/// for it, and restores (the local copy removed, so only the cold provider serves).
+#[test]
+fn restore_thaws_a_backup_in_deep_archive() {
+    use aws_sdk_s3::types::{MetadataDirective, StorageClass};
+    let pg = PgCluster::start(15, ClusterOpts::default());
+    let moto = S3Server::start(Kind::Moto);
+    moto.create_bucket("cold", false);
+    let lb = Lb::for_cluster(
+        &pg,
+        &format!(
+            "{SMALL_PARTS}{}",
+            moto.storage_toml("moto", "cold", "pg", "")
+        ),
+    );
+    let run = |args: &[&str]| {
+        let mut c = lb.cmd();
+        c.args(args).envs(cred_env());
+        run_timeout(&mut c, Duration::from_secs(600), None).unwrap()
+    };
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 5000) AS id");
+    let end = pg.current_lsn();
+    expect_success(&run(&["stream", "--endpos", &end]), "stream");
+    expect_success(&run(&["backup", "--fast"]), "backup");
+    let end = pg.switch_wal();
+    expect_success(&run(&["stream", "--endpos", &end]), "stream to the end");
+    let parts: Vec<String> = moto
+        .keys("cold")
+        .into_iter()
+        .filter(|k| k.starts_with("pg/backups/") && k.contains("base.tar"))
+        .collect();
+    assert!(parts.len() > 1, "{parts:?}");
+    for key in &parts {
+        moto.block_on(
+            moto.client()
+                .copy_object()
+                .bucket("cold")
+                .key(key)
+                .copy_source(format!("cold/{key}"))
+                .storage_class(StorageClass::DeepArchive)
+                .metadata_directive(MetadataDirective::Copy)
+                .send(),
+        )
+        .unwrap();
+    }
+    // Cold for real: a plain read is refused by the provider.
+    let err = moto
+        .block_on(
+            moto.client()
+                .get_object()
+                .bucket("cold")
+                .key(&parts[0])
+                .send(),
+        )
+        .expect_err("a Deep Archive object was read without a restore");
+    assert_eq!(
+        aws_sdk_s3::error::ProvideErrorMetadata::code(&err),
+        Some("InvalidObjectState")
+    );
+    std::fs::remove_dir_all(&lb.archive).unwrap();
+    std::fs::create_dir_all(&lb.archive).unwrap();
+    set_credentials_env();
+
+    let work = tempfile::tempdir().unwrap();
+    let dry = run(&[
+        "--identity",
+        lb.identity.to_str().unwrap(),
+        "restore",
+        "--dry-run",
+        "--pgdata",
+        work.path().join("dry").to_str().unwrap(),
+        "--pg-bin",
+        pg_bin_dir(15).to_str().unwrap(),
+    ]);
+    let text = expect_success(&dry, "restore --dry-run");
+    assert!(
+        text.contains(&format!(
+            "cold      {} of {} objects are in an archive storage class",
+            parts.len(),
+            parts.len() + 1
+        )),
+        "{text}"
+    );
+    let restored = crate::restore::restore_and_start(&lb, 15, work.path(), &[]);
+    assert_eq!(restored.psql("SELECT count(*) FROM t"), "5000");
+    for key in &parts {
+        let head = moto
+            .block_on(moto.client().head_object().bucket("cold").key(key).send())
+            .unwrap();
+        assert!(
+            head.restore()
+                .is_some_and(|r| r.contains("ongoing-request=\"false\"")),
+            "{key}: {:?}",
+            head.restore()
+        );
+    }
+}
