@@ -14,14 +14,32 @@ use crate::archive::Archive;
 use crate::config::RetentionConfig;
 use crate::core::catalog;
 use crate::core::plan::Timestamp;
-use crate::core::retention::{self, Listed, Policy, ProviderPlan, Why};
-use crate::storage::Extended;
+use crate::core::retention::{self, ColdMove, ColdPolicy, Listed, Policy, ProviderPlan, Why};
+use crate::storage::{Cold, Extended};
 
 /// A key that never exists, deleted to learn whether the credentials may delete.
 const PROBE_KEY: &str = "prune/.delete-probe";
 
 /// One day, in microseconds: how long objects no `backup.json` explains are left alone.
 const GRACE: i64 = 86_400 * 1_000_000;
+
+/// Each provider's cold class from its `[[storage]]` entry (in the archive's order).
+pub fn cold_policies(storage: &[crate::storage::StorageConfig]) -> Vec<Option<ColdPolicy>> {
+    storage
+        .iter()
+        .map(|s| {
+            let class = s.cold_storage_class.clone()?;
+            Some(ColdPolicy {
+                min_days: crate::storage::config::cold_min_days(&class).unwrap_or(180),
+                class,
+                from: match s.cold_after {
+                    Some(crate::storage::config::ColdAfter::Weekly) => retention::Tier::Weekly,
+                    _ => retention::Tier::Monthly,
+                },
+            })
+        })
+        .collect()
+}
 
 /// The planner's policy from the `[retention]` section.
 pub fn policy(r: &RetentionConfig) -> Policy {
@@ -60,6 +78,10 @@ pub struct ProviderPrune {
     pub locks_held: usize,
     /// Why nothing was done here: these credentials may not delete.
     pub denied: Option<String>,
+    /// The provider's cold class, the parts to move there, and how many were.
+    pub cold_class: Option<String>,
+    pub cold: Vec<ColdMove>,
+    pub moved_cold: usize,
 }
 
 /// What `prune` planned and did.
@@ -85,7 +107,12 @@ pub struct PolicyView {
 }
 
 /// Plan every provider (nothing is deleted).
-pub async fn plan(archive: &Archive, policy: &Policy, now: Timestamp) -> Result<PruneReport> {
+pub async fn plan(
+    archive: &Archive,
+    policy: &Policy,
+    cold: &[Option<ColdPolicy>],
+    now: Timestamp,
+) -> Result<PruneReport> {
     let meta = archive.meta().await?.ok_or_else(|| {
         anyhow!("the archive is empty: there is nothing to prune\nhint: check the [[storage]] entries, or start `lifeboat stream` and take a backup")
     })?;
@@ -95,7 +122,7 @@ pub async fn plan(archive: &Archive, policy: &Policy, now: Timestamp) -> Result<
         return Err(anyhow!("the archive holds no backup, so no recovery point can be kept and nothing can be pruned safely\nhint: take one with `lifeboat backup`; prune keeps the newest backups and the WAL they need"));
     }
     let mut providers = Vec::new();
-    for p in &archive.mirror.providers {
+    for (i, p) in archive.mirror.providers.iter().enumerate() {
         let started = std::time::Instant::now();
         let mut listing = Vec::new();
         let mut error = None;
@@ -130,6 +157,14 @@ pub async fn plan(archive: &Archive, policy: &Policy, now: Timestamp) -> Result<
         let plan = error
             .is_none()
             .then(|| retention::plan_provider(policy, now, seg, &backups, &listing));
+        let mut moves = Vec::new();
+        if let (Some(pl), Some(Some(c))) = (&plan, cold.get(i)) {
+            match p.list_classes(catalog::BACKUPS_PREFIX).await {
+                Ok(classes) => moves = retention::cold_moves(pl, &listing, &classes, c, now),
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        let plan = if error.is_some() { None } else { plan };
         tracing::info!(
             provider = p.name(),
             objects = listing.len(),
@@ -148,6 +183,9 @@ pub async fn plan(archive: &Archive, policy: &Policy, now: Timestamp) -> Result<
             locks_raised: 0,
             locks_held: 0,
             denied: None,
+            cold_class: cold.get(i).cloned().flatten().map(|c| c.class),
+            cold: moves,
+            moved_cold: 0,
         });
     }
     Ok(PruneReport {
@@ -204,6 +242,29 @@ pub async fn apply(archive: &Archive, report: &mut PruneReport) -> Result<()> {
                         key: r.key.clone(),
                         error: e.to_string(),
                     });
+                }
+            }
+        }
+        // Cold moves (a tag for the bucket's lifecycle rule, or a copy into the class): the
+        // first refusal (no rule, a class the provider does not know) stops them here.
+        for m in &pp.cold {
+            let Some(class) = &pp.cold_class else { break };
+            match p.make_cold(&m.key, class).await {
+                Ok(Cold::Tagged | Cold::Copied) => pp.moved_cold += 1,
+                Ok(Cold::Unsupported) => {
+                    tracing::warn!(
+                        provider = p.name(),
+                        "the provider does not keep storage classes: nothing moved"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(provider = p.name(), key = m.key, error = %e, "cannot move to the cold class; the rest stays");
+                    pp.refused.push(Refused {
+                        key: m.key.clone(),
+                        error: e.to_string(),
+                    });
+                    break;
                 }
             }
         }
@@ -277,6 +338,9 @@ struct ProviderRecord<'a> {
     locks_raised: usize,
     locks_held: usize,
     denied: Option<&'a str>,
+    cold_class: Option<&'a str>,
+    cold_planned: usize,
+    moved_cold: usize,
 }
 
 fn record(r: &PruneReport) -> Record<'_> {
@@ -322,6 +386,9 @@ fn record(r: &PruneReport) -> Record<'_> {
                     locks_raised: p.locks_raised,
                     locks_held: p.locks_held,
                     denied: p.denied.as_deref(),
+                    cold_class: p.cold_class.as_deref(),
+                    cold_planned: p.cold.len(),
+                    moved_cold: p.moved_cold,
                 }
             })
             .collect(),

@@ -37,7 +37,8 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     };
     let archive = Archive::open(&ctx.cfg)?;
     let policy = prune::policy(&ctx.cfg.retention);
-    let mut report = prune::plan(&archive, &policy, now).await?;
+    let cold = prune::cold_policies(&ctx.cfg.storage);
+    let mut report = prune::plan(&archive, &policy, &cold, now).await?;
     if !a.dry_run && a.explain.is_none() {
         prune::apply(&archive, &mut report).await?;
     }
@@ -127,6 +128,19 @@ pub fn render(r: &PruneReport) -> String {
                 plan.retain.len()
             ));
         }
+        if !p.cold.is_empty() {
+            s.push_str(&format!(
+                "  cold   {} parts of {} backups to {} ({})\n",
+                p.cold.len(),
+                p.cold
+                    .iter()
+                    .map(|m| m.backup.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+                p.cold_class.as_deref().unwrap_or("-"),
+                fmt::size(p.cold.iter().map(|m| m.size).sum())
+            ));
+        }
         if let Some(d) = &p.denied {
             s.push_str(&format!(
                 "  nothing done: these credentials may not delete: {d}\n"
@@ -134,6 +148,13 @@ pub fn render(r: &PruneReport) -> String {
             continue;
         }
         if !r.dry_run {
+            if !p.cold.is_empty() {
+                s.push_str(&format!(
+                    "  moved  {} parts to {}\n",
+                    p.moved_cold,
+                    p.cold_class.as_deref().unwrap_or("-")
+                ));
+            }
             if p.locks_raised + p.locks_held > 0 {
                 s.push_str(&format!(
                     "  locks raised on {} objects, {} already locked long enough\n",

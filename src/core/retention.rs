@@ -519,6 +519,80 @@ pub fn plan_provider<'a>(
     }
 }
 
+/// A provider's cold storage class, as the planner takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColdPolicy {
+    pub class: String,
+    /// The class's minimum storage duration (days): an object deleted sooner is billed the
+    /// rest, so only objects with a longer planned life left are moved.
+    pub min_days: u32,
+    /// The first tier whose backups go cold: `Monthly` (backups only the monthly tier
+    /// keeps) or `Weekly` (also those only the weekly and monthly tiers keep).
+    pub from: Tier,
+}
+
+/// Objects smaller than this stay in the standard class: archive classes bill at least
+/// 128 KiB (and Glacier adds 40 KB of index) per object, and `backup.json`, manifests and
+/// history files are read by every listing and plan.
+pub const COLD_MIN_SIZE: u64 = 128 * 1024;
+
+/// A backup part to move to the cold class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ColdMove {
+    pub key: String,
+    pub size: u64,
+    pub backup: String,
+}
+
+/// The parts a provider's cold class takes: those of backups that only tiers from
+/// `cold.from` on keep, whose keep-until date is further than the class's minimum storage
+/// duration, at least [`COLD_MIN_SIZE`], and not yet in the class (`classes`: the
+/// provider's non-standard objects, sorted by key). Tiers only fall away as a backup ages,
+/// so a backup that went cold never needs to come back.
+pub fn cold_moves(
+    plan: &ProviderPlan,
+    listing: &[Listed],
+    classes: &[(String, String)],
+    cold: &ColdPolicy,
+    now: Timestamp,
+) -> Vec<ColdMove> {
+    let allowed = |t: &Tier| *t >= cold.from && matches!(t, Tier::Weekly | Tier::Monthly);
+    let mut out = Vec::new();
+    for k in &plan.kept {
+        let Some(until) = k.keep_until else { continue };
+        if k.tiers.is_empty() || !k.tiers.iter().all(allowed) {
+            continue;
+        }
+        if until.0 - now.0 <= i64::from(cold.min_days) * DAY {
+            continue;
+        }
+        let prefix = catalog::backup_prefix(&k.backup);
+        let from = listing.partition_point(|l| l.key.as_str() < prefix.as_str());
+        for l in listing[from..]
+            .iter()
+            .take_while(|l| l.key.starts_with(&prefix))
+        {
+            let name = &l.key[prefix.len()..];
+            if name == "backup.json" || name == "backup_manifest" || l.size < COLD_MIN_SIZE {
+                continue;
+            }
+            let now_in = classes
+                .binary_search_by(|(key, _)| key.as_str().cmp(&l.key))
+                .ok()
+                .map(|i| classes[i].1.as_str());
+            if now_in == Some(cold.class.as_str()) {
+                continue;
+            }
+            out.push(ColdMove {
+                key: l.key.clone(),
+                size: l.size,
+                backup: k.backup.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// The lock targets: every object of a backup a calendar tier keeps (its parts, manifest
 /// and `backup.json`), the WAL from its start to its end, and the history files (tiny, and
 /// any timeline may need them) until the latest date of all.
@@ -977,6 +1051,71 @@ mod tests {
             let latest = plan.kept.iter().filter_map(|k| k.keep_until).max();
             prop_assert!(plan.retain.iter().all(|r| Some(r.until) <= latest));
         }
+    }
+
+    /// Cold moves: only parts of monthly-only backups with a long life left, never small
+    /// objects, never twice.
+    #[test]
+    fn cold_moves_take_only_long_lived_monthly_parts() {
+        let days = 3 * 365;
+        let h = History {
+            units: days * 4,
+            backups: (0..days).map(|d| d * 4 + 1).collect(),
+            switch: None,
+            holes: vec![],
+            interrupted: vec![],
+            missing: vec![],
+            temps: vec![],
+            policy: Policy::strategy(),
+            now_extra: 0,
+        };
+        let (cat, listing) = build(&h);
+        let now = now_of(&h);
+        let plan = plan_provider(&h.policy, now, SEG, &cat, &listing);
+        let cold = ColdPolicy {
+            class: "DEEP_ARCHIVE".into(),
+            min_days: 180,
+            from: Tier::Monthly,
+        };
+        // The test's parts are small: with every part at least COLD_MIN_SIZE...
+        let big: Vec<Listed> = listing
+            .iter()
+            .map(|l| Listed {
+                size: l.size.max(COLD_MIN_SIZE),
+                ..l.clone()
+            })
+            .collect();
+        let moves = cold_moves(&plan, &big, &[], &cold, now);
+        let ids: BTreeSet<&str> = moves.iter().map(|m| m.backup.as_str()).collect();
+        for k in &plan.kept {
+            let monthly_only = k.tiers == vec![Tier::Monthly];
+            let long = k.keep_until.is_some_and(|u| u.0 - now.0 > 180 * DAY);
+            assert_eq!(
+                ids.contains(k.backup.as_str()),
+                monthly_only && long,
+                "{k:?}"
+            );
+        }
+        assert!(ids.len() > 12, "{}", ids.len());
+        assert!(moves
+            .iter()
+            .all(|m| !m.key.ends_with("/backup.json") && !m.key.ends_with("/backup_manifest")));
+        // Already in the class: nothing to do.
+        let mut classes: Vec<(String, String)> = moves
+            .iter()
+            .map(|m| (m.key.clone(), "DEEP_ARCHIVE".to_string()))
+            .collect();
+        classes.sort();
+        assert!(cold_moves(&plan, &big, &classes, &cold, now).is_empty());
+        // Weekly on: more backups go; small objects never.
+        let weekly = ColdPolicy {
+            from: Tier::Weekly,
+            ..cold.clone()
+        };
+        assert!(cold_moves(&plan, &big, &[], &weekly, now).len() > moves.len());
+        assert!(cold_moves(&plan, &listing, &[], &cold, now)
+            .iter()
+            .all(|m| m.size >= COLD_MIN_SIZE));
     }
 
     /// The strategy's policy over 7 simulated years of daily backups: what stays.

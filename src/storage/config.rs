@@ -25,6 +25,38 @@ pub struct StorageConfig {
     pub request_checksum_calculation: Option<ChecksumWhen>,
     /// When the SDK validates response checksums; same values and defaults.
     pub response_checksum_validation: Option<ChecksumWhen>,
+    /// The storage class `prune` moves old backups' parts to (e.g. "DEEP_ARCHIVE",
+    /// "GLACIER_IR"); none: everything stays in the standard class.
+    pub cold_storage_class: Option<String>,
+    /// From which tier on a backup goes cold: "monthly" (the default: backups only the
+    /// monthly tier keeps) or "weekly" (also those only the weekly tier keeps).
+    pub cold_after: Option<ColdAfter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColdAfter {
+    Weekly,
+    Monthly,
+}
+
+/// The S3 storage classes a backup part may be moved to, with the minimum storage duration
+/// (days) each bills for (AWS's figures; an object deleted sooner is billed the rest).
+pub const COLD_CLASSES: &[(&str, u32)] = &[
+    ("STANDARD_IA", 30),
+    ("ONEZONE_IA", 30),
+    ("INTELLIGENT_TIERING", 0),
+    ("GLACIER_IR", 90),
+    ("GLACIER", 90),
+    ("DEEP_ARCHIVE", 180),
+];
+
+/// The minimum storage duration of a known cold class.
+pub fn cold_min_days(class: &str) -> Option<u32> {
+    COLD_CLASSES
+        .iter()
+        .find(|(c, _)| *c == class)
+        .map(|(_, d)| *d)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

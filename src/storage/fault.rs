@@ -140,6 +140,25 @@ impl ObjectStore for Faulty {
             self.inner.thaw(key, request).await
         })
     }
+    fn list_classes<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFut<'a, Result<Vec<(String, String)>, StorageError>> {
+        Box::pin(async move {
+            self.check("list", prefix)?;
+            self.inner.list_classes(prefix).await
+        })
+    }
+    fn make_cold<'a>(
+        &'a self,
+        key: &'a str,
+        class: &'a str,
+    ) -> BoxFut<'a, Result<crate::storage::Cold, StorageError>> {
+        Box::pin(async move {
+            self.check("cold", key)?;
+            self.inner.make_cold(key, class).await
+        })
+    }
     fn probe_delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
         Box::pin(async move {
             self.check("delete", key)?;

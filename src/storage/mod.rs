@@ -75,6 +75,22 @@ pub enum Thaw {
     Cold,
 }
 
+/// How [`ObjectStore::make_cold`] moved an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cold {
+    /// Tagged for the bucket's lifecycle rule, which transitions it (keeping the version
+    /// and its lock).
+    Tagged,
+    /// Copied onto itself in the class (a provider without lifecycle rules, unversioned).
+    Copied,
+    /// This provider cannot store classes.
+    Unsupported,
+}
+
+/// The tag `prune` puts on an object for the lifecycle rule that moves it: its value is
+/// the target class.
+pub const COLD_TAG: &str = "lifeboat-cold";
+
 /// What [`ObjectStore::extend_retention`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Extended {
@@ -109,6 +125,24 @@ pub trait ObjectStore: Send + Sync {
     fn probe_delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {
         let _ = key;
         Box::pin(async { Ok(()) })
+    }
+    /// The objects under `prefix` stored in a class other than the standard one, with
+    /// their class, sorted by key (a listing of its own, so the big listings stay small).
+    fn list_classes<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFut<'a, Result<Vec<(String, String)>, StorageError>> {
+        let _ = prefix;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// Move the object to storage class `class` (see [`Cold`]).
+    fn make_cold<'a>(
+        &'a self,
+        key: &'a str,
+        class: &'a str,
+    ) -> BoxFut<'a, Result<Cold, StorageError>> {
+        let _ = (key, class);
+        Box::pin(async { Ok(Cold::Unsupported) })
     }
     /// Whether the object is in an archive storage class and must be thawed before a read;
     /// with `request = Some(days)`, ask the provider to restore a readable copy for that
@@ -202,6 +236,8 @@ pub fn validate(cfg: &StorageConfig) -> Result<(), (&'static str, String)> {
                 "response_checksum_validation",
                 cfg.response_checksum_validation.is_some(),
             ),
+            ("cold_storage_class", cfg.cold_storage_class.is_some()),
+            ("cold_after", cfg.cold_after.is_some()),
         ];
         if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
             return Err((

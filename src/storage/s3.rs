@@ -39,7 +39,15 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use crate::storage::config::{ChecksumWhen, ObjectLockConfig, ObjectLockMode, StorageConfig};
-use crate::storage::{BoxFut, Features, ObjectMeta, ObjectStore, StorageError};
+use crate::storage::{BoxFut, Cold, Features, ObjectMeta, ObjectStore, StorageError, COLD_TAG};
+
+/// What a CopyObject source's key escapes: all but unreserved characters and `/`.
+const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Objects at least this large go up in parts.
 pub const MULTIPART_THRESHOLD: usize = 64 * 1024 * 1024;
@@ -122,6 +130,26 @@ pub fn validate(cfg: &StorageConfig) -> Result<(), (&'static str, String)> {
         ));
     }
     credential_source(cfg).map(|_| ())?;
+    if let Some(c) = &cfg.cold_storage_class {
+        if crate::storage::config::cold_min_days(c).is_none() {
+            let known: Vec<&str> = crate::storage::config::COLD_CLASSES
+                .iter()
+                .map(|(c, _)| *c)
+                .collect();
+            return Err((
+                "cold_storage_class",
+                format!(
+                    "storage \"{name}\": cold_storage_class \"{c}\" is not a storage class lifeboat knows\nhint: one of {} (as the provider names them; GLACIER_IR is read at once, GLACIER and DEEP_ARCHIVE need a thaw of hours before a restore)",
+                    known.join(", ")
+                ),
+            ));
+        }
+    } else if cfg.cold_after.is_some() {
+        return Err((
+            "cold_after",
+            format!("storage \"{name}\": cold_after is set but cold_storage_class is not\nhint: add cold_storage_class = \"DEEP_ARCHIVE\" (or another class), or remove cold_after"),
+        ));
+    }
     if let Some(l) = &cfg.object_lock {
         if !(1..=36500).contains(&l.days) {
             return Err((
@@ -246,6 +274,17 @@ pub struct S3Store {
     part_size: usize,
     /// The provider's clock minus ours (seconds), from the last response's `Date` header.
     clock_offset: Arc<std::sync::Mutex<Option<i64>>>,
+    /// What the bucket's lifecycle rules do for `make_cold`, once asked (per class).
+    lifecycle: Mutex<Option<Lifecycle>>,
+}
+
+/// The bucket's lifecycle rules, as `make_cold` needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lifecycle {
+    /// The provider has no lifecycle rules at all.
+    Unsupported,
+    /// The classes an enabled rule moves objects tagged `lifeboat-cold=<CLASS>` to at once.
+    Rules(Vec<String>),
 }
 
 /// Reads the `Date` header of every response. The SDK already corrects its signatures for
@@ -385,6 +424,7 @@ impl S3Store {
             multipart_threshold: MULTIPART_THRESHOLD,
             part_size: PART_SIZE,
             clock_offset,
+            lifecycle: Mutex::new(None),
         })
     }
 
@@ -740,6 +780,152 @@ impl S3Store {
         tracing::info!(provider = %self.name, key, days, "requested a restore of a cold object");
         // Some providers have the copy at once.
         Box::pin(self.thaw_object(key, None)).await
+    }
+
+    /// The bucket's lifecycle rules for cold tags, read once.
+    async fn lifecycle(&self, key: &str) -> Result<Lifecycle, StorageError> {
+        use aws_sdk_s3::types::ExpirationStatus;
+        let mut cached = self.lifecycle.lock().await;
+        if let Some(l) = &*cached {
+            return Ok(l.clone());
+        }
+        let l = match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.url.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let mut classes = Vec::new();
+                for r in out.rules() {
+                    if r.status() != &ExpirationStatus::Enabled {
+                        continue;
+                    }
+                    let Some(f) = r.filter() else { continue };
+                    let tags: Vec<&aws_sdk_s3::types::Tag> = f
+                        .tag()
+                        .into_iter()
+                        .chain(f.and().map_or(&[][..], |a| a.tags()))
+                        .collect();
+                    let prefix = f.prefix().or_else(|| f.and().and_then(|a| a.prefix()));
+                    // A prefix must not exclude this store's objects.
+                    let base = self.full_key("");
+                    if prefix.is_some_and(|p| !base.starts_with(p) && !p.starts_with(&base)) {
+                        continue;
+                    }
+                    for t in r.transitions() {
+                        let Some(c) = t.storage_class().map(|c| c.as_str().to_string()) else {
+                            continue;
+                        };
+                        let at_once = t.days().unwrap_or(0) <= 1 && t.date().is_none();
+                        if at_once
+                            && tags
+                                .iter()
+                                .any(|tag| tag.key() == COLD_TAG && tag.value() == c)
+                        {
+                            classes.push(c);
+                        }
+                    }
+                }
+                Lifecycle::Rules(classes)
+            }
+            Err(e) => {
+                let p = Problem::from_sdk(e);
+                match (p.code.as_deref(), p.status) {
+                    (Some("NoSuchLifecycleConfiguration"), _) => Lifecycle::Rules(Vec::new()),
+                    (Some("NotImplemented"), _) | (_, Some(501)) => Lifecycle::Unsupported,
+                    _ => return Err(self.error("cold", key, p)),
+                }
+            }
+        };
+        *cached = Some(l.clone());
+        Ok(l)
+    }
+
+    /// See [`ObjectStore::make_cold`].
+    async fn move_cold(&self, key: &str, class: &str) -> Result<Cold, StorageError> {
+        use aws_sdk_s3::types::{MetadataDirective, StorageClass, Tag, Tagging};
+        let features = self.ensure().await?;
+        let full = self.full_key(key);
+        let refuse = |message: String, hint: String| StorageError {
+            provider: self.name.clone(),
+            op: "cold",
+            key: key.to_string(),
+            message,
+            hint: Some(hint),
+            retryable: false,
+        };
+        match self.lifecycle(key).await? {
+            Lifecycle::Rules(classes) if classes.iter().any(|c| c == class) => {
+                let tagging = Tagging::builder()
+                    .tag_set(
+                        Tag::builder()
+                            .key(COLD_TAG)
+                            .value(class)
+                            .build()
+                            .map_err(|e| self.error("cold", key, Problem::other(&e.to_string())))?,
+                    )
+                    .build()
+                    .map_err(|e| self.error("cold", key, Problem::other(&e.to_string())))?;
+                self.client
+                    .put_object_tagging()
+                    .bucket(&self.url.bucket)
+                    .key(&full)
+                    .tagging(tagging)
+                    .send()
+                    .await
+                    .map_err(|e| self.sdk_error("cold", key, e))?;
+                Ok(Cold::Tagged)
+            }
+            Lifecycle::Rules(_) => Err(refuse(
+                format!(
+                    "bucket \"{}\" has no enabled lifecycle rule moving objects tagged {COLD_TAG}={class} to {class}",
+                    self.url.bucket
+                ),
+                format!(
+                    "add this rule to the bucket's lifecycle configuration (prune tags, the provider moves, keeping each version and its lock): {{\"ID\": \"lifeboat-cold\", \"Status\": \"Enabled\", \"Filter\": {{\"Tag\": {{\"Key\": \"{COLD_TAG}\", \"Value\": \"{class}\"}}}}, \"Transitions\": [{{\"Days\": 0, \"StorageClass\": \"{class}\"}}]}}"
+                ),
+            )),
+            Lifecycle::Unsupported if features.versioned => Err(refuse(
+                format!(
+                    "the provider has no lifecycle rules, and bucket \"{}\" keeps versions: a copy into {class} would leave the standard version (and its lock) billed beside it",
+                    self.url.bucket
+                ),
+                "remove cold_storage_class from this [[storage]] entry, or use a provider with lifecycle rules".into(),
+            )),
+            Lifecycle::Unsupported => {
+                let source = format!(
+                    "{}/{}",
+                    self.url.bucket,
+                    percent_encoding::utf8_percent_encode(&full, COPY_SOURCE)
+                );
+                self.client
+                    .copy_object()
+                    .bucket(&self.url.bucket)
+                    .key(&full)
+                    .copy_source(source)
+                    .storage_class(StorageClass::from(class))
+                    .metadata_directive(MetadataDirective::Copy)
+                    .send()
+                    .await
+                    .map_err(|e| self.sdk_error("cold", key, e))?;
+                // A provider that ignores classes would be copied to again on every run.
+                let head = self
+                    .client
+                    .head_object()
+                    .bucket(&self.url.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                    .map_err(|e| self.sdk_error("cold", key, e))?;
+                if head.storage_class().map(|c| c.as_str()) == Some(class) {
+                    Ok(Cold::Copied)
+                } else {
+                    Ok(Cold::Unsupported)
+                }
+            }
+        }
     }
 
     /// Raise the current version's retain-until date (see the trait).
@@ -1133,6 +1319,55 @@ impl ObjectStore for S3Store {
         request: Option<u32>,
     ) -> BoxFut<'a, Result<crate::storage::Thaw, StorageError>> {
         Box::pin(self.thaw_object(key, request))
+    }
+
+    fn list_classes<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFut<'a, Result<Vec<(String, String)>, StorageError>> {
+        Box::pin(async move {
+            self.ensure().await?;
+            let base = self.full_key("");
+            let full_prefix = format!("{base}{prefix}");
+            let mut out = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.url.bucket)
+                    .prefix(&full_prefix)
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| self.sdk_error("list", prefix, e))?;
+                for o in page.contents() {
+                    let (Some(k), Some(c)) = (o.key(), o.storage_class()) else {
+                        continue;
+                    };
+                    if c.as_str() == "STANDARD" {
+                        continue;
+                    }
+                    if let Some(rel) = k.strip_prefix(base.as_str()) {
+                        out.push((rel.to_string(), c.as_str().to_string()));
+                    }
+                }
+                match page.next_continuation_token() {
+                    Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn make_cold<'a>(
+        &'a self,
+        key: &'a str,
+        class: &'a str,
+    ) -> BoxFut<'a, Result<Cold, StorageError>> {
+        Box::pin(self.move_cold(key, class))
     }
 
     fn probe_delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StorageError>> {

@@ -455,3 +455,160 @@ fn prune_with_object_lock_and_two_roles() {
     assert_eq!(p["locks_raised"].as_u64(), Some(0), "{p}");
     assert_eq!(p["locks_held"].as_u64(), Some(retain.len() as u64), "{p}");
 }
+
+/// Cold storage on moto: the backup only the monthly tier keeps has its large parts tagged
+/// for the bucket's lifecycle rule (DEEP_ARCHIVE), its `backup.json` and manifest stay
+/// standard; a bucket without the rule refuses with the rule to add; once the provider has
+/// moved the parts (done here as its rule would), the next run moves nothing.
+#[test]
+fn prune_moves_the_monthly_tier_to_the_cold_class() {
+    use crate::support::s3::{cred_env, Kind, S3Server};
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleRule, LifecycleRuleFilter,
+        MetadataDirective, StorageClass, Tag, Transition, TransitionStorageClass,
+    };
+    let pg = PgCluster::start(15, ClusterOpts::default());
+    let moto = S3Server::start(Kind::Moto);
+    moto.create_bucket("ruled", false);
+    moto.create_bucket("plain", false);
+    let rule = LifecycleRule::builder()
+        .id("lifeboat-cold")
+        .status(ExpirationStatus::Enabled)
+        .filter(
+            LifecycleRuleFilter::builder()
+                .tag(
+                    Tag::builder()
+                        .key("lifeboat-cold")
+                        .value("DEEP_ARCHIVE")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .transitions(
+            Transition::builder()
+                .days(0)
+                .storage_class(TransitionStorageClass::DeepArchive)
+                .build(),
+        )
+        .build()
+        .unwrap();
+    moto.block_on(
+        moto.client()
+            .put_bucket_lifecycle_configuration()
+            .bucket("ruled")
+            .lifecycle_configuration(
+                BucketLifecycleConfiguration::builder()
+                    .rules(rule)
+                    .build()
+                    .unwrap(),
+            )
+            .send(),
+    )
+    .unwrap();
+    let cold = "cold_storage_class = \"DEEP_ARCHIVE\"";
+    let lb = Lb::for_cluster(
+        &pg,
+        &format!(
+            "{SMALL_PARTS}{}\n{}\n[retention]\npitr_days = 1\ndaily_days = 0\nweekly_weeks = 0\nmonthly_months = 84\nmin_backups = 1\n",
+            moto.storage_toml("ruled", "ruled", "pg", cold),
+            moto.storage_toml("plain", "plain", "pg", cold)
+        ),
+    );
+    let run = |args: &[&str]| {
+        let mut c = lb.cmd();
+        c.args(args).envs(cred_env());
+        run_timeout(&mut c, Duration::from_secs(600), None).unwrap()
+    };
+    // Incompressible rows, so that parts are larger than the 128 KiB cold minimum.
+    pg.psql("CREATE TABLE r AS SELECT md5(random()::text) || md5(random()::text) AS v FROM generate_series(1, 100000)");
+    let end = pg.current_lsn();
+    expect_success(&run(&["stream", "--endpos", &end]), "stream");
+    expect_success(&run(&["backup", "--fast"]), "backup 1");
+    std::thread::sleep(Duration::from_millis(1100));
+    expect_success(&run(&["backup", "--fast"]), "backup 2");
+    let end = pg.switch_wal();
+    expect_success(&run(&["stream", "--endpos", &end]), "stream to the end");
+    let ids = backup_ids(&lb);
+    let monthly = &ids[0];
+    let later = in_days(&pg, 3);
+
+    let out = run(&["--json", "prune", "--now", &later]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let report = json_of(&out);
+    let provider = |name: &str| {
+        report["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider"] == name)
+            .unwrap()
+            .clone()
+    };
+    let ruled = provider("ruled");
+    let planned = ruled["cold"].as_array().unwrap();
+    assert!(!planned.is_empty(), "{ruled}");
+    assert!(
+        planned.iter().all(|m| m["backup"] == monthly.as_str()),
+        "{ruled}"
+    );
+    assert_eq!(ruled["moved_cold"].as_u64(), Some(planned.len() as u64));
+    assert!(ruled["refused"].as_array().unwrap().is_empty(), "{ruled}");
+    let tags = |bucket: &str, key: &str| -> Vec<(String, String)> {
+        moto.block_on(
+            moto.client()
+                .get_object_tagging()
+                .bucket(bucket)
+                .key(format!("pg/{key}"))
+                .send(),
+        )
+        .unwrap()
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_string(), t.value().to_string()))
+        .collect()
+    };
+    for m in planned {
+        assert_eq!(
+            tags("ruled", m["key"].as_str().unwrap()),
+            vec![("lifeboat-cold".to_string(), "DEEP_ARCHIVE".to_string())]
+        );
+    }
+    assert!(tags("ruled", &format!("backups/{monthly}/backup.json")).is_empty());
+    assert!(tags("ruled", &format!("backups/{monthly}/backup_manifest")).is_empty());
+    // The bucket without the rule: refused once, with the rule to add; nothing moved.
+    let plain = provider("plain");
+    assert_eq!(plain["moved_cold"].as_u64(), Some(0), "{plain}");
+    let refused = plain["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{plain}");
+    assert!(
+        refused[0]["error"].as_str().unwrap().contains("bucket \"plain\" has no enabled lifecycle rule moving objects tagged lifeboat-cold=DEEP_ARCHIVE to DEEP_ARCHIVE\nhint: add this rule to the bucket's lifecycle configuration"),
+        "{plain}"
+    );
+
+    // The provider's rule runs (moto stores rules but never runs them): each tagged part
+    // copied onto itself in the class. The next run plans nothing for it.
+    for m in planned {
+        let key = format!("pg/{}", m["key"].as_str().unwrap());
+        moto.block_on(
+            moto.client()
+                .copy_object()
+                .bucket("ruled")
+                .key(&key)
+                .copy_source(format!("ruled/{key}"))
+                .storage_class(StorageClass::DeepArchive)
+                .metadata_directive(MetadataDirective::Copy)
+                .send(),
+        )
+        .unwrap();
+    }
+    let again = json_of(&run(&["--json", "prune", "--now", &later]));
+    let ruled = again["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "ruled")
+        .unwrap()
+        .clone();
+    assert!(ruled["cold"].as_array().unwrap().is_empty(), "{ruled}");
+}
