@@ -53,6 +53,48 @@ pub fn policy(r: &RetentionConfig) -> Policy {
     }
 }
 
+/// A lock group's date and how many objects it had when every one reached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LockedGroup {
+    pub until: Timestamp,
+    pub objects: usize,
+}
+
+/// The lock groups the newest prune record on this provider says were reached there.
+async fn recorded_locks(
+    p: &dyn crate::storage::ObjectStore,
+) -> std::collections::BTreeMap<String, LockedGroup> {
+    #[derive(serde::Deserialize)]
+    struct Rec {
+        providers: Vec<Prov>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Prov {
+        provider: String,
+        #[serde(default)]
+        locked: std::collections::BTreeMap<String, LockedGroup>,
+    }
+    let Ok(listed) = p.list(catalog::PRUNE_PREFIX).await else {
+        return Default::default();
+    };
+    let Some(newest) = listed
+        .iter()
+        .map(|o| &o.key)
+        .filter(|k| k.ends_with(".json"))
+        .max()
+    else {
+        return Default::default();
+    };
+    let Ok(Some(body)) = p.get(newest).await else {
+        return Default::default();
+    };
+    serde_json::from_slice::<Rec>(&body)
+        .ok()
+        .and_then(|r| r.providers.into_iter().find(|x| x.provider == p.name()))
+        .map(|x| x.locked)
+        .unwrap_or_default()
+}
+
 /// A deletion the provider refused.
 #[derive(Debug, Clone, Serialize)]
 pub struct Refused {
@@ -78,6 +120,11 @@ pub struct ProviderPrune {
     pub locks_held: usize,
     /// Why nothing was done here: these credentials may not delete.
     pub denied: Option<String>,
+    /// Lock groups (a backup, or the history files) whose every object reached the date:
+    /// recorded, so the next run skips them instead of asking for each object again.
+    pub locked: std::collections::BTreeMap<String, LockedGroup>,
+    /// Objects not asked because the previous run's record says their group is locked.
+    pub locks_recorded: usize,
     /// The provider's cold class, the parts to move there, and how many were.
     pub cold_class: Option<String>,
     pub cold: Vec<ColdMove>,
@@ -183,6 +230,8 @@ pub async fn plan(
             locks_raised: 0,
             locks_held: 0,
             denied: None,
+            locked: Default::default(),
+            locks_recorded: 0,
             cold_class: cold.get(i).cloned().flatten().map(|c| c.class),
             cold: moves,
             moved_cold: 0,
@@ -230,20 +279,58 @@ pub async fn apply(archive: &Archive, report: &mut PruneReport) -> Result<()> {
             pp.denied = Some(format!("{} {}: {}", e.op, e.key, e.message));
             continue;
         }
-        // Locks first: a run stopped after them has only kept things longer.
+        // Locks first: a run stopped after them has only kept things longer. A group the
+        // previous run recorded as reached (same date or later, same objects) is skipped.
+        let mut groups: std::collections::BTreeMap<&str, LockedGroup> = Default::default();
         for r in &plan.retain {
+            let g = groups.entry(r.group.as_str()).or_insert(LockedGroup {
+                until: r.until,
+                objects: 0,
+            });
+            g.until = g.until.max(r.until);
+            g.objects += 1;
+        }
+        let before = if plan.retain.is_empty() || !p.features().object_lock {
+            Default::default()
+        } else {
+            recorded_locks(p.as_ref()).await
+        };
+        let done = |g: &str| {
+            before
+                .get(g)
+                .zip(groups.get(g))
+                .is_some_and(|(b, now)| b.until >= now.until && b.objects == now.objects)
+        };
+        let mut failed: std::collections::BTreeSet<&str> = Default::default();
+        let mut supported = true;
+        for r in &plan.retain {
+            if done(&r.group) {
+                pp.locks_recorded += 1;
+                continue;
+            }
             match p.extend_retention(&r.key, r.until.to_system_time()).await {
                 Ok(Extended::Raised) => pp.locks_raised += 1,
                 Ok(Extended::Held) => pp.locks_held += 1,
-                Ok(Extended::Unsupported) => break,
+                Ok(Extended::Unsupported) => {
+                    supported = false;
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(provider = p.name(), key = r.key, error = %e, "cannot extend the object's lock; skipped");
+                    failed.insert(r.group.as_str());
                     pp.refused.push(Refused {
                         key: r.key.clone(),
                         error: e.to_string(),
                     });
                 }
             }
+        }
+        if supported {
+            pp.locked = groups
+                .into_iter()
+                .filter(|(g, _)| !failed.contains(g))
+                .map(|(g, l)| (g.to_string(), l))
+                .collect();
         }
         // Cold moves (a tag for the bucket's lifecycle rule, or a copy into the class): the
         // first refusal (no rule, a class the provider does not know) stops them here.
@@ -337,6 +424,9 @@ struct ProviderRecord<'a> {
     refused: &'a [Refused],
     locks_raised: usize,
     locks_held: usize,
+    locks_recorded: usize,
+    /// The lock groups reached (the next run skips them).
+    locked: &'a std::collections::BTreeMap<String, LockedGroup>,
     denied: Option<&'a str>,
     cold_class: Option<&'a str>,
     cold_planned: usize,
@@ -385,6 +475,8 @@ fn record(r: &PruneReport) -> Record<'_> {
                     refused: &p.refused,
                     locks_raised: p.locks_raised,
                     locks_held: p.locks_held,
+                    locks_recorded: p.locks_recorded,
+                    locked: &p.locked,
                     denied: p.denied.as_deref(),
                     cold_class: p.cold_class.as_deref(),
                     cold_planned: p.cold.len(),

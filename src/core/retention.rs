@@ -158,7 +158,13 @@ pub struct ProviderPlan {
 pub struct Retain {
     pub key: String,
     pub until: Timestamp,
+    /// The backup whose keep-until date this is (`history/` for the history files): prune
+    /// records per group which dates it reached, and skips a group already there.
+    pub group: String,
 }
+
+/// The group name of the history files' lock targets.
+pub const HISTORY_GROUP: &str = "history/";
 
 /// The day index (days since 1970-01-01, UTC) of a time.
 fn day_of(t: Timestamp) -> i64 {
@@ -602,11 +608,12 @@ fn retain_dates(
     kept: &BTreeMap<&str, Kept>,
     by_id: &BTreeMap<&str, &BackupMeta>,
 ) -> Vec<Retain> {
-    let mut until: BTreeMap<&str, Timestamp> = BTreeMap::new();
+    let mut until: BTreeMap<&str, (Timestamp, &str)> = BTreeMap::new();
     let mut latest: Option<Timestamp> = None;
     for (id, k) in kept {
         let Some(u) = k.keep_until else { continue };
         latest = Some(latest.map_or(u, |l| l.max(u)));
+        let id: &str = id;
         // Not `.tmp.` leftovers, nor parts a listed `.seg` supersedes (both may go).
         let mut bump = |key: &str| {
             if key.contains(".tmp.")
@@ -622,8 +629,10 @@ fn retain_dates(
             let at = listing
                 .binary_search_by(|l| l.key.as_str().cmp(key))
                 .expect("listed");
-            let e = until.entry(listing[at].key.as_str()).or_insert(u);
-            *e = (*e).max(u);
+            let e = until.entry(listing[at].key.as_str()).or_insert((u, id));
+            if u > e.0 {
+                *e = (u, id);
+            }
         };
         let prefix = catalog::backup_prefix(id);
         let from = listing.partition_point(|l| l.key.as_str() < prefix.as_str());
@@ -650,14 +659,15 @@ fn retain_dates(
             .iter()
             .take_while(|l| l.key.starts_with("history/"))
         {
-            until.insert(l.key.as_str(), u);
+            until.insert(l.key.as_str(), (u, HISTORY_GROUP));
         }
     }
     until
         .into_iter()
-        .map(|(key, until)| Retain {
+        .map(|(key, (until, group))| Retain {
             key: key.to_string(),
             until,
+            group: group.to_string(),
         })
         .collect()
 }
