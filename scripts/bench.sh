@@ -529,6 +529,32 @@ PY
   done
   grep -E "^  (PITR|delete)" "$WORK/plan.txt"
   echo "kept: $(grep -c '^  keep ' "$WORK/plan.txt") backups"
+  # The same objects from an S3 test server: s3s-fs serves a directory per bucket, and its
+  # bucket "bench" is the file:// store itself (a symlink), so nothing is uploaded. Planned
+  # over HTTP: time, peak RSS and the ListObjectsV2 requests per prefix (1,000 keys a page).
+  bash scripts/install-s3.sh >/dev/null
+  local fport
+  mkdir -p "$WORK/s3prune" && ln -sfn "$WORK/parch" "$WORK/s3prune/bench"
+  fport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$(pg_cache_dir)/s3/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$fport" --access-key benchkey \
+    --secret-key bench-secret-0123456789 "$WORK/s3prune" >"$WORK/s3prune.log" 2>&1 &
+  S3_PIDS+=($!)
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$fport") 2>/dev/null && break; sleep 0.1; done
+  sed '/^\[\[storage\]\]/,$d' "$WORK/prune.toml" > "$WORK/prune-s3.toml"
+  printf '%s\n' "[[storage]]" "name = \"s3s-fs\"" "url = \"s3://bench\"" \
+    "endpoint = \"http://127.0.0.1:$fport\"" "region = \"us-east-1\"" \
+    "access_key_id_env = \"BENCH_S3_KEY\"" "secret_access_key_env = \"BENCH_S3_SECRET\"" >> "$WORK/prune-s3.toml"
+  for i in $(seq 1 "$ROUNDS"); do
+    BENCH_S3_KEY=benchkey BENCH_S3_SECRET=bench-secret-0123456789 \
+      LIFEBOAT_LOG="lifeboat::archive=info,lifeboat::storage::s3=debug,warn" \
+      /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/prune-s3.toml" prune --dry-run \
+      --now "2026-12-01 00:00:00+00" >"$WORK/plan-s3.txt" 2>"$WORK/plan-s3.log"
+    read -r t m < "$WORK/t"
+    echo "round $i prune --dry-run from S3 (s3s-fs): ${t}s, peak RSS $((m / 1024)) MiB; $(grep -o 'objects=[0-9]* listed_s=[0-9.]* planned_s=[0-9.]*' "$WORK/plan-s3.log"); ListObjectsV2 requests: $(grep -o 'prefix="[a-z]*/" objects=[0-9]* requests=[0-9]*' "$WORK/plan-s3.log" | tr '\n' ' ')"
+  done
+  diff <(grep -E '^  (keep|delete)' "$WORK/plan.txt") <(grep -E '^  (keep|delete)' "$WORK/plan-s3.txt") >/dev/null \
+    && echo "the plan from S3 is the plan from file://" || echo "WARNING: the plans from file:// and S3 differ"
+  kill "${S3_PIDS[@]}" 2>/dev/null || true
   /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/prune.toml" prune \
     --now "2026-12-01 00:00:00+00" >"$WORK/apply.txt" 2>"$WORK/apply.log"
   read -r t m < "$WORK/t"

@@ -173,9 +173,10 @@ pub async fn plan(
         let started = std::time::Instant::now();
         let mut listing = Vec::new();
         let mut error = None;
-        // The big listing (WAL) first, so it is never copied into a growing buffer.
+        // The big listing (WAL) first, so it is never copied into a growing buffer. With
+        // the `.tmp.` leftovers of interrupted writes (file:// hides them from `list`).
         for prefix in ["wal/", "backups/", "history/"] {
-            match p.list(prefix).await {
+            match p.list_with_leftovers(prefix).await {
                 Ok(objs) => {
                     // Same layout: collected in place, no second buffer of a million.
                     let mut part: Vec<Listed> = objs

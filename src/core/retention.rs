@@ -579,7 +579,11 @@ pub fn cold_moves(
             .take_while(|l| l.key.starts_with(&prefix))
         {
             let name = &l.key[prefix.len()..];
-            if name == "backup.json" || name == "backup_manifest" || l.size < COLD_MIN_SIZE {
+            if name == "backup.json"
+                || name == "backup_manifest"
+                || l.key.contains(".tmp.")
+                || l.size < COLD_MIN_SIZE
+            {
                 continue;
             }
             let now_in = classes

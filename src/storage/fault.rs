@@ -140,6 +140,15 @@ impl ObjectStore for Faulty {
             self.inner.thaw(key, request).await
         })
     }
+    fn list_with_leftovers<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFut<'a, Result<Vec<ObjectMeta>, StorageError>> {
+        Box::pin(async move {
+            self.check("list", prefix)?;
+            self.inner.list_with_leftovers(prefix).await
+        })
+    }
     fn list_classes<'a>(
         &'a self,
         prefix: &'a str,

@@ -126,6 +126,15 @@ pub trait ObjectStore: Send + Sync {
         let _ = key;
         Box::pin(async { Ok(()) })
     }
+    /// [`ObjectStore::list`] plus the leftovers of writes that never finished (`.tmp.`
+    /// files of the `file://` store, which `list` hides), in one walk, for `prune` to sweep
+    /// once older than its grace period.
+    fn list_with_leftovers<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFut<'a, Result<Vec<ObjectMeta>, StorageError>> {
+        self.list(prefix)
+    }
     /// The objects under `prefix` stored in a class other than the standard one, with
     /// their class, sorted by key (a listing of its own, so the big listings stay small).
     fn list_classes<'a>(
@@ -420,7 +429,9 @@ impl FileStore {
         Ok(f)
     }
 
-    fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    /// Objects under `prefix`; with `leftovers`, also the `.tmp.` files of writes that
+    /// never finished (hidden from every reader).
+    fn list_sync(&self, prefix: &str, leftovers: bool) -> Result<Vec<ObjectMeta>, StorageError> {
         // Walk from the deepest directory named by the prefix.
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
@@ -448,7 +459,7 @@ impl FileStore {
                     continue;
                 }
                 let name = ent.file_name();
-                if name.to_string_lossy().starts_with(TMP_PREFIX) {
+                if !leftovers && name.to_string_lossy().starts_with(TMP_PREFIX) {
                     continue;
                 }
                 let Ok(rel) = p.strip_prefix(&self.root) else {
@@ -550,7 +561,20 @@ impl ObjectStore for FileStore {
         Box::pin(async move {
             let me = FileStore::new(&self.name, self.root.clone());
             let p = prefix.to_string();
-            tokio::task::spawn_blocking(move || me.list_sync(&p))
+            tokio::task::spawn_blocking(move || me.list_sync(&p, false))
+                .await
+                .expect("file list task panicked")
+        })
+    }
+
+    fn list_with_leftovers<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFut<'a, Result<Vec<ObjectMeta>, StorageError>> {
+        Box::pin(async move {
+            let me = FileStore::new(&self.name, self.root.clone());
+            let p = prefix.to_string();
+            tokio::task::spawn_blocking(move || me.list_sync(&p, true))
                 .await
                 .expect("file list task panicked")
         })

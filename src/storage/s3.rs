@@ -1262,7 +1262,9 @@ impl ObjectStore for S3Store {
             let full_prefix = format!("{base}{prefix}");
             let mut out = Vec::new();
             let mut token: Option<String> = None;
+            let mut requests = 0u64;
             loop {
+                requests += 1;
                 let page = self
                     .client
                     .list_objects_v2()
@@ -1292,6 +1294,7 @@ impl ObjectStore for S3Store {
             }
             out.sort_by(|a, b| a.key.cmp(&b.key));
             out.dedup_by(|a, b| a.key == b.key);
+            tracing::debug!(provider = %self.name, prefix, objects = out.len(), requests, "listed");
             Ok(out)
         })
     }

@@ -66,6 +66,15 @@ fn prune_keeps_the_window_and_deletes_the_rest_in_order() {
     let ids = backup_ids(&lb);
     assert_eq!(ids.len(), 2, "{ids:?}");
     let (old, new) = (ids[0].clone(), ids[1].clone());
+    // Leftovers of writes a crash interrupted (hidden from every reader), one inside the
+    // backup that stays: swept once older than the grace period (the plan's now is 3 days on).
+    let leftovers = [
+        "wal/00000001/.tmp.000000010000000000000009.seg.77".to_string(),
+        format!("backups/{new}/.tmp.base.tar.000099.5"),
+    ];
+    for l in &leftovers {
+        std::fs::write(lb.archive.join(l), b"half").unwrap();
+    }
     let wal_before = lb.archive_files("wal/");
     let later = in_days(&pg, 3);
 
@@ -130,6 +139,20 @@ fn prune_keeps_the_window_and_deletes_the_rest_in_order() {
         );
     }
     assert_eq!(backup_ids(&lb), vec![new.clone()]);
+    let mut swept: Vec<&str> = done["providers"][0]["plan"]["delete"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["why"] == "temporary")
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    swept.sort();
+    let mut want: Vec<&str> = leftovers.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(swept, want);
+    for l in &leftovers {
+        assert!(!lb.archive.join(l).exists(), "{l}");
+    }
     for dir in [lb.archive.clone(), second.path().to_path_buf()] {
         assert!(
             !files(&dir)
@@ -455,7 +478,11 @@ fn prune_with_object_lock_and_two_roles() {
     // asked again (a run per day would otherwise HEAD every kept part).
     assert_eq!(p["locks_raised"].as_u64(), Some(0), "{p}");
     assert_eq!(p["locks_held"].as_u64(), Some(0), "{p}");
-    assert_eq!(p["locks_recorded"].as_u64(), Some(retain.len() as u64), "{p}");
+    assert_eq!(
+        p["locks_recorded"].as_u64(),
+        Some(retain.len() as u64),
+        "{p}"
+    );
 }
 
 /// Cold storage on moto: the backup only the monthly tier keeps has its large parts tagged
