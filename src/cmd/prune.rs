@@ -35,6 +35,18 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             Err(e) => return Err(super::usage(format!("--now: {e}"))),
         },
     };
+    let r = &ctx.cfg.retention;
+    if r.pitr_days == 0
+        && r.daily_days == 0
+        && r.weekly_weeks == 0
+        && r.monthly_months == 0
+        && r.min_backups == 0
+    {
+        return Err(super::usage(format!(
+            "{}: [retention] keeps no recovery point: pitr_days, daily_days, weekly_weeks, monthly_months and min_backups are all 0\nhint: keep at least min_backups = 1 (the default policy: pitr_days = 7, daily_days = 30, weekly_weeks = 52, monthly_months = 84, min_backups = 2)",
+            ctx.cfg_path.display()
+        )));
+    }
     let archive = Archive::open(&ctx.cfg)?;
     let policy = prune::policy(&ctx.cfg.retention);
     let cold = prune::cold_policies(&ctx.cfg.storage);

@@ -640,4 +640,42 @@ fn prune_moves_the_monthly_tier_to_the_cold_class() {
         .unwrap()
         .clone();
     assert!(ruled["cold"].as_array().unwrap().is_empty(), "{ruled}");
+
+    // The monthly point restores from its cold copy, thawed on the way: the local store
+    // emptied, and the plain bucket's copy of that backup removed.
+    std::fs::remove_dir_all(&lb.archive).unwrap();
+    std::fs::create_dir_all(&lb.archive).unwrap();
+    for key in moto.keys("plain") {
+        if key.starts_with(&format!("pg/backups/{monthly}/")) {
+            moto.block_on(
+                moto.client()
+                    .delete_object()
+                    .bucket("plain")
+                    .key(&key)
+                    .send(),
+            )
+            .unwrap();
+        }
+    }
+    for (k, v) in cred_env() {
+        std::env::set_var(k, v);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let restored = restore_and_start(
+        &lb,
+        15,
+        work.path(),
+        &["--backup", monthly, "--target-immediate"],
+    );
+    assert_eq!(restored.psql("SELECT count(*) FROM r"), "100000");
+    let head = moto
+        .block_on(
+            moto.client()
+                .head_object()
+                .bucket("ruled")
+                .key(format!("pg/{}", planned[0]["key"].as_str().unwrap()))
+                .send(),
+        )
+        .unwrap();
+    assert!(head.restore().is_some(), "the cold part was not thawed");
 }
