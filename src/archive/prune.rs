@@ -53,16 +53,21 @@ pub fn policy(r: &RetentionConfig) -> Policy {
     }
 }
 
-/// A lock group's date and how many objects it had when every one reached it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// A lock group's date and the digest of its objects when every one reached it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LockedGroup {
     pub until: Timestamp,
-    pub objects: usize,
+    pub digest: String,
 }
 
 /// The lock groups the newest prune record on this provider says were reached there.
+///
+/// Only records dated at or before `now` count: a record from the future (a clock error,
+/// or one written by credentials that should not write there) would make every later run
+/// skip its locks.
 async fn recorded_locks(
     p: &dyn crate::storage::ObjectStore,
+    now: Timestamp,
 ) -> std::collections::BTreeMap<String, LockedGroup> {
     #[derive(serde::Deserialize)]
     struct Rec {
@@ -77,10 +82,11 @@ async fn recorded_locks(
     let Ok(listed) = p.list(catalog::PRUNE_PREFIX).await else {
         return Default::default();
     };
+    let latest = format!("{}{}.json", catalog::PRUNE_PREFIX, report_id(now));
     let Some(newest) = listed
         .iter()
         .map(|o| &o.key)
-        .filter(|k| k.ends_with(".json"))
+        .filter(|k| k.ends_with(".json") && **k <= latest)
         .max()
     else {
         return Default::default();
@@ -282,25 +288,29 @@ pub async fn apply(archive: &Archive, report: &mut PruneReport) -> Result<()> {
         }
         // Locks first: a run stopped after them has only kept things longer. A group the
         // previous run recorded as reached (same date or later, same objects) is skipped.
-        let mut groups: std::collections::BTreeMap<&str, LockedGroup> = Default::default();
-        for r in &plan.retain {
-            let g = groups.entry(r.group.as_str()).or_insert(LockedGroup {
-                until: r.until,
-                objects: 0,
-            });
-            g.until = g.until.max(r.until);
-            g.objects += 1;
-        }
+        let groups: std::collections::BTreeMap<&str, LockedGroup> = plan
+            .retain_groups
+            .iter()
+            .map(|g| {
+                (
+                    g.group.as_str(),
+                    LockedGroup {
+                        until: g.until,
+                        digest: g.digest.clone(),
+                    },
+                )
+            })
+            .collect();
         let before = if plan.retain.is_empty() || !p.features().object_lock {
             Default::default()
         } else {
-            recorded_locks(p.as_ref()).await
+            recorded_locks(p.as_ref(), report.now).await
         };
         let done = |g: &str| {
             before
                 .get(g)
                 .zip(groups.get(g))
-                .is_some_and(|(b, now)| b.until >= now.until && b.objects == now.objects)
+                .is_some_and(|(b, now)| b.until >= now.until && b.digest == now.digest)
         };
         let mut failed: std::collections::BTreeSet<&str> = Default::default();
         let mut supported = true;

@@ -22,6 +22,9 @@ pub struct ProviderReport {
     pub backups: usize,
     /// Objects under `backups/` that no backup.json lists: left by an interrupted backup.
     pub unreferenced: Vec<String>,
+    /// Backup parts in an archive storage class (Deep Archive, Glacier): present, not read
+    /// (a read needs a thaw of hours; `restore` does it).
+    pub cold: usize,
     pub problems: Vec<String>,
 }
 
@@ -55,6 +58,7 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
             wal: Vec::new(),
             backups: 0,
             unreferenced: Vec::new(),
+            cold: 0,
             problems: Vec::new(),
         };
         let Some(meta) = &meta else {
@@ -227,7 +231,28 @@ async fn check_backups(
                 continue;
             }
             let missing = format!("listed in {meta_key} but missing");
-            if let Some(b) = read(p, &part.key, &missing, &mut pr.problems).await {
+            let got = match p.get(&part.key).await {
+                Err(_)
+                    if matches!(
+                        p.thaw(&part.key, None).await,
+                        Ok(crate::storage::Thaw::Cold)
+                    ) =>
+                {
+                    pr.cold += 1;
+                    continue;
+                }
+                Ok(Some(b)) => Some(b),
+                Ok(None) => {
+                    pr.problems.push(format!("{}: {missing}", part.key));
+                    None
+                }
+                Err(e) => {
+                    pr.problems
+                        .push(format!("{}: cannot be read: {e}", part.key));
+                    None
+                }
+            };
+            if let Some(b) = got {
                 pr.objects += 1;
                 pr.bytes += b.len() as u64;
                 check_part(part, &b, opener, &mut pr.problems);

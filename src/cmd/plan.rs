@@ -187,7 +187,7 @@ async fn measure(ctx: &Ctx<'_>) -> Result<(Figures, u64), Failure> {
         )));
     };
     let (provider, listing) = archive.wal_listing().await?;
-    let Some(rate) = cost::wal_rate(&listing) else {
+    let Some(rate) = cost::wal_rate(&listing, ctx.cfg.retention.pitr_days) else {
         return Err(super::failed(format!(
             "storage \"{provider}\" holds no WAL to measure\n{hint}, or start `lifeboat stream`"
         )));

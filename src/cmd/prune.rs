@@ -63,8 +63,9 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     }
     if let Some(p) = report.providers.iter().find(|p| p.denied.is_some()) {
         return Err(super::failed(format!(
-            "storage \"{}\": these credentials may not delete, so prune did nothing there\nhint: prune runs on a vault or restore host whose [[storage]] credentials may delete objects and their versions and extend retention (docs/IAM.md); the database host keeps write-only credentials",
-            p.provider
+            "storage \"{}\": these credentials may not delete ({}), so prune did nothing there\nhint: prune runs on a vault or restore host whose [[storage]] credentials may delete objects and their versions and extend retention (docs/IAM.md); the database host keeps write-only credentials",
+            p.provider,
+            p.denied.as_deref().unwrap_or_default()
         )));
     }
     let refused: usize = report.providers.iter().map(|p| p.refused.len()).sum();

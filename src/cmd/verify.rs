@@ -54,6 +54,12 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
                     p.unreferenced.len()
                 );
             }
+            if p.cold > 0 {
+                println!(
+                    "  {} backup parts are in an archive storage class: present, not read (restore thaws them first)",
+                    p.cold
+                );
+            }
             for pr in &p.problems {
                 println!("  problem: {}", pr.replace('\n', "\n           "));
             }

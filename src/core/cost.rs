@@ -315,13 +315,29 @@ pub struct WalRate {
 }
 
 /// Stored WAL a day: the complete segments (`.seg`) of the listing over the span of their
-/// modified times (at least one day); only when there is none yet, the parts. `None` for a
-/// listing without WAL.
-pub fn wal_rate(listing: &[Listed]) -> Option<WalRate> {
-    let segs: Vec<&Listed> = listing.iter().filter(|l| l.key.ends_with(".seg")).collect();
+/// modified times (at least one day); only when there is none yet, the parts. Only the
+/// newest `window_days` count: after a prune the listing also holds the WAL of backups kept
+/// for years, scattered over them, which would spread a week's WAL over years. `None` for
+/// a listing without WAL.
+pub fn wal_rate(listing: &[Listed], window_days: u32) -> Option<WalRate> {
+    let newest = listing.iter().filter_map(|l| l.modified).max();
+    let from = newest.map_or(i64::MIN, |n| {
+        n.0 - i64::from(window_days.max(1)) * DAY_SECS as i64 * 1_000_000
+    });
+    let listing: Vec<&Listed> = listing
+        .iter()
+        .filter(|l| l.modified.map_or(true, |m| m.0 >= from))
+        .collect();
+    let listing = &listing[..];
+    let segs: Vec<&Listed> = listing
+        .iter()
+        .copied()
+        .filter(|l| l.key.ends_with(".seg"))
+        .collect();
     let counted: Vec<&Listed> = if segs.is_empty() {
         listing
             .iter()
+            .copied()
             .filter(|l| l.key.ends_with(".part"))
             .collect()
     } else {
@@ -589,13 +605,20 @@ mod tests {
             l("wal/00000001/000000010000000000000002.seg", 4 * MIB, 102),
             l("wal/00000001/000000010000000000000003.seg", 4 * MIB, 104),
         ];
-        let r = wal_rate(&listing).unwrap();
+        let r = wal_rate(&listing, 7).unwrap();
         assert_eq!((r.bytes, r.objects, r.days), (12 * MIB, 3, 4.0));
         assert_eq!(r.per_day, 3 * MIB);
         // A young archive: parts only, within a day.
-        let r = wal_rate(&listing[1..2]).unwrap();
+        let r = wal_rate(&listing[1..2], 7).unwrap();
         assert_eq!((r.bytes, r.days, r.per_day), (MIB, 1.0, MIB));
-        assert_eq!(wal_rate(&[]), None);
+        assert_eq!(wal_rate(&[], 7), None);
+        // A pruned archive: a kept monthly's WAL from a year before does not count.
+        let mut pruned = listing.clone();
+        pruned.insert(
+            0,
+            l("wal/00000001/000000010000000000000000.seg", 4 * MIB, -265),
+        );
+        assert_eq!(wal_rate(&pruned, 7), wal_rate(&listing, 7));
     }
 
     #[test]

@@ -151,6 +151,18 @@ pub struct ProviderPlan {
     /// that need it, sorted by key: the retain-until date an Object Lock must reach.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retain: Vec<Retain>,
+    /// The groups of `retain`, each with its date and a digest of its objects (keys, sizes,
+    /// write times): a group recorded as reached with the same digest needs no request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retain_groups: Vec<RetainGroup>,
+}
+
+/// A lock group: a backup's objects (or the history files), its date and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetainGroup {
+    pub group: String,
+    pub until: Timestamp,
+    pub digest: String,
 }
 
 /// An object a kept recovery point needs until `until` (its lock's target date).
@@ -504,7 +516,16 @@ pub fn plan_provider<'a>(
             });
         }
     }
-    for l in listing.iter().filter(|l| l.key.contains(".tmp.") && old(l)) {
+    // (Not those already queued with their backup.)
+    let queued: BTreeSet<String> = delete
+        .iter()
+        .filter(|d| matches!(d.why, Why::ExpiredPart | Why::Interrupted))
+        .map(|d| d.key.clone())
+        .collect();
+    for l in listing
+        .iter()
+        .filter(|l| l.key.contains(".tmp.") && old(l) && !queued.contains(&l.key))
+    {
         delete.push(Deletion {
             key: l.key.clone(),
             size: l.size,
@@ -512,7 +533,7 @@ pub fn plan_provider<'a>(
         });
     }
     let freed = delete.iter().map(|d| d.size).sum();
-    let retain = retain_dates(seg, listing, &kept, &by_id);
+    let (retain, retain_groups) = retain_dates(seg, listing, &kept, &by_id);
     ProviderPlan {
         window_start,
         anchor: anchor.map(|a| a.id.clone()),
@@ -522,6 +543,7 @@ pub fn plan_provider<'a>(
         delete,
         freed,
         retain,
+        retain_groups,
     }
 }
 
@@ -611,7 +633,7 @@ fn retain_dates(
     listing: &[Listed],
     kept: &BTreeMap<&str, Kept>,
     by_id: &BTreeMap<&str, &BackupMeta>,
-) -> Vec<Retain> {
+) -> (Vec<Retain>, Vec<RetainGroup>) {
     let mut until: BTreeMap<&str, (Timestamp, &str)> = BTreeMap::new();
     let mut latest: Option<Timestamp> = None;
     for (id, k) in kept {
@@ -666,14 +688,44 @@ fn retain_dates(
             until.insert(l.key.as_str(), (u, HISTORY_GROUP));
         }
     }
-    until
+    // Each group's digest over its objects in key order: a new object, a replaced one (a
+    // new version has a new write time) or a dropped one changes it.
+    use sha2::Digest;
+    let mut groups: BTreeMap<&str, (Timestamp, sha2::Sha256)> = BTreeMap::new();
+    for (key, (u, group)) in &until {
+        let at = listing
+            .binary_search_by(|l| l.key.as_str().cmp(key))
+            .expect("listed");
+        let l = &listing[at];
+        let g = groups.entry(group).or_insert((*u, sha2::Sha256::new()));
+        g.0 = g.0.max(*u);
+        g.1.update(key.as_bytes());
+        g.1.update(l.size.to_le_bytes());
+        g.1.update(l.modified.map_or(i64::MIN, |m| m.0).to_le_bytes());
+        g.1.update([0u8]);
+    }
+    let groups = groups
+        .into_iter()
+        .map(|(group, (until, h))| RetainGroup {
+            group: group.to_string(),
+            until,
+            digest: h
+                .finalize()
+                .iter()
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        })
+        .collect();
+    let retain = until
         .into_iter()
         .map(|(key, (until, group))| Retain {
             key: key.to_string(),
             until,
             group: group.to_string(),
         })
-        .collect()
+        .collect();
+    (retain, groups)
 }
 
 #[cfg(test)]

@@ -183,12 +183,22 @@ pub fn stream_checks(
 
 /// The prune check: the newest prune report against the interval prune should run at
 /// (`retention.prune_interval`, plus an hour of slack for a run in progress).
-fn prune_check(newest: Option<&str>, now: u64, interval: std::time::Duration) -> Check {
+///
+/// Never run: fine while the oldest backup is younger than the interval (a new archive),
+/// degraded after (the default locks run out and nothing extends them).
+fn prune_check(
+    newest: Option<&str>,
+    oldest_backup: Option<u64>,
+    now: u64,
+    interval: std::time::Duration,
+) -> Check {
     let every = humantime::format_duration(interval);
     let Some(id) = newest else {
+        let young =
+            oldest_backup.map_or(true, |t| now.saturating_sub(t) <= interval.as_secs() + 3600);
         return Check {
             check: "prune",
-            status: Level::Ok,
+            status: if young { Level::Ok } else { Level::Degraded },
             message: format!("never run: the archive keeps everything and no lock is extended to its tier's date\nhint: run `lifeboat prune` from the vault host every {every} (retention.prune_interval)"),
         };
     };
@@ -220,6 +230,7 @@ async fn archive_checks(
     prune_interval: std::time::Duration,
 ) -> Vec<Check> {
     let mut out = Vec::new();
+    let mut oldest_backup: Option<u64> = None;
     match crate::archive::summary::run(archive, None).await {
         Err(e) => out.push(Check {
             check: "archive",
@@ -227,6 +238,12 @@ async fn archive_checks(
             message: format!("cannot be listed: {e:#}"),
         }),
         Ok(r) => {
+            oldest_backup = r
+                .backups
+                .iter()
+                .filter_map(|b| crate::core::plan::Timestamp::parse_utc(&b.end_time).ok())
+                .map(|t| t.0.div_euclid(1_000_000).max(0) as u64)
+                .min();
             match r
                 .backups
                 .iter()
@@ -280,7 +297,12 @@ async fn archive_checks(
         }
     }
     if let Ok(newest) = archive.newest_prune().await {
-        out.push(prune_check(newest.as_deref(), now, prune_interval));
+        out.push(prune_check(
+            newest.as_deref(),
+            oldest_backup,
+            now,
+            prune_interval,
+        ));
     }
     out
 }
@@ -352,13 +374,16 @@ mod tests {
         let day = std::time::Duration::from_secs(86_400);
         // 2026-12-01T00:00:00Z.
         let now = 1_796_083_200;
-        let never = prune_check(None, now, day);
+        let never = prune_check(None, Some(now - 3600), now, day);
         assert_eq!(never.status, Level::Ok);
         assert!(never.message.starts_with("never run"), "{}", never.message);
-        let recent = prune_check(Some("20261130T230000Z"), now, day);
+        // Never run, with backups older than the interval: the locks run out unextended.
+        let never = prune_check(None, Some(now - 3 * 86_400), now, day);
+        assert_eq!(never.status, Level::Degraded);
+        let recent = prune_check(Some("20261130T230000Z"), None, now, day);
         assert_eq!(recent.status, Level::Ok);
         assert_eq!(recent.message, "last prune 20261130T230000Z (60 min ago)");
-        let late = prune_check(Some("20261129T220000Z"), now, day);
+        let late = prune_check(Some("20261129T220000Z"), None, now, day);
         assert_eq!(late.status, Level::Degraded);
         assert!(
             late.message.starts_with("the newest prune report 20261129T220000Z is from 26 h ago, longer ago than retention.prune_interval (1day)"),

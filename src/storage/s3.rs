@@ -640,7 +640,8 @@ impl S3Store {
     /// Every version and delete marker of exactly `key` (full key), oldest data version
     /// first, delete markers last.
     async fn versions_of(&self, key: &str, full: &str) -> Result<Vec<String>, StorageError> {
-        let mut data: Vec<(Option<DateTime>, String)> = Vec::new();
+        // The listing gives each key's versions newest first; the current one goes last.
+        let mut data: Vec<(bool, String)> = Vec::new();
         let mut markers = Vec::new();
         let (mut key_marker, mut version_marker) = (None, None);
         loop {
@@ -657,7 +658,7 @@ impl S3Store {
             for v in page.versions() {
                 if v.key() == Some(full) {
                     if let Some(id) = v.version_id() {
-                        data.push((v.last_modified().copied(), id.to_string()));
+                        data.push((v.is_latest() == Some(true), id.to_string()));
                     }
                 }
             }
@@ -677,7 +678,9 @@ impl S3Store {
                 break;
             }
         }
-        data.sort_by_key(|(t, _)| t.map(|t| (t.secs(), t.subsec_nanos())));
+        data.reverse();
+        // Stable: the oldest first, the current version last whatever the order was.
+        data.sort_by_key(|(latest, _)| *latest);
         Ok(data.into_iter().map(|(_, id)| id).chain(markers).collect())
     }
 
@@ -750,8 +753,11 @@ impl S3Store {
         let Some(days) = request else {
             return Ok(Thaw::Cold);
         };
-        let mut req = RestoreRequest::builder().days(days as i32);
+        // Intelligent-Tiering's archive tiers take no Days (the object returns to its
+        // frequent-access tier) nor a retrieval tier of Glacier's kind.
+        let mut req = RestoreRequest::builder();
         if head.archive_status().is_none() {
+            req = req.days(days as i32);
             // Standard retrieval: hours for Deep Archive, minutes to hours for Glacier.
             req = req.glacier_job_parameters(
                 GlacierJobParameters::builder()
@@ -809,9 +815,22 @@ impl S3Store {
                         .chain(f.and().map_or(&[][..], |a| a.tags()))
                         .collect();
                     let prefix = f.prefix().or_else(|| f.and().and_then(|a| a.prefix()));
-                    // A prefix must not exclude this store's objects.
-                    let base = self.full_key("");
-                    if prefix.is_some_and(|p| !base.starts_with(p) && !p.starts_with(&base)) {
+                    // The rule must reach every backup part: its prefix a prefix of this
+                    // store's backups/, no tag but the cold one, no size bound a part can
+                    // fall outside of.
+                    let backups = self.full_key("backups/");
+                    if prefix.is_some_and(|p| !backups.starts_with(p)) || tags.len() != 1 {
+                        continue;
+                    }
+                    let above = f
+                        .object_size_greater_than()
+                        .or_else(|| f.and().and_then(|a| a.object_size_greater_than()));
+                    let below = f
+                        .object_size_less_than()
+                        .or_else(|| f.and().and_then(|a| a.object_size_less_than()));
+                    if above.is_some_and(|a| a >= crate::core::retention::COLD_MIN_SIZE as i64)
+                        || below.is_some()
+                    {
                         continue;
                     }
                     for t in r.transitions() {

@@ -384,7 +384,7 @@ fn prune_with_object_lock_and_two_roles() {
     let out = run_as(&keys.db, &["prune", "--now", &later]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     assert!(
-        stderr_of(&out).ends_with("error: storage \"moto\": these credentials may not delete, so prune did nothing there\nhint: prune runs on a vault or restore host whose [[storage]] credentials may delete objects and their versions and extend retention (docs/IAM.md); the database host keeps write-only credentials\n"),
+        stderr_of(&out).ends_with("error: storage \"moto\": these credentials may not delete (delete prune/.delete-probe: access denied (AccessDenied: Access Denied)), so prune did nothing there\nhint: prune runs on a vault or restore host whose [[storage]] credentials may delete objects and their versions and extend retention (docs/IAM.md); the database host keeps write-only credentials\n"),
         "{}",
         stderr_of(&out)
     );

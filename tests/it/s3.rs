@@ -370,8 +370,19 @@ fn retention_is_only_ever_extended_and_deletes_leave_no_versions() {
         .unwrap()
         .is_some());
 
-    // The same bucket written without a lock (a vault whose default lock ran out): two
-    // versions of a key, deleted by lifeboat, leave nothing.
+    // An old locked version under a newer unlocked one: the delete starts with the oldest,
+    // is refused there, and leaves the key reading as it did (newest first would have
+    // deleted the new version and brought the old content back).
+    rt.block_on(store.put("wal/k", Bytes::from_static(b"old")))
+        .unwrap();
+    let unlocked = s3_store(&srv, "vault", "x", "");
+    rt.block_on(unlocked.put("wal/k", Bytes::from_static(b"new")))
+        .unwrap();
+    assert!(rt.block_on(unlocked.delete("wal/k")).is_err());
+    assert_eq!(
+        rt.block_on(unlocked.get("wal/k")).unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
     let open = s3_store(&srv, "vault", "y", "");
     rt.block_on(async {
         open.put("wal/k", Bytes::from_static(b"v1")).await.unwrap();
