@@ -322,7 +322,7 @@ pub struct WalRate {
 pub fn wal_rate(listing: &[Listed], window_days: u32) -> Option<WalRate> {
     let newest = listing.iter().filter_map(|l| l.modified).max();
     let from = newest.map_or(i64::MIN, |n| {
-        n.0 - i64::from(window_days.max(1)) * DAY_SECS as i64 * 1_000_000
+        n.0 - i64::from(window_days.max(1)) * DAY_SECS * 1_000_000
     });
     let listing: Vec<&Listed> = listing
         .iter()
