@@ -13,6 +13,7 @@ use crate::pipeline::Opener;
 
 pub mod accept_gap;
 pub mod backup;
+pub mod check;
 pub mod drill;
 pub mod list;
 pub mod plan;
@@ -67,6 +68,10 @@ pub enum Command {
     List,
     /// Health of this host's archiving: exit 0 healthy, 1 degraded, 2 failing.
     Status,
+    /// For monitoring systems: one Nagios plugin line with perfdata (or --json); exit 0 OK,
+    /// 1 WARNING, 2 CRITICAL, 3 UNKNOWN. Reads the streamer's status file where there is
+    /// one, and the archive.
+    Check(check::Args),
     /// Restore a base backup into --pgdata and configure recovery to a target
     /// (default: the end of the archived WAL); then `pg_ctl start` finishes the job.
     Restore(restore::Args),
@@ -95,6 +100,7 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::Backup(a) => backup::run(&ctx, a).await,
         Command::List => list::run(&ctx).await,
         Command::Status => status::run(&ctx).await,
+        Command::Check(a) => check::run(&ctx, a).await,
         Command::Restore(a) => restore::run(&ctx, a).await,
         Command::Drill(a) => drill::run(&ctx, a).await,
         Command::AcceptGap => accept_gap::run(&ctx).await,
@@ -221,6 +227,9 @@ pub fn absolute(p: &Path) -> PathBuf {
 
 /// A duration option such as `--timeout 1h`.
 pub fn parse_duration_arg(flag: &str, s: &str) -> Result<std::time::Duration, Failure> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| usage(format!("{flag}: \"{s}\" is not a duration ({e})")))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        usage(format!(
+            "{flag}: \"{s}\" is not a duration ({e})\nhint: e.g. {flag} 90s, 15m, 26h or 100days"
+        ))
+    })
 }

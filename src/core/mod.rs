@@ -4,6 +4,7 @@
 //! or draws random numbers: those are parameters.
 
 pub mod catalog;
+pub mod check;
 pub mod cost;
 pub mod fmt;
 pub mod ledger;

@@ -67,6 +67,12 @@ impl Report {
     }
 }
 
+/// Whether the streamer that wrote `st` is running: its pid exists and its report is
+/// fresh (written within the last 30 s).
+pub fn streamer_alive(st: &StreamStatus, now: u64) -> bool {
+    alive(st.pid) && now.saturating_sub(st.updated) <= STALE_SECS
+}
+
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists and may be signalled.
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };

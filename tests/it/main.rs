@@ -10,6 +10,7 @@
 mod support;
 
 mod backup;
+mod check;
 mod cmd;
 mod failover;
 mod fuzz_corpus;
