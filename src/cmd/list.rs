@@ -76,6 +76,26 @@ pub fn render(r: &ListReport) -> String {
             g.timeline, g.from, g.to, g.accepted_at, g.reason
         ));
     }
+    if !r.dumps.is_empty() {
+        s.push_str(&format!(
+            "{:<20} {:<20} {:>10} {:>10} {:<8} DATABASES\n",
+            "DUMP", "STARTED", "SIZE", "STORED", "PG"
+        ));
+        for d in &r.dumps {
+            s.push_str(&format!(
+                "{:<20} {:<20} {:>10} {:>10} {:<8} {}{}\n",
+                d.id,
+                d.start_time
+                    .get(..19)
+                    .map_or(d.start_time.clone(), |t| format!("{t}Z")),
+                fmt::size(d.plain_size),
+                fmt::size(d.stored_size),
+                d.pg_dump_version,
+                d.databases.join(","),
+                if d.globals { " +globals" } else { "" }
+            ));
+        }
+    }
     match &r.last_drill {
         None => s.push_str("no restore drill recorded\n"),
         Some(d) => s.push_str(&format!(
@@ -138,6 +158,7 @@ mod tests {
                 target: None,
                 total_seconds: 12.34,
             }),
+            dumps: vec![],
         };
         assert_eq!(
             render(&r),
@@ -152,6 +173,7 @@ mod tests {
             wal: vec![],
             gaps: vec![],
             last_drill: None,
+            dumps: vec![],
         };
         assert_eq!(
             render(&empty),

@@ -14,6 +14,8 @@ use crate::pipeline::Opener;
 pub mod accept_gap;
 pub mod backup;
 pub mod drill;
+pub mod dump;
+pub mod dump_restore;
 pub mod list;
 pub mod plan;
 pub mod prune;
@@ -83,6 +85,12 @@ pub enum Command {
     /// provider, storage and requests, with the wal.max_delay trade-off; from the archive's
     /// sizes or from --db-size and --wal-per-day.
     Plan(plan::Args),
+    /// Logical copies: pg_dump (custom format) of each database and the globals, through
+    /// the pipeline into the archive; dump.json is written last.
+    Dump(dump::Args),
+    /// Restore a database of a dump with pg_restore (all of it, --table, --schema), print
+    /// its table of contents (--list), or write the custom-format file (--output).
+    DumpRestore(dump_restore::Args),
 }
 
 /// Run one command.
@@ -100,6 +108,8 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::AcceptGap => accept_gap::run(&ctx).await,
         Command::Prune(a) => prune::run(&ctx, a).await,
         Command::Plan(a) => plan::run(&ctx, a).await,
+        Command::Dump(a) => dump::run(&ctx, a).await,
+        Command::DumpRestore(a) => dump_restore::run(&ctx, a).await,
     }
 }
 

@@ -7,6 +7,7 @@
 //! was written is removed again, leaving the directories as empty as they were.
 
 pub mod drill;
+pub mod dump;
 pub mod walfetch;
 
 use std::collections::{BTreeMap, HashMap};

@@ -11,6 +11,7 @@ mod support;
 
 mod backup;
 mod cmd;
+mod dump;
 mod failover;
 mod fuzz_corpus;
 mod hardening;
