@@ -19,6 +19,7 @@ pub mod dump_restore;
 pub mod list;
 pub mod plan;
 pub mod prune;
+pub mod recover_table;
 pub mod restore;
 pub mod status;
 pub mod stream;
@@ -91,6 +92,10 @@ pub enum Command {
     /// Restore a database of a dump with pg_restore (all of it, --table, --schema), print
     /// its table of contents (--list), or write the custom-format file (--output).
     DumpRestore(dump_restore::Args),
+    /// Tables as of a point in time, beside today's data: the right backup restored into
+    /// a scratch server, replayed to the target, the tables loaded under new names
+    /// (--into) or written as a dump (--output).
+    RecoverTable(recover_table::Args),
 }
 
 /// Run one command.
@@ -110,6 +115,7 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::Plan(a) => plan::run(&ctx, a).await,
         Command::Dump(a) => dump::run(&ctx, a).await,
         Command::DumpRestore(a) => dump_restore::run(&ctx, a).await,
+        Command::RecoverTable(a) => recover_table::run(&ctx, a).await,
     }
 }
 

@@ -93,6 +93,11 @@ pub fn find_tool(pg_bin: Option<&Path>, name: &str, major: u32, why: &str) -> Re
     })
 }
 
+/// A value for a keyword/value connection string, quoted when it needs it.
+pub fn conninfo_value(v: &str) -> String {
+    crate::pg::conninfo::quote_value(v)
+}
+
 /// A connection for a child program: the connection string (no password in it) for its
 /// `--dbname`, and the environment that completes it.
 #[derive(Debug, Clone)]

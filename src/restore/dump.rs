@@ -197,9 +197,31 @@ async fn target_major(params: &ConnParams) -> Result<u32> {
     Ok(m)
 }
 
+/// The pg_restore for restoring into `params`' server what pg_dump `source_major` wrote
+/// (`source` names it for the error): the target's major, or the source's when that is
+/// newer (pg_restore reads archives of its own and older versions only); and the
+/// connection to hand it.
+pub async fn pg_restore_for(
+    params: &ConnParams,
+    source_major: u32,
+    source: &str,
+    pg_bin: Option<&Path>,
+) -> Result<(Tool, ChildConn)> {
+    let target = target_major(params).await?;
+    let major = target.max(source_major);
+    let why = if major == target {
+        format!("the target server is PostgreSQL {target}")
+    } else {
+        format!("{source} is from PostgreSQL {source_major}")
+    };
+    let tool = tools::find_tool(pg_bin, "pg_restore", major, &why).map_err(|e| anyhow!(e))?;
+    let db = params.dbname.clone().unwrap_or_else(|| params.user.clone());
+    Ok((tool, ChildConn::new(params, &db)))
+}
+
 /// Run pg_restore with `args`, its stdin fed from the dump (or `file`), stdout inherited
 /// (the table of contents of --list), stderr kept for the error.
-async fn run_pg_restore(
+pub async fn run_pg_restore(
     tool: &Tool,
     args: Vec<String>,
     conn: Option<&ChildConn>,

@@ -8,6 +8,7 @@
 
 pub mod drill;
 pub mod dump;
+pub mod recover_table;
 pub mod walfetch;
 
 use std::collections::{BTreeMap, HashMap};

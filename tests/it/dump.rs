@@ -311,3 +311,291 @@ fn a_failing_pg_dump_leaves_no_dump() {
     );
     assert_eq!(lb.list_json()["dumps"], serde_json::json!([]));
 }
+
+// ------------------------------------------------------------------------------------
+// recover-table
+
+/// Processes whose command line mentions `dir` (a scratch server left behind).
+fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&needle) {
+            found.push(cmd);
+        }
+    }
+    found
+}
+
+/// The scratch parent holds nothing and no process runs from it.
+fn assert_no_scratch_left(scratch: &Path) {
+    let left: Vec<_> = std::fs::read_dir(scratch)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+    let procs = processes_under(scratch);
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+}
+
+/// The seed's disaster in database `app`: rows committed, T noted, more rows, the table
+/// dropped, then more work on another table. Returns (T, the workspace, the streamer
+/// stopped).
+fn disaster(pg: &PgCluster) -> (String, Lb) {
+    pg.psql("CREATE DATABASE app");
+    pg.try_psql_db(
+        "app",
+        "CREATE TABLE orders (id serial PRIMARY KEY, note text);
+         CREATE INDEX orders_note ON orders (note);
+         CREATE TABLE customers (id int PRIMARY KEY, name text);
+         INSERT INTO orders (note) SELECT 'before backup' FROM generate_series(1, 1000);
+         INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 10) g;",
+    )
+    .unwrap();
+    let lb = Lb::for_cluster(pg, SMALL_PARTS);
+    let streamer = crate::restore::stream_and_backup(pg, &lb);
+    // The planner wants the target at least a second after the backup ended.
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.try_psql_db(
+        "app",
+        "INSERT INTO orders (note) SELECT 'after backup' FROM generate_series(1, 500)",
+    )
+    .unwrap();
+    let t = pg.psql("SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_secs(1));
+    pg.try_psql_db(
+        "app",
+        "INSERT INTO orders (note) VALUES ('after T');
+         DROP TABLE orders;
+         INSERT INTO customers SELECT g, 'later ' || g FROM generate_series(11, 25) g;",
+    )
+    .unwrap();
+    pg.psql("SELECT pg_switch_wal()");
+    wait_caught_up(pg, Duration::from_secs(120), &lb);
+    stop_streamer(streamer);
+    (t, lb)
+}
+
+fn recover_table(lb: &Lb, major: u32, scratch: &Path, args: &[&str]) -> std::process::Output {
+    let bin = pg_bin_dir(major);
+    let mut a = vec![
+        "recover-table",
+        "--pg-bin",
+        bin.to_str().unwrap(),
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+    ];
+    a.extend_from_slice(args);
+    lb.run_restore_bin(&a, T)
+}
+
+fn seed_disaster_recover_table(major: u32) {
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    let (t, lb) = disaster(&pg);
+    let scratch = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("orders.dump");
+    let into = conninfo_db(&pg, "app");
+    let out = recover_table(
+        &lb,
+        major,
+        scratch.path(),
+        &[
+            "--target-time",
+            &t,
+            "--table",
+            "public.orders",
+            "--into",
+            &into,
+            "--as",
+            "orders_back",
+            "--output",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    expect_success(&out, "recover-table");
+    let rep = json_of(&out);
+    assert_eq!(rep["tables"][0]["table"], "public.orders", "{rep}");
+    assert_eq!(rep["tables"][0]["rows"], 1500, "{rep}");
+    assert_eq!(rep["tables"][0]["loaded_as"], "public.orders_back", "{rep}");
+    assert_eq!(rep["tables"][0]["loaded_rows"], 1500, "{rep}");
+    assert!(rep["last_commit"].is_string(), "{rep}");
+    // The rows as of T under the new name; the other table keeps the later work.
+    assert_eq!(
+        pg.try_psql_db(
+            "app",
+            "SELECT count(*), max(id), count(*) FILTER (WHERE note = 'after T') FROM orders_back"
+        )
+        .unwrap(),
+        "1500|1500|0"
+    );
+    assert_eq!(
+        pg.try_psql_db("app", "SELECT count(*) FROM customers")
+            .unwrap(),
+        "25"
+    );
+    assert_eq!(
+        pg.try_psql_db("app", "SELECT to_regclass('orders') IS NULL")
+            .unwrap(),
+        "t"
+    );
+    // A standalone copy: its index and sequence carry the new name.
+    assert_eq!(
+        pg.try_psql_db(
+            "app",
+            "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relname LIKE 'orders_back%'"
+        )
+        .unwrap(),
+        "orders_back,orders_back_id_seq,orders_back_note,orders_back_pkey"
+    );
+    // The file holds the table as it was, under its own name.
+    let mut c = pg.command("pg_restore");
+    c.arg("--list").arg(&file);
+    let toc = run_ok(&mut c, T);
+    assert!(toc.contains("TABLE DATA public orders"), "{toc}");
+    assert_no_scratch_left(scratch.path());
+
+    // Exact refusals: an existing name, a time before the first backup (both before any
+    // restore), a table that did not exist at T (after one).
+    let out = recover_table(
+        &lb,
+        major,
+        scratch.path(),
+        &[
+            "--target-time",
+            &t,
+            "--table",
+            "public.orders",
+            "--into",
+            &into,
+            "--as",
+            "customers",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        first_error_line(&out),
+        "error: public.customers already exists in database \"app\": recover-table never loads over an existing table\nhint: choose another name with --as, or drop or rename public.customers first"
+    );
+    let out = recover_table(
+        &lb,
+        major,
+        scratch.path(),
+        &[
+            "--target-time",
+            "2000-01-01 00:00:00+00",
+            "--table",
+            "public.orders",
+            "--into",
+            &into,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let backup = lb.list_json()["backups"][0].clone();
+    assert_eq!(
+        first_error_line(&out),
+        format!(
+            "error: target time 2000-01-01 00:00:00+00 is before the oldest backup ({} ended at {})\nhint: `lifeboat list` shows the backups; the earliest reachable time is just after {}",
+            backup["id"].as_str().unwrap(),
+            backup["end_time"].as_str().unwrap().replace('T', " ").replace('Z', "+00"),
+            backup["end_time"].as_str().unwrap().replace('T', " ").replace('Z', "+00"),
+        )
+    );
+    let out = recover_table(
+        &lb,
+        major,
+        scratch.path(),
+        &[
+            "--target-time",
+            &t,
+            "--table",
+            "public.nosuch",
+            "--into",
+            &into,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = first_error_line(&out);
+    assert!(
+        err.starts_with(&format!(
+            "error: table public.nosuch did not exist at {} in database \"app\" (restored from backup {})",
+            rep["target_time"].as_str().unwrap().replace('T', " ").replace('Z', "+00"),
+            backup["id"].as_str().unwrap()
+        )),
+        "{err}"
+    );
+    assert_no_scratch_left(scratch.path());
+}
+
+#[test]
+fn recover_table_brings_a_dropped_table_back_beside_todays_data() {
+    for major in fifteen_and_newest_majors() {
+        seed_disaster_recover_table(major);
+    }
+}
+
+/// SIGINT while the scratch server replays: lifeboat stops it and removes the scratch
+/// directory before it exits.
+#[test]
+fn recover_table_cleans_up_on_sigint() {
+    let major = newest_major().expect("a PostgreSQL major");
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    let (t, lb) = disaster(&pg);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = pg_bin_dir(major);
+    let mut c = std::process::Command::new(lb.restore_bin());
+    c.arg("--config")
+        .arg(&lb.config)
+        .arg("--identity")
+        .arg(&lb.identity)
+        .env("HOME", lb.dir.path())
+        .args(["recover-table", "--pg-bin"])
+        .arg(&bin)
+        .arg("--scratch-dir")
+        .arg(scratch.path())
+        .args(["--target-time", &t, "--table", "public.orders", "--output"])
+        .arg(scratch.path().join("never.dump"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    // Wait for the scratch server to exist.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let started = std::fs::read_dir(scratch.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().join("data/postmaster.pid").exists());
+        if started {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch server started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "recover-table ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(
+            "error: interrupted (SIGINT): the scratch server was stopped and its directory removed"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_no_scratch_left(scratch.path());
+}
