@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{absolute, print_json, Ctx, Failure};
+use super::{absolute, print_json, usage, Ctx, Failure};
 use crate::core::fmt;
 use crate::ingest::dump::{self, DumpOptions};
 
@@ -20,6 +20,11 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
+    if a.db.iter().any(|d| d.is_empty()) {
+        return Err(usage(
+            "--db: a database name cannot be empty\nhint: leave --db out to dump every database that accepts connections".into(),
+        ));
+    }
     ctx.require_for_writing()?;
     let meta = dump::run(
         &ctx.cfg,

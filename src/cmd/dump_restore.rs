@@ -66,7 +66,9 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
         ));
     }
     if a.jobs == 0 {
-        return Err(usage("--jobs: must be at least 1".into()));
+        return Err(usage(
+            "--jobs: must be at least 1\nhint: --jobs 1 streams the dump into pg_restore; more writes a temporary file first".into(),
+        ));
     }
     let opener = Arc::new(ctx.opener()?);
     let archive = crate::archive::Archive::open(&ctx.cfg)?;

@@ -80,7 +80,7 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
         }
         if n.is_empty() || n.len() > 63 {
             return Err(usage(format!(
-                "--as: \"{n}\" is not a table name (1 to 63 bytes)"
+                "--as: \"{n}\" is not a table name (1 to 63 bytes)\nhint: the new table goes into the same schema; give its name only"
             )));
         }
     }

@@ -62,7 +62,9 @@ impl TableName {
             }
         }
         if quoted {
-            return Err(format!("\"{s}\" has an unterminated quote"));
+            return Err(format!(
+                "\"{s}\" has an unterminated quote\nhint: write SCHEMA.TABLE, quoting a part that holds dots or capitals: '\"Sales\".\"Orders\"'"
+            ));
         }
         parts.push((cur, was_quoted));
         // Unquoted names fold to lower case, as PostgreSQL folds them.
@@ -72,7 +74,7 @@ impl TableName {
             .collect();
         if names.iter().any(|n| n.is_empty()) || names.len() > 2 {
             return Err(format!(
-                "\"{s}\" is not a table name (SCHEMA.TABLE, e.g. public.orders)"
+                "\"{s}\" is not a table name (SCHEMA.TABLE, e.g. public.orders)\nhint: quote a part that holds dots or capitals: '\"Sales\".\"Orders\"'"
             ));
         }
         let table = names.pop().expect("one name at least");

@@ -310,6 +310,33 @@ fn a_failing_pg_dump_leaves_no_dump() {
         lb.archive_files("dumps/")
     );
     assert_eq!(lb.list_json()["dumps"], serde_json::json!([]));
+
+    // No pg_dump of the server's major: the error names the version it needs.
+    let version = pg.psql("SHOW server_version");
+    let empty = tempfile::tempdir().unwrap();
+    let out = lb.run(&["dump", "--pg-bin", empty.path().to_str().unwrap()], T);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        first_error_line(&out),
+        format!(
+            "error: the server is PostgreSQL {version}, so this needs pg_dump {major}, and there is no pg_dump in --pg-bin {}\nhint: pass the bin directory of a PostgreSQL {major} installation",
+            empty.path().display()
+        )
+    );
+    if major != 15 {
+        let old = pg_bin_dir(15);
+        let out = lb.run(&["dump", "--pg-bin", old.to_str().unwrap()], T);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        let err = first_error_line(&out);
+        assert!(
+            err.starts_with(&format!(
+                "error: the server is PostgreSQL {version}, so this needs pg_dump {major}, but {}/pg_dump is pg_dump 15.",
+                old.display()
+            )),
+            "{err}"
+        );
+    }
+    assert!(lb.archive_files("dumps/").is_empty());
 }
 
 // ------------------------------------------------------------------------------------
