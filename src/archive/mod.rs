@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::core::catalog::{
-    self, AcceptedGap, ArchiveMeta, BackupMeta, DrillReport, DumpMeta, WalInventory,
+    self, AcceptedGap, ArchiveMeta, BackupMeta, DrillReport, DumpMeta, ExportMeta, WalInventory,
 };
 use crate::core::plan::Timestamp;
 use crate::core::retention::Listed;
@@ -264,6 +264,14 @@ impl Archive {
         let mut out: Vec<DumpMeta> = self.records(catalog::DUMPS_PREFIX, "dump").await?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
+    }
+
+    /// Every committed export (`lifeboat put`), by name then id (oldest first).
+    pub async fn exports(&self) -> Result<Vec<ExportMeta>> {
+        let mut out: Vec<ExportMeta> = self.records(catalog::EXPORTS_PREFIX, "export").await?;
+        out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        out.dedup_by(|a, b| a.name == b.name && a.id == b.id);
         Ok(out)
     }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::archive::Archive;
 use crate::config::RetentionConfig;
-use crate::core::catalog::{self, AcceptedGap, BackupMeta, DumpMeta, WalRange};
+use crate::core::catalog::{self, AcceptedGap, BackupMeta, DumpMeta, ExportMeta, WalRange};
 use crate::core::plan::Timestamp;
 use crate::core::retention::{self, Listed, Tier};
 use crate::core::wal::Lsn;
@@ -43,6 +43,31 @@ pub struct ListReport {
     pub last_drill: Option<DrillSummary>,
     /// Logical dumps (`lifeboat dump`), oldest first.
     pub dumps: Vec<DumpSummary>,
+    /// Exports (`lifeboat put`), by name, oldest first.
+    pub exports: Vec<ExportSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportSummary {
+    pub name: String,
+    pub id: String,
+    pub kind: String,
+    pub start_time: String,
+    pub plain_size: u64,
+    pub stored_size: u64,
+}
+
+impl ExportSummary {
+    pub fn new(m: &ExportMeta) -> ExportSummary {
+        ExportSummary {
+            name: m.name.clone(),
+            id: m.id.clone(),
+            kind: m.kind.clone(),
+            start_time: m.start_time.rfc3339(),
+            plain_size: m.plain_size,
+            stored_size: m.stored_size,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +148,12 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
         .iter()
         .map(DumpSummary::new)
         .collect();
+    let exports: Vec<ExportSummary> = archive
+        .exports()
+        .await?
+        .iter()
+        .map(ExportSummary::new)
+        .collect();
     let Some(meta) = archive.meta().await? else {
         return Ok(ListReport {
             backups: Vec::new(),
@@ -130,6 +161,7 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
             gaps: Vec::new(),
             last_drill: None,
             dumps,
+            exports,
         });
     };
     let seg = meta.wal_segment_size;
@@ -181,5 +213,6 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
         gaps,
         last_drill,
         dumps,
+        exports,
     })
 }

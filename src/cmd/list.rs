@@ -96,6 +96,25 @@ pub fn render(r: &ListReport) -> String {
             ));
         }
     }
+    if !r.exports.is_empty() {
+        s.push_str(&format!(
+            "{:<20} {:<20} {:<20} {:>10} {:>10} KIND\n",
+            "EXPORT", "ID", "PUT", "SIZE", "STORED"
+        ));
+        for e in &r.exports {
+            s.push_str(&format!(
+                "{:<20} {:<20} {:<20} {:>10} {:>10} {}\n",
+                e.name,
+                e.id,
+                e.start_time
+                    .get(..19)
+                    .map_or(e.start_time.clone(), |t| format!("{t}Z")),
+                fmt::size(e.plain_size),
+                fmt::size(e.stored_size),
+                e.kind
+            ));
+        }
+    }
     match &r.last_drill {
         None => s.push_str("no restore drill recorded\n"),
         Some(d) => s.push_str(&format!(
@@ -159,6 +178,7 @@ mod tests {
                 total_seconds: 12.34,
             }),
             dumps: vec![],
+            exports: vec![],
         };
         assert_eq!(
             render(&r),
@@ -174,6 +194,7 @@ mod tests {
             gaps: vec![],
             last_drill: None,
             dumps: vec![],
+            exports: vec![],
         };
         assert_eq!(
             render(&empty),

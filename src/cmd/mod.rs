@@ -16,9 +16,11 @@ pub mod backup;
 pub mod drill;
 pub mod dump;
 pub mod dump_restore;
+pub mod get;
 pub mod list;
 pub mod plan;
 pub mod prune;
+pub mod put;
 pub mod recover_table;
 pub mod restore;
 pub mod status;
@@ -96,6 +98,11 @@ pub enum Command {
     /// a scratch server, replayed to the target, the tables loaded under new names
     /// (--into) or written as a dump (--output).
     RecoverTable(recover_table::Args),
+    /// Store files, a directory tree or stdin (any other service's export) through the
+    /// pipeline; export.json is written last.
+    Put(put::Args),
+    /// Fetch an export back: the newest, or the newest put at or before --at.
+    Get(get::Args),
 }
 
 /// Run one command.
@@ -116,6 +123,8 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::Dump(a) => dump::run(&ctx, a).await,
         Command::DumpRestore(a) => dump_restore::run(&ctx, a).await,
         Command::RecoverTable(a) => recover_table::run(&ctx, a).await,
+        Command::Put(a) => put::run(&ctx, a).await,
+        Command::Get(a) => get::run(&ctx, a).await,
     }
 }
 

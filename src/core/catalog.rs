@@ -779,6 +779,64 @@ impl DumpMeta {
     }
 }
 
+// ------------------------------------------------------------------------------------
+// Exports: any other service's data (`lifeboat put`)
+//
+// ```text
+// exports/<NAME>/<ID>/data.<SEQ>      part SEQ of the export's bytes (a tar, or stdin as is), sealed
+// exports/<NAME>/<ID>/export.json     the metadata (plain JSON), written last: the commit marker
+// ```
+
+pub const EXPORTS_PREFIX: &str = "exports/";
+pub const EXPORT_META_FILE: &str = "export.json";
+/// The stream name of an export's bytes.
+pub const EXPORT_STREAM: &str = "data";
+
+/// Export names: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+pub fn is_export_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+pub fn export_prefix(name: &str, id: &str) -> String {
+    format!("{EXPORTS_PREFIX}{name}/{id}/")
+}
+
+pub fn export_meta_key(name: &str, id: &str) -> String {
+    format!("{}{EXPORT_META_FILE}", export_prefix(name, id))
+}
+
+/// (name, id) of an `exports/<NAME>/<ID>/export.json` key.
+pub fn parse_export_meta_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(EXPORTS_PREFIX)?;
+    let mut it = rest.split('/');
+    let (name, id, file) = (it.next()?, it.next()?, it.next()?);
+    (it.next().is_none() && file == EXPORT_META_FILE && is_export_name(name) && is_backup_id(id))
+        .then_some((name, id))
+}
+
+/// `exports/<NAME>/<ID>/export.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportMeta {
+    pub format: u32,
+    pub name: String,
+    pub id: String,
+    /// `tar` (files and directories, a tar archive) or `stream` (stdin, as it came).
+    pub kind: String,
+    /// What was put: the paths as given, or `-`.
+    pub sources: Vec<String>,
+    pub start_time: Timestamp,
+    pub end_time: Timestamp,
+    pub plain_size: u64,
+    pub stored_size: u64,
+    pub parts: Vec<BackupPart>,
+    pub created_by: String,
+}
+
 #[cfg(test)]
 mod backup_tests {
     use super::*;
@@ -880,6 +938,24 @@ mod backup_tests {
 #[cfg(test)]
 mod dump_tests {
     use super::*;
+
+    #[test]
+    fn export_keys() {
+        assert!(is_export_name("ghost-content_2.tar"));
+        assert!(!is_export_name(".hidden"));
+        assert!(!is_export_name("a/b"));
+        assert!(!is_export_name(""));
+        let k = export_meta_key("ghost", "20261124T083012Z");
+        assert_eq!(k, "exports/ghost/20261124T083012Z/export.json");
+        assert_eq!(
+            parse_export_meta_key(&k),
+            Some(("ghost", "20261124T083012Z"))
+        );
+        assert_eq!(
+            parse_export_meta_key("exports/ghost/20261124T083012Z/data.000000"),
+            None
+        );
+    }
 
     #[test]
     fn dump_keys() {

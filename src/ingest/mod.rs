@@ -9,5 +9,6 @@ pub mod gap;
 pub mod health;
 pub mod outbox;
 pub mod parts;
+pub mod put;
 pub mod status;
 pub mod stream;

@@ -138,7 +138,7 @@ where
 }
 
 /// Write the stream to `path` atomically.
-async fn write_file(
+pub async fn write_file(
     archive: &Archive,
     opener: &Arc<Opener>,
     parts: &[BackupPart],

@@ -4,6 +4,7 @@
 //! `dump-restore --output` wrote.
 
 use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use crate::support::*;
@@ -625,4 +626,135 @@ fn recover_table_cleans_up_on_sigint() {
         stderr_of(&out)
     );
     assert_no_scratch_left(scratch.path());
+}
+
+// ------------------------------------------------------------------------------------
+// put / get
+
+/// `put` a tree and a file (one tar), and stdin (as is); `get` them back, byte for byte,
+/// the newest or as of `--at`; bad requests get exact errors.
+#[test]
+fn put_and_get_files_trees_and_stdin() {
+    let lb = Lb::with("host=127.0.0.1 port=1 user=lifeboat", "", SMALL_PARTS);
+    let src = tempfile::tempdir().unwrap();
+    let content = src.path().join("content");
+    std::fs::create_dir_all(content.join("sub")).unwrap();
+    std::fs::write(content.join("a.txt"), "first\n").unwrap();
+    let big: Vec<u8> = (0..3_000_000u64).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(content.join("sub/b.bin"), &big).unwrap();
+    std::os::unix::fs::symlink("a.txt", content.join("link")).unwrap();
+    std::fs::write(src.path().join("notes.txt"), "notes\n").unwrap();
+    let put = |name: &str, paths: &[&Path], stdin: Option<&[u8]>| {
+        let mut c = lb.cmd();
+        c.args(["put", name]).args(paths).arg("--json");
+        let out = run_timeout(&mut c, T, stdin).unwrap();
+        let out: Output = out;
+        json_of(&out)
+    };
+    let first = put("ghost", &[&content, &src.path().join("notes.txt")], None);
+    assert_eq!(first["kind"], "tar", "{first}");
+    assert!(first["parts"].as_array().unwrap().len() > 1, "{first}");
+
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("restored");
+    let out = lb.run_restore_bin(&["get", "ghost", dest.to_str().unwrap()], T);
+    expect_success(&out, "get ghost");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("content/a.txt")).unwrap(),
+        "first\n"
+    );
+    assert_eq!(std::fs::read(dest.join("content/sub/b.bin")).unwrap(), big);
+    assert_eq!(
+        std::fs::read_link(dest.join("content/link")).unwrap(),
+        Path::new("a.txt")
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("notes.txt")).unwrap(),
+        "notes\n"
+    );
+    // Not into a directory that holds something.
+    let out = lb.run_restore_bin(&["get", "ghost", dest.to_str().unwrap()], T);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        first_error_line(&out),
+        format!(
+            "error: {} is not empty: get extracts only into an empty or new directory\nhint: name a new directory",
+            dest.display()
+        )
+    );
+
+    // A second copy later; --at picks by time.
+    std::thread::sleep(Duration::from_millis(1100));
+    let between = lb_now();
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(content.join("a.txt"), "second\n").unwrap();
+    put("ghost", &[&content], None);
+    let newest = work.path().join("newest");
+    lb.run_restore_bin(&["get", "ghost", newest.to_str().unwrap()], T);
+    assert_eq!(
+        std::fs::read_to_string(newest.join("content/a.txt")).unwrap(),
+        "second\n"
+    );
+    let older = work.path().join("older");
+    let out = lb.run_restore_bin(
+        &["get", "ghost", "--at", &between, older.to_str().unwrap()],
+        T,
+    );
+    expect_success(&out, "get --at");
+    assert_eq!(
+        std::fs::read_to_string(older.join("content/a.txt")).unwrap(),
+        "first\n"
+    );
+    let out = lb.run_restore_bin(
+        &[
+            "get",
+            "ghost",
+            "--at",
+            "2000-01-01 00:00:00+00",
+            older.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        first_error_line(&out),
+        format!(
+            "error: export \"ghost\" has no copy from 2000-01-01 00:00:00+00 or before (the oldest is from {})\nhint: `lifeboat list` shows the exports",
+            first["start_time"].as_str().unwrap().replace('T', " ").replace('Z', "+00")
+        )
+    );
+
+    // stdin, as it came: to a file and to stdout.
+    let bytes: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    let s = put("dbexport", &[Path::new("-")], Some(&bytes));
+    assert_eq!(s["kind"], "stream");
+    let file = work.path().join("dbexport.bin");
+    lb.run_restore_bin(&["get", "dbexport", file.to_str().unwrap()], T);
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    let out = lb.run_restore_bin(&["get", "dbexport", "-"], T);
+    expect_success(&out, "get to stdout");
+    assert_eq!(out.stdout, bytes);
+
+    let out = lb.run_restore_bin(&["get", "nosuch", file.to_str().unwrap()], T);
+    assert_eq!(
+        first_error_line(&out),
+        "error: the archive holds no export named \"nosuch\"\nhint: `lifeboat list` shows the exports; `lifeboat put nosuch PATH` makes one"
+    );
+    let list = lb.list_json();
+    let names: Vec<&str> = list["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dbexport", "ghost", "ghost"], "{list}");
+}
+
+/// Now, as PostgreSQL prints it in UTC.
+fn lb_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M:%S.%6N+00"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
