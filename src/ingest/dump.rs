@@ -194,6 +194,30 @@ async fn survey(params: &ConnParams, want: &[String]) -> Result<(u32, String, Ve
     Ok((num, version, dbs))
 }
 
+/// The archive belongs to one cluster (`archive.json`): as `backup` does, identify the
+/// system over a replication connection and refuse an archive of another cluster. A role
+/// without REPLICATION can still dump: then the check is skipped, with a warning.
+async fn bind_archive(archive: &Archive, params: &ConnParams) -> Result<()> {
+    let ident = async {
+        let mut c = Connection::connect(params, true).await?;
+        let ident = c.identify_system().await?;
+        let seg = c.wal_segment_size().await?;
+        c.close().await;
+        Ok::<_, crate::pg::PgError>((ident.system_id, seg))
+    }
+    .await;
+    match ident {
+        Ok((system_id, seg)) => {
+            archive.ensure_meta(system_id, seg).await?;
+        }
+        Err(e) => tracing::warn!(
+            error = %format!("{:#}", anyhow::Error::new(e)),
+            "cannot identify the cluster over a replication connection; the dump is stored without checking archive.json"
+        ),
+    }
+    Ok(())
+}
+
 /// Take a dump of the configured server and store it.
 pub async fn run(cfg: &Config, opts: &DumpOptions) -> Result<DumpMeta> {
     let params = ConnParams::parse_with_process_env(&cfg.postgres.conninfo)
@@ -207,6 +231,7 @@ pub async fn run(cfg: &Config, opts: &DumpOptions) -> Result<DumpMeta> {
         .map_err(|e| anyhow!(e))?;
     let sealer = Sealer::new(&cfg.encryption.recipients, cfg.backup.compression_level)?;
     let archive = Archive::open(cfg)?;
+    bind_archive(&archive, &params).await?;
     let start_time = now();
     let id = fresh_id(&archive.mirror, start_time).await?;
     tracing::info!(id, databases = ?databases, pg_dump = %pg_dump.path.display(), "starting dump");

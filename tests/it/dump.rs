@@ -142,6 +142,10 @@ fn dump_round_trip(major: u32) {
     assert_eq!(list["dumps"][0]["databases"][0], "app");
     let text = lb.run_ok(&["list"], T);
     assert!(text.contains(&format!("{id} ")), "{text}");
+    // verify checks the dump's parts (CRC without the key, decryption with --full).
+    let (ok, rep) = lb.verify(true);
+    assert!(ok, "{rep}");
+    assert_eq!(rep["providers"][0]["dumps"], 1, "{rep}");
 
     // The whole database, into a new one: pg_dump of both is the same.
     pg.psql("CREATE DATABASE copy");
