@@ -112,6 +112,23 @@ fn dump_round_trip(major: u32) {
     let out = dump(&lb, major, &["--json"]);
     expect_success(&out, "lifeboat dump");
     let meta = json_of(&out);
+    // The text form: one line for the dump, one per database with its snapshot time.
+    let text = expect_success(
+        &dump(&lb, major, &["--db", "app"]),
+        "lifeboat dump --db app",
+    );
+    assert!(
+        text.starts_with("dump ") && text.contains(": 1 database and the globals, "),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .trim_start()
+            .starts_with("app "),
+        "{text}"
+    );
     let id = meta["id"].as_str().unwrap().to_string();
     let dbs: Vec<&str> = meta["databases"]
         .as_array()
@@ -140,12 +157,13 @@ fn dump_round_trip(major: u32) {
     let list = lb.list_json();
     assert_eq!(list["dumps"][0]["id"], id.as_str(), "{list}");
     assert_eq!(list["dumps"][0]["databases"][0], "app");
+    assert_eq!(list["dumps"].as_array().unwrap().len(), 2, "{list}");
     let text = lb.run_ok(&["list"], T);
     assert!(text.contains(&format!("{id} ")), "{text}");
     // verify checks the dump's parts (CRC without the key, decryption with --full).
     let (ok, rep) = lb.verify(true);
     assert!(ok, "{rep}");
-    assert_eq!(rep["providers"][0]["dumps"], 1, "{rep}");
+    assert_eq!(rep["providers"][0]["dumps"], 2, "{rep}");
 
     // The whole database, into a new one: pg_dump of both is the same.
     pg.psql("CREATE DATABASE copy");
@@ -202,6 +220,26 @@ fn dump_round_trip(major: u32) {
         pg.try_psql_db("one_schema", "SELECT count(*) FROM sales.big")
             .unwrap(),
         "634"
+    );
+
+    // Which database, when the dump holds several; an id that is not there.
+    let out = dump_restore(&lb, major, &id, &["--list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        first_error_line(&out),
+        format!(
+            "error: dump {id} holds 2 databases: name one with --db\nhint: it holds app, postgres"
+        )
+    );
+    let out = dump_restore(&lb, major, &id, &["--db", "nosuch", "--list"]);
+    assert_eq!(
+        first_error_line(&out),
+        format!("error: dump {id} holds no database \"nosuch\"\nhint: it holds app, postgres")
+    );
+    let out = dump_restore(&lb, major, "20000101T000000Z", &["--list"]);
+    assert_eq!(
+        first_error_line(&out),
+        "error: dump 20000101T000000Z is not in the archive\nhint: `lifeboat list` shows the dumps"
     );
 
     // --list: pg_restore's table of contents.
