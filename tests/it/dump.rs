@@ -800,3 +800,75 @@ fn lb_now() -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A dump goes to every provider (a file store and two S3 servers, moto with Object
+/// Lock); with one part corrupt and another deleted on the first provider, dump-restore
+/// reads them from the next and the restored database is the same.
+#[test]
+fn dump_to_three_providers_restores_past_a_bad_local_copy() {
+    use crate::support::s3::cred_env;
+    let major = newest_major().expect("a PostgreSQL major");
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    populate(&pg);
+    let (_moto, _fs, storage) = crate::s3::two_s3_providers();
+    let lb = Lb::for_cluster(&pg, &format!("{SMALL_PARTS}\n{storage}"));
+    let bin = lb.restore_bin();
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(&bin);
+        c.arg("--config")
+            .arg(&lb.config)
+            .arg("--identity")
+            .arg(&lb.identity)
+            .env("HOME", lb.dir.path())
+            .envs(cred_env())
+            .args(args);
+        run_timeout(&mut c, T, None).unwrap()
+    };
+    let pgbin = pg_bin_dir(major);
+    let out = run(&[
+        "dump",
+        "--db",
+        "app",
+        "--pg-bin",
+        pgbin.to_str().unwrap(),
+        "--json",
+    ]);
+    expect_success(&out, "dump to three providers");
+    let id = json_of(&out)["id"].as_str().unwrap().to_string();
+    let parts: Vec<String> = lb
+        .archive_files("dumps/")
+        .into_iter()
+        .filter(|k| k.contains("/db-0.dump."))
+        .collect();
+    assert!(parts.len() >= 2, "{parts:?}");
+    // Every provider holds every object.
+    let out = run(&["--json", "verify", "--providers"]);
+    let rep = json_of(&out);
+    assert!(out.status.success(), "{rep}");
+    let corrupt = lb.archive.join(&parts[0]);
+    let mut b = std::fs::read(&corrupt).unwrap();
+    let n = b.len();
+    b[n / 2] ^= 1;
+    std::fs::write(&corrupt, b).unwrap();
+    std::fs::remove_file(lb.archive.join(&parts[1])).unwrap();
+    pg.psql("CREATE DATABASE copy");
+    let out = run(&[
+        "dump-restore",
+        &id,
+        "--pg-bin",
+        pgbin.to_str().unwrap(),
+        "--dbname",
+        &conninfo_db(&pg, "copy"),
+    ]);
+    expect_success(&out, "dump-restore past a bad local copy");
+    assert!(
+        stderr_of(&out).contains("read from the fallback provider"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_same(
+        &plain_dump(&pg, "app"),
+        &plain_dump(&pg, "copy"),
+        "copy from S3",
+    );
+}
