@@ -11,8 +11,9 @@ use crate::ingest::put::{self, Source};
 pub struct Args {
     /// The export's name (A-Z a-z 0-9 . _ -), e.g. the service's.
     name: String,
-    /// Files and directories to store (as one tar), or `-` for stdin (stored as it comes).
-    #[arg(required = true, value_name = "PATH")]
+    /// Files and directories to store (as one tar), or `-` for stdin (stored as it comes);
+    /// none: the [[export]] entry of this name in the configuration.
+    #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
 }
 
@@ -32,8 +33,23 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     ctx.require_for_writing()?;
     let source = if stdin {
         Source::Stdin
-    } else {
+    } else if !a.paths.is_empty() {
         Source::Paths(a.paths.clone())
+    } else {
+        match ctx.cfg.export.iter().find(|x| x.name == a.name) {
+            Some(x) => match &x.command {
+                Some(c) => Source::Command(c.clone()),
+                None => Source::Paths(x.paths.clone()),
+            },
+            None => {
+                return Err(usage(format!(
+                    "put: no PATH given, and {} has no [[export]] named \"{}\"\nhint: give the files, directories or - (stdin) to store, or add [[export]] name = \"{}\" with a command or paths",
+                    ctx.cfg_name(),
+                    a.name,
+                    a.name
+                )))
+            }
+        }
     };
     let meta = put::run(&ctx.cfg, &a.name, source).await?;
     if ctx.json() {

@@ -63,6 +63,54 @@ async fn read_capped(mut r: impl AsyncRead + Unpin) -> String {
     String::from_utf8_lossy(&out).trim().to_string()
 }
 
+/// Bytes read from a program: a spinner on a terminal, else a log line every 10 s (pg_dump
+/// announces no total).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    what: String,
+    bytes: std::cell::Cell<u64>,
+    last_log: std::cell::Cell<std::time::Instant>,
+}
+
+impl Progress {
+    fn new(what: &str) -> Progress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {msg}: {bytes} {bytes_per_sec}",
+                )
+                .expect("a valid template"),
+            );
+            b.set_message(what.to_string());
+            b
+        });
+        Progress {
+            bar,
+            what: what.to_string(),
+            bytes: std::cell::Cell::new(0),
+            last_log: std::cell::Cell::new(std::time::Instant::now()),
+        }
+    }
+
+    fn add(&self, n: u64) {
+        self.bytes.set(self.bytes.get() + n);
+        if let Some(b) = &self.bar {
+            b.set_position(self.bytes.get());
+        } else if self.last_log.get().elapsed() >= std::time::Duration::from_secs(10) {
+            self.last_log.set(std::time::Instant::now());
+            tracing::info!(what = self.what, bytes = self.bytes.get(), "dump progress");
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// Run `cmd`, streaming its stdout into `writer` as stream `stream`. `what` names it in
 /// errors (`pg_dump of database "app"`).
 async fn pump(
@@ -83,6 +131,7 @@ async fn pump(
     let errors = tokio::spawn(read_capped(stderr));
     writer.begin_tar(stream.to_string()).await?;
     let mut buf = vec![0u8; 256 << 10];
+    let progress = Progress::new(what);
     let copied: Result<()> = async {
         loop {
             let n = stdout
@@ -92,10 +141,12 @@ async fn pump(
             if n == 0 {
                 return Ok(());
             }
+            progress.add(n as u64);
             writer.push(&buf[..n]).await?;
         }
     }
     .await;
+    progress.finish();
     if let Err(e) = copied {
         let _ = child.kill().await;
         return Err(e);

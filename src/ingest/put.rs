@@ -28,6 +28,8 @@ pub enum Source {
     Paths(Vec<PathBuf>),
     /// Standard input, as it comes.
     Stdin,
+    /// The stdout of a shell command (`[[export]] command`), as it comes.
+    Command(String),
 }
 
 fn now() -> Timestamp {
@@ -117,6 +119,8 @@ pub async fn run(cfg: &Config, name: &str, source: Source) -> Result<ExportMeta>
             ("tar", p.iter().map(|p| p.display().to_string()).collect())
         }
         Source::Stdin => ("stream", vec!["-".to_string()]),
+        // The command may hold secrets: export.json is plain JSON, so it is not recorded.
+        Source::Command(_) => ("stream", vec!["[[export]] command".to_string()]),
     };
     let sealer = Sealer::new(&cfg.encryption.recipients, cfg.backup.compression_level)?;
     let archive = Archive::open(cfg)?;
@@ -185,6 +189,42 @@ async fn stream(writer: &mut PartWriter, source: Source) -> Result<()> {
         match source {
             Source::Stdin => {
                 std::io::copy(&mut std::io::stdin().lock(), &mut out).context("reading stdin")?;
+            }
+            Source::Command(cmd) => {
+                let mut child = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&cmd)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .context("starting the [[export]] command with sh -c")?;
+                let mut stderr = child.stderr.take().expect("stderr is piped");
+                let errors = std::thread::spawn(move || {
+                    let mut s = String::new();
+                    let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+                    s
+                });
+                let mut stdout = child.stdout.take().expect("stdout is piped");
+                let copied = std::io::copy(&mut stdout, &mut out);
+                if copied.is_err() {
+                    let _ = child.kill();
+                }
+                let status = child.wait().context("waiting for the [[export]] command")?;
+                let stderr = errors.join().unwrap_or_default();
+                copied.context("reading the [[export]] command's output")?;
+                if !status.success() {
+                    let how = status
+                        .code()
+                        .map_or_else(|| status.to_string(), |c| format!("exit status {c}"));
+                    bail!("the [[export]] command failed ({how}):\n{}", stderr.trim());
+                }
+                if !stderr.trim().is_empty() {
+                    tracing::warn!(
+                        stderr = stderr.trim(),
+                        "the [[export]] command printed warnings"
+                    );
+                }
             }
             Source::Paths(paths) => {
                 let mut b = tar::Builder::new(&mut out);

@@ -792,6 +792,54 @@ fn put_and_get_files_trees_and_stdin() {
     assert_eq!(names, ["dbexport", "ghost", "ghost"], "{list}");
 }
 
+/// `put NAME` without paths stores the `[[export]]` of that name: a command's stdout (a
+/// failing command stores nothing and its stderr and exit status are the error) or paths.
+#[test]
+fn put_runs_the_configured_exports() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("file.txt"), "from paths\n").unwrap();
+    let extra = format!(
+        "[[export]]\nname = \"cmd\"\ncommand = \"printf 'from a command'; echo a warning >&2\"\n\n\
+         [[export]]\nname = \"broken\"\ncommand = \"echo boom >&2; exit 3\"\n\n\
+         [[export]]\nname = \"files\"\npaths = [\"{}\"]\n",
+        src.path().join("file.txt").display()
+    );
+    let lb = Lb::with("host=127.0.0.1 port=1 user=lifeboat", "", &extra);
+    lb.run_ok(&["put", "cmd"], T);
+    let out = lb.run_restore_bin(&["get", "cmd", "-"], T);
+    assert_eq!(stdout_of(&out), "from a command");
+    lb.run_ok(&["put", "files"], T);
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("files");
+    lb.run_restore_bin(&["get", "files", dest.to_str().unwrap()], T);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("file.txt")).unwrap(),
+        "from paths\n"
+    );
+    let out = lb.run(&["put", "broken"], T);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        first_error_line(&out),
+        "error: the [[export]] command failed (exit status 3):"
+    );
+    assert!(
+        stderr_of(&out).contains("exit status 3):\nboom\n"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(lb.archive_files("exports/broken/").is_empty());
+    // The command is not recorded in the (plain) export.json: it may hold secrets.
+    let list = lb.list_json();
+    assert_eq!(list["exports"].as_array().unwrap().len(), 2, "{list}");
+    let meta: Vec<String> = lb
+        .archive_files("exports/cmd/")
+        .into_iter()
+        .filter(|k| k.ends_with("export.json"))
+        .collect();
+    let text = std::fs::read_to_string(lb.archive.join(&meta[0])).unwrap();
+    assert!(!text.contains("printf"), "{text}");
+}
+
 /// Now, as PostgreSQL prints it in UTC.
 fn lb_now() -> String {
     let out = std::process::Command::new("date")
