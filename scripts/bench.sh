@@ -545,7 +545,7 @@ PY
 # lifeboat dump vs the shell pipeline it replaces, on one database: pg_dump's own
 # compression off in both (zstd does it), the same zstd level, age to the same recipient.
 bench_dump() {
-  local scale="${LIFEBOAT_BENCH_PGBENCH_SCALE:-30}" text_mb="${LIFEBOAT_BENCH_TEXT_MB:-400}"
+  local scale="${LIFEBOAT_BENCH_PGBENCH_SCALE:-20}" text_mb="${LIFEBOAT_BENCH_TEXT_MB:-300}"
   local rounds="${LIFEBOAT_BENCH_ROUNDS:-3}"
   echo "building the dataset: pgbench scale $scale plus ~${text_mb} MiB of random-ish text ..."
   "$BIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
@@ -562,7 +562,7 @@ bench_dump() {
     "[encryption]" "recipients = [\"$rcpt\"]" "[wal]" "spool_dir = \"$WORK/spool\"" \
     "[backup]" "compression_level = 3" \
     "[[storage]]" "name = \"local\"" "url = \"file://$WORK/arch\"" > "$WORK/lb.toml"
-  local lb_t=() lb_m=() sh_t=() sh_m=() t m u s
+  local lb_t=() lb_m=() sh_t=() sh_m=() gz_t=() t m u s
   for i in $(seq 1 "$rounds"); do
     rm -rf "$WORK/arch" "$WORK/pipe.age"; sync
     /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q dump --db postgres --pg-bin "$BIN" >/dev/null 2>"$WORK/lb.err" \
@@ -573,6 +573,10 @@ bench_dump() {
     /usr/bin/time -f "%e %M" -o "$WORK/t" bash -c "set -o pipefail; '$BIN/pg_dump' -h 127.0.0.1 -p $PORT -U postgres -Fc -Z0 postgres | zstd -3 -q | age -r '$rcpt' > '$WORK/pipe.age'"
     read -r t m < "$WORK/t"; sh_t+=("$t"); sh_m+=("$m")
     echo "round $i pg_dump -Fc -Z0 | zstd -3 | age:                                           ${t}s, stored $(du -sm "$WORK/pipe.age" | cut -f1) MiB"
+    rm -f "$WORK/pipe.age"; sync
+    /usr/bin/time -f "%e %M" -o "$WORK/t" bash -c "set -o pipefail; '$BIN/pg_dump' -h 127.0.0.1 -p $PORT -U postgres -Fc postgres | zstd -3 -q | age -r '$rcpt' > '$WORK/pipe.age'"
+    read -r t m < "$WORK/t"; gz_t+=("$t")
+    echo "round $i pg_dump -Fc | zstd -3 | age (pg_dump's default gzip too):                  ${t}s, stored $(du -sm "$WORK/pipe.age" | cut -f1) MiB"
   done
   python3 -c '
 import statistics, sys
@@ -583,7 +587,9 @@ print(f"\ndump benchmark, database {sys.argv[4]}, {len(lb)} alternating rounds (
 print(f"  lifeboat dump              {statistics.median(lb):7.2f} s  peak RSS {rss:.1f} MiB")
 print(f"  pg_dump | zstd | age       {statistics.median(sh):7.2f} s")
 print(f"  ratio lifeboat/pipeline    {statistics.median(ratios):.2f}x (median of the per-round ratios)")
-' "${lb_t[*]}" "${sh_t[*]}" "${lb_m[*]}" "$size"
+gz = [float(x) for x in sys.argv[5].split()]
+print(f"  pg_dump -Fc (gzip) | zstd | age {statistics.median(gz):7.2f} s, ratio lifeboat/it {statistics.median([a / b for a, b in zip(lb, gz)]):.2f}x")
+' "${lb_t[*]}" "${sh_t[*]}" "${lb_m[*]}" "$size" "${gz_t[*]}"
 }
 
 case "$WHAT" in
