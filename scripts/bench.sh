@@ -7,6 +7,8 @@
 #   scripts/bench.sh backup-s3  # lifeboat backup to one file:// store vs to two S3 servers (loopback)
 #   scripts/bench.sh restore    # lifeboat restore vs pgbackrest restore, same dataset; WAL replay
 #                               # of ~1 GiB through wal-fetch with and without prefetch
+#   scripts/bench.sh dump       # lifeboat dump vs pg_dump -Fc -Z0 | zstd -3 | age, same database;
+#                               # 3 alternating rounds, median ratio, peak RSS
 #   scripts/bench.sh prune      # prune over a synthetic file:// archive of 7 years of daily
 #                               # backups and ~1 million WAL objects: plan, delete, plan again
 #
@@ -580,12 +582,63 @@ EOF
   echo "second prune: ${t}s; $(grep -E '^  delete' "$WORK/again.txt")"
 }
 
+# lifeboat dump vs the shell pipeline it replaces, on one database: pg_dump's own
+# compression off in both (zstd does it), the same zstd level, age to the same recipient.
+bench_dump() {
+  local scale="${LIFEBOAT_BENCH_PGBENCH_SCALE:-20}" text_mb="${LIFEBOAT_BENCH_TEXT_MB:-300}"
+  local rounds="${LIFEBOAT_BENCH_ROUNDS:-3}"
+  echo "building the dataset: pgbench scale $scale plus ~${text_mb} MiB of random-ish text ..."
+  "$BIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
+  local rows=$((text_mb * 1024 * 1024 / 110))
+  "${PSQL[@]}" -c "CREATE TABLE text_data AS SELECT g AS id, md5(g::text) || md5((g * 31)::text) AS a, substr(md5(random()::text), 1, 12) AS b FROM generate_series(1, $rows) g" >/dev/null
+  "${PSQL[@]}" -c "CHECKPOINT" >/dev/null; sync
+  local size
+  size=$("${PSQL[@]}" -c "SELECT pg_size_pretty(pg_database_size('postgres'))")
+  echo "database size: $size"
+  age-keygen -o "$WORK/id.txt" 2>/dev/null
+  local rcpt
+  rcpt=$(age-keygen -y "$WORK/id.txt")
+  printf '%s\n' "[postgres]" "conninfo = \"host=127.0.0.1 port=$PORT user=postgres dbname=postgres sslmode=disable\"" "slot = \"lifeboat\"" \
+    "[encryption]" "recipients = [\"$rcpt\"]" "[wal]" "spool_dir = \"$WORK/spool\"" \
+    "[backup]" "compression_level = 3" \
+    "[[storage]]" "name = \"local\"" "url = \"file://$WORK/arch\"" > "$WORK/lb.toml"
+  local lb_t=() lb_m=() sh_t=() sh_m=() gz_t=() t m u s
+  for i in $(seq 1 "$rounds"); do
+    rm -rf "$WORK/arch" "$WORK/pipe.age"; sync
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q dump --db postgres --pg-bin "$BIN" >/dev/null 2>"$WORK/lb.err" \
+      || { cat "$WORK/lb.err"; exit 1; }
+    read -r t m u s < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
+    echo "round $i lifeboat dump (pg_dump -Fc -Z0, zstd 3 in parallel parts, age, CRC, file://): ${t}s, peak RSS $((m / 1024)) MiB, stored $(du -sm "$WORK/arch" | cut -f1) MiB, CPU lifeboat $(echo "$u + $s" | bc) s"
+    sync
+    /usr/bin/time -f "%e %M" -o "$WORK/t" bash -c "set -o pipefail; '$BIN/pg_dump' -h 127.0.0.1 -p $PORT -U postgres -Fc -Z0 postgres | zstd -3 -q | age -r '$rcpt' > '$WORK/pipe.age'"
+    read -r t m < "$WORK/t"; sh_t+=("$t"); sh_m+=("$m")
+    echo "round $i pg_dump -Fc -Z0 | zstd -3 | age:                                           ${t}s, stored $(du -sm "$WORK/pipe.age" | cut -f1) MiB"
+    rm -f "$WORK/pipe.age"; sync
+    /usr/bin/time -f "%e %M" -o "$WORK/t" bash -c "set -o pipefail; '$BIN/pg_dump' -h 127.0.0.1 -p $PORT -U postgres -Fc postgres | zstd -3 -q | age -r '$rcpt' > '$WORK/pipe.age'"
+    read -r t m < "$WORK/t"; gz_t+=("$t")
+    echo "round $i pg_dump -Fc | zstd -3 | age (pg_dump's default gzip too):                  ${t}s, stored $(du -sm "$WORK/pipe.age" | cut -f1) MiB"
+  done
+  python3 -c '
+import statistics, sys
+lb, sh = ([float(x) for x in a.split()] for a in sys.argv[1:3])
+rss = max(int(x) for x in sys.argv[3].split()) / 1024
+ratios = [a / b for a, b in zip(lb, sh)]
+print(f"\ndump benchmark, database {sys.argv[4]}, {len(lb)} alternating rounds (median)")
+print(f"  lifeboat dump              {statistics.median(lb):7.2f} s  peak RSS {rss:.1f} MiB")
+print(f"  pg_dump | zstd | age       {statistics.median(sh):7.2f} s")
+print(f"  ratio lifeboat/pipeline    {statistics.median(ratios):.2f}x (median of the per-round ratios)")
+gz = [float(x) for x in sys.argv[5].split()]
+print(f"  pg_dump -Fc (gzip) | zstd | age {statistics.median(gz):7.2f} s, ratio lifeboat/it {statistics.median([a / b for a, b in zip(lb, gz)]):.2f}x")
+' "${lb_t[*]}" "${sh_t[*]}" "${lb_m[*]}" "$size" "${gz_t[*]}"
+}
+
 case "$WHAT" in
   stream) bench_stream ;;
   backup) bench_backup ;;
   restore) bench_restore ;;
   prune) bench_prune ;;
+  dump) bench_dump ;;
   stream-s3) bench_stream_s3 ;;
   backup-s3) bench_backup_s3 ;;
-  *) echo "usage: scripts/bench.sh stream|stream-s3|backup|backup-s3|restore|prune" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh stream|stream-s3|backup|backup-s3|restore|prune|dump" >&2; exit 2 ;;
 esac

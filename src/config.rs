@@ -30,6 +30,22 @@ pub struct Config {
     pub backup: BackupConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// `[[export]]`: other services' data, stored by `lifeboat put NAME`.
+    #[serde(default)]
+    pub export: Vec<ExportConfig>,
+}
+
+/// `[[export]]`: what `lifeboat put NAME` stores when no PATH is given: a command's stdout,
+/// or files and directory trees.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    pub name: String,
+    /// Run with `sh -c`; its stdout is stored as it comes.
+    pub command: Option<String>,
+    /// Files and directories, stored as one tar.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
 }
 
 /// `[retention]` (CLI.md): how long backups and WAL are kept. The default is the policy of
@@ -421,6 +437,47 @@ impl Config {
                     None => (m, "see the README's storage section".to_string()),
                 };
                 return Err(err(&format!("storage[{i}].{key}"), m, &hint));
+            }
+        }
+        let mut exports = std::collections::HashSet::new();
+        for (i, x) in self.export.iter().enumerate() {
+            if !crate::core::catalog::is_export_name(&x.name) {
+                return Err(err(
+                    &format!("export[{i}].name"),
+                    format!("\"{}\" is not an export name", x.name),
+                    "1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot",
+                ));
+            }
+            if !exports.insert(x.name.as_str()) {
+                return Err(err(
+                    &format!("export[{i}].name"),
+                    format!("\"{}\" is used twice", x.name),
+                    "give every export its own name",
+                ));
+            }
+            match (&x.command, x.paths.is_empty()) {
+                (Some(_), false) => {
+                    return Err(err(
+                        &format!("export[{i}]"),
+                        "has both command and paths".into(),
+                        "one export stores one of them: make two [[export]] entries",
+                    ))
+                }
+                (None, true) => {
+                    return Err(err(
+                        &format!("export[{i}]"),
+                        "has neither command nor paths".into(),
+                        "command = \"ghost-export --stdout\" stores its output; paths = [\"/var/lib/ghost/content\"] stores files",
+                    ))
+                }
+                (Some(c), true) if c.trim().is_empty() => {
+                    return Err(err(
+                        &format!("export[{i}].command"),
+                        "is empty".into(),
+                        "a shell command whose stdout is the export",
+                    ))
+                }
+                _ => {}
             }
         }
         if let Some(slot) = &self.postgres.slot {

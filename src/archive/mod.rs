@@ -18,7 +18,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 
 use crate::config::Config;
-use crate::core::catalog::{self, AcceptedGap, ArchiveMeta, BackupMeta, DrillReport, WalInventory};
+use crate::core::catalog::{
+    self, AcceptedGap, ArchiveMeta, BackupMeta, DrillReport, DumpMeta, ExportMeta, WalInventory,
+};
 use crate::core::plan::Timestamp;
 use crate::core::retention::Listed;
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
@@ -254,6 +256,28 @@ impl Archive {
             }
         }
         Ok(found.into_values().collect())
+    }
+
+    /// Every committed dump's metadata, oldest first: the union over the providers that
+    /// answer (a dump counts when any provider holds its `dump.json`).
+    pub async fn dumps(&self) -> Result<Vec<DumpMeta>> {
+        let mut out: Vec<DumpMeta> = self.records(catalog::DUMPS_PREFIX, "dump").await?;
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
+    }
+
+    /// Every committed export (`lifeboat put`), by name then id (oldest first).
+    pub async fn exports(&self) -> Result<Vec<ExportMeta>> {
+        let mut out: Vec<ExportMeta> = self.records(catalog::EXPORTS_PREFIX, "export").await?;
+        out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        out.dedup_by(|a, b| a.name == b.name && a.id == b.id);
+        Ok(out)
+    }
+
+    /// One dump's metadata, from any provider.
+    pub async fn dump(&self, id: &str) -> Result<Option<DumpMeta>> {
+        Ok(self.dumps().await?.into_iter().find(|d| d.id == id))
     }
 
     /// Every recorded drill, oldest first: the union over the providers that answer. An

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::archive::Archive;
 use crate::config::RetentionConfig;
-use crate::core::catalog::{self, AcceptedGap, BackupMeta, WalRange};
+use crate::core::catalog::{self, AcceptedGap, BackupMeta, DumpMeta, ExportMeta, WalRange};
 use crate::core::plan::Timestamp;
 use crate::core::retention::{self, Listed, Tier};
 use crate::core::wal::Lsn;
@@ -41,6 +41,66 @@ pub struct ListReport {
     pub gaps: Vec<AcceptedGap>,
     /// The most recent restore drill recorded in the archive.
     pub last_drill: Option<DrillSummary>,
+    /// Logical dumps (`lifeboat dump`), oldest first.
+    pub dumps: Vec<DumpSummary>,
+    /// Exports (`lifeboat put`), by name, oldest first.
+    pub exports: Vec<ExportSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportSummary {
+    pub name: String,
+    pub id: String,
+    pub kind: String,
+    pub start_time: String,
+    pub plain_size: u64,
+    pub stored_size: u64,
+}
+
+impl ExportSummary {
+    pub fn new(m: &ExportMeta) -> ExportSummary {
+        ExportSummary {
+            name: m.name.clone(),
+            id: m.id.clone(),
+            kind: m.kind.clone(),
+            start_time: m.start_time.rfc3339(),
+            plain_size: m.plain_size,
+            stored_size: m.stored_size,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DumpSummary {
+    pub id: String,
+    pub start_time: String,
+    pub end_time: String,
+    pub pg_version: u32,
+    pub pg_dump_version: String,
+    pub databases: Vec<String>,
+    pub globals: bool,
+    pub plain_size: u64,
+    pub stored_size: u64,
+}
+
+impl DumpSummary {
+    pub fn new(m: &DumpMeta) -> DumpSummary {
+        DumpSummary {
+            id: m.id.clone(),
+            start_time: m.start_time.rfc3339(),
+            end_time: m.end_time.rfc3339(),
+            pg_version: m.pg_version,
+            pg_dump_version: m.pg_dump_version.clone(),
+            databases: m
+                .databases
+                .iter()
+                .filter_map(|d| d.database.clone())
+                .collect(),
+            globals: m.globals.is_some(),
+            plain_size: m.plain_size,
+            stored_size: m.stored_size,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -82,12 +142,26 @@ impl BackupSummary {
 /// The summary; with `retention`, also what the policy keeps (a listing and a plan of the
 /// first provider: `list` shows it, `status`, which monitoring runs often, does not).
 pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Result<ListReport> {
+    let dumps: Vec<DumpSummary> = archive
+        .dumps()
+        .await?
+        .iter()
+        .map(DumpSummary::new)
+        .collect();
+    let exports: Vec<ExportSummary> = archive
+        .exports()
+        .await?
+        .iter()
+        .map(ExportSummary::new)
+        .collect();
     let Some(meta) = archive.meta().await? else {
         return Ok(ListReport {
             backups: Vec::new(),
             wal: Vec::new(),
             gaps: Vec::new(),
             last_drill: None,
+            dumps,
+            exports,
         });
     };
     let seg = meta.wal_segment_size;
@@ -138,5 +212,7 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
         wal,
         gaps,
         last_drill,
+        dumps,
+        exports,
     })
 }

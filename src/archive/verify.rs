@@ -8,7 +8,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::archive::Archive;
-use crate::core::catalog::{self, AcceptedGap, BackupMeta, BackupPart, WalInventory, WalRange};
+use crate::core::catalog::{
+    self, AcceptedGap, BackupMeta, BackupPart, DumpMeta, ExportMeta, WalInventory, WalRange,
+};
 use crate::core::wal::{TimelineHistory, TimelineId};
 use crate::pipeline::{self, Opener};
 
@@ -20,7 +22,12 @@ pub struct ProviderReport {
     pub wal: Vec<WalRange>,
     /// Committed backups (those with a backup.json) checked.
     pub backups: usize,
-    /// Objects under `backups/` that no backup.json lists: left by an interrupted backup.
+    /// Committed dumps (`dumps/<ID>/dump.json`) and exports (`exports/<NAME>/<ID>/
+    /// export.json`) whose parts were checked.
+    pub dumps: usize,
+    pub exports: usize,
+    /// Objects under `backups/`, `dumps/` and `exports/` that no metadata object lists:
+    /// left by an interrupted backup, dump or put.
     pub unreferenced: Vec<String>,
     /// Backup parts in an archive storage class (Deep Archive, Glacier): present, not read
     /// (a read needs a thaw of hours; `restore` does it).
@@ -57,6 +64,8 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
             bytes: 0,
             wal: Vec::new(),
             backups: 0,
+            dumps: 0,
+            exports: 0,
             unreferenced: Vec::new(),
             cold: 0,
             problems: Vec::new(),
@@ -124,6 +133,7 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
         pr.wal = inv.ranges(seg);
         continuity(&inv, &pr.wal, &report.gaps, &mut pr.problems);
         check_backups(p.as_ref(), &known, opener, &mut pr).await;
+        check_logical(p.as_ref(), opener, &mut pr).await;
         report.providers.push(pr);
     }
     Ok(report)
@@ -287,6 +297,90 @@ async fn check_backups(
 
 /// Read `key` from `p`; when it is gone (`missing` says how) or the read fails, record a
 /// problem naming the key and return `None`, so one bad object never ends the run.
+/// Dumps and exports on provider `p`: each part their metadata lists must be here and
+/// match it (size, CRC32; decrypted with `--full`). Objects none lists are unreferenced.
+async fn check_logical(
+    p: &dyn crate::storage::ObjectStore,
+    opener: Option<&Opener>,
+    pr: &mut ProviderReport,
+) {
+    for prefix in [catalog::DUMPS_PREFIX, catalog::EXPORTS_PREFIX] {
+        let listed = match p.list(prefix).await {
+            Ok(l) => l,
+            Err(e) => {
+                pr.problems.push(format!("cannot list {prefix}: {e}"));
+                continue;
+            }
+        };
+        let present: std::collections::HashSet<&str> =
+            listed.iter().map(|m| m.key.as_str()).collect();
+        let mut referenced = std::collections::HashSet::new();
+        for m in &listed {
+            let is_dump = catalog::parse_dump_meta_key(&m.key).is_some();
+            let is_export = catalog::parse_export_meta_key(&m.key).is_some();
+            if !is_dump && !is_export {
+                continue;
+            }
+            referenced.insert(m.key.clone());
+            pr.objects += 1;
+            pr.bytes += m.size;
+            let Some(body) = read(p, &m.key, "listed but cannot be read", &mut pr.problems).await
+            else {
+                continue;
+            };
+            let parts: Vec<BackupPart> = if is_dump {
+                match serde_json::from_slice::<DumpMeta>(&body) {
+                    Ok(d) => {
+                        pr.dumps += 1;
+                        d.databases
+                            .iter()
+                            .chain(d.globals.iter())
+                            .flat_map(|s| s.parts.iter().cloned())
+                            .collect()
+                    }
+                    Err(e) => {
+                        pr.problems
+                            .push(format!("{}: not a valid dump.json ({e})", m.key));
+                        continue;
+                    }
+                }
+            } else {
+                match serde_json::from_slice::<ExportMeta>(&body) {
+                    Ok(x) => {
+                        pr.exports += 1;
+                        x.parts
+                    }
+                    Err(e) => {
+                        pr.problems
+                            .push(format!("{}: not a valid export.json ({e})", m.key));
+                        continue;
+                    }
+                }
+            };
+            for part in parts {
+                referenced.insert(part.key.clone());
+                if !present.contains(part.key.as_str()) {
+                    pr.problems
+                        .push(format!("{}: listed in {} but missing", part.key, m.key));
+                    continue;
+                }
+                let missing = format!("listed in {} but missing", m.key);
+                if let Some(b) = read(p, &part.key, &missing, &mut pr.problems).await {
+                    pr.objects += 1;
+                    pr.bytes += b.len() as u64;
+                    check_part(&part, &b, opener, &mut pr.problems);
+                }
+            }
+        }
+        pr.unreferenced.extend(
+            listed
+                .into_iter()
+                .map(|m| m.key)
+                .filter(|k| !referenced.contains(k)),
+        );
+    }
+}
+
 async fn read(
     p: &dyn crate::storage::ObjectStore,
     key: &str,

@@ -76,6 +76,45 @@ pub fn render(r: &ListReport) -> String {
             g.timeline, g.from, g.to, g.accepted_at, g.reason
         ));
     }
+    if !r.dumps.is_empty() {
+        s.push_str(&format!(
+            "{:<20} {:<20} {:>10} {:>10} {:<8} DATABASES\n",
+            "DUMP", "STARTED", "SIZE", "STORED", "PG"
+        ));
+        for d in &r.dumps {
+            s.push_str(&format!(
+                "{:<20} {:<20} {:>10} {:>10} {:<8} {}{}\n",
+                d.id,
+                d.start_time
+                    .get(..19)
+                    .map_or(d.start_time.clone(), |t| format!("{t}Z")),
+                fmt::size(d.plain_size),
+                fmt::size(d.stored_size),
+                d.pg_dump_version,
+                d.databases.join(","),
+                if d.globals { " +globals" } else { "" }
+            ));
+        }
+    }
+    if !r.exports.is_empty() {
+        s.push_str(&format!(
+            "{:<20} {:<20} {:<20} {:>10} {:>10} KIND\n",
+            "EXPORT", "ID", "PUT", "SIZE", "STORED"
+        ));
+        for e in &r.exports {
+            s.push_str(&format!(
+                "{:<20} {:<20} {:<20} {:>10} {:>10} {}\n",
+                e.name,
+                e.id,
+                e.start_time
+                    .get(..19)
+                    .map_or(e.start_time.clone(), |t| format!("{t}Z")),
+                fmt::size(e.plain_size),
+                fmt::size(e.stored_size),
+                e.kind
+            ));
+        }
+    }
     match &r.last_drill {
         None => s.push_str("no restore drill recorded\n"),
         Some(d) => s.push_str(&format!(
@@ -138,6 +177,8 @@ mod tests {
                 target: None,
                 total_seconds: 12.34,
             }),
+            dumps: vec![],
+            exports: vec![],
         };
         assert_eq!(
             render(&r),
@@ -152,6 +193,8 @@ mod tests {
             wal: vec![],
             gaps: vec![],
             last_drill: None,
+            dumps: vec![],
+            exports: vec![],
         };
         assert_eq!(
             render(&empty),

@@ -15,9 +15,14 @@ pub mod accept_gap;
 pub mod backup;
 pub mod check;
 pub mod drill;
+pub mod dump;
+pub mod dump_restore;
+pub mod get;
 pub mod list;
 pub mod plan;
 pub mod prune;
+pub mod put;
+pub mod recover_table;
 pub mod restore;
 pub mod status;
 pub mod stream;
@@ -88,6 +93,21 @@ pub enum Command {
     /// provider, storage and requests, with the wal.max_delay trade-off; from the archive's
     /// sizes or from --db-size and --wal-per-day.
     Plan(plan::Args),
+    /// Logical copies: pg_dump (custom format) of each database and the globals, through
+    /// the pipeline into the archive; dump.json is written last.
+    Dump(dump::Args),
+    /// Restore a database of a dump with pg_restore (all of it, --table, --schema), print
+    /// its table of contents (--list), or write the custom-format file (--output).
+    DumpRestore(dump_restore::Args),
+    /// Tables as of a point in time, beside today's data: the right backup restored into
+    /// a scratch server, replayed to the target, the tables loaded under new names
+    /// (--into) or written as a dump (--output).
+    RecoverTable(recover_table::Args),
+    /// Store files, a directory tree or stdin (any other service's export) through the
+    /// pipeline; export.json is written last.
+    Put(put::Args),
+    /// Fetch an export back: the newest, or the newest put at or before --at.
+    Get(get::Args),
 }
 
 /// Run one command.
@@ -106,6 +126,11 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::AcceptGap => accept_gap::run(&ctx).await,
         Command::Prune(a) => prune::run(&ctx, a).await,
         Command::Plan(a) => plan::run(&ctx, a).await,
+        Command::Dump(a) => dump::run(&ctx, a).await,
+        Command::DumpRestore(a) => dump_restore::run(&ctx, a).await,
+        Command::RecoverTable(a) => recover_table::run(&ctx, a).await,
+        Command::Put(a) => put::run(&ctx, a).await,
+        Command::Get(a) => get::run(&ctx, a).await,
     }
 }
 

@@ -48,10 +48,29 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
                     r.timeline, r.start_lsn, r.end_lsn
                 );
             }
-            if !p.unreferenced.is_empty() {
+            if p.dumps + p.exports > 0 {
+                println!(
+                    "  {} dump{} and {} export{} checked",
+                    p.dumps,
+                    if p.dumps == 1 { "" } else { "s" },
+                    p.exports,
+                    if p.exports == 1 { "" } else { "s" }
+                );
+            }
+            let (in_backups, logical): (Vec<&String>, Vec<&String>) = p
+                .unreferenced
+                .iter()
+                .partition(|k| k.starts_with(crate::core::catalog::BACKUPS_PREFIX));
+            if !in_backups.is_empty() {
                 println!(
                     "  {} objects under backups/ belong to no backup.json (left by an interrupted backup; they are never read)",
-                    p.unreferenced.len()
+                    in_backups.len()
+                );
+            }
+            if !logical.is_empty() {
+                println!(
+                    "  {} objects under dumps/ or exports/ belong to no dump.json or export.json (left by an interrupted dump or put; they are never read)",
+                    logical.len()
                 );
             }
             if p.cold > 0 {

@@ -435,7 +435,7 @@ pub fn backup_prefix(id: &str) -> String {
 }
 
 pub fn backup_part_key(id: &str, tar: &str, seq: u32) -> String {
-    format!("{BACKUPS_PREFIX}{id}/{tar}.{seq:06}")
+    stream_part_key(&backup_prefix(id), tar, seq)
 }
 
 pub fn backup_manifest_key(id: &str) -> String {
@@ -690,6 +690,153 @@ impl DrillReport {
     }
 }
 
+// ------------------------------------------------------------------------------------
+// Logical dumps
+//
+// ```text
+// dumps/<ID>/db-<N>.dump.<SEQ>    part SEQ of the pg_dump -Fc output of database N (sealed)
+// dumps/<ID>/globals.sql.<SEQ>    part SEQ of pg_dumpall --globals-only (sealed)
+// dumps/<ID>/dump.json            the metadata (plain JSON), written last: the commit marker
+// ```
+// A dump exists only once its `dump.json` exists. Database names can hold any character,
+// so streams are numbered and `dump.json` maps them to names.
+
+pub const DUMPS_PREFIX: &str = "dumps/";
+pub const DUMP_META_FILE: &str = "dump.json";
+/// The stream name of the globals (roles, tablespaces) in a dump.
+pub const DUMP_GLOBALS_STREAM: &str = "globals.sql";
+
+pub fn dump_prefix(id: &str) -> String {
+    format!("{DUMPS_PREFIX}{id}/")
+}
+
+pub fn dump_meta_key(id: &str) -> String {
+    format!("{DUMPS_PREFIX}{id}/{DUMP_META_FILE}")
+}
+
+/// The stream name of the `n`th database of a dump.
+pub fn dump_db_stream(n: usize) -> String {
+    format!("db-{n}.dump")
+}
+
+/// The key of part `seq` of a stream under `prefix` (`backups/<ID>/` or `dumps/<ID>/`).
+pub fn stream_part_key(prefix: &str, stream: &str, seq: u32) -> String {
+    format!("{prefix}{stream}.{seq:06}")
+}
+
+/// The dump id of a `dumps/<ID>/dump.json` key.
+pub fn parse_dump_meta_key(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(DUMPS_PREFIX)?;
+    let (id, file) = rest.split_once('/')?;
+    (file == DUMP_META_FILE && is_backup_id(id)).then_some(id)
+}
+
+/// One database (or the globals) in a dump: a stream of sealed parts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpedStream {
+    /// The database name; `None` for the globals.
+    pub database: Option<String>,
+    /// The stream's file name in the dump (`db-0.dump`, `globals.sql`).
+    pub stream: String,
+    /// `custom` (pg_dump -Fc) or `sql` (pg_dumpall --globals-only).
+    pub format: String,
+    /// When its pg_dump started: its snapshot is from this moment (to the microsecond).
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub plain_size: u64,
+    pub stored_size: u64,
+    /// In `seq` order; `tar` is the stream name.
+    pub parts: Vec<BackupPart>,
+}
+
+/// `dumps/<ID>/dump.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpMeta {
+    pub format: u32,
+    pub id: String,
+    /// `server_version_num`, e.g. 170002.
+    pub pg_version: u32,
+    /// The server's `server_version`, e.g. `17.2 (Debian 17.2-1)`.
+    pub server_version: String,
+    /// `pg_dump --version`'s version, e.g. `17.2`.
+    pub pg_dump_version: String,
+    pub start_time: Timestamp,
+    pub end_time: Timestamp,
+    pub plain_size: u64,
+    pub stored_size: u64,
+    pub databases: Vec<DumpedStream>,
+    /// `None` when the globals were not dumped.
+    pub globals: Option<DumpedStream>,
+    pub created_by: String,
+}
+
+impl DumpMeta {
+    /// The stream of database `name`.
+    pub fn database(&self, name: &str) -> Option<&DumpedStream> {
+        self.databases
+            .iter()
+            .find(|d| d.database.as_deref() == Some(name))
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Exports: any other service's data (`lifeboat put`)
+//
+// ```text
+// exports/<NAME>/<ID>/data.<SEQ>      part SEQ of the export's bytes (a tar, or stdin as is), sealed
+// exports/<NAME>/<ID>/export.json     the metadata (plain JSON), written last: the commit marker
+// ```
+
+pub const EXPORTS_PREFIX: &str = "exports/";
+pub const EXPORT_META_FILE: &str = "export.json";
+/// The stream name of an export's bytes.
+pub const EXPORT_STREAM: &str = "data";
+
+/// Export names: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+pub fn is_export_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+pub fn export_prefix(name: &str, id: &str) -> String {
+    format!("{EXPORTS_PREFIX}{name}/{id}/")
+}
+
+pub fn export_meta_key(name: &str, id: &str) -> String {
+    format!("{}{EXPORT_META_FILE}", export_prefix(name, id))
+}
+
+/// (name, id) of an `exports/<NAME>/<ID>/export.json` key.
+pub fn parse_export_meta_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(EXPORTS_PREFIX)?;
+    let mut it = rest.split('/');
+    let (name, id, file) = (it.next()?, it.next()?, it.next()?);
+    (it.next().is_none() && file == EXPORT_META_FILE && is_export_name(name) && is_backup_id(id))
+        .then_some((name, id))
+}
+
+/// `exports/<NAME>/<ID>/export.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportMeta {
+    pub format: u32,
+    pub name: String,
+    pub id: String,
+    /// `tar` (files and directories, a tar archive) or `stream` (stdin, as it came).
+    pub kind: String,
+    /// What was put: the paths as given, or `-`.
+    pub sources: Vec<String>,
+    pub start_time: Timestamp,
+    pub end_time: Timestamp,
+    pub plain_size: u64,
+    pub stored_size: u64,
+    pub parts: Vec<BackupPart>,
+    pub created_by: String,
+}
+
 #[cfg(test)]
 mod backup_tests {
     use super::*;
@@ -785,5 +932,56 @@ mod backup_tests {
         assert!(!wal_covers(&ranges, t1, Lsn(0x0), t1, Lsn(0x200)));
         assert!(wal_covers(&ranges, t1, Lsn(0x800), t2, Lsn(0x900)));
         assert!(!wal_covers(&[], t1, Lsn(1), t1, Lsn(2)));
+    }
+}
+
+#[cfg(test)]
+mod dump_tests {
+    use super::*;
+
+    #[test]
+    fn export_keys() {
+        assert!(is_export_name("ghost-content_2.tar"));
+        assert!(!is_export_name(".hidden"));
+        assert!(!is_export_name("a/b"));
+        assert!(!is_export_name(""));
+        let k = export_meta_key("ghost", "20261124T083012Z");
+        assert_eq!(k, "exports/ghost/20261124T083012Z/export.json");
+        assert_eq!(
+            parse_export_meta_key(&k),
+            Some(("ghost", "20261124T083012Z"))
+        );
+        assert_eq!(
+            parse_export_meta_key("exports/ghost/20261124T083012Z/data.000000"),
+            None
+        );
+    }
+
+    #[test]
+    fn dump_keys() {
+        assert_eq!(
+            dump_meta_key("20261124T083012Z"),
+            "dumps/20261124T083012Z/dump.json"
+        );
+        assert_eq!(
+            parse_dump_meta_key("dumps/20261124T083012Z-1/dump.json"),
+            Some("20261124T083012Z-1")
+        );
+        assert_eq!(
+            parse_dump_meta_key("dumps/20261124T083012Z/db-0.dump.000000"),
+            None
+        );
+        assert_eq!(
+            parse_dump_meta_key("backups/20261124T083012Z/dump.json"),
+            None
+        );
+        assert_eq!(
+            stream_part_key(&dump_prefix("20261124T083012Z"), &dump_db_stream(2), 7),
+            "dumps/20261124T083012Z/db-2.dump.000007"
+        );
+        assert_eq!(
+            backup_part_key("20261124T083012Z", "base.tar", 1),
+            "backups/20261124T083012Z/base.tar.000001"
+        );
     }
 }

@@ -24,14 +24,11 @@
 //!   streamer's pipeline (`stream::archive_range`), as `pg_basebackup -X stream` does.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::archive::Archive;
 use crate::config::Config;
@@ -40,10 +37,11 @@ use crate::core::catalog::{
 };
 use crate::core::plan::Timestamp;
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
+use crate::ingest::parts::PartWriter;
 use crate::pg::basebackup::{BackupRequest, BaseBackup, Event};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::{Connection, PgError};
-use crate::pipeline::{BufPool, Sealer};
+use crate::pipeline::Sealer;
 use crate::storage::Mirror;
 
 pub struct BackupOptions {
@@ -60,161 +58,6 @@ pub struct BackupOutcome {
     pub meta: BackupMeta,
     /// The WAL from start to end is archived on every provider.
     pub restorable: bool,
-}
-
-/// Cuts tar streams into parts and seals and stores them in parallel, bounded.
-struct PartWriter {
-    mirror: Mirror,
-    sealer: Sealer,
-    id: String,
-    part_size: usize,
-    slots: Arc<Semaphore>,
-    /// Sealed parts being written to the providers.
-    store_slots: Arc<Semaphore>,
-    /// Part buffers, reused: one per slot plus the one being filled.
-    buffers: BufPool,
-    tasks: JoinSet<Result<BackupPart>>,
-    done: Vec<BackupPart>,
-    /// The tar being received: name, next sequence number, buffered bytes.
-    cur: Option<(String, u32, Vec<u8>)>,
-}
-
-impl PartWriter {
-    fn new(mirror: Mirror, sealer: Sealer, id: String, part_size: usize) -> PartWriter {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        PartWriter {
-            mirror,
-            sealer,
-            id,
-            part_size,
-            // One part sealing per core.
-            slots: Arc::new(Semaphore::new(cores)),
-            store_slots: Arc::new(Semaphore::new(cores + 2)),
-            buffers: BufPool::new(cores + 2),
-            tasks: JoinSet::new(),
-            done: Vec::new(),
-            cur: None,
-        }
-    }
-
-    /// Collect finished parts; fail on the first error.
-    fn reap(&mut self) -> Result<()> {
-        while let Some(r) = self.tasks.try_join_next() {
-            self.done
-                .push(r.map_err(|e| anyhow!("a part task failed: {e}"))??);
-        }
-        Ok(())
-    }
-
-    async fn begin_tar(&mut self, name: String) -> Result<()> {
-        self.end_tar().await?;
-        if self.done.iter().any(|p| p.tar == name) {
-            bail!("the server sent archive {name} twice");
-        }
-        self.cur = Some((name, 0, self.buffers.take(self.part_size)));
-        Ok(())
-    }
-
-    async fn push(&mut self, mut data: &[u8]) -> Result<()> {
-        while !data.is_empty() {
-            let part_size = self.part_size;
-            let (_, _, buf) = self
-                .cur
-                .as_mut()
-                .ok_or_else(|| anyhow!("the server sent archive data before an archive began"))?;
-            let n = (part_size - buf.len()).min(data.len());
-            buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if buf.len() == part_size {
-                self.flush_part().await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Hand the buffered bytes of the current tar to a sealing task.
-    async fn flush_part(&mut self) -> Result<()> {
-        let part_size = self.part_size;
-        let Some((tar, seq, buf)) = self.cur.as_mut() else {
-            return Ok(());
-        };
-        let data = std::mem::replace(buf, self.buffers.take(part_size));
-        let (tar, this) = (tar.clone(), *seq);
-        *seq += 1;
-        self.reap()?;
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let key = catalog::backup_part_key(&self.id, &tar, this);
-        let sealer = self.sealer.clone();
-        let mirror = self.mirror.clone();
-        let buffers = self.buffers.clone();
-        let store_slots = self.store_slots.clone();
-        self.tasks.spawn(async move {
-            let plain_len = data.len() as u64;
-            let seal = sealer.clone();
-            let (sealed, data) = tokio::task::spawn_blocking(move || (seal.seal(&data[..]), data))
-                .await
-                .map_err(|e| anyhow!("sealing task failed: {e}"))?;
-            buffers.give(data);
-            let sealed = sealed?;
-            // Hold the sealing slot until a store slot is free, so sealed parts waiting to
-            // be stored stay bounded too.
-            let _store = store_slots
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            drop(permit);
-            let part = BackupPart {
-                key: key.clone(),
-                tar,
-                seq: this,
-                plain_len,
-                stored_len: sealed.stored_len(),
-                crc32: sealed.crc32,
-            };
-            let bytes = Bytes::from(sealed.bytes);
-            mirror.put(&key, bytes.clone()).await?;
-            // Every provider is done with it: its buffer serves the next part.
-            if let Ok(b) = bytes.try_into_mut() {
-                sealer.recycle(b.into());
-            }
-            tracing::debug!(
-                key,
-                plain = plain_len,
-                stored = part.stored_len,
-                "part stored"
-            );
-            Ok(part)
-        });
-        Ok(())
-    }
-
-    /// The current tar is complete: its last (possibly short) part goes out.
-    async fn end_tar(&mut self) -> Result<()> {
-        if self.cur.is_some() {
-            self.flush_part().await?;
-            if let Some((_, _, buf)) = self.cur.take() {
-                self.buffers.give(buf);
-            }
-        }
-        Ok(())
-    }
-
-    /// Wait for every part; returns them in (tar order of `tars`, seq) order.
-    async fn finish(mut self, tars: &[String]) -> Result<Vec<BackupPart>> {
-        self.end_tar().await?;
-        while let Some(r) = self.tasks.join_next().await {
-            self.done
-                .push(r.map_err(|e| anyhow!("a part task failed: {e}"))??);
-        }
-        let order = |t: &str| tars.iter().position(|x| x == t).unwrap_or(usize::MAX);
-        self.done.sort_by_key(|p| (order(&p.tar), p.seq));
-        Ok(self.done)
-    }
 }
 
 /// Progress on a terminal (indicatif) or in the logs.
@@ -624,7 +467,7 @@ async fn stream_backup(
     let mut writer = PartWriter::new(
         archive.mirror.clone(),
         sealer.clone(),
-        id.to_string(),
+        catalog::backup_prefix(id),
         cfg.backup_part_size(),
     );
     let mut tars: Vec<String> = Vec::new();

@@ -621,7 +621,7 @@ impl ConnParams {
 }
 
 /// Quote a value for a keyword/value string when it needs it.
-fn quote_value(v: &str) -> String {
+pub fn quote_value(v: &str) -> String {
     if !v.is_empty() && !v.bytes().any(|b| is_space(b) || b == b'\'' || b == b'\\') {
         return v.to_string();
     }

@@ -8,6 +8,7 @@ pub mod protocol;
 pub mod replication;
 pub mod sqlstate;
 pub mod tls;
+pub mod tools;
 
 pub use conn::{Connection, QueryResult};
 

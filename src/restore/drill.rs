@@ -143,7 +143,7 @@ fn strip_comments(s: &str) -> String {
 
 /// The OS user PostgreSQL runs as: (uid, gid, name). `None` when not root (then it runs
 /// as the current user).
-fn server_user(run_as: Option<&str>) -> Result<Option<(u32, u32, String)>> {
+pub fn server_user(run_as: Option<&str>) -> Result<Option<(u32, u32, String)>> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         if let Some(u) = run_as {
@@ -210,6 +210,7 @@ fn log_tail(path: &Path, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+#[derive(Clone)]
 struct Server {
     bin: PathBuf,
     data: PathBuf,
@@ -403,20 +404,97 @@ pub async fn run(
     Ok(report)
 }
 
+/// What a scratch server needs besides the archive and the backup.
+pub struct ScratchSpec {
+    pub pg_bin: Option<PathBuf>,
+    pub config_path: PathBuf,
+    pub identity_path: PathBuf,
+    pub jobs: usize,
+    pub wal_prefetch: u16,
+    /// Upper bound for recovery to reach the target.
+    pub timeout: Duration,
+    /// `cluster_name` of the scratch server (shows in `ps`).
+    pub cluster_name: &'static str,
+}
+
+/// A restored server running on a free local port in a scratch directory, promoted.
+pub struct ScratchServer {
+    server: Server,
+    /// The role it is queried as (the backup's bootstrap superuser).
+    pub superuser: String,
+    /// `version()`.
+    pub pg_version: Option<String>,
+    pub restore: restore::RestoreReport,
+    pub replay_seconds: f64,
+}
+
+/// Who stops a scratch server whatever happens (an error, a signal that drops the work):
+/// filled as soon as the server is started.
+pub type ServerSlot = std::sync::Mutex<Option<ServerHandle>>;
+
+/// Enough to stop a scratch server.
+#[derive(Clone)]
+pub struct ServerHandle(Server);
+
+impl ServerHandle {
+    /// Stop it (fast shutdown; immediate if that fails). Idempotent.
+    pub fn stop(&self) {
+        let s = &self.0;
+        if !s.data.join("postmaster.pid").exists() {
+            return;
+        }
+        let ok = s
+            .pg_ctl(&["stop", "-m", "fast", "-w"], Duration::from_secs(60))
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = s.pg_ctl(&["stop", "-m", "immediate", "-w"], Duration::from_secs(30));
+        }
+    }
+}
+
+impl ScratchServer {
+    /// A connection to database `db` as the superuser.
+    pub async fn connect(&self, db: &str) -> Result<Connection> {
+        self.server.connect(&self.superuser, db).await
+    }
+
+    /// A libpq connection string to database `db` (unix socket, trust).
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user={} dbname={}",
+            crate::pg::tools::conninfo_value(&self.server.sock.display().to_string()),
+            self.server.port,
+            crate::pg::tools::conninfo_value(&self.superuser),
+            crate::pg::tools::conninfo_value(db)
+        )
+    }
+
+    /// The bin directory of the server (its pg_dump too).
+    pub fn bin(&self) -> &Path {
+        &self.server.bin
+    }
+
+    pub fn stop(&self) {
+        ServerHandle(self.server.clone()).stop();
+    }
+}
+
+/// Restore `backup` to `target` into `scratch/data`, start PostgreSQL on it (as `user`)
+/// on a free local port, and wait for recovery to reach the target and promote. The
+/// server is in `slot` from the moment it is started; on an error it is stopped again.
 #[allow(clippy::too_many_arguments)]
-async fn drill_in(
+pub async fn start_scratch(
     archive: &Archive,
     opener: Arc<Opener>,
     exe: &Path,
-    opts: &DrillOptions,
+    spec: &ScratchSpec,
     backup: &BackupMeta,
     target: Target,
     scratch: &Path,
     user: Option<&(u32, u32, String)>,
-    sql: &[String],
-    report: &mut DrillReport,
-    t0: Instant,
-) -> Result<()> {
+    slot: &ServerSlot,
+) -> Result<ScratchServer> {
     let data = scratch.join("data");
     let sock = scratch.join("sock");
     std::fs::create_dir_all(&sock)?;
@@ -425,18 +503,18 @@ async fn drill_in(
     let (config, identity) = if user.is_some() {
         let c = scratch.join("lifeboat.toml");
         let i = scratch.join("identity");
-        std::fs::copy(&opts.config_path, &c)
-            .with_context(|| format!("copying {}", opts.config_path.display()))?;
-        std::fs::copy(&opts.identity_path, &i)
-            .with_context(|| format!("copying {}", opts.identity_path.display()))?;
+        std::fs::copy(&spec.config_path, &c)
+            .with_context(|| format!("copying {}", spec.config_path.display()))?;
+        std::fs::copy(&spec.identity_path, &i)
+            .with_context(|| format!("copying {}", spec.identity_path.display()))?;
         for f in [&c, &i] {
             std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))?;
         }
         (c, i)
     } else {
-        (opts.config_path.clone(), opts.identity_path.clone())
+        (spec.config_path.clone(), spec.identity_path.clone())
     };
-    let restore_command = restore::restore_command_line(exe, &config, &identity, opts.wal_prefetch);
+    let restore_command = restore::restore_command_line(exe, &config, &identity, spec.wal_prefetch);
     let ropts = RestoreOptions {
         pgdata: data.clone(),
         target,
@@ -450,14 +528,11 @@ async fn drill_in(
             .filter_map(|t| t.oid)
             .map(|oid| (oid, scratch.join(format!("tablespace-{oid}"))))
             .collect(),
-        pg_bin: opts.pg_bin.clone(),
+        pg_bin: spec.pg_bin.clone(),
         restore_command,
-        jobs: opts.jobs,
+        jobs: spec.jobs,
     };
     let rep = restore::run(archive, opener, &ropts).await?;
-    report.phases.fetch = rep.fetch_seconds;
-    report.phases.extract = rep.extract_seconds;
-    report.recovery_target = Some(rep.plan.target_text.clone());
     let bin = rep.pg_bin.clone();
     // Settings this host needs whatever the backed-up server had: no archiving into the
     // production archive, no TLS files, only local connections, a config file if the
@@ -495,7 +570,7 @@ async fn drill_in(
         "ssl=off".into(),
         "logging_collector=off".into(),
         "hot_standby=on".into(),
-        "cluster_name=lifeboat-drill".into(),
+        format!("cluster_name={}", spec.cluster_name),
     ];
     let o = settings
         .iter()
@@ -504,7 +579,12 @@ async fn drill_in(
         .join(" ");
     let t_replay = Instant::now();
     let log = server.log.display().to_string();
-    let start = server.pg_ctl(&["start", "-w", "-l", &log, "-o", &o], opts.timeout)?;
+    *slot.lock().expect("not poisoned") = Some(ServerHandle(server.clone()));
+    let start = server.pg_ctl(&["start", "-w", "-l", &log, "-o", &o], spec.timeout)?;
+    let su = backup
+        .bootstrap_superuser
+        .clone()
+        .unwrap_or_else(|| "postgres".into());
     let result = async {
         if !start.status.success() && !server.running() {
             bail!(
@@ -514,11 +594,7 @@ async fn drill_in(
             );
         }
         // Wait for recovery to reach the target and promote.
-        let su = backup
-            .bootstrap_superuser
-            .clone()
-            .unwrap_or_else(|| "postgres".into());
-        let deadline = Instant::now() + opts.timeout;
+        let deadline = Instant::now() + spec.timeout;
         loop {
             if !server.running() {
                 bail!(
@@ -532,9 +608,9 @@ async fn drill_in(
                     .await
                 {
                     if r.get(0, "pg_is_in_recovery") == Some("false") {
-                        report.pg_version = r.get(0, "version").map(str::to_string);
+                        let v = r.get(0, "version").map(str::to_string);
                         c.close().await;
-                        break;
+                        return Ok(v);
                     }
                 }
                 c.close().await;
@@ -542,20 +618,74 @@ async fn drill_in(
             if Instant::now() > deadline {
                 bail!(
                     "recovery did not reach the target within {:?}\n--- server log ---\n{}",
-                    opts.timeout,
+                    spec.timeout,
                     log_tail(&server.log, 30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        report.phases.replay = t_replay.elapsed().as_secs_f64();
-        let t_checks = Instant::now();
-        checks(&server, &su, &opts.check_db, sql, report).await?;
-        report.phases.checks = t_checks.elapsed().as_secs_f64();
-        Ok(())
     }
     .await;
-    let _ = server.pg_ctl(&["stop", "-m", "fast", "-w"], Duration::from_secs(60));
+    match result {
+        Ok(pg_version) => Ok(ScratchServer {
+            server,
+            superuser: su,
+            pg_version,
+            restore: rep,
+            replay_seconds: t_replay.elapsed().as_secs_f64(),
+        }),
+        Err(e) => {
+            ServerHandle(server).stop();
+            *slot.lock().expect("not poisoned") = None;
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drill_in(
+    archive: &Archive,
+    opener: Arc<Opener>,
+    exe: &Path,
+    opts: &DrillOptions,
+    backup: &BackupMeta,
+    target: Target,
+    scratch: &Path,
+    user: Option<&(u32, u32, String)>,
+    sql: &[String],
+    report: &mut DrillReport,
+    t0: Instant,
+) -> Result<()> {
+    let spec = ScratchSpec {
+        pg_bin: opts.pg_bin.clone(),
+        config_path: opts.config_path.clone(),
+        identity_path: opts.identity_path.clone(),
+        jobs: opts.jobs,
+        wal_prefetch: opts.wal_prefetch,
+        timeout: opts.timeout,
+        cluster_name: "lifeboat-drill",
+    };
+    let slot = ServerSlot::default();
+    let server = start_scratch(
+        archive, opener, exe, &spec, backup, target, scratch, user, &slot,
+    )
+    .await?;
+    report.phases.fetch = server.restore.fetch_seconds;
+    report.phases.extract = server.restore.extract_seconds;
+    report.recovery_target = Some(server.restore.plan.target_text.clone());
+    report.pg_version = server.pg_version.clone();
+    report.phases.replay = server.replay_seconds;
+    let t_checks = Instant::now();
+    let result = checks(
+        &server.server,
+        &server.superuser,
+        &opts.check_db,
+        sql,
+        report,
+    )
+    .await;
+    report.phases.checks = t_checks.elapsed().as_secs_f64();
+    server.stop();
     let _ = t0;
     result
 }

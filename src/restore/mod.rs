@@ -7,6 +7,9 @@
 //! was written is removed again, leaving the directories as empty as they were.
 
 pub mod drill;
+pub mod dump;
+pub mod get;
+pub mod recover_table;
 pub mod walfetch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -636,11 +639,22 @@ impl Hasher {
 // ------------------------------------------------------------------------------------
 // Extraction
 
-/// Reads the plain bytes of one tar from the in-order channel of parts.
-struct PartReader {
+/// Reads the plain bytes of one tar from the in-order channel of parts (on a blocking
+/// thread). The channel closing is the end of the stream.
+pub struct PartReader {
     rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+}
+
+impl PartReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> PartReader {
+        PartReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        }
+    }
 }
 
 impl Read for PartReader {

@@ -12,6 +12,7 @@ mod support;
 mod backup;
 mod check;
 mod cmd;
+mod dump;
 mod failover;
 mod fuzz_corpus;
 mod hardening;

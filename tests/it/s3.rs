@@ -551,7 +551,7 @@ fn bad_input_s3_errors_are_exact() {
 
 /// Both S3 servers with a bucket "archive" (moto's with Object Lock, governance retention
 /// on every object) and the `[[storage]]` tables for them, prefix "pg".
-fn two_s3_providers() -> (S3Server, S3Server, String) {
+pub(crate) fn two_s3_providers() -> (S3Server, S3Server, String) {
     let moto = S3Server::start(Kind::Moto);
     let fs = S3Server::start(Kind::S3sFs);
     moto.create_bucket("archive", true);
