@@ -255,15 +255,34 @@ impl Server {
     }
 }
 
+/// Whether a backup's first part large enough to be moved (prune keeps smaller ones in the
+/// standard class) is in an archive storage class on every provider that holds it: the
+/// monthly tier's parts move together.
+async fn is_cold(archive: &Archive, b: &BackupMeta) -> bool {
+    let Some(first) = b
+        .parts
+        .iter()
+        .find(|p| p.stored_len >= crate::core::retention::COLD_MIN_SIZE)
+    else {
+        return false;
+    };
+    crate::archive::thaw::survey(archive, std::slice::from_ref(&first.key), false)
+        .await
+        .is_ok_and(|s| !s.cold.is_empty())
+}
+
 /// Choose the backup: among those from which the archive reaches at least consistency.
-fn choose_backup<'a>(inv: &'a plan::Inventory, choice: &BackupChoice) -> Result<&'a BackupMeta> {
-    let restorable: Vec<&BackupMeta> = inv
-        .backups
+fn restorable(inv: &plan::Inventory) -> Vec<&BackupMeta> {
+    inv.backups
         .iter()
         .filter(|b| {
             plan::plan(inv, &Target::Immediate, TimelineChoice::Latest, Some(&b.id)).is_ok()
         })
-        .collect();
+        .collect()
+}
+
+fn choose_backup<'a>(inv: &'a plan::Inventory, choice: &BackupChoice) -> Result<&'a BackupMeta> {
+    let restorable = restorable(inv);
     match choice {
         BackupChoice::Id(id) => inv
             .backups
@@ -312,7 +331,27 @@ pub async fn run(
         None => Vec::new(),
     };
     let (inv, _) = restore::inventory(archive).await?;
-    let backup = choose_backup(&inv, &opts.backup)?.clone();
+    let mut backup = choose_backup(&inv, &opts.backup)?.clone();
+    // A random pick prefers a backup readable at once: one moved to an archive class (the
+    // monthly tier's) would cost a thaw of hours. A few other random picks are tried; if
+    // all are cold, the first one is thawed and restored (restore does it).
+    if matches!(opts.backup, BackupChoice::Random) && is_cold(archive, &backup).await {
+        let mut warm = Vec::new();
+        for b in restorable(&inv) {
+            if !is_cold(archive, b).await {
+                warm.push(b);
+            }
+        }
+        if !warm.is_empty() {
+            let other = warm[rand::thread_rng().gen_range(0..warm.len())];
+            tracing::info!(
+                cold = backup.id,
+                chosen = other.id,
+                "the random backup is in an archive storage class; drilling a warm one"
+            );
+            backup = other.clone();
+        }
+    }
     let target = match &opts.target {
         DrillTarget::Latest => Target::Latest,
         DrillTarget::Time(t) => Target::Time(*t),

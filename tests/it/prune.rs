@@ -678,4 +678,24 @@ fn prune_moves_the_monthly_tier_to_the_cold_class() {
         )
         .unwrap();
     assert!(head.restore().is_some(), "the cold part was not thawed");
+
+    // A random drill prefers a backup readable at once: with the monthly point cold (and
+    // its thaw since expired or not, it is the only copy), the newest is drilled. Twice:
+    // a random pick lands on the cold one half the time.
+    moto.block_on(
+        moto.client()
+            .copy_object()
+            .bucket("ruled")
+            .key(format!("pg/{}", planned[0]["key"].as_str().unwrap()))
+            .copy_source(format!("ruled/pg/{}", planned[0]["key"].as_str().unwrap()))
+            .storage_class(StorageClass::DeepArchive)
+            .metadata_directive(MetadataDirective::Copy)
+            .send(),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let (code, rep, err) = crate::restore::drill(&lb, 15, &["--backup", "random"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(rep["backup"], ids[1].as_str(), "{rep}");
+    }
 }

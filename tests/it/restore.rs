@@ -426,7 +426,11 @@ fn bad_input_restore_errors_are_exact() {
 }
 
 /// `lifeboat drill ARGS --json` with the workspace binary; (exit code, report).
-fn drill(lb: &Lb, major: u32, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+pub(crate) fn drill(
+    lb: &Lb,
+    major: u32,
+    args: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
     let scratch = lb.dir.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     let bin = pg_bin_dir(major);
