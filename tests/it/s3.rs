@@ -979,3 +979,40 @@ fn restore_thaws_a_backup_in_deep_archive() {
         );
     }
 }
+
+/// The CopyObject fallback of cold moves, on s3s-fs (no lifecycle rules, unversioned, and
+/// no storage classes): the copy onto itself leaves the bytes as they were, and since the
+/// class did not take, lifeboat says the provider cannot keep classes instead of copying
+/// again on every run. On moto without a rule the move is refused with the rule to add.
+#[test]
+fn cold_moves_without_lifecycle_rules() {
+    use lifeboat::storage::Cold;
+    let rt = rt();
+    let fs = S3Server::start(Kind::S3sFs);
+    fs.create_bucket("plain", false);
+    let store = s3_store(&fs, "plain", "p", "");
+    let body = pseudo_random(300 * 1024, 9);
+    rt.block_on(store.put("backups/b/base.tar.000001", body.clone()))
+        .unwrap();
+    assert_eq!(
+        rt.block_on(store.make_cold("backups/b/base.tar.000001", "DEEP_ARCHIVE"))
+            .unwrap(),
+        Cold::Unsupported
+    );
+    assert_eq!(
+        rt.block_on(store.get("backups/b/base.tar.000001")).unwrap(),
+        Some(body)
+    );
+    let moto = S3Server::start(Kind::Moto);
+    moto.create_bucket("norule", false);
+    let store = s3_store(&moto, "norule", "p", "");
+    rt.block_on(store.put("backups/b/base.tar.000001", Bytes::from_static(b"x")))
+        .unwrap();
+    let err = rt
+        .block_on(store.make_cold("backups/b/base.tar.000001", "DEEP_ARCHIVE"))
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("storage \"moto\": cold backups/b/base.tar.000001: bucket \"norule\" has no enabled lifecycle rule moving objects tagged lifeboat-cold=DEEP_ARCHIVE to DEEP_ARCHIVE\nhint: add this rule"),
+        "{err}"
+    );
+}
