@@ -18,6 +18,7 @@ pub mod drill;
 pub mod dump;
 pub mod dump_restore;
 pub mod get;
+pub mod init;
 pub mod list;
 pub mod plan;
 pub mod prune;
@@ -61,6 +62,10 @@ pub enum LogFormat {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Set up: generate the age key pair (--identity-out, on the restore host), write a
+    /// commented configuration, and check the server (wal_level, senders, slots, the role,
+    /// pg_hba.conf) with the exact SQL for what fails (--apply runs it).
+    Init(init::Args),
     /// Run the replication-slot consumer.
     Stream(stream::Args),
     /// Archive integrity: CRC of every object, WAL continuity and timeline history.
@@ -112,8 +117,12 @@ pub enum Command {
 
 /// Run one command.
 pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
+    if let Command::Init(a) = command {
+        return init::run(global, a).await;
+    }
     let ctx = Ctx::load(global)?;
     match command {
+        Command::Init(_) => unreachable!("init runs before the configuration is loaded"),
         Command::Stream(a) => stream::run(&ctx, a).await,
         Command::Verify(a) => verify::run(&ctx, a).await,
         Command::WalFetch(a) => wal_fetch::run(&ctx, a).await,

@@ -17,6 +17,7 @@ mod failover;
 mod fuzz_corpus;
 mod hardening;
 mod harness;
+mod init;
 mod outage;
 mod prune;
 mod restore;
