@@ -45,6 +45,9 @@ pub struct Args {
     /// How lifeboat reaches PostgreSQL; checks the server.
     #[arg(long, value_name = "CONNINFO")]
     conninfo: Option<String>,
+    /// Where sealed WAL waits for a provider that is down (wal.spool_dir).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lifeboat/spool")]
+    spool_dir: PathBuf,
     /// Only check the server (the conninfo of --conninfo, else of the configuration).
     #[arg(long)]
     check: bool,
@@ -109,7 +112,12 @@ pub async fn run(global: &Global, a: &Args) -> Result<(), Failure> {
         .conninfo
         .clone()
         .unwrap_or_else(|| "host=/var/run/postgresql user=lifeboat".into());
-    let text = config_text(&conninfo, recipient.trim(), &a.archive);
+    let text = config_text(
+        &conninfo,
+        recipient.trim(),
+        &a.archive,
+        &a.spool_dir.display().to_string(),
+    );
     crate::config::Config::parse(&text, &cfg_path.display().to_string()).map_err(|e| {
         super::usage(format!(
             "the configuration init would write is refused: {e}"
@@ -158,7 +166,7 @@ fn write_new(path: &Path, data: &[u8], mode: u32, force: bool) -> anyhow::Result
     Ok(())
 }
 
-fn config_text(conninfo: &str, recipient: &str, archive: &str) -> String {
+fn config_text(conninfo: &str, recipient: &str, archive: &str, spool: &str) -> String {
     let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     format!(
         r#"# lifeboat configuration, written by `lifeboat init` (README: Configuration).
@@ -175,7 +183,7 @@ recipients = ["{recipient}"]
 
 [wal]
 max_delay = "1s"                 # WAL leaves the host at least this often (RPO)
-spool_dir = "/var/lib/lifeboat/spool"
+spool_dir = "{spool}"
 
 [retention]                      # the strategy's policy; applied by `lifeboat prune`
 pitr_days = 7
@@ -199,7 +207,8 @@ url = "{archive}"
 "#,
         conninfo = q(conninfo),
         recipient = q(recipient),
-        archive = q(archive)
+        archive = q(archive),
+        spool = q(spool)
     )
 }
 

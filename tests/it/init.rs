@@ -20,8 +20,14 @@ fn init(args: &[&str]) -> (Option<i32>, String, String) {
 
 #[test]
 fn init_writes_keys_and_config_and_checks_the_server() {
+    for major in fifteen_and_newest_majors() {
+        init_on(major);
+    }
+}
+
+fn init_on(major: u32) {
     let pg = PgCluster::start(
-        15,
+        major,
         ClusterOpts::default().conf("max_slot_wal_keep_size = '1GB'"),
     );
     let dir = tempfile::tempdir().unwrap();
@@ -39,6 +45,8 @@ fn init_writes_keys_and_config_and_checks_the_server() {
         &archive,
         "--conninfo",
         &conninfo,
+        "--spool-dir",
+        dir.path().join("spool").to_str().unwrap(),
     ]);
     assert_eq!(code, Some(0), "{out}{err}");
     // The recipient printed is the identity's, by age's own tool; the secret is not printed.
@@ -56,13 +64,13 @@ fn init_writes_keys_and_config_and_checks_the_server() {
         0o600
     );
     for line in [
-        "ok    PostgreSQL 15 (lifeboat supports 14 to 18)\n",
+        &format!("ok    PostgreSQL {major} (lifeboat supports 14 to 18)\n"),
         "ok    wal_level = replica\n",
         "ok    role lifeboat may replicate\n",
         "ok    a replication connection is accepted (pg_hba.conf)\n",
         "warn  max_slot_wal_keep_size = 1GB: past it the server invalidates lifeboat's slot",
     ] {
-        assert!(out.contains(line), "{line}: {out}");
+        assert!(out.contains(line.as_ref() as &str), "{line}: {out}");
     }
     // The configuration is one the other commands take, with the recipient in it.
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -70,11 +78,19 @@ fn init_writes_keys_and_config_and_checks_the_server() {
         text.contains(&format!("recipients = [\"{recipient}\"]")),
         "{text}"
     );
-    let list = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "list"])
-        .output()
-        .unwrap();
-    assert!(list.status.success(), "{}", stderr_of(&list));
+    // ...and `stream` runs with it unchanged: the WAL up to now reaches the archive.
+    let end = pg.switch_wal();
+    let mut stream = Command::new(BIN);
+    stream.args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "stream",
+        "--endpos",
+        &end,
+    ]);
+    let streamed = run_timeout(&mut stream, Duration::from_secs(300), None).unwrap();
+    assert!(streamed.status.success(), "{}", stderr_of(&streamed));
+    assert!(dir.path().join("archive/archive.json").exists());
     // Never over an existing file.
     let (code, _, err) = init(&[
         "--config",
