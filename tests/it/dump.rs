@@ -242,6 +242,25 @@ fn dump_round_trip(major: u32) {
         "error: dump 20000101T000000Z is not in the archive\nhint: `lifeboat list` shows the dumps"
     );
 
+    // A qualified table: pg_restore's --schema and --table.
+    pg.psql("CREATE DATABASE qualified");
+    pg.try_psql_db("qualified", "CREATE SCHEMA sales").unwrap();
+    let out = dump_restore(
+        &lb,
+        major,
+        &id,
+        &[
+            "--db",
+            "app",
+            "--dbname",
+            &conninfo_db(&pg, "qualified"),
+            "--table",
+            "sales.invoices",
+        ],
+    );
+    expect_success(&out, "dump-restore --table sales.invoices");
+    assert_eq!(tables(&pg, "qualified"), "sales.invoices");
+
     // --list: pg_restore's table of contents.
     let out = dump_restore(&lb, major, &id, &["--db", "app", "--list"]);
     let toc = expect_success(&out, "dump-restore --list");
