@@ -479,6 +479,9 @@ fn recover_table(lb: &Lb, major: u32, scratch: &Path, args: &[&str]) -> std::pro
         "--scratch-dir",
         scratch.to_str().unwrap(),
     ];
+    if is_root() {
+        a.extend(["--run-as", TEST_OS_USER]);
+    }
     a.extend_from_slice(args);
     lb.run_restore_bin(&a, T)
 }
@@ -486,7 +489,8 @@ fn recover_table(lb: &Lb, major: u32, scratch: &Path, args: &[&str]) -> std::pro
 fn seed_disaster_recover_table(major: u32) {
     let pg = PgCluster::start(major, ClusterOpts::default());
     let (t, lb) = disaster(&pg);
-    let scratch = tempfile::tempdir().unwrap();
+    // The server user must reach the scratch directory.
+    let scratch = pg_tempdir("lbscratch-");
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("orders.dump");
     let into = conninfo_db(&pg, "app");
@@ -636,7 +640,7 @@ fn recover_table_cleans_up_on_sigint() {
     let major = newest_major().expect("a PostgreSQL major");
     let pg = PgCluster::start(major, ClusterOpts::default());
     let (t, lb) = disaster(&pg);
-    let scratch = tempfile::tempdir().unwrap();
+    let scratch = pg_tempdir("lbscratch-");
     let bin = pg_bin_dir(major);
     let mut c = std::process::Command::new(lb.restore_bin());
     c.arg("--config")
@@ -648,6 +652,11 @@ fn recover_table_cleans_up_on_sigint() {
         .arg(&bin)
         .arg("--scratch-dir")
         .arg(scratch.path())
+        .args(if is_root() {
+            vec!["--run-as", TEST_OS_USER]
+        } else {
+            vec![]
+        })
         .args(["--target-time", &t, "--table", "public.orders", "--output"])
         .arg(scratch.path().join("never.dump"))
         .stdout(std::process::Stdio::piped())
