@@ -399,6 +399,20 @@ fn a_failing_pg_dump_leaves_no_dump() {
         );
     }
     assert!(lb.archive_files("dumps/").is_empty());
+
+    // A database name with a space, quotes and a backslash reaches pg_dump intact.
+    let odd = "odd 'name' \\ \"x\"";
+    pg.psql(&format!("CREATE DATABASE \"{}\"", odd.replace('"', "\"\"")));
+    pg.try_psql_db(odd, "CREATE TABLE t AS SELECT 1 AS one")
+        .unwrap();
+    let out = dump(&lb, major, &["--db", odd, "--json"]);
+    expect_success(&out, "dump of an odd name");
+    let meta = json_of(&out);
+    assert_eq!(meta["databases"][0]["database"], odd);
+    let id = meta["id"].as_str().unwrap().to_string();
+    let out = dump_restore(&lb, major, &id, &["--db", odd, "--list"]);
+    let toc = expect_success(&out, "dump-restore --list of an odd name");
+    assert!(toc.contains("TABLE DATA public t"), "{toc}");
 }
 
 // ------------------------------------------------------------------------------------
