@@ -160,6 +160,24 @@ fn dump_round_trip(major: u32) {
     assert_eq!(list["dumps"].as_array().unwrap().len(), 2, "{list}");
     let text = lb.run_ok(&["list"], T);
     assert!(text.contains(&format!("{id} ")), "{text}");
+    // status shows the newest dump (information, not a health condition).
+    let out = lb.run(&["--json", "status"], T);
+    let st = json_of(&out);
+    let check = st["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "dump")
+        .cloned()
+        .unwrap_or_else(|| panic!("{st}"));
+    assert_eq!(check["status"], "ok", "{st}");
+    assert!(
+        check["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("newest dump "),
+        "{st}"
+    );
     // verify checks the dump's parts (CRC without the key, decryption with --full).
     let (ok, rep) = lb.verify(true);
     assert!(ok, "{rep}");
