@@ -203,6 +203,45 @@ mod tests {
     }
 
     #[test]
+    fn dumps_and_exports() {
+        use crate::archive::summary::{DumpSummary, ExportSummary};
+        let r = ListReport {
+            backups: vec![],
+            wal: vec![],
+            gaps: vec![],
+            last_drill: None,
+            dumps: vec![DumpSummary {
+                id: "20261124T020000Z".into(),
+                start_time: "2026-11-24T02:00:00.412345Z".into(),
+                end_time: "2026-11-24T02:03:10Z".into(),
+                pg_version: 170002,
+                pg_dump_version: "17.2".into(),
+                databases: vec!["app".into(), "postgres".into()],
+                globals: true,
+                plain_size: 1 << 30,
+                stored_size: 150 << 20,
+            }],
+            exports: vec![ExportSummary {
+                name: "ghost".into(),
+                id: "20261124T030000Z".into(),
+                kind: "tar".into(),
+                start_time: "2026-11-24T03:00:00Z".into(),
+                plain_size: 2 << 20,
+                stored_size: 1 << 20,
+            }],
+        };
+        assert_eq!(
+            render(&r),
+            "no backups\nno WAL archived\n\
+             DUMP                 STARTED                    SIZE     STORED PG       DATABASES\n\
+             20261124T020000Z     2026-11-24T02:00:00Z    1.0 GiB  150.0 MiB 17.2     app,postgres +globals\n\
+             EXPORT               ID                   PUT                        SIZE     STORED KIND\n\
+             ghost                20261124T030000Z     2026-11-24T03:00:00Z    2.0 MiB    1.0 MiB tar\n\
+             no restore drill recorded\n"
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(fmt::size(10), "10 B");
         assert_eq!(fmt::size(3 << 20), "3.0 MiB");

@@ -10,7 +10,7 @@ use super::{absolute, parse_duration_arg, print_json, usage, Ctx, Failure};
 use crate::archive::Archive;
 use crate::pg::conninfo::ConnParams;
 use crate::restore::drill::ScratchSpec;
-use crate::restore::recover_table::{self, RecoverOptions, TableName};
+use crate::restore::recover_table::{self, RecoverOptions, RecoverReport, TableName};
 use crate::restore::{self};
 
 #[derive(clap::Args)]
@@ -129,8 +129,14 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     if ctx.json() {
         return print_json(&rep);
     }
-    println!(
-        "as of {} (backup {}, last transaction replayed committed at {}), database {}:",
+    print!("{}", render(&rep));
+    Ok(())
+}
+
+/// The human report: where the rows come from, then each table.
+pub fn render(rep: &RecoverReport) -> String {
+    let mut s = format!(
+        "as of {} (backup {}, last transaction replayed committed at {}), database {}:\n",
         rep.target_time,
         rep.backup,
         rep.last_commit.as_deref().unwrap_or("-"),
@@ -138,14 +144,47 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     );
     for t in &rep.tables {
         match (&t.loaded_as, t.loaded_rows) {
-            (Some(n), Some(r)) => {
-                println!("  {}: {} rows, loaded as {n} ({r} rows)", t.table, t.rows)
-            }
-            _ => println!("  {}: {} rows", t.table, t.rows),
+            (Some(n), Some(r)) => s.push_str(&format!(
+                "  {}: {} rows, loaded as {n} ({r} rows)\n",
+                t.table, t.rows
+            )),
+            _ => s.push_str(&format!("  {}: {} rows\n", t.table, t.rows)),
         }
     }
     if let Some(o) = &rep.output {
-        println!("written to {o}");
+        s.push_str(&format!("written to {o}\n"));
     }
-    Ok(())
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::plan::Timestamp;
+    use crate::restore::recover_table::RecoveredTable;
+
+    #[test]
+    fn report() {
+        let rep = RecoverReport {
+            backup: "20261124T083012Z".into(),
+            database: "app".into(),
+            target_time: Timestamp::parse_utc("2026-11-24 14:30:41+00").unwrap(),
+            last_commit: Some("2026-11-24 14:30:40.912345+00".into()),
+            tables: vec![RecoveredTable {
+                table: "public.orders".into(),
+                loaded_as: Some("public.orders_back".into()),
+                rows: 1500,
+                loaded_rows: Some(1500),
+            }],
+            output: Some("/tmp/orders.dump".into()),
+            into: Some("host=db1 dbname=app".into()),
+            seconds: 12.0,
+        };
+        assert_eq!(
+            render(&rep),
+            "as of 2026-11-24 14:30:41+00 (backup 20261124T083012Z, last transaction replayed committed at 2026-11-24 14:30:40.912345+00), database app:\n\
+             \x20 public.orders: 1500 rows, loaded as public.orders_back (1500 rows)\n\
+             written to /tmp/orders.dump\n"
+        );
+    }
 }

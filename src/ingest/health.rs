@@ -300,6 +300,23 @@ async fn archive_checks(
                     message: format!("last drill {} passed, RTO {:.1} s", d.id, d.total_seconds),
                 }),
             }
+            // Logical dumps are optional: shown when there are any, never a degradation.
+            if let Some(d) = r.dumps.last() {
+                let when = crate::core::plan::Timestamp::parse_utc(&d.start_time)
+                    .ok()
+                    .map(|t| fmt::ago(now.saturating_sub(t.0.div_euclid(1_000_000).max(0) as u64)));
+                out.push(Check {
+                    check: "dump",
+                    status: Level::Ok,
+                    message: format!(
+                        "newest dump {} of {} started {} ({})",
+                        d.id,
+                        d.databases.join(", "),
+                        d.start_time,
+                        when.unwrap_or_default()
+                    ),
+                });
+            }
         }
     }
     if let Ok(newest) = archive.newest_prune().await {

@@ -183,6 +183,41 @@ pub async fn write_file(
     Ok(bytes)
 }
 
+/// pg_restore's `--table` matches a table's name in any schema, and `--schema` narrows it:
+/// `--table sales.invoices` becomes `--schema sales --table invoices`. Qualified tables of
+/// several schemas cannot be expressed in one pg_restore run.
+pub fn selection(tables: &[String], schemas: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+    let mut names = Vec::new();
+    let mut qualified = std::collections::BTreeSet::new();
+    for t in tables {
+        if t.contains('.') {
+            let tn = crate::restore::recover_table::TableName::parse(t)
+                .map_err(|e| anyhow!("--table: {e}"))?;
+            qualified.insert(tn.schema);
+            names.push(tn.table);
+        } else {
+            names.push(t.clone());
+        }
+    }
+    let mut schemas = schemas.to_vec();
+    if let Some(s) = qualified.iter().next() {
+        let others = !schemas.is_empty() && schemas.iter().any(|x| x != s);
+        if qualified.len() > 1 || others {
+            bail!(
+                "--table: tables of several schemas ({}) cannot be restored in one pg_restore run, which matches table names within --schema\nhint: run dump-restore once per schema",
+                qualified
+                    .iter()
+                    .chain(schemas.iter().filter(|x| !qualified.contains(*x)))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        schemas = vec![s.clone()];
+    }
+    Ok((names, schemas))
+}
+
 /// The major of a version string such as `17.2`.
 fn major_of(v: &str) -> Option<u32> {
     v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
@@ -369,10 +404,11 @@ pub async fn run(
         args.push("--exit-on-error".into());
         (tool, Some(conn))
     };
-    for t in &opts.tables {
+    let (tables, schemas) = selection(&opts.tables, &opts.schemas)?;
+    for t in &tables {
         args.push(format!("--table={t}"));
     }
-    for s in &opts.schemas {
+    for s in &schemas {
         args.push(format!("--schema={s}"));
     }
     report.pg_restore = Some(tool.version.clone());
@@ -409,4 +445,30 @@ pub async fn run(
     }
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(x: &[&str]) -> Vec<String> {
+        x.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn qualified_tables_become_a_schema_and_names() {
+        assert_eq!(
+            selection(&v(&["sales.invoices", "sales.big"]), &[]).unwrap(),
+            (v(&["invoices", "big"]), v(&["sales"]))
+        );
+        assert_eq!(
+            selection(&v(&["orders"]), &v(&["public"])).unwrap(),
+            (v(&["orders"]), v(&["public"]))
+        );
+        let e = selection(&v(&["sales.invoices", "public.orders"]), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--table: tables of several schemas (public, sales) cannot be restored in one pg_restore run, which matches table names within --schema\nhint: run dump-restore once per schema"
+        );
+    }
 }

@@ -160,6 +160,24 @@ fn dump_round_trip(major: u32) {
     assert_eq!(list["dumps"].as_array().unwrap().len(), 2, "{list}");
     let text = lb.run_ok(&["list"], T);
     assert!(text.contains(&format!("{id} ")), "{text}");
+    // status shows the newest dump (information, not a health condition).
+    let out = lb.run(&["--json", "status"], T);
+    let st = json_of(&out);
+    let check = st["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "dump")
+        .cloned()
+        .unwrap_or_else(|| panic!("{st}"));
+    assert_eq!(check["status"], "ok", "{st}");
+    assert!(
+        check["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("newest dump "),
+        "{st}"
+    );
     // verify checks the dump's parts (CRC without the key, decryption with --full).
     let (ok, rep) = lb.verify(true);
     assert!(ok, "{rep}");
@@ -241,6 +259,25 @@ fn dump_round_trip(major: u32) {
         first_error_line(&out),
         "error: dump 20000101T000000Z is not in the archive\nhint: `lifeboat list` shows the dumps"
     );
+
+    // A qualified table: pg_restore's --schema and --table.
+    pg.psql("CREATE DATABASE qualified");
+    pg.try_psql_db("qualified", "CREATE SCHEMA sales").unwrap();
+    let out = dump_restore(
+        &lb,
+        major,
+        &id,
+        &[
+            "--db",
+            "app",
+            "--dbname",
+            &conninfo_db(&pg, "qualified"),
+            "--table",
+            "sales.invoices",
+        ],
+    );
+    expect_success(&out, "dump-restore --table sales.invoices");
+    assert_eq!(tables(&pg, "qualified"), "sales.invoices");
 
     // --list: pg_restore's table of contents.
     let out = dump_restore(&lb, major, &id, &["--db", "app", "--list"]);
@@ -380,6 +417,20 @@ fn a_failing_pg_dump_leaves_no_dump() {
         );
     }
     assert!(lb.archive_files("dumps/").is_empty());
+
+    // A database name with a space, quotes and a backslash reaches pg_dump intact.
+    let odd = "odd 'name' \\ \"x\"";
+    pg.psql(&format!("CREATE DATABASE \"{}\"", odd.replace('"', "\"\"")));
+    pg.try_psql_db(odd, "CREATE TABLE t AS SELECT 1 AS one")
+        .unwrap();
+    let out = dump(&lb, major, &["--db", odd, "--json"]);
+    expect_success(&out, "dump of an odd name");
+    let meta = json_of(&out);
+    assert_eq!(meta["databases"][0]["database"], odd);
+    let id = meta["id"].as_str().unwrap().to_string();
+    let out = dump_restore(&lb, major, &id, &["--db", odd, "--list"]);
+    let toc = expect_success(&out, "dump-restore --list of an odd name");
+    assert!(toc.contains("TABLE DATA public t"), "{toc}");
 }
 
 // ------------------------------------------------------------------------------------
@@ -460,6 +511,9 @@ fn recover_table(lb: &Lb, major: u32, scratch: &Path, args: &[&str]) -> std::pro
         "--scratch-dir",
         scratch.to_str().unwrap(),
     ];
+    if is_root() {
+        a.extend(["--run-as", TEST_OS_USER]);
+    }
     a.extend_from_slice(args);
     lb.run_restore_bin(&a, T)
 }
@@ -467,7 +521,8 @@ fn recover_table(lb: &Lb, major: u32, scratch: &Path, args: &[&str]) -> std::pro
 fn seed_disaster_recover_table(major: u32) {
     let pg = PgCluster::start(major, ClusterOpts::default());
     let (t, lb) = disaster(&pg);
-    let scratch = tempfile::tempdir().unwrap();
+    // The server user must reach the scratch directory.
+    let scratch = pg_tempdir("lbscratch-");
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("orders.dump");
     let into = conninfo_db(&pg, "app");
@@ -617,7 +672,7 @@ fn recover_table_cleans_up_on_sigint() {
     let major = newest_major().expect("a PostgreSQL major");
     let pg = PgCluster::start(major, ClusterOpts::default());
     let (t, lb) = disaster(&pg);
-    let scratch = tempfile::tempdir().unwrap();
+    let scratch = pg_tempdir("lbscratch-");
     let bin = pg_bin_dir(major);
     let mut c = std::process::Command::new(lb.restore_bin());
     c.arg("--config")
@@ -629,6 +684,11 @@ fn recover_table_cleans_up_on_sigint() {
         .arg(&bin)
         .arg("--scratch-dir")
         .arg(scratch.path())
+        .args(if is_root() {
+            vec!["--run-as", TEST_OS_USER]
+        } else {
+            vec![]
+        })
         .args(["--target-time", &t, "--table", "public.orders", "--output"])
         .arg(scratch.path().join("never.dump"))
         .stdout(std::process::Stdio::piped())
