@@ -70,7 +70,7 @@ fn init_on(major: u32) {
         "ok    a replication connection is accepted (pg_hba.conf)\n",
         "warn  max_slot_wal_keep_size = 1GB: past it the server invalidates lifeboat's slot",
     ] {
-        assert!(out.contains(line.as_ref() as &str), "{line}: {out}");
+        assert!(out.contains(line), "{line}: {out}");
     }
     // The configuration is one the other commands take, with the recipient in it.
     let text = std::fs::read_to_string(&cfg).unwrap();
