@@ -16,9 +16,18 @@ fn check_judges_the_streamer_and_the_archive() {
         "backup",
     );
     wait_caught_up(&pg, Duration::from_secs(120), &lb);
-    // Archiving and a fresh backup, but no drill yet: WARNING (exit 1).
-    let out = lb.run(&["check", "--nagios"], Duration::from_secs(60));
-    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    // Archiving and a fresh backup, but no drill yet: WARNING (exit 1), once the streamer's
+    // status file says it is streaming (it is rewritten every few seconds; right after the
+    // start it says "starting", which is CRITICAL).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (out, line) = loop {
+        let out = lb.run(&["check", "--nagios"], Duration::from_secs(60));
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.code() == Some(1) || std::time::Instant::now() > deadline {
+            break (out, line);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert_eq!(out.status.code(), Some(1), "{line}{}", stderr_of(&out));
     assert!(
         line.starts_with("LIFEBOAT WARNING - no restore drill recorded: the backups are untested | lag=0B;;;0 spool=0B;"),
