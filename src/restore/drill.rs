@@ -333,8 +333,8 @@ pub async fn run(
     let (inv, _) = restore::inventory(archive).await?;
     let mut backup = choose_backup(&inv, &opts.backup)?.clone();
     // A random pick prefers a backup readable at once: one moved to an archive class (the
-    // monthly tier's) would cost a thaw of hours. A few other random picks are tried; if
-    // all are cold, the first one is thawed and restored (restore does it).
+    // monthly tier's) would cost a thaw of hours. It is swapped for a random warm one; if
+    // every backup is cold, the pick is thawed and restored (restore does it).
     if matches!(opts.backup, BackupChoice::Random) && is_cold(archive, &backup).await {
         let mut warm = Vec::new();
         for b in restorable(&inv) {
