@@ -172,27 +172,6 @@ async fn read_snapshot(params: &ConnParams) -> Result<Option<String>, PgError> {
     c.close().await;
     Ok(r.rows.first().and_then(|r| r.first().cloned().flatten()))
 }
-
-/// A fresh backup id for `start_time` on the first provider.
-async fn fresh_id(mirror: &Mirror, start_time: Timestamp) -> Result<String> {
-    let base = catalog::backup_id_from_rfc3339(&start_time.rfc3339());
-    let first = mirror
-        .providers
-        .first()
-        .ok_or_else(|| anyhow!("no storage provider"))?;
-    for n in 0..1000u32 {
-        let id = if n == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
-        if first.list(&catalog::backup_prefix(&id)).await?.is_empty() {
-            return Ok(id);
-        }
-    }
-    bail!("cannot find a free backup id for {start_time}")
-}
-
 /// Whether every provider holds the WAL the backup needs.
 async fn wal_archived(
     archive: &Archive,
@@ -282,7 +261,13 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
     };
 
     let start_time = now_seconds();
-    let id = fresh_id(&archive.mirror, start_time).await?;
+    let id = crate::ingest::parts::fresh_id(
+        &archive.mirror,
+        &catalog::backup_id_from_rfc3339(&start_time.rfc3339()),
+        catalog::backup_prefix,
+        "backup",
+    )
+    .await?;
     let label = opts
         .label
         .clone()

@@ -171,28 +171,6 @@ async fn pump(
     }
     writer.end_tar().await
 }
-
-/// A fresh dump id for `start` on the first provider.
-async fn fresh_id(mirror: &Mirror, start: Timestamp) -> Result<String> {
-    let secs = Timestamp::from_unix_secs(start.0.div_euclid(1_000_000));
-    let base = catalog::backup_id_from_rfc3339(&secs.rfc3339());
-    let first = mirror
-        .providers
-        .first()
-        .ok_or_else(|| anyhow!("no storage provider"))?;
-    for n in 0..1000u32 {
-        let id = if n == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
-        if first.list(&catalog::dump_prefix(&id)).await?.is_empty() {
-            return Ok(id);
-        }
-    }
-    bail!("cannot find a free dump id for {start}")
-}
-
 /// Best effort: remove the objects of a failed dump (invisible anyway without dump.json).
 async fn cleanup(mirror: &Mirror, id: &str) {
     for p in &mirror.providers {
@@ -284,7 +262,14 @@ pub async fn run(cfg: &Config, opts: &DumpOptions) -> Result<DumpMeta> {
     let archive = Archive::open(cfg)?;
     bind_archive(&archive, &params).await?;
     let start_time = now();
-    let id = fresh_id(&archive.mirror, start_time).await?;
+    let secs = Timestamp::from_unix_secs(start_time.0.div_euclid(1_000_000));
+    let id = crate::ingest::parts::fresh_id(
+        &archive.mirror,
+        &catalog::backup_id_from_rfc3339(&secs.rfc3339()),
+        catalog::dump_prefix,
+        "dump",
+    )
+    .await?;
     tracing::info!(id, databases = ?databases, pg_dump = %pg_dump.path.display(), "starting dump");
     let mut writer = PartWriter::new(
         archive.mirror.clone(),

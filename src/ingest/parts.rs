@@ -171,3 +171,29 @@ impl PartWriter {
         Ok(self.done)
     }
 }
+
+/// A fresh id for something that starts at `base` (`YYYYMMDDTHHMMSSZ`): `base` itself, or
+/// `base-N` when the first provider already holds objects under `prefix(id)` (two backups,
+/// dumps or exports in the same second). `what` names it in the error.
+pub async fn fresh_id(
+    mirror: &Mirror,
+    base: &str,
+    prefix: impl Fn(&str) -> String,
+    what: &str,
+) -> Result<String> {
+    let first = mirror
+        .providers
+        .first()
+        .ok_or_else(|| anyhow!("no storage provider"))?;
+    for n in 0..1000u32 {
+        let id = if n == 0 {
+            base.to_string()
+        } else {
+            format!("{base}-{n}")
+        };
+        if first.list(&prefix(&id)).await?.is_empty() {
+            return Ok(id);
+        }
+    }
+    bail!("cannot find a free {what} id for {base}")
+}

@@ -64,30 +64,6 @@ impl Write for ChunkWriter {
     }
 }
 
-async fn fresh_id(mirror: &Mirror, name: &str, start: Timestamp) -> Result<String> {
-    let secs = Timestamp::from_unix_secs(start.0.div_euclid(1_000_000));
-    let base = catalog::backup_id_from_rfc3339(&secs.rfc3339());
-    let first = mirror
-        .providers
-        .first()
-        .ok_or_else(|| anyhow!("no storage provider"))?;
-    for n in 0..1000u32 {
-        let id = if n == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
-        if first
-            .list(&catalog::export_prefix(name, &id))
-            .await?
-            .is_empty()
-        {
-            return Ok(id);
-        }
-    }
-    bail!("cannot find a free export id for {start}")
-}
-
 async fn cleanup(mirror: &Mirror, name: &str, id: &str) {
     for p in &mirror.providers {
         if !p.features().delete {
@@ -125,7 +101,14 @@ pub async fn run(cfg: &Config, name: &str, source: Source) -> Result<ExportMeta>
     let sealer = Sealer::new(&cfg.encryption.recipients, cfg.backup.compression_level)?;
     let archive = Archive::open(cfg)?;
     let start_time = now();
-    let id = fresh_id(&archive.mirror, name, start_time).await?;
+    let secs = Timestamp::from_unix_secs(start_time.0.div_euclid(1_000_000));
+    let id = crate::ingest::parts::fresh_id(
+        &archive.mirror,
+        &catalog::backup_id_from_rfc3339(&secs.rfc3339()),
+        |id| catalog::export_prefix(name, id),
+        "export",
+    )
+    .await?;
     let mut writer = PartWriter::new(
         archive.mirror.clone(),
         sealer,

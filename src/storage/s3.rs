@@ -1401,9 +1401,7 @@ impl ObjectStore for S3Store {
             // refused without s3:DeleteObjectVersion, which prune needs as well.
             self.delete_version(key, &full, None).await?;
             if features.versioned {
-                for v in self.versions_of(key, &full).await? {
-                    self.delete_version(key, &full, Some(v)).await?;
-                }
+                self.delete(key).await?;
             }
             Ok(())
         })
