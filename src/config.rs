@@ -33,6 +33,129 @@ pub struct Config {
     /// `[[export]]`: other services' data, stored by `lifeboat put NAME`.
     #[serde(default)]
     pub export: Vec<ExportConfig>,
+    /// `[schedule]`: jobs the daemon runs (its presence turns the schedule on).
+    pub schedule: Option<ScheduleConfig>,
+    /// `[metrics]`: the Prometheus endpoint of the daemon (off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where `stream` (and `schedule --run`) serve Prometheus metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to listen on, e.g. "127.0.0.1:9187" (unset: no endpoint).
+    #[serde(default, deserialize_with = "metrics_listen")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+fn metrics_listen<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    typed(d, "metrics.listen", |s| {
+        s.trim().parse().map(Some).map_err(|_| {
+            (
+                format!("\"{s}\" is not an address and port"),
+                "write it like \"127.0.0.1:9187\" (keep it on loopback or a private network)",
+            )
+        })
+    })
+}
+
+/// `[schedule]`: what `lifeboat stream` (or `lifeboat schedule --run` on a host without a
+/// streamer) runs by itself, so that no cron job is needed. Each interval is a duration or
+/// "off". Defaults: a base backup daily (the retention tiers are daily), a restore drill
+/// once a quarter at a random time within it, `verify` weekly; dumps and prune off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    #[serde(deserialize_with = "schedule_backup")]
+    pub backup: Option<Duration>,
+    /// Time of day (UTC, "HH:MM") for base backups; unset: `backup` after the last one.
+    #[serde(deserialize_with = "schedule_backup_at")]
+    pub backup_at: Option<u32>,
+    /// Drills need the identity: they run here only when one is configured
+    /// (encryption.identity_file or LIFEBOAT_IDENTITY_FILE); the interval also tells
+    /// `status` how old the last drill may be (drills run from the restore host).
+    #[serde(deserialize_with = "schedule_drill")]
+    pub drill: Option<Duration>,
+    /// More arguments of the scheduled `lifeboat drill`, e.g. ["--check-sql",
+    /// "/etc/lifeboat/check.sql", "--scratch-dir", "/srv/scratch"].
+    pub drill_args: Vec<String>,
+    #[serde(deserialize_with = "schedule_verify")]
+    pub verify: Option<Duration>,
+    #[serde(deserialize_with = "schedule_dump")]
+    pub dump: Option<Duration>,
+    /// Needs delete rights (the vault role): usually on the restore host.
+    #[serde(deserialize_with = "schedule_prune")]
+    pub prune: Option<Duration>,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            backup: Some(Duration::from_secs(86_400)),
+            backup_at: None,
+            drill: Some(Duration::from_secs(90 * 86_400)),
+            drill_args: Vec::new(),
+            verify: Some(Duration::from_secs(7 * 86_400)),
+            dump: None,
+            prune: None,
+        }
+    }
+}
+
+fn interval_or_off(s: &str) -> Result<Option<Duration>, (String, &'static str)> {
+    let word = match s.trim().to_ascii_lowercase().as_str() {
+        "off" => return Ok(None),
+        "hourly" => Some(3600),
+        "daily" => Some(86_400),
+        "weekly" => Some(7 * 86_400),
+        "quarterly" => Some(90 * 86_400),
+        _ => None,
+    };
+    if let Some(secs) = word {
+        return Ok(Some(Duration::from_secs(secs)));
+    }
+    let d = parse_duration(s)
+        .map_err(|m| (m, "write a duration like \"1d\" or \"12h\", a word (hourly, daily, weekly, quarterly), or \"off\""))?;
+    if d < Duration::from_secs(10) {
+        return Err((
+            format!("\"{s}\" is shorter than 10 seconds"),
+            "write a duration like \"1d\" or \"12h\", a word (hourly, daily, weekly, quarterly), or \"off\"",
+        ));
+    }
+    Ok(Some(d))
+}
+
+macro_rules! schedule_interval {
+    ($f:ident, $key:literal) => {
+        fn $f<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            typed(d, $key, interval_or_off)
+        }
+    };
+}
+schedule_interval!(schedule_backup, "schedule.backup");
+schedule_interval!(schedule_drill, "schedule.drill");
+schedule_interval!(schedule_verify, "schedule.verify");
+schedule_interval!(schedule_dump, "schedule.dump");
+schedule_interval!(schedule_prune, "schedule.prune");
+
+fn schedule_backup_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    typed(d, "schedule.backup_at", |s| {
+        let bad = || {
+            (
+                format!("\"{s}\" is not a time of day"),
+                "write it as HH:MM in UTC, like \"02:30\"",
+            )
+        };
+        let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+        let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        if h > 23 || m > 59 {
+            return Err(bad());
+        }
+        Ok(Some(h * 3600 + m * 60))
+    })
 }
 
 /// `[[export]]`: what `lifeboat put NAME` stores when no PATH is given: a command's stdout,
@@ -46,7 +169,12 @@ pub struct ExportConfig {
     /// Files and directories, stored as one tar.
     #[serde(default)]
     pub paths: Vec<PathBuf>,
+    /// How often the schedule stores it (unset: only by hand).
+    #[serde(default, deserialize_with = "export_every")]
+    pub every: Option<Duration>,
 }
+
+schedule_interval!(export_every, "export.every");
 
 /// `[retention]` (CLI.md): how long backups and WAL are kept. The default is the policy of
 /// the backup strategy: every point in time for 7 days, a daily backup for 30 days, a weekly

@@ -25,6 +25,7 @@ pub mod prune;
 pub mod put;
 pub mod recover_table;
 pub mod restore;
+pub mod schedule;
 pub mod status;
 pub mod stream;
 pub mod verify;
@@ -113,6 +114,9 @@ pub enum Command {
     Put(put::Args),
     /// Fetch an export back: the newest, or the newest put at or before --at.
     Get(get::Args),
+    /// The jobs of [schedule] (run by `stream`): last success, last failure, next due;
+    /// --run runs them without streaming (the restore host: drills, prune).
+    Schedule(schedule::Args),
 }
 
 /// Run one command.
@@ -140,6 +144,7 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::RecoverTable(a) => recover_table::run(&ctx, a).await,
         Command::Put(a) => put::run(&ctx, a).await,
         Command::Get(a) => get::run(&ctx, a).await,
+        Command::Schedule(a) => schedule::run(&ctx, a).await,
     }
 }
 

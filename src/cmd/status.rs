@@ -15,6 +15,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
         &ctx.cfg.wal.spool_dir,
         &archive,
         ctx.cfg.retention.prune_interval,
+        ctx.cfg.schedule.clone().unwrap_or_default().drill,
     )
     .await;
     if ctx.json() {

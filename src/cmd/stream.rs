@@ -1,16 +1,20 @@
-//! `lifeboat stream`: run the replication-slot consumer.
+//! `lifeboat stream`: run the replication-slot consumer, and the `[schedule]` beside it.
 
 use anyhow::anyhow;
 
-use super::{Ctx, Failure};
+use super::{absolute, Ctx, Failure};
 use crate::core::wal::Lsn;
+use crate::ingest::schedule;
 use crate::ingest::stream::{self, StreamOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Exit 0 once all WAL before this LSN is durably archived.
+    /// Exit 0 once all WAL before this LSN is durably archived (no schedule runs).
     #[arg(long)]
     endpos: Option<String>,
+    /// Do not run the [schedule] jobs in this process.
+    #[arg(long)]
+    no_schedule: bool,
 }
 
 pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
@@ -25,6 +29,21 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             err: anyhow!("--endpos: {e}"),
             quiet: false,
         })?;
-    stream::run(&ctx.cfg, StreamOptions { endpos }).await?;
+    // The schedule runs beside the stream, in its own task; its jobs are child processes.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sched = (endpos.is_none() && !a.no_schedule && ctx.cfg.schedule.is_some()).then(|| {
+        let (cfg, path) = (ctx.cfg.clone(), absolute(&ctx.cfg_path));
+        tokio::spawn(async move {
+            if let Err(e) = schedule::run(cfg, path, stop_rx).await {
+                tracing::error!(error = %format!("{e:#}"), "the schedule stopped");
+            }
+        })
+    });
+    let result = stream::run(&ctx.cfg, StreamOptions { endpos }).await;
+    let _ = stop_tx.send(true);
+    if let Some(s) = sched {
+        let _ = s.await;
+    }
+    result?;
     Ok(())
 }

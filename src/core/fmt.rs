@@ -26,6 +26,19 @@ pub fn ago(secs: u64) -> String {
     }
 }
 
+/// An interval as a configuration writes it: `90d`, `12h`, `15m`, `20s` (the largest unit
+/// that divides it; humantime's "3months 2days 6h 32m 24s" is not how anyone says 90 days).
+pub fn interval(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -221,6 +221,8 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         .map_err(|e| anyhow!("postgres.conninfo: {e}"))?;
     let sealer = Sealer::new(&cfg.encryption.recipients, cfg.backup.compression_level)?;
     let archive = Archive::open(cfg)?;
+    // Never two base backups at once on this host (the schedule and `lifeboat backup`).
+    let _lock = crate::ingest::schedule::BackupLock::take(&cfg.wal.spool_dir)?;
 
     let mut conn = Connection::connect(&params, true).await?;
     let ident = conn.identify_system().await?;

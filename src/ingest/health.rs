@@ -229,11 +229,79 @@ fn prune_check(
     }
 }
 
+/// A passed drill, and whether it is older than the drill interval (`schedule.drill`,
+/// quarterly by default): drills usually run from the restore host, and this is where the
+/// database host notices they stopped.
+fn drill_age_check(
+    d: &crate::archive::summary::DrillSummary,
+    now: u64,
+    every: Option<std::time::Duration>,
+) -> Check {
+    let at = crate::core::retention::backup_id_time(&d.id)
+        .map(|t| t.0.div_euclid(1_000_000).max(0) as u64);
+    let age = at.map(|t| now.saturating_sub(t));
+    match (age, every) {
+        // A day of slack: a drill at a random time of its window may start a little late.
+        (Some(age), Some(every)) if age > every.as_secs() + 86_400 => Check {
+            check: "drill",
+            status: Level::Degraded,
+            message: format!(
+                "the last drill {} passed, but is {} old, longer than the drill interval ({})\nhint: run lifeboat drill on the restore host, or `lifeboat schedule --run` there (schedule.drill)",
+                d.id,
+                fmt::ago(age).trim_end_matches(" ago"),
+                crate::core::fmt::interval(every)
+            ),
+        },
+        _ => Check {
+            check: "drill",
+            status: Level::Ok,
+            message: format!("last drill {} passed, RTO {:.1} s", d.id, d.total_seconds),
+        },
+    }
+}
+
+/// The schedule's newest run of each job (`<spool>/schedule.json`): a failed one degrades.
+pub fn schedule_checks(rec: &crate::ingest::schedule::Record) -> Vec<Check> {
+    let runs = crate::ingest::schedule::last_runs(rec);
+    if runs.is_empty() {
+        return Vec::new();
+    }
+    let failed: Vec<_> = runs.iter().filter(|r| !r.ok).collect();
+    if failed.is_empty() {
+        let done: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{} {}", r.job, r.started))
+            .collect();
+        return vec![Check {
+            check: "schedule",
+            status: Level::Ok,
+            message: format!("last runs passed: {}", done.join(", ")),
+        }];
+    }
+    failed
+        .into_iter()
+        .map(|r| Check {
+            check: "schedule",
+            status: Level::Degraded,
+            message: format!(
+                "the scheduled {} of {} failed: {}",
+                r.job,
+                r.started,
+                r.error
+                    .as_deref()
+                    .unwrap_or("no reason recorded")
+                    .trim_start_matches("error: ")
+            ),
+        })
+        .collect()
+}
+
 /// The archive's checks: the newest backup, the last drill and the last prune.
 async fn archive_checks(
     archive: &Archive,
     now: u64,
     prune_interval: std::time::Duration,
+    drill_every: Option<std::time::Duration>,
 ) -> Vec<Check> {
     let mut out = Vec::new();
     let mut oldest_backup: Option<u64> = None;
@@ -294,11 +362,7 @@ async fn archive_checks(
                         d.id
                     ),
                 }),
-                Some(d) => out.push(Check {
-                    check: "drill",
-                    status: Level::Ok,
-                    message: format!("last drill {} passed, RTO {:.1} s", d.id, d.total_seconds),
-                }),
+                Some(d) => out.push(drill_age_check(&d, now, drill_every)),
             }
             // Logical dumps are optional: shown when there are any, never a degradation.
             if let Some(d) = r.dumps.last() {
@@ -334,11 +398,15 @@ pub async fn run(
     spool_dir: &Path,
     archive: &Archive,
     prune_interval: std::time::Duration,
+    drill_every: Option<std::time::Duration>,
 ) -> Report {
     let st = status::read(spool_dir);
     let now = now();
     let mut checks = stream_checks(spool_dir, st.as_ref(), now, alive);
-    checks.extend(archive_checks(archive, now, prune_interval).await);
+    checks.extend(archive_checks(archive, now, prune_interval, drill_every).await);
+    checks.extend(schedule_checks(&crate::ingest::schedule::read_record(
+        spool_dir,
+    )));
     let mut r = Report {
         status: "healthy",
         checks,

@@ -10,5 +10,6 @@ pub mod health;
 pub mod outbox;
 pub mod parts;
 pub mod put;
+pub mod schedule;
 pub mod status;
 pub mod stream;

@@ -22,5 +22,6 @@ mod outage;
 mod prune;
 mod restore;
 mod s3;
+mod schedule;
 mod slots;
 mod stream;
