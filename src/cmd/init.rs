@@ -192,6 +192,18 @@ weekly_weeks = 52
 monthly_months = 84
 min_backups = 2
 
+[schedule]                       # run by `lifeboat stream`, no cron needed; `lifeboat schedule` shows it
+backup = "daily"                 # a base backup a day, as the retention tiers need
+# backup_at = "02:30"            # at this time of day (UTC) instead of a day after the last one
+drill = "quarterly"              # at a random time each quarter; needs the identity, so it runs on the
+                                 # restore host (`lifeboat schedule --run`); status here warns when late
+verify = "weekly"
+# dump = "daily"                 # logical dumps (pg_dump) as well
+# prune = "daily"                # needs delete rights: run it on the vault host
+
+[metrics]
+# listen = "127.0.0.1:9187"      # Prometheus endpoint of `lifeboat stream` (docs/ALERTS.md)
+
 [[storage]]
 name = "primary"
 url = "{archive}"

@@ -48,6 +48,10 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
         )));
     }
     if a.run {
+        let _metrics = match ctx.cfg.metrics.listen {
+            Some(addr) => Some(crate::ingest::metrics::start(addr, &ctx.cfg).await?),
+            None => None,
+        };
         let (_tx, rx) = tokio::sync::watch::channel(false);
         engine::run(ctx.cfg.clone(), super::absolute(&ctx.cfg_path), rx).await?;
         return Ok(());

@@ -29,6 +29,13 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             err: anyhow!("--endpos: {e}"),
             quiet: false,
         })?;
+    // The Prometheus endpoint: a port that cannot be had is an error at start.
+    let metrics = match ctx.cfg.metrics.listen {
+        Some(addr) if endpos.is_none() => {
+            Some(crate::ingest::metrics::start(addr, &ctx.cfg).await?)
+        }
+        _ => None,
+    };
     // The schedule runs beside the stream, in its own task; its jobs are child processes.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sched = (endpos.is_none() && !a.no_schedule && ctx.cfg.schedule.is_some()).then(|| {
@@ -43,6 +50,9 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     let _ = stop_tx.send(true);
     if let Some(s) = sched {
         let _ = s.await;
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     result?;
     Ok(())

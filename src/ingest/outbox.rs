@@ -336,6 +336,7 @@ impl Delivery {
                         let _permit = permit;
                         let mut backoff = Duration::from_millis(500);
                         loop {
+                            let began = std::time::Instant::now();
                             let res = match obj.body() {
                                 // A re-send after a lost response may meet a provider
                                 // that refuses overwrites: an identical copy is stored.
@@ -346,10 +347,16 @@ impl Delivery {
                             };
                             match res {
                                 Ok(()) => {
+                                    crate::ingest::metrics::get().stored(
+                                        p.name(),
+                                        obj.len,
+                                        began.elapsed(),
+                                    );
                                     let _ = ev.send(LaneEvent::Stored(i, obj.seq));
                                     break;
                                 }
                                 Err(e) => {
+                                    crate::ingest::metrics::get().store_failed(p.name());
                                     let _ = ev.send(LaneEvent::Failed(i, obj.seq, e));
                                     tokio::time::sleep(backoff).await;
                                     backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -819,6 +819,14 @@ impl Drop for StatusReporter {
 }
 
 impl Streamer {
+    /// Send the standby status update: written, and acknowledged as the flush position.
+    async fn report(&self, conn: &mut Connection) -> Result<()> {
+        conn.send_status(self.state.written, self.state.acked, false)
+            .await?;
+        crate::ingest::metrics::get().reported(self.state.acked);
+        Ok(())
+    }
+
     /// Update what `lifeboat status` will read (written by the reporter task).
     fn write_status(&self, connected: bool, error: Option<String>) {
         let Some(r) = &self.status else {
@@ -1150,8 +1158,7 @@ impl Streamer {
             self.submit(vec![j]).await?;
         }
         self.drain().await?;
-        conn.send_status(self.state.written, self.state.acked, false)
-            .await?;
+        self.report(conn).await?;
         conn.stop_streaming().await?;
         Ok(())
     }
@@ -1175,13 +1182,13 @@ impl Streamer {
         // shutdown does, not as an idle server's keepalive every wal_sender_timeout / 2),
         // at this end of its WAL while the acknowledgement lags behind it; and its last ask.
         let mut server_waits: Option<(Lsn, Instant, Instant)> = None;
-        conn.send_status(self.state.written, self.state.acked, false)
-            .await?;
+        self.report(conn).await?;
         loop {
             tokio::select! {
                 ev = conn.next_event() => {
                     match ev? {
-                        StreamEvent::Wal { start, data } => {
+                        StreamEvent::Wal { start, data, server_end } => {
+                            crate::ingest::metrics::get().server_at(server_end);
                             let jobs = self.state.write(start, &data)?;
                             self.submit(jobs).await?;
                             if let Some(end) = endpos {
@@ -1193,6 +1200,7 @@ impl Streamer {
                             }
                         }
                         StreamEvent::Keepalive { wal_end, reply_requested } => {
+                            crate::ingest::metrics::get().server_at(wal_end);
                             if reply_requested {
                                 // The server waits on us (e.g. to shut down): send the tail now.
                                 if self.state.written >= wal_end {
@@ -1200,7 +1208,7 @@ impl Streamer {
                                         self.submit(vec![j]).await?;
                                     }
                                 }
-                                conn.send_status(self.state.written, self.state.acked, false).await?;
+                                self.report(conn).await?;
                                 last_status = Instant::now();
                                 reported = self.state.acked;
                                 if self.state.written >= wal_end && self.state.acked < wal_end {
@@ -1256,8 +1264,7 @@ impl Streamer {
                 }
             }
             if self.state.acked != reported || last_status.elapsed() >= self.status_interval {
-                conn.send_status(self.state.written, self.state.acked, false)
-                    .await?;
+                self.report(conn).await?;
                 reported = self.state.acked;
                 last_status = Instant::now();
             }

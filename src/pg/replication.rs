@@ -44,6 +44,8 @@ pub enum StreamEvent {
     Wal {
         start: Lsn,
         data: Bytes,
+        /// The server's end of WAL as it sent this message.
+        server_end: Lsn,
     },
     Keepalive {
         wal_end: Lsn,
@@ -190,9 +192,16 @@ impl Connection {
             match self.recv().await? {
                 Backend::CopyData(payload) => {
                     return Ok(match ReplicationMessage::parse(payload)? {
-                        ReplicationMessage::XLogData { start, data, .. } => {
-                            StreamEvent::Wal { start, data }
-                        }
+                        ReplicationMessage::XLogData {
+                            start,
+                            data,
+                            wal_end,
+                            ..
+                        } => StreamEvent::Wal {
+                            start,
+                            data,
+                            server_end: wal_end,
+                        },
                         ReplicationMessage::Keepalive {
                             wal_end,
                             reply_requested,
