@@ -237,6 +237,11 @@ if [[ -z "$streaming" ]]; then
 fi
 log "streaming"
 
+# Rows the drill must find again: it counts every table of every database it restores.
+"${COMPOSE[@]}" exec -T postgres psql -q -v ON_ERROR_STOP=1 -U postgres -d postgres \
+  -c 'CREATE TABLE compose_test AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 1000) g' \
+  >"$WORK/psql.out" 2>&1 || { cat "$WORK/psql.out" >&2; fail "cannot create the test table in the postgres service"; }
+
 log "docker-compose run --rm drill (base backup, then a restore drill)"
 set +e
 "${COMPOSE[@]}" run --rm -T drill >"$WORK/drill.out" 2>&1
@@ -244,6 +249,9 @@ drill_rc=$?
 set -e
 sed 's/^/  | /' "$WORK/drill.out" >&2
 [[ $drill_rc == 0 ]] || fail "the drill service exited with status $drill_rc (output above)"
+grep -q '^drill .*: PASSED$' "$WORK/drill.out" || fail "the drill service exited 0 without printing PASSED (output above)"
+grep -Eq '^tables: [1-9][0-9]* read, 1000 rows$' "$WORK/drill.out" \
+  || fail "the drill did not count the 1000 rows of compose_test (output above)"
 
 # The drill record in the archive, read back through the lifeboat service's entrypoint.
 "${COMPOSE[@]}" run --rm -T lifeboat --json list >"$WORK/list.json" 2>"$WORK/list.err" \
