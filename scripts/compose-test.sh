@@ -54,6 +54,9 @@ else
 fi
 CDIR="$CACHE/compose"
 mkdir -p "$CDIR"
+# One run at a time per machine (one project name, one engine).
+exec 9>"$CDIR/.compose-test.lock"
+flock -w 1200 9 || fail "another scripts/compose-test.sh has held $CDIR/.compose-test.lock for 20 minutes"
 WORK=$(mktemp -d /tmp/lifeboat-compose.XXXXXX)
 
 # ------------------------------------------------------------------ tools and the engine
@@ -97,9 +100,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# A pid file left by an engine that was killed names a pid that may now be another
+# process: dockerd would refuse to start (or wait on it), so such files go.
+stale_pid() { # file name
+  local pid
+  [[ -f $1 ]] || return 1
+  pid=$(cat "$1" 2>/dev/null)
+  [[ -z $pid || "$(cat "/proc/$pid/comm" 2>/dev/null)" != "$2" ]]
+}
 if ! docker info >/dev/null 2>&1; then
+  stale_pid /var/run/docker.pid dockerd && rm -f /var/run/docker.pid
+  stale_pid /var/run/docker/containerd/containerd.pid containerd && rm -f /var/run/docker/containerd/containerd.pid
   log "starting dockerd (log: $CDIR/dockerd.log)"
-  dockerd >"$CDIR/dockerd.log" 2>&1 &
+  dockerd >"$CDIR/dockerd.log" 2>&1 9>&- &
   DOCKERD_PID=$!
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
@@ -151,7 +164,9 @@ if ! have_image "lifeboat-test/base:$base_key"; then
     tar -C "$rootfs" --numeric-owner -cf "$base_tar.tmp" .
     mv "$base_tar.tmp" "$base_tar"
     rm -rf "$rootfs"
-    rm -f $(ls "$CDIR"/base-bookworm-*.tar | grep -v "$base_key") 2>/dev/null || true
+    for f in "$CDIR"/base-bookworm-*.tar; do
+      [[ $f == "$base_tar" ]] || rm -f "$f"
+    done
   fi
   log "importing the base image"
   docker import -c 'CMD ["/bin/bash"]' "$base_tar" "lifeboat-test/base:$base_key" >/dev/null

@@ -50,7 +50,7 @@ if [[ $status == 0 ]]; then
   echo "test result: $([[ $chaos == 0 ]] && echo ok || echo FAILED). $((1 - chaos)) passed; $chaos failed; 0 ignored (scripts/chaos.sh)" | tee -a "$out"
 fi
 # docker-compose.yml run for real: locally built images, stream, backup + drill, torn down
-# (scripts/compose-test.sh; about 1 minute with its image cache warm, 8 cold).
+# (scripts/compose-test.sh; about 1 minute with its image cache warm, 9 cold).
 compose=0
 if [[ $status == 0 ]]; then
   log "docker-compose stack (scripts/compose-test.sh)"

@@ -14,7 +14,7 @@ if [ "$1" = 'postgres' ] && [ "$(id -u)" = '0' ]; then
   mkdir -p "$PGDATA" /var/run/postgresql
   chown postgres:postgres "$PGDATA" /var/run/postgresql
   chmod 700 "$PGDATA"
-  exec setpriv --reuid=postgres --regid=postgres --init-groups "$BASH_SOURCE" "$@"
+  exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
 fi
 
 if [ "$1" = 'postgres' ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -26,6 +26,8 @@ if [ "$1" = 'postgres' ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   export POSTGRES_USER="${POSTGRES_USER:-postgres}"
   export POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"
   export POSTGRES_PASSWORD
+  # POSTGRES_INITDB_ARGS is split into words on purpose, as the official image does.
+  # shellcheck disable=SC2086
   initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") \
     -D "$PGDATA" ${POSTGRES_INITDB_ARGS:-}
   printf '\nhost all all all %s\n' "${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" >>"$PGDATA/pg_hba.conf"
@@ -40,7 +42,9 @@ if [ "$1" = 'postgres' ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
         if [ -x "$f" ]; then
           echo "$0: running $f"; "$f"
         else
-          echo "$0: sourcing $f"; . "$f"
+          echo "$0: sourcing $f"
+          # shellcheck source=/dev/null
+          . "$f"
         fi
         ;;
       *.sql) echo "$0: running $f"; psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" -f "$f" ;;
