@@ -142,7 +142,13 @@ build() {
     docker image ls "lifeboat-test/$name" --format '{{.Repository}}:{{.Tag}}' \
       | grep -v -e ":$key\$" -e ':test$' | xargs -r docker rmi >/dev/null 2>&1 || true
   fi
+  local old
+  old=$(docker image inspect --format '{{.Id}}' "lifeboat-test/$name:test" 2>/dev/null || true)
   docker tag "$ref" "lifeboat-test/$name:test"
+  # The build the :test tag named before, now untagged.
+  if [[ -n $old && $old != "$(docker image inspect --format '{{.Id}}' "$ref")" ]]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
+  fi
 }
 
 # The base: a debootstrap root file system, kept as a tarball in the cache.
