@@ -49,8 +49,17 @@ if [[ $status == 0 ]]; then
   LIFEBOAT_BIN=target/debug/lifeboat LIFEBOAT_CHAOS_KILLS=5 bash scripts/chaos.sh || chaos=1
   echo "test result: $([[ $chaos == 0 ]] && echo ok || echo FAILED). $((1 - chaos)) passed; $chaos failed; 0 ignored (scripts/chaos.sh)" | tee -a "$out"
 fi
+# docker-compose.yml run for real: locally built images, stream, backup + drill, torn down
+# (scripts/compose-test.sh; about 1 minute with its image cache warm, 9 cold).
+compose=0
+if [[ $status == 0 ]]; then
+  log "docker-compose stack (scripts/compose-test.sh)"
+  bash scripts/compose-test.sh || compose=1
+  echo "test result: $([[ $compose == 0 ]] && echo ok || echo FAILED). $((1 - compose)) passed; $compose failed; 0 ignored (scripts/compose-test.sh)" | tee -a "$out"
+fi
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$out"
 [[ $status == 0 ]] || exit "$status"
-exit "$chaos"
+[[ $chaos == 0 ]] || exit "$chaos"
+exit "$compose"
