@@ -11,6 +11,10 @@ pub struct Args {
     /// Exit 0 once all WAL before this LSN is durably archived.
     #[arg(long)]
     endpos: Option<String>,
+    /// Start even when encryption.recipients shares no recipient with the sets the archive
+    /// was written for (the new identity is on the restore host): writes its key canary.
+    #[arg(long)]
+    accept_new_recipients: bool,
 }
 
 pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
@@ -25,6 +29,7 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             err: anyhow!("--endpos: {e}"),
             quiet: false,
         })?;
+    super::ensure_canary(&ctx.cfg, a.accept_new_recipients).await?;
     stream::run(&ctx.cfg, StreamOptions { endpos }).await?;
     Ok(())
 }
