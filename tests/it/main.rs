@@ -18,6 +18,7 @@ mod fuzz_corpus;
 mod hardening;
 mod harness;
 mod init;
+mod keys;
 mod outage;
 mod prune;
 mod restore;
