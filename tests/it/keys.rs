@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::restore::drill;
+use crate::support::s3::cred_env;
 use crate::support::*;
 
 const T: Duration = Duration::from_secs(120);
@@ -225,4 +226,52 @@ fn digest(recipient: &str) -> String {
     use sha2::Digest;
     let h = sha2::Sha256::digest(format!("{recipient}\n").as_bytes());
     h[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The canary on S3 (moto with Object Lock, s3s-fs) beside a file store: written to every
+/// provider at the streamer's start, proven from S3 alone when the file store lost it,
+/// copied back (the same bytes) at the next start.
+#[test]
+fn canary_on_s3_providers() {
+    let major = newest_major().expect("a PostgreSQL major");
+    let pg = PgCluster::start(major, ClusterOpts::default());
+    let (moto, fs, extra) = crate::s3::two_s3_providers();
+    let lb = Lb::for_cluster(&pg, &extra);
+    let stream = |end: &str| {
+        let mut c = lb.cmd();
+        c.args(["stream", "--endpos", end]).envs(cred_env());
+        let out = run_timeout(&mut c, Duration::from_secs(180), None).unwrap();
+        expect_success(&out, "stream --endpos");
+    };
+    stream(&pg.switch_wal());
+    let local = lb.archive_files("keys/");
+    assert_eq!(local.len(), 1, "{local:?}");
+    let key = local[0].clone();
+    let bytes = std::fs::read(lb.archive.join(&key)).unwrap();
+    for (name, srv) in [("moto", &moto), ("s3s-fs", &fs)] {
+        assert!(
+            srv.keys("archive").contains(&format!("pg/{key}")),
+            "{name}: {:?}",
+            srv.keys("archive")
+        );
+    }
+    // The file store loses it: the restore host proves its identity from S3.
+    std::fs::remove_file(lb.archive.join(&key)).unwrap();
+    let mut c = lb.cmd();
+    c.arg("--identity")
+        .arg(&lb.identity)
+        .args(["keys", "check"])
+        .envs(cred_env());
+    let out = run_timeout(&mut c, T, None).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).starts_with(&format!("ok: identity {} (", lb.identity.display()))
+            && stdout_of(&out).contains(&format!(") opens {key} (recipients: ")),
+        "{}",
+        stdout_of(&out)
+    );
+    // The next start copies the same canary back.
+    pg.psql("CREATE TABLE t AS SELECT 1 AS x");
+    stream(&pg.switch_wal());
+    assert_eq!(std::fs::read(lb.archive.join(&key)).unwrap(), bytes);
 }
