@@ -210,3 +210,55 @@ pub fn status_checks(scan: &Scan, last: Option<(&str, &KeyCheck, u64)>) -> Vec<C
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kc(ok: bool) -> KeyCheck {
+        KeyCheck {
+            ok,
+            checked_at: "2026-12-01T00:00:00Z".into(),
+            canary: Some("keys/canary-0123456789abcdef.json".into()),
+            recipients: vec!["age1a".into()],
+            identity_recipients: vec!["age1a".into()],
+            error: (!ok).then(|| "no".into()),
+        }
+    }
+
+    fn found(decrypts: bool) -> FoundIdentity {
+        FoundIdentity {
+            path: "/etc/lifeboat/identity.txt".into(),
+            source: "/etc/lifeboat".into(),
+            recipient: "age1a".into(),
+            decrypts,
+        }
+    }
+
+    #[test]
+    fn status_lines() {
+        let clean = Scan {
+            searched: vec![],
+            found: vec![found(false)],
+        };
+        let c = status_checks(&clean, Some(("20261201T000000Z", &kc(true), 3 * 86_400)));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].status, Level::Ok);
+        assert_eq!(c[0].message, "no identity that decrypts the archive is readable here; drill 20261201T000000Z proved the restore host's identity 3 days ago");
+        let c = status_checks(&clean, Some(("20261201T000000Z", &kc(false), 10)));
+        assert_eq!(c[0].status, Level::Degraded);
+        assert!(c[0]
+            .message
+            .ends_with("the last key check (drill 20261201T000000Z) FAILED"));
+        let c = status_checks(&clean, None);
+        assert_eq!(c[0].status, Level::Ok);
+        let dirty = Scan {
+            searched: vec![],
+            found: vec![found(true), found(false)],
+        };
+        let c = status_checks(&dirty, Some(("x", &kc(true), 1)));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].status, Level::Degraded);
+        assert!(c[0].message.starts_with("/etc/lifeboat/identity.txt (/etc/lifeboat) holds the identity of recipient age1a, which decrypts this archive"));
+    }
+}
