@@ -14,7 +14,7 @@ use bytes::Bytes;
 use rand::RngCore;
 
 use super::Archive;
-use crate::core::custody::{self, CanaryRecord, KeyCheck, StartDecision};
+use crate::core::custody::{self, CanaryRecord, KeyCheck, OtherCanary, StartDecision};
 use crate::pipeline::{Opener, Sealer};
 
 /// One canary found in the archive.
@@ -236,6 +236,7 @@ pub async fn prove(
         recipients: Vec::new(),
         identity_recipients: opener.recipients().to_vec(),
         error: None,
+        other_canaries: Vec::new(),
     };
     let c = archive.canaries().await;
     if c.answered.is_empty() {
@@ -264,10 +265,17 @@ pub async fn prove(
     let key = custody::canary_key(&found.record.digest);
     check.canary = Some(key.clone());
     check.recipients = found.record.recipients.clone();
-    let opened = custody::unhex(&found.record.sealed)
-        .ok_or_else(|| "its sealed object is not hex".to_string())
-        .and_then(|sealed| opener.open(&sealed).map_err(|e| e.to_string()))
-        .and_then(|plain| custody::check_canary_plaintext(&plain));
+    let opened = open_canary(opener, &found.record);
+    for other in c.found.values() {
+        if other.record.digest != found.record.digest {
+            check.other_canaries.push(OtherCanary {
+                canary: custody::canary_key(&other.record.digest),
+                recipients: other.record.recipients.clone(),
+                created_at: other.record.created_at.clone(),
+                opens: open_canary(opener, &other.record).is_ok(),
+            });
+        }
+    }
     match opened {
         Ok(()) => check.ok = true,
         Err(_)
@@ -293,4 +301,12 @@ pub async fn prove(
         }
     }
     check
+}
+
+/// Open a canary and check its hash.
+fn open_canary(opener: &Opener, record: &CanaryRecord) -> Result<(), String> {
+    custody::unhex(&record.sealed)
+        .ok_or_else(|| "its sealed object is not hex".to_string())
+        .and_then(|sealed| opener.open(&sealed).map_err(|e| e.to_string()))
+        .and_then(|plain| custody::check_canary_plaintext(&plain))
 }

@@ -76,6 +76,16 @@ async fn restore_host(ctx: &Ctx<'_>) -> Result<(), Failure> {
             check.recipients.join(", ")
         );
     }
+    if !ctx.json() {
+        for o in check.other_canaries.iter().filter(|o| !o.opens) {
+            println!(
+                "note: {} (recipients: {}, from {}) does not open with this identity: what was written for that set needs its identity",
+                o.canary,
+                o.recipients.join(", "),
+                o.created_at
+            );
+        }
+    }
     if check.ok {
         return Ok(());
     }

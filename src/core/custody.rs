@@ -159,6 +159,19 @@ pub struct KeyCheck {
     /// The public keys of the identity that was tried (never the identity itself).
     pub identity_recipients: Vec<String>,
     pub error: Option<String>,
+    /// The archive's other canaries (older recipient sets) and whether the identity opens
+    /// them too: what was written for a set it does not open needs that set's identity.
+    #[serde(default)]
+    pub other_canaries: Vec<OtherCanary>,
+}
+
+/// A canary other than the one a key check is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherCanary {
+    pub canary: String,
+    pub recipients: Vec<String>,
+    pub created_at: String,
+    pub opens: bool,
 }
 
 pub fn hex(bytes: &[u8]) -> String {

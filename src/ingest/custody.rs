@@ -223,6 +223,7 @@ mod tests {
             recipients: vec!["age1a".into()],
             identity_recipients: vec!["age1a".into()],
             error: (!ok).then(|| "no".into()),
+            other_canaries: vec![],
         }
     }
 

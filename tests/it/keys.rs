@@ -199,8 +199,24 @@ fn custody_canary_drill_and_recipient_change() {
             moved.display()
         )
     );
+    assert_eq!(
+        rep["key_check"]["other_canaries"],
+        serde_json::json!([{"canary": key, "recipients": [recipient], "created_at": record["created_at"], "opens": true}]),
+        "{rep:#}"
+    );
+    // The new identity opens what is written now, and says what it cannot open: the WAL
+    // and backups written for the old set.
     let out = prove(&lb, &new_id);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(
+        stdout_of(&out),
+        format!(
+            "ok: identity {} ({new_recipient}) opens {new_key} (recipients: {new_recipient})\n\
+             note: {key} (recipients: {recipient}, from {}) does not open with this identity: what was written for that set needs its identity\n",
+            new_id.display(),
+            record["created_at"].as_str().unwrap()
+        )
+    );
     // A set that keeps a recipient of the archive's (adding one) starts without a flag.
     let (_, third) = keygen(&vault, "third.txt");
     let cfg = std::fs::read_to_string(&lb.config).unwrap();
