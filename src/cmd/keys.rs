@@ -111,7 +111,7 @@ async fn db_host(ctx: &Ctx<'_>) -> Result<(), Failure> {
         canary_error: None,
     };
     if !ctx.cfg.encryption.recipients.is_empty() {
-        let key = custody::canary_key(&custody::recipients_digest(&ctx.cfg.encryption.recipients));
+        let digest = custody::recipients_digest(&ctx.cfg.encryption.recipients);
         match Archive::open(&ctx.cfg) {
             Ok(archive) => {
                 let c = archive.canaries().await;
@@ -121,11 +121,10 @@ async fn db_host(ctx: &Ctx<'_>) -> Result<(), Failure> {
                         .first()
                         .map(|(p, e)| format!("storage \"{p}\": {e}"));
                 }
-                let digest = custody::recipients_digest(&ctx.cfg.encryption.recipients);
                 if let Some(f) = c.found.get(&digest) {
                     rep.canary_providers = f.holders.clone();
                 }
-                rep.canary = Some(key);
+                rep.canary = Some(custody::canary_key(&digest));
             }
             Err(e) => rep.canary_error = Some(format!("{e:#}")),
         }
