@@ -423,6 +423,8 @@ pub fn check(stored: &[u8]) -> Result<Checked, PipelineError> {
 /// Decryption keys (age identities), held only by restore hosts.
 pub struct Opener {
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    /// The identities' public keys (age1...), for messages and key checks.
+    recipients: Vec<String>,
 }
 
 impl Opener {
@@ -433,6 +435,7 @@ impl Opener {
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+        let mut recipients = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -444,9 +447,18 @@ impl Opener {
                     i + 1
                 ))
             })?;
+            recipients.push(id.to_public().to_string());
             ids.push(Box::new(id));
         }
-        Ok(Opener { identities: ids })
+        Ok(Opener {
+            identities: ids,
+            recipients,
+        })
+    }
+
+    /// The public keys (recipients) of the identities held.
+    pub fn recipients(&self) -> &[String] {
+        &self.recipients
     }
 
     /// Check, decrypt and decompress an object into `out`. Returns the plain length.
@@ -490,6 +502,36 @@ impl Opener {
     }
 }
 
+/// The public keys of every X25519 identity (`AGE-SECRET-KEY-1...`) found anywhere in
+/// `bytes` (a key file, a file that merely holds one, an environment variable). The
+/// identities themselves are never returned.
+pub fn identity_recipients_in(bytes: &[u8]) -> Vec<String> {
+    const TOKEN: &[u8] = b"AGE-SECRET-KEY-1";
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(at) = bytes[i..]
+        .windows(TOKEN.len())
+        .position(|w| w == TOKEN)
+        .map(|p| p + i)
+    {
+        let end = bytes[at..]
+            .iter()
+            .position(|b| !(b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'-'))
+            .map_or(bytes.len(), |p| p + at);
+        if let Some(id) = std::str::from_utf8(&bytes[at..end])
+            .ok()
+            .and_then(|t| age::x25519::Identity::from_str(t).ok())
+        {
+            let r = id.to_public().to_string();
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        i = end.max(at + 1);
+    }
+    out
+}
+
 fn decrypt_msg(e: &age::DecryptError) -> String {
     match e {
         age::DecryptError::NoMatchingKeys => {
@@ -514,6 +556,7 @@ mod tests {
     #[test]
     fn round_trip_and_crc() {
         let (r, idf) = keypair();
+        let r2 = r.clone();
         let s = Sealer::new(&[r], 3).unwrap();
         let data: Vec<u8> = (0..200_000u32)
             .flat_map(|i| (i % 251).to_be_bytes())
@@ -524,6 +567,23 @@ mod tests {
         assert_eq!(c.crc32, sealed.crc32);
         let o = Opener::from_file(idf.path()).unwrap();
         assert_eq!(o.open(&sealed.bytes).unwrap(), data);
+        assert_eq!(o.recipients(), [r2]);
+    }
+
+    #[test]
+    fn identities_found_in_any_bytes() {
+        let a = age::x25519::Identity::generate();
+        let b = age::x25519::Identity::generate();
+        let text = format!(
+            "export SOPS_AGE_KEY={}\n\0binary\x7fAGE-SECRET-KEY-1NOTAKEY {}#",
+            a.to_string().expose_secret(),
+            b.to_string().expose_secret()
+        );
+        assert_eq!(
+            identity_recipients_in(text.as_bytes()),
+            vec![a.to_public().to_string(), b.to_public().to_string()]
+        );
+        assert!(identity_recipients_in(b"age1abc only a recipient").is_empty());
     }
 
     /// Found by reading for fuzzing: an object whose trailer understates its length (anyone

@@ -17,11 +17,16 @@ pub struct Args {
     /// applies when that slot could not be created.
     #[arg(long, default_value = "60s")]
     wal_timeout: String,
+    /// Start even when encryption.recipients shares no recipient with the sets the archive
+    /// was written for (the new identity is on the restore host): writes its key canary.
+    #[arg(long)]
+    accept_new_recipients: bool,
 }
 
 pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     ctx.require_for_writing()?;
     let wal_timeout = parse_duration_arg("--wal-timeout", &a.wal_timeout)?;
+    super::ensure_canary(&ctx.cfg, a.accept_new_recipients).await?;
     let out = backup::run(
         &ctx.cfg,
         BackupOptions {

@@ -78,6 +78,7 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
         identity_path: absolute(&identity_path),
         jobs: a.jobs,
         wal_prefetch: a.wal_prefetch,
+        recipients: ctx.cfg.encryption.recipients.clone(),
     };
     let rep = drill::run(&archive, op, &exe, &opts).await?;
     if ctx.json() {
@@ -140,6 +141,22 @@ pub fn render(r: &DrillReport) -> String {
                 t.error.as_deref().unwrap_or("")
             ));
         }
+    }
+    match &r.key_check {
+        Some(k) if k.ok => s.push_str(&format!(
+            "key: the identity opens {}\n",
+            k.canary.as_deref().unwrap_or("-")
+        )),
+        Some(k) => s.push_str(&format!(
+            "key: NOT PROVEN: {}\n",
+            k.error
+                .as_deref()
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("")
+        )),
+        None => {}
     }
     for c in &r.checks {
         s.push_str(&format!(

@@ -118,19 +118,48 @@ pub async fn run(global: &Global, a: &Args) -> Result<(), Failure> {
         &a.archive,
         &a.spool_dir.display().to_string(),
     );
-    crate::config::Config::parse(&text, &cfg_path.display().to_string()).map_err(|e| {
-        super::usage(format!(
-            "the configuration init would write is refused: {e}"
-        ))
-    })?;
+    let cfg =
+        crate::config::Config::parse(&text, &cfg_path.display().to_string()).map_err(|e| {
+            super::usage(format!(
+                "the configuration init would write is refused: {e}"
+            ))
+        })?;
     write_new(&cfg_path, text.as_bytes(), 0o640, a.force)
         .map_err(|e| super::usage(format!("{e:#}")))?;
     println!("configuration: {}", cfg_path.display());
+    custody(&cfg, &cfg_path, a.identity_out.is_none()).await;
     if a.conninfo.is_some() {
         return check_server(&conninfo, a.apply).await;
     }
     println!("next: lifeboat init --check (with the conninfo in the file) checks the server");
     Ok(())
+}
+
+/// Key custody at set-up: the archive gets the key canary of the recipient (the restore
+/// host proves its identity against it), and on the database host (no key pair made here)
+/// an identity that decrypts the archive must not be readable. Reported, never fatal: the
+/// streamer writes the canary at start, and `keys check` repeats the search.
+async fn custody(cfg: &crate::config::Config, cfg_path: &Path, db_host: bool) {
+    use crate::archive::keys::Ensured;
+    match super::ensure_canary(cfg, false).await {
+        Ok(Ensured::Written { key, .. }) => println!(
+            "canary: {key} written to the archive (on the restore host, lifeboat keys check --identity FILE proves the identity opens it)"
+        ),
+        Ok(Ensured::Present { key }) => println!("canary: {key} is in the archive"),
+        Ok(Ensured::Unchecked { reason }) => println!(
+            "canary: not written yet ({reason}); lifeboat stream and backup write it when they start"
+        ),
+        Err(f) => println!(
+            "canary: not written: {}",
+            format!("{:#}", f.err).replace('\n', "\n        ")
+        ),
+    }
+    if db_host {
+        let scan = crate::ingest::custody::scan(cfg, cfg_path);
+        for f in scan.decrypting() {
+            println!("WARNING: {}", crate::ingest::custody::warning(f));
+        }
+    }
 }
 
 /// Write a file that must not exist yet (unless `force`): a temporary file beside it, then

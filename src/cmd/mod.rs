@@ -19,6 +19,7 @@ pub mod dump;
 pub mod dump_restore;
 pub mod get;
 pub mod init;
+pub mod keys;
 pub mod list;
 pub mod plan;
 pub mod prune;
@@ -83,6 +84,10 @@ pub enum Command {
     /// 1 WARNING, 2 CRITICAL, 3 UNKNOWN. Reads the streamer's status file where there is
     /// one, and the archive.
     Check(check::Args),
+    /// Key custody: on the database host no identity that decrypts the archive may be
+    /// readable (WARNING, exit 1); on the restore host (--identity) the identity must open
+    /// the archive's key canary.
+    Keys(keys::Args),
     /// Restore a base backup into --pgdata and configure recovery to a target
     /// (default: the end of the archived WAL); then `pg_ctl start` finishes the job.
     Restore(restore::Args),
@@ -134,6 +139,7 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::List => list::run(&ctx).await,
         Command::Status => status::run(&ctx).await,
         Command::Check(a) => check::run(&ctx, a).await,
+        Command::Keys(a) => keys::run(&ctx, a).await,
         Command::Restore(a) => restore::run(&ctx, a).await,
         Command::Drill(a) => drill::run(&ctx, a).await,
         Command::AcceptGap => accept_gap::run(&ctx).await,
@@ -208,6 +214,33 @@ impl<'a> Ctx<'a> {
     pub fn json(&self) -> bool {
         self.global.json
     }
+}
+
+/// At a writer's start (stream, backup, init): the archive holds the key canary of the
+/// configured recipients, or gets it; a recipient set nobody is known to hold an identity
+/// for is refused (exit 2) unless `accept_new` (see `archive::keys::ensure_canary`).
+pub async fn ensure_canary(
+    cfg: &Config,
+    accept_new: bool,
+) -> Result<crate::archive::keys::Ensured, Failure> {
+    let archive = crate::archive::Archive::open(cfg)?;
+    crate::archive::keys::ensure_canary(&archive, &cfg.encryption.recipients, accept_new)
+        .await
+        .map_err(|e| {
+            let code = if e
+                .downcast_ref::<crate::archive::keys::RecipientsRefused>()
+                .is_some()
+            {
+                2
+            } else {
+                1
+            };
+            Failure {
+                code,
+                err: e,
+                quiet: false,
+            }
+        })
 }
 
 /// A failure with its exit code.

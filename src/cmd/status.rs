@@ -3,6 +3,7 @@
 
 use super::{print_json, Ctx, Failure};
 use crate::archive::Archive;
+use crate::ingest::custody;
 use crate::ingest::health::{self, Report};
 
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
@@ -11,13 +12,32 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
         err: e,
         quiet: false,
     })?;
-    let report = health::run(
+    let mut report = health::run(
         &ctx.cfg.wal.spool_dir,
         &archive,
         ctx.cfg.retention.prune_interval,
         ctx.cfg.schedule.clone().unwrap_or_default().drill,
     )
     .await;
+    // Key custody: no identity that decrypts the archive on this host; the last key check
+    // a drill recorded.
+    let scan = custody::scan(&ctx.cfg, &ctx.cfg_path);
+    let drills = archive.drills().await.unwrap_or_default();
+    let last = drills
+        .iter()
+        .rev()
+        .find_map(|d| d.key_check.as_ref().map(|k| (d.id.as_str(), k)));
+    let now = std::time::SystemTime::now();
+    let last = last.map(|(id, k)| {
+        let age = humantime::parse_rfc3339(&k.checked_at)
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .map_or(0, |d| d.as_secs());
+        (id, k, age)
+    });
+    for c in custody::status_checks(&scan, last) {
+        report.push(c);
+    }
     if ctx.json() {
         print_json(&report)?;
     } else {

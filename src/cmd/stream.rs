@@ -15,6 +15,10 @@ pub struct Args {
     /// Do not run the [schedule] jobs in this process.
     #[arg(long)]
     no_schedule: bool,
+    /// Start even when encryption.recipients shares no recipient with the sets the archive
+    /// was written for (the new identity is on the restore host): writes its key canary.
+    #[arg(long)]
+    accept_new_recipients: bool,
 }
 
 pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
@@ -29,6 +33,7 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             err: anyhow!("--endpos: {e}"),
             quiet: false,
         })?;
+    super::ensure_canary(&ctx.cfg, a.accept_new_recipients).await?;
     // The Prometheus endpoint: a port that cannot be had is an error at start.
     let metrics = match ctx.cfg.metrics.listen {
         Some(addr) if endpos.is_none() => {

@@ -682,6 +682,10 @@ pub struct DrillReport {
     pub scratch_dir: Option<String>,
     pub kept: bool,
     pub created_by: String,
+    /// The identity opened the archive's key canary (absent in records written before
+    /// canaries existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check: Option<crate::core::custody::KeyCheck>,
 }
 
 impl DrillReport {

@@ -1,11 +1,13 @@
 //! Pure types and planners: PostgreSQL quantities (`wal`), the repository layout and its
-//! records (`catalog`), the restore planner (`plan`), the retention planner (`retention`)
-//! and the cost plan (`cost`). Nothing here does I/O, reads the clock or the environment,
-//! or draws random numbers: those are parameters.
+//! records (`catalog`), the restore planner (`plan`), the retention planner (`retention`),
+//! the cost plan (`cost`) and key custody's canary and start rule (`custody`). Nothing here
+//! does I/O, reads the clock or the environment, or draws random numbers: those are
+//! parameters.
 
 pub mod catalog;
 pub mod check;
 pub mod cost;
+pub mod custody;
 pub mod fmt;
 pub mod ledger;
 pub mod plan;

@@ -58,6 +58,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Add a check made elsewhere (key custody), the status following it.
+    pub fn push(&mut self, c: Check) {
+        self.checks.push(c);
+        self.status = status_word(self.level());
+    }
+
     pub fn level(&self) -> Level {
         self.checks
             .iter()
@@ -412,12 +418,16 @@ pub async fn run(
         checks,
         stream: st,
     };
-    r.status = match r.level() {
+    r.status = status_word(r.level());
+    r
+}
+
+fn status_word(l: Level) -> &'static str {
+    match l {
         Level::Ok => "healthy",
         Level::Degraded => "degraded",
         Level::Failing => "failing",
-    };
-    r
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub struct DrillOptions {
     pub jobs: usize,
     /// Segments the restore_command fetches ahead during replay.
     pub wal_prefetch: u16,
+    /// The configured recipients: the canary of this set is the one the identity must open.
+    pub recipients: Vec<String>,
 }
 
 fn now_rfc3339() -> String {
@@ -397,7 +399,19 @@ pub async fn run(
         scratch_dir: None,
         kept: opts.keep,
         created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+        key_check: None,
     };
+    // Key custody: the identity must open the archive's canary (a drill that restores
+    // without it proves the backup, this proves the key for what is written now).
+    let key_check = crate::archive::keys::prove(
+        archive,
+        &opener,
+        &opts.identity_path.display().to_string(),
+        &opts.recipients,
+    )
+    .await;
+    let key_failed = key_check.canary.is_some() && !key_check.ok;
+    report.key_check = Some(key_check);
     std::fs::create_dir_all(&opts.scratch_parent)
         .with_context(|| format!("creating {}", opts.scratch_parent.display()))?;
     let scratch = tempfile::Builder::new()
@@ -410,20 +424,30 @@ pub async fn run(
             )
         })?;
     report.scratch_dir = Some(scratch.path().display().to_string());
-    let outcome = drill_in(
-        archive,
-        opener,
-        exe,
-        opts,
-        &backup,
-        target,
-        scratch.path(),
-        user.as_ref(),
-        &sql,
-        &mut report,
-        t0,
-    )
-    .await;
+    let outcome = match report.key_check.as_ref().filter(|_| key_failed) {
+        // The identity cannot open what is written now: say that, not what the restore
+        // would stumble on.
+        Some(k) => Err(anyhow!(
+            "{}",
+            k.error.as_deref().unwrap_or("the key check failed")
+        )),
+        None => {
+            drill_in(
+                archive,
+                opener,
+                exe,
+                opts,
+                &backup,
+                target,
+                scratch.path(),
+                user.as_ref(),
+                &sql,
+                &mut report,
+                t0,
+            )
+            .await
+        }
+    };
     if let Err(e) = outcome {
         report.error = Some(format!("{e:#}"));
     }

@@ -18,6 +18,7 @@ mod fuzz_corpus;
 mod hardening;
 mod harness;
 mod init;
+mod keys;
 mod metrics;
 mod outage;
 mod prune;
