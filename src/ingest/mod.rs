@@ -7,6 +7,7 @@ pub mod backup;
 pub mod dump;
 pub mod gap;
 pub mod health;
+pub mod notify;
 pub mod outbox;
 pub mod parts;
 pub mod put;

@@ -24,3 +24,4 @@ mod restore;
 mod s3;
 mod slots;
 mod stream;
+mod systemd;
