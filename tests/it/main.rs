@@ -13,6 +13,7 @@ mod backup;
 mod check;
 mod cmd;
 mod dump;
+mod ergonomics;
 mod failover;
 mod fuzz_corpus;
 mod hardening;
