@@ -8,6 +8,7 @@
 //! through [`Archive::read`] (the best readable copy) and WAL through
 //! [`Archive::read_segment`] (see `read`).
 
+pub mod progress;
 pub mod prune;
 pub mod read;
 pub mod summary;

@@ -123,6 +123,7 @@ pub enum Command {
 
 /// Run one command.
 pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
+    crate::archive::progress::set_quiet(global.quiet);
     if let Command::Init(a) = command {
         return init::run(global, a).await;
     }

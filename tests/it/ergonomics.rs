@@ -145,3 +145,89 @@ fn the_man_page_has_every_command_and_groff_reads_it_cleanly() {
     assert!(out.status.success());
     assert_eq!(stderr_of(&out).trim(), "", "groff warned");
 }
+
+/// `lifeboat ARGS` on a terminal (a pty made by `script`): everything it wrote there.
+fn on_a_terminal(lb: &Lb, args: &[&str]) -> (bool, String) {
+    let mut line = vec![
+        shell_quote(&lb.restore_bin().to_string_lossy()),
+        "--config".into(),
+        shell_quote(&lb.config.to_string_lossy()),
+        "--identity".into(),
+        shell_quote(&lb.identity.to_string_lossy()),
+    ];
+    line.extend(args.iter().map(|a| shell_quote(a)));
+    let out = run_timeout(
+        Command::new("script")
+            .args(["-qefc", &line.join(" "), "/dev/null"])
+            .env("TERM", "xterm")
+            .env("HOME", lb.dir.path()),
+        Duration::from_secs(600),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (out.status.success(), stdout_of(&out))
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Progress bars on the long operations (verify --full, restore): drawn on a terminal,
+/// never with --quiet, never when standard error is not a terminal.
+#[test]
+fn long_operations_show_progress_on_a_terminal_only() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: script (util-linux) is not installed");
+        return;
+    }
+    let pg = PgCluster::start(15, ClusterOpts::default());
+    let lb = Lb::for_cluster(&pg, SMALL_PARTS);
+    pg.psql(
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g",
+    );
+    let streamer = lb.start_streamer(&pg);
+    expect_success(
+        &lb.run(&["backup", "--fast"], Duration::from_secs(600)),
+        "backup",
+    );
+    wait_caught_up(&pg, Duration::from_secs(120), &lb);
+    stop_streamer(streamer);
+
+    let (ok, tty) = on_a_terminal(&lb, &["verify", "--full"]);
+    assert!(ok, "{tty}");
+    assert!(tty.contains("verify local: "), "{tty}");
+    assert!(tty.contains(" objects, "), "{tty}");
+    let (ok, quiet) = on_a_terminal(&lb, &["--quiet", "verify", "--full"]);
+    assert!(ok, "{quiet}");
+    assert!(!quiet.contains("verify local"), "{quiet}");
+    let piped = lb.run_restore_bin(&["verify", "--full"], Duration::from_secs(600));
+    expect_success(&piped, "verify --full");
+    assert!(
+        !stderr_of(&piped).contains("verify local"),
+        "{}",
+        stderr_of(&piped)
+    );
+
+    let id = lb.list_json()["backups"][0]["id"]
+        .as_str()
+        .expect("a backup")
+        .to_string();
+    let work = pg_tempdir("lbprogress-");
+    let bin = pg_bin_dir(15);
+    let restore = |dir: &str, quiet: bool| {
+        let data = work.path().join(dir);
+        let mut a = vec!["restore", "--pgdata", data.to_str().expect("utf-8")];
+        a.extend(["--pg-bin", bin.to_str().expect("utf-8")]);
+        if quiet {
+            a.insert(0, "-q");
+        }
+        on_a_terminal(&lb, &a)
+    };
+    let (ok, tty) = restore("a", false);
+    assert!(ok, "{tty}");
+    assert!(tty.contains(&format!("restore {id} [")), "{tty}");
+    assert!(tty.contains("ETA"), "{tty}");
+    let (ok, quiet) = restore("b", true);
+    assert!(ok, "{quiet}");
+    assert!(!quiet.contains("ETA"), "{quiet}");
+}
