@@ -231,3 +231,96 @@ fn long_operations_show_progress_on_a_terminal_only() {
     assert!(ok, "{quiet}");
     assert!(!quiet.contains("ETA"), "{quiet}");
 }
+
+fn run_bin(args: &[&str]) -> std::process::Output {
+    run_timeout(
+        Command::new(BIN).args(args).env_remove("LIFEBOAT_CONFIG"),
+        Duration::from_secs(120),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `init --json`: one JSON document with what was written and every check's outcome,
+/// also when the server is not ready (exit 1, the error on stderr).
+#[test]
+fn init_prints_one_json_document() {
+    let pg = PgCluster::start(
+        15,
+        ClusterOpts::default().conf("max_slot_wal_keep_size = '1GB'"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("lifeboat.toml");
+    let id = dir.path().join("identity.txt");
+    let archive = format!("file://{}", dir.path().join("archive").display());
+    let spool = dir.path().join("spool");
+    let out = run_bin(&[
+        "--json",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "init",
+        "--identity-out",
+        id.to_str().expect("utf-8"),
+        "--archive",
+        &archive,
+        "--conninfo",
+        &pg.conninfo(REPL_USER, Some(REPL_PASSWORD)),
+        "--spool-dir",
+        spool.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    let recipient = run_ok(
+        Command::new("age-keygen").arg("-y").arg(&id),
+        Duration::from_secs(10),
+    );
+    assert_eq!(json["recipient"], recipient.trim(), "{json}");
+    assert_eq!(json["identity"], id.to_str().expect("utf-8"), "{json}");
+    assert_eq!(
+        json["configuration"],
+        cfg.to_str().expect("utf-8"),
+        "{json}"
+    );
+    assert_eq!(json["ready"], true, "{json}");
+    let checks = json["checks"].as_array().expect("checks");
+    assert!(checks.len() >= 5, "{json}");
+    let slot_limit = checks
+        .iter()
+        .find(|c| {
+            c["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("max_slot_wal_keep_size"))
+        })
+        .expect("the slot limit check");
+    assert_eq!(slot_limit["outcome"], "warn", "{json}");
+    assert_eq!(
+        slot_limit["fix"], "ALTER SYSTEM SET max_slot_wal_keep_size = -1",
+        "{json}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("AGE-SECRET-KEY"));
+
+    // A role without REPLICATION: not ready, exit 1, the document still printed.
+    pg.psql("CREATE ROLE plain LOGIN");
+    let plain = format!(
+        "host={} port={} user=plain dbname=postgres",
+        pg.socket_dir.display(),
+        pg.port
+    );
+    let out = run_bin(&["--json", "init", "--check", "--conninfo", &plain]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["ready"], false, "{json}");
+    let repl = json["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["text"] == "role plain lacks the REPLICATION attribute")
+        .unwrap_or_else(|| panic!("no REPLICATION check: {json}"));
+    assert_eq!(repl["outcome"], "fail", "{json}");
+    assert_eq!(repl["fix"], "ALTER ROLE \"plain\" REPLICATION", "{json}");
+    assert!(
+        stderr_of(&out).starts_with("error: the server is not ready for lifeboat\n"),
+        "{}",
+        stderr_of(&out)
+    );
+}
