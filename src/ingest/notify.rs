@@ -1,20 +1,34 @@
 //! systemd's notify protocol for the streamer service (`Type=notify`, see
 //! `contrib/lifeboat.service`): `READY=1` once, when WAL first streams; `WATCHDOG=1` from
-//! the streaming loop, at half the interval systemd asked for in `WATCHDOG_USEC`; `STATUS=`
+//! the streaming loop, every quarter to half of the interval systemd asked for in `WATCHDOG_USEC`; `STATUS=`
 //! with what `lifeboat status` would say; `STOPPING=1` when a stop is asked for.
 //!
 //! Every call is a no-op without `NOTIFY_SOCKET` (not under systemd, or a one-shot
-//! command), and a failed send is logged at debug level and forgotten: the service manager
-//! being unreachable never stops archiving. The messages go through the `sd-notify` crate.
+//! command), and never blocks the caller: the messages go through the `sd-notify` crate
+//! from a thread of their own, whose blocking send waits when the service manager does not
+//! read (a datagram socket's queue is short). What cannot be queued is dropped and a failed
+//! send is logged at debug level: the service manager being slow or gone never stops
+//! archiving.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
+enum Msg {
+    Ready,
+    Watchdog,
+    Status(String),
+    /// Then tell the sender it went.
+    Stopping(SyncSender<()>),
+}
+
 struct Notifier {
-    /// Ping at least this often (half of `WATCHDOG_USEC`); `None`: no watchdog.
+    queue: SyncSender<Msg>,
+    /// A quarter of `WATCHDOG_USEC`: pings are at least this far apart, and a wait pings
+    /// this often, so that they are at most half the interval apart. `None`: no watchdog.
     ping_every: Option<Duration>,
     start: Instant,
     /// Milliseconds after `start` of the last ping, plus one (0: never).
@@ -28,13 +42,37 @@ fn notifier() -> Option<&'static Notifier> {
     static N: OnceLock<Option<Notifier>> = OnceLock::new();
     N.get_or_init(|| {
         std::env::var_os("NOTIFY_SOCKET")?;
+        let (queue, rx) = sync_channel::<Msg>(16);
+        let sender = std::thread::Builder::new()
+            .name("sd-notify".into())
+            .spawn(move || {
+                while let Ok(m) = rx.recv() {
+                    match m {
+                        Msg::Ready => send(&[NotifyState::Ready]),
+                        Msg::Watchdog => send(&[NotifyState::Watchdog]),
+                        Msg::Status(t) => send(&[NotifyState::Status(&t)]),
+                        Msg::Stopping(done) => {
+                            send(&[
+                                NotifyState::Stopping,
+                                NotifyState::Status("stopping: archiving what was received"),
+                            ]);
+                            let _ = done.try_send(());
+                        }
+                    }
+                }
+            });
+        if let Err(e) = sender {
+            tracing::warn!(error = %e, "cannot start the thread that notifies systemd");
+            return None;
+        }
         Some(Notifier {
+            queue,
             ping_every: watchdog_interval(
                 std::env::var("WATCHDOG_USEC").ok().as_deref(),
                 std::env::var("WATCHDOG_PID").ok().as_deref(),
                 std::process::id(),
             )
-            .map(|d| d / 2),
+            .map(|d| d / 4),
             start: Instant::now(),
             last_ping: AtomicU64::new(0),
             ready: AtomicBool::new(false),
@@ -62,17 +100,29 @@ fn send(state: &[NotifyState]) {
     }
 }
 
-/// `READY=1`, the first time only: WAL is streaming.
-pub fn ready() {
-    if let Some(n) = notifier() {
-        if !n.ready.swap(true, Ordering::SeqCst) {
-            send(&[NotifyState::Ready]);
+impl Notifier {
+    /// Queue a message; dropped when the queue is full (the manager is not reading).
+    fn post(&self, m: Msg) {
+        if self.queue.try_send(m).is_err() {
+            tracing::debug!(
+                "the service manager is not reading its notify socket: a message was dropped"
+            );
         }
     }
 }
 
-/// `WATCHDOG=1` when half the watchdog interval has passed since the last one. Cheap:
-/// call it on every turn of a loop that must keep turning.
+/// `READY=1`, the first time only: WAL is streaming.
+pub fn ready() {
+    if let Some(n) = notifier() {
+        if !n.ready.swap(true, Ordering::SeqCst) {
+            n.post(Msg::Ready);
+        }
+    }
+}
+
+/// `WATCHDOG=1` when a quarter of the watchdog interval has passed since the last one.
+/// Cheap: call it on every turn of a loop that must keep turning (at least every quarter
+/// interval).
 pub fn watchdog() {
     let Some(n) = notifier() else { return };
     let Some(every) = n.ping_every else { return };
@@ -85,7 +135,7 @@ pub fn watchdog() {
         .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
         .is_ok()
     {
-        send(&[NotifyState::Watchdog]);
+        n.post(Msg::Watchdog);
     }
 }
 
@@ -114,17 +164,17 @@ pub fn status(text: &str) {
     if *last != text {
         text.clone_into(&mut last);
         // One line: systemd shows the status as is.
-        send(&[NotifyState::Status(&text.replace('\n', " "))]);
+        n.post(Msg::Status(text.replace('\n', " ")));
     }
 }
 
-/// `STOPPING=1`: a stop was asked for; what was received is being archived.
+/// `STOPPING=1`: a stop was asked for; what was received is being archived. Waits up to a
+/// second for it to go (the process may end soon after).
 pub fn stopping() {
-    if notifier().is_some() {
-        send(&[
-            NotifyState::Stopping,
-            NotifyState::Status("stopping: archiving what was received"),
-        ]);
+    if let Some(n) = notifier() {
+        let (done, went) = sync_channel(1);
+        n.post(Msg::Stopping(done));
+        let _ = went.recv_timeout(Duration::from_secs(1));
     }
 }
 

@@ -59,7 +59,7 @@ fn the_streamer_tells_systemd_ready_watchdog_status_and_stopping() {
 
     let before = receive(&sock, Duration::from_secs(5), |_| false);
     assert_eq!(count(&before, "READY=1"), 0, "{before:?}");
-    // The loop that retries the connection feeds the watchdog (every 0.5 s).
+    // The loop that retries the connection feeds the watchdog (every 0.25 to 0.5 s).
     assert!(
         count(&before, "WATCHDOG=1") >= 4,
         "{before:?}\n{}",
@@ -118,6 +118,103 @@ fn the_streamer_tells_systemd_ready_watchdog_status_and_stopping() {
     assert!(stopping.iter().any(|l| l == "STOPPING=1"), "{stopping:?}");
     let st = wait_child(&mut child.0, Duration::from_secs(60), "lifeboat stream");
     assert!(st.success(), "{st:?}\n{}", lb.stream_log());
+}
+
+/// Messages with the time each arrived.
+fn receive_timed(sock: &UnixDatagram, d: Duration) -> Vec<(Instant, String)> {
+    let deadline = Instant::now() + d;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let at = Instant::now();
+            for l in String::from_utf8_lossy(&buf[..n]).lines() {
+                got.push((at, l.to_string()));
+            }
+        }
+    }
+    got
+}
+
+/// A provider down and the spool full: the streamer waits on the pipeline, which is no
+/// hang, so the watchdog keeps being fed (systemd would restart a service that missed it),
+/// and STATUS= says what is wrong.
+#[test]
+fn waiting_on_a_full_spool_still_feeds_the_watchdog() {
+    let pg = PgCluster::start(15, ClusterOpts::default().conf("synchronous_commit = off"));
+    let second = tempfile::tempdir().expect("tempdir");
+    let lb = Lb::for_cluster(
+        &pg,
+        &format!(
+            "[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n\n[spool]\nmax_size = \"2MiB\"\n",
+            second.path().display()
+        ),
+    );
+    let flag = lb.dir.path().join("second-is-down");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let fault = format!("second={}", flag.display());
+    let mut child = lb.spawn_stream_with(&[
+        ("NOTIFY_SOCKET", path.to_str().expect("utf-8 path")),
+        ("WATCHDOG_USEC", "2000000"),
+        ("LIFEBOAT_FAULT_INJECT", &fault),
+    ]);
+    let ready = receive(&sock, Duration::from_secs(60), |l| l == "READY=1");
+    assert!(ready.iter().any(|l| l == "READY=1"), "{ready:?}");
+
+    std::fs::write(&flag, b"down").expect("flag");
+    pg.psql("CREATE TABLE filler(id int, t text)");
+    let target = parse_lsn(&pg.current_lsn()) + 48 * 1024 * 1024;
+    while parse_lsn(&pg.current_lsn()) < target {
+        pg.psql("INSERT INTO filler SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lb
+        .stream_log()
+        .contains("the spool is full while a provider is down")
+    {
+        assert!(Instant::now() < deadline, "{}", lb.stream_log());
+        let _ = sock.recv(&mut [0u8; 4096]);
+    }
+    let msgs = receive_timed(&sock, Duration::from_secs(8));
+    let pings: Vec<Instant> = msgs
+        .iter()
+        .filter(|(_, l)| l == "WATCHDOG=1")
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(pings.len() >= 4, "{msgs:?}");
+    let gap = pings
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .expect("two pings");
+    assert!(
+        gap < Duration::from_secs(2),
+        "the watchdog went {gap:?} without a ping (WatchdogSec 2 s)"
+    );
+    let statuses: Vec<&String> = msgs
+        .iter()
+        .map(|(_, l)| l)
+        .chain(&ready)
+        .filter(|l| l.starts_with("STATUS="))
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .any(|l| l.contains("; down: second; spool ")),
+        "{statuses:?}"
+    );
+    // The provider back; from here on nobody reads the notify socket, whose queue fills
+    // within seconds: archiving must not wait on it.
+    std::fs::remove_file(&flag).expect("provider back");
+    let end = parse_lsn(&pg.switch_wal());
+    wait_archived(&pg, end, Duration::from_secs(120), &lb);
+    sigterm(&mut child.0);
+    let st = wait_child(&mut child.0, Duration::from_secs(60), "lifeboat stream");
+    assert!(st.success(), "{st:?}");
 }
 
 /// `lifeboat stream` without `NOTIFY_SOCKET` (not under systemd) is unchanged: it streams,
