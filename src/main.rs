@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use lifeboat::cmd::{self, Command, Global, LogFormat};
 
@@ -38,6 +38,12 @@ fn tune_allocator() {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
+    // Generated from the clap definitions: no configuration, logging or runtime.
+    match &cli.command {
+        Command::Completions(a) => return cmd::completions::run(a, Cli::command()),
+        Command::Man(a) => return cmd::man::run(a, Cli::command()),
+        _ => {}
+    }
     init_logging(&cli.global);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,6 +9,7 @@
 //! [`Archive::read_segment`] (see `read`).
 
 pub mod keys;
+pub mod progress;
 pub mod prune;
 pub mod read;
 pub mod summary;

@@ -368,7 +368,12 @@ pub async fn apply(archive: &Archive, report: &mut PruneReport) -> Result<()> {
         }
         // A backup whose marker stays keeps its parts: it still exists.
         let mut kept_markers: Vec<String> = Vec::new();
+        let progress = crate::archive::progress::Progress::items(
+            format!("prune {}", p.name()),
+            plan.delete.len() as u64,
+        );
         for d in &plan.delete {
+            progress.add(1, d.size);
             if d.why == Why::ExpiredPart
                 && kept_markers.iter().any(|prefix| d.key.starts_with(prefix))
             {

@@ -7,6 +7,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::archive::progress::Progress;
 use crate::archive::Archive;
 use crate::core::catalog::{
     self, AcceptedGap, BackupMeta, BackupPart, DumpMeta, ExportMeta, WalInventory, WalRange,
@@ -85,6 +86,7 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
                 catalog::ARCHIVE_META
             ));
         }
+        let progress = Progress::open(format!("verify {}", p.name()));
         let inv = archive.inventory(p.as_ref(), seg).await?;
         let mut listed = p.list("wal/").await?;
         listed.extend(p.list("history/").await?);
@@ -98,6 +100,7 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
             }
             pr.objects += 1;
             pr.bytes += m.size;
+            progress.add(1, m.size);
             let Some(b) = p.get(&m.key).await? else {
                 pr.problems
                     .push(format!("{}: listed but cannot be read", m.key));
@@ -132,8 +135,9 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
         }
         pr.wal = inv.ranges(seg);
         continuity(&inv, &pr.wal, &report.gaps, &mut pr.problems);
-        check_backups(p.as_ref(), &known, opener, &mut pr).await;
-        check_logical(p.as_ref(), opener, &mut pr).await;
+        check_backups(p.as_ref(), &known, opener, &mut pr, &progress).await;
+        check_logical(p.as_ref(), opener, &mut pr, &progress).await;
+        progress.finish();
         report.providers.push(pr);
     }
     Ok(report)
@@ -173,6 +177,7 @@ async fn check_backups(
     known: &std::collections::BTreeMap<String, BackupMeta>,
     opener: Option<&Opener>,
     pr: &mut ProviderReport,
+    progress: &Progress,
 ) {
     let listed = match p.list(catalog::BACKUPS_PREFIX).await {
         Ok(l) => l,
@@ -265,6 +270,7 @@ async fn check_backups(
             if let Some(b) = got {
                 pr.objects += 1;
                 pr.bytes += b.len() as u64;
+                progress.add(1, b.len() as u64);
                 check_part(part, &b, opener, &mut pr.problems);
             }
         }
@@ -303,6 +309,7 @@ async fn check_logical(
     p: &dyn crate::storage::ObjectStore,
     opener: Option<&Opener>,
     pr: &mut ProviderReport,
+    progress: &Progress,
 ) {
     for prefix in [catalog::DUMPS_PREFIX, catalog::EXPORTS_PREFIX] {
         let listed = match p.list(prefix).await {
@@ -368,6 +375,7 @@ async fn check_logical(
                 if let Some(b) = read(p, &part.key, &missing, &mut pr.problems).await {
                     pr.objects += 1;
                     pr.bytes += b.len() as u64;
+                    progress.add(1, b.len() as u64);
                     check_part(&part, &b, opener, &mut pr.problems);
                 }
             }

@@ -59,8 +59,50 @@ pub struct Args {
     force: bool,
 }
 
+/// What `init --json` prints: what was written and each check's outcome.
+#[derive(Default, serde::Serialize)]
+struct Report {
+    /// The identity file written (--identity-out).
+    identity: Option<PathBuf>,
+    /// The recipient the configuration encrypts to.
+    recipient: Option<String>,
+    /// The configuration file written.
+    configuration: Option<PathBuf>,
+    checks: Vec<CheckJson>,
+    /// The SQL --apply ran, each with its error if it failed.
+    applied: Vec<Applied>,
+    /// Whether the server passed every check (absent when it was not checked).
+    ready: Option<bool>,
+}
+
+#[derive(serde::Serialize)]
+struct CheckJson {
+    /// "ok", "warn" or "fail".
+    outcome: &'static str,
+    text: String,
+    hint: Option<String>,
+    fix: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Applied {
+    sql: String,
+    error: Option<String>,
+}
+
 /// `init` runs before there is a configuration: it takes the global options only.
 pub async fn run(global: &Global, a: &Args) -> Result<(), Failure> {
+    let mut report = Report::default();
+    let result = init(global, a, &mut report).await;
+    // Bad usage prints no document; a run that wrote something or checked the server does.
+    if global.json && (result.is_ok() || report.ready.is_some()) {
+        super::print_json(&report)?;
+    }
+    result
+}
+
+async fn init(global: &Global, a: &Args, report: &mut Report) -> Result<(), Failure> {
+    let json = global.json;
     let cfg_path = global
         .config
         .clone()
@@ -73,7 +115,7 @@ pub async fn run(global: &Global, a: &Args) -> Result<(), Failure> {
                 ctx.cfg.postgres.conninfo.clone()
             }
         };
-        return check_server(&conninfo, a.apply).await;
+        return check_server(&conninfo, a.apply, json, report).await;
     }
     let mut recipient = a.recipient.clone();
     if let Some(path) = &a.identity_out {
@@ -90,11 +132,14 @@ pub async fn run(global: &Global, a: &Args) -> Result<(), Failure> {
             a.force,
         )
         .map_err(|e| super::usage(format!("{e:#}")))?;
-        println!(
-            "identity: {} (mode 0600; keep it off the database host)",
-            path.display()
-        );
-        println!("recipient: {public}");
+        if !json {
+            println!(
+                "identity: {} (mode 0600; keep it off the database host)",
+                path.display()
+            );
+            println!("recipient: {public}");
+        }
+        report.identity = Some(path.clone());
         recipient.get_or_insert(public);
     }
     let Some(recipient) = recipient else {
@@ -124,14 +169,20 @@ pub async fn run(global: &Global, a: &Args) -> Result<(), Failure> {
                 "the configuration init would write is refused: {e}"
             ))
         })?;
+    report.recipient = Some(recipient.trim().to_string());
     write_new(&cfg_path, text.as_bytes(), 0o640, a.force)
         .map_err(|e| super::usage(format!("{e:#}")))?;
-    println!("configuration: {}", cfg_path.display());
-    custody(&cfg, &cfg_path, a.identity_out.is_none()).await;
-    if a.conninfo.is_some() {
-        return check_server(&conninfo, a.apply).await;
+    report.configuration = Some(cfg_path.clone());
+    if !json {
+        println!("configuration: {}", cfg_path.display());
     }
-    println!("next: lifeboat init --check (with the conninfo in the file) checks the server");
+    custody(&cfg, &cfg_path, a.identity_out.is_none(), json).await;
+    if a.conninfo.is_some() {
+        return check_server(&conninfo, a.apply, json, report).await;
+    }
+    if !json {
+        println!("next: lifeboat init --check (with the conninfo in the file) checks the server");
+    }
     Ok(())
 }
 
@@ -139,25 +190,33 @@ pub async fn run(global: &Global, a: &Args) -> Result<(), Failure> {
 /// host proves its identity against it), and on the database host (no key pair made here)
 /// an identity that decrypts the archive must not be readable. Reported, never fatal: the
 /// streamer writes the canary at start, and `keys check` repeats the search.
-async fn custody(cfg: &crate::config::Config, cfg_path: &Path, db_host: bool) {
+async fn custody(cfg: &crate::config::Config, cfg_path: &Path, db_host: bool, json: bool) {
     use crate::archive::keys::Ensured;
+    // With --json, stdout holds the one document: these lines go to stderr.
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     match super::ensure_canary(cfg, false).await {
-        Ok(Ensured::Written { key, .. }) => println!(
+        Ok(Ensured::Written { key, .. }) => say(format!(
             "canary: {key} written to the archive (on the restore host, lifeboat keys check --identity FILE proves the identity opens it)"
-        ),
-        Ok(Ensured::Present { key }) => println!("canary: {key} is in the archive"),
-        Ok(Ensured::Unchecked { reason }) => println!(
+        )),
+        Ok(Ensured::Present { key }) => say(format!("canary: {key} is in the archive")),
+        Ok(Ensured::Unchecked { reason }) => say(format!(
             "canary: not written yet ({reason}); lifeboat stream and backup write it when they start"
-        ),
-        Err(f) => println!(
+        )),
+        Err(f) => say(format!(
             "canary: not written: {}",
             format!("{:#}", f.err).replace('\n', "\n        ")
-        ),
+        )),
     }
     if db_host {
         let scan = crate::ingest::custody::scan(cfg, cfg_path);
         for f in scan.decrypting() {
-            println!("WARNING: {}", crate::ingest::custody::warning(f));
+            say(format!("WARNING: {}", crate::ingest::custody::warning(f)));
         }
     }
 }
@@ -269,7 +328,12 @@ struct Line {
     fix: Option<String>,
 }
 
-async fn check_server(conninfo: &str, apply: bool) -> Result<(), Failure> {
+async fn check_server(
+    conninfo: &str,
+    apply: bool,
+    json: bool,
+    report: &mut Report,
+) -> Result<(), Failure> {
     let params = ConnParams::parse_with_process_env(conninfo)
         .map_err(|e| super::usage(format!("--conninfo: {e}")))?;
     let mut conn = Connection::connect(&params, false).await.map_err(|e| {
@@ -289,10 +353,22 @@ async fn check_server(conninfo: &str, apply: bool) -> Result<(), Failure> {
             Outcome::Warn => "warn",
             Outcome::Fail => "FAIL",
         };
-        println!("{word}  {}", l.text);
-        if l.outcome != Outcome::Ok {
-            if let Some(h) = &l.hint {
-                println!("      hint: {h}");
+        report.checks.push(CheckJson {
+            outcome: match l.outcome {
+                Outcome::Ok => "ok",
+                Outcome::Warn => "warn",
+                Outcome::Fail => "fail",
+            },
+            text: l.text.clone(),
+            hint: l.hint.clone().filter(|_| l.outcome != Outcome::Ok),
+            fix: l.fix.clone().filter(|_| l.outcome != Outcome::Ok),
+        });
+        if !json {
+            println!("{word}  {}", l.text);
+            if l.outcome != Outcome::Ok {
+                if let Some(h) = &l.hint {
+                    println!("      hint: {h}");
+                }
             }
         }
         failed |= l.outcome == Outcome::Fail;
@@ -302,15 +378,25 @@ async fn check_server(conninfo: &str, apply: bool) -> Result<(), Failure> {
     }
     if apply && !fixes.is_empty() {
         for sql in &fixes {
-            match conn.simple_query(sql).await {
-                Ok(_) => println!("applied: {sql}"),
-                Err(e) => println!("not applied: {sql}: {e}"),
+            let error = conn.simple_query(sql).await.err().map(|e| e.to_string());
+            if !json {
+                match &error {
+                    None => println!("applied: {sql}"),
+                    Some(e) => println!("not applied: {sql}: {e}"),
+                }
             }
+            report.applied.push(Applied {
+                sql: sql.clone(),
+                error,
+            });
         }
         let _ = conn.simple_query("SELECT pg_reload_conf()").await;
-        println!("applied settings marked (restart) take effect after a server restart; run `lifeboat init --check` again");
+        if !json {
+            println!("applied settings marked (restart) take effect after a server restart; run `lifeboat init --check` again");
+        }
     }
     conn.close().await;
+    report.ready = Some(!failed);
     if failed {
         return Err(super::failed(
             "the server is not ready for lifeboat\nhint: apply the fixes above (or run init --check --apply as a superuser), then check again".to_string(),

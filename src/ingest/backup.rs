@@ -23,7 +23,6 @@
 //!   after the backup, `backup` streams that WAL itself over that connection through the
 //!   streamer's pipeline (`stream::archive_range`), as `pg_basebackup -X stream` does.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -71,7 +70,7 @@ struct Progress {
 
 impl Progress {
     fn new(total: u64) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = crate::archive::progress::bars().then(|| {
             let b = indicatif::ProgressBar::new(total.max(1));
             b.set_style(
                 indicatif::ProgressStyle::with_template(

@@ -74,8 +74,7 @@ struct Progress {
 
 impl Progress {
     fn new(what: &str) -> Progress {
-        use std::io::IsTerminal;
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = crate::archive::progress::bars().then(|| {
             let b = indicatif::ProgressBar::new_spinner();
             b.set_style(
                 indicatif::ProgressStyle::with_template(

@@ -10,6 +10,7 @@ pub mod dump;
 pub mod gap;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod parts;
 pub mod put;

@@ -400,6 +400,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
             _ = term.recv() => {}
         }
         tracing::info!("stopping: archiving what was received, then exiting");
+        crate::ingest::notify::stopping();
         let _ = stop_tx.send(true);
     });
 
@@ -414,7 +415,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
             Ok::<_, anyhow::Error>((conn, ident, seg))
         };
         let attempt = tokio::select! {
-            a = attempt => a,
+            a = crate::ingest::notify::keep_alive(attempt) => a,
             _ = stop_requested(&stop_rx) => return Ok(()),
         };
         let (mut conn, ident, seg) = match attempt {
@@ -429,6 +430,7 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                     return Err(e);
                 }
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot connect");
+                crate::ingest::notify::status(&format!("not streaming: cannot connect: {e:#}"));
                 if let Some(s) = &streamer {
                     s.write_status(false, Some(format!("cannot connect: {e:#}")));
                 }
@@ -719,7 +721,7 @@ async fn wait_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
         return true;
     }
     tokio::select! {
-        _ = tokio::time::sleep(d) => false,
+        _ = crate::ingest::notify::keep_alive(tokio::time::sleep(d)) => false,
         _ = stop.changed() => true,
     }
 }
@@ -807,6 +809,7 @@ fn write_status_file(
     let mut st = snap.lock().expect("not poisoned").clone();
     st.updated = crate::ingest::status::now();
     st.delivery = health.lock().expect("not poisoned").clone();
+    crate::ingest::notify::status(&crate::ingest::notify::status_line(&st));
     if let Err(e) = crate::ingest::status::write(spool_dir, &st) {
         tracing::debug!(error = %e, "cannot write the status file");
     }
@@ -832,6 +835,9 @@ impl Streamer {
         let Some(r) = &self.status else {
             return;
         };
+        if connected {
+            crate::ingest::notify::ready();
+        }
         let mut st = r.shared.lock().expect("not poisoned");
         st.timeline = Some(self.state.tli);
         st.received = self.state.written;
@@ -857,6 +863,7 @@ impl Streamer {
                     None => return Err(self.fail("the archiving task stopped".into())),
                 },
                 _ = tick.tick() => {
+                    crate::ingest::notify::watchdog();
                     if *self.stop.borrow() && progress.elapsed() >= STOP_PATIENCE {
                         return Err(StoppedUnfinished.into());
                     }
@@ -902,7 +909,7 @@ impl Streamer {
     async fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
         for j in jobs {
             let submitted = tokio::select! {
-                r = self.uploader.submit(j) => Some(r),
+                r = crate::ingest::notify::keep_alive(self.uploader.submit(j)) => Some(r),
                 _ = stop_patience_over(self.stop.clone()) => None,
             };
             match submitted {
@@ -1249,6 +1256,7 @@ impl Streamer {
                     }
                 }
                 _ = ticker.tick() => {
+                    crate::ingest::notify::watchdog();
                     self.check_pipeline()?;
                     if let Some(since) = self.state.pending_since {
                         if since.elapsed() >= self.max_delay {

@@ -1161,17 +1161,23 @@ async fn extract_all(
     };
     let mut fetch_done = Duration::ZERO;
     let mut feed_err = None;
+    let progress = crate::archive::progress::Progress::bytes(
+        format!("restore {}", meta.id),
+        parts.iter().map(|p| p.plain_len).sum(),
+    );
     while let Some(h) = hrx.recv().await {
         let (p, r, permit) = h.await.map_err(|e| anyhow!("fetch task failed: {e}"))?;
         match r {
             Ok(plain) => {
                 let tx = feeds.get(&p.tar).expect("tar has a feed");
+                let n = plain.len() as u64;
                 if tx.send(plain).await.is_err() {
                     // The extractor stopped: its error is reported below.
                     feed_err = Some(p.key.clone());
                     drop(permit);
                     break;
                 }
+                progress.add(1, n);
                 drop(permit);
             }
             Err(e) => {
@@ -1185,6 +1191,7 @@ async fn extract_all(
         }
         fetch_done = start.elapsed();
     }
+    progress.finish();
     driver.abort();
     feeds.clear();
     let mut seen = BTreeMap::new();
