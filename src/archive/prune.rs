@@ -174,6 +174,20 @@ pub async fn plan(
     if backups.is_empty() {
         return Err(anyhow!("the archive holds no backup, so no recovery point can be kept and nothing can be pruned safely\nhint: take one with `lifeboat backup`; prune keeps the newest backups and the WAL they need"));
     }
+    // The markers of every dump and export any provider holds.
+    let committed: std::collections::BTreeSet<String> = archive
+        .dumps()
+        .await?
+        .iter()
+        .map(|d| catalog::dump_meta_key(&d.id))
+        .chain(
+            archive
+                .exports()
+                .await?
+                .iter()
+                .map(|e| catalog::export_meta_key(&e.name, &e.id)),
+        )
+        .collect();
     let mut providers = Vec::new();
     for (i, p) in archive.mirror.providers.iter().enumerate() {
         let started = std::time::Instant::now();
@@ -181,7 +195,7 @@ pub async fn plan(
         let mut error = None;
         // The big listing (WAL) first, so it is never copied into a growing buffer. With
         // the `.tmp.` leftovers of interrupted writes (file:// hides them from `list`).
-        for prefix in ["wal/", "backups/", "history/"] {
+        for prefix in ["wal/", "backups/", "history/", "dumps/", "exports/"] {
             match p.list_with_leftovers(prefix).await {
                 Ok(objs) => {
                     // Same layout: collected in place, no second buffer of a million.
@@ -208,9 +222,18 @@ pub async fn plan(
         // Keys are unique: an unstable sort needs no buffer of its own.
         listing.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         let listed = started.elapsed();
-        let plan = error
-            .is_none()
-            .then(|| retention::plan_provider(policy, now, seg, &backups, &listing));
+        let plan = error.is_none().then(|| {
+            let mut pl = retention::plan_provider(policy, now, seg, &backups, &listing);
+            // Dumps and exports: the same tiers, each set on its own.
+            let from = listing.partition_point(|l| l.key.as_str() < catalog::DUMPS_PREFIX);
+            let to = listing.partition_point(|l| l.key.as_str() < "exports0");
+            let (copies, delete) =
+                retention::plan_copies(policy, now, &listing[from..to], &committed);
+            pl.freed += delete.iter().map(|d| d.size).sum::<u64>();
+            pl.delete.extend(delete);
+            pl.copies = copies;
+            pl
+        });
         let mut moves = Vec::new();
         if let (Some(pl), Some(Some(c))) = (&plan, cold.get(i)) {
             match p.list_classes(catalog::BACKUPS_PREFIX).await {

@@ -135,6 +135,21 @@ pub fn render(r: &PruneReport) -> String {
             count(Why::Interrupted) + count(Why::Temporary),
             fmt::size(plan.freed)
         ));
+        if !plan.copies.is_empty() || count(Why::ExpiredCopy) > 0 {
+            for k in &plan.copies {
+                s.push_str(&format!(
+                    "  keep   {:<20} {:<28} until {}\n",
+                    format!("{}/{}", k.set, k.id),
+                    tiers_text(&k.tiers),
+                    until(k.keep_until)
+                ));
+            }
+            s.push_str(&format!(
+                "  delete {} dumps and exports ({} objects)\n",
+                count(Why::ExpiredCopy),
+                count(Why::ExpiredCopy) + count(Why::ExpiredCopyPart)
+            ));
+        }
         if !plan.retain.is_empty() {
             s.push_str(&format!(
                 "  lock   {} objects of the backups the calendar tiers keep, until their keep-until dates (where the provider has Object Lock)\n",

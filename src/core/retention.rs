@@ -121,6 +121,10 @@ pub enum Why {
     Superseded,
     /// A `.tmp.` leftover of an interrupted write, older than the grace period.
     Temporary,
+    /// The commit marker of a dump or an export no rule keeps: deleted first.
+    ExpiredCopy,
+    /// A part of a dump or an export no rule keeps, after its marker.
+    ExpiredCopyPart,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -155,6 +159,173 @@ pub struct ProviderPlan {
     /// write times): a group recorded as reached with the same digest needs no request.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retain_groups: Vec<RetainGroup>,
+    /// The dumps and exports kept (their deletions are in `delete`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<KeptCopy>,
+}
+
+/// A kept logical copy: a dump (`set` = "dumps") or an export (`set` = "exports/NAME").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptCopy {
+    pub set: String,
+    pub id: String,
+    pub tiers: Vec<Tier>,
+    pub keep_until: Option<Timestamp>,
+}
+
+/// A copy's marker key (when listed) and its objects.
+type CopyObjects<'a> = (Option<String>, Vec<&'a Listed>);
+
+/// The logical copies (dumps, and each export name's puts) by the same tiers as backups:
+/// every copy inside the PITR window, the newest `min_backups`, the first of each day, week
+/// and month while its tier lasts. `listing` is this provider's `dumps/` and `exports/`
+/// objects, sorted by key; `committed` the marker keys any provider holds (a copy whose
+/// marker is elsewhere is not a leftover here). Returns what is kept and what to delete:
+/// each expired copy's marker first, then its parts; parts of a copy that never committed,
+/// once older than the grace period.
+pub fn plan_copies(
+    policy: &Policy,
+    now: Timestamp,
+    listing: &[Listed],
+    committed: &BTreeSet<String>,
+) -> (Vec<KeptCopy>, Vec<Deletion>) {
+    // (set, id) -> (marker key, objects)
+    let mut groups: BTreeMap<(String, String), CopyObjects> = BTreeMap::new();
+    // (`.tmp.` leftovers are the `Temporary` sweep's, after the grace period.)
+    for l in listing.iter().filter(|l| !l.key.contains(".tmp.")) {
+        let (set, id, meta) = if let Some(rest) = l.key.strip_prefix(catalog::DUMPS_PREFIX) {
+            let Some((id, _)) = rest.split_once('/') else {
+                continue;
+            };
+            ("dumps".to_string(), id, catalog::dump_meta_key(id))
+        } else if let Some(rest) = l.key.strip_prefix(catalog::EXPORTS_PREFIX) {
+            let mut it = rest.splitn(3, '/');
+            let (Some(name), Some(id), Some(_)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            (
+                format!("exports/{name}"),
+                id,
+                catalog::export_meta_key(name, id),
+            )
+        } else {
+            continue;
+        };
+        let g = groups.entry((set, id.to_string())).or_default();
+        if l.key == meta {
+            g.0 = Some(meta);
+        }
+        g.1.push(l);
+    }
+    let window_start = Timestamp(now.0 - i64::from(policy.pitr_days) * DAY);
+    let grace_start = Timestamp(now.0.saturating_sub(policy.grace));
+    let mut kept: BTreeMap<(String, String), KeptCopy> = BTreeMap::new();
+    // Each set on its own: its committed copies, oldest first.
+    let mut sets: BTreeMap<&str, Vec<(&str, Timestamp)>> = BTreeMap::new();
+    for ((set, id), (meta, _)) in &groups {
+        if let (Some(_), Some(t)) = (meta, backup_id_time(id)) {
+            sets.entry(set).or_default().push((id, t));
+        }
+    }
+    for (set, mut copies) in sets {
+        copies.sort_by_key(|c| (c.1, c.0));
+        let mut keep = |id: &str, tier: Tier, until: Option<Timestamp>| {
+            let k = kept
+                .entry((set.to_string(), id.to_string()))
+                .or_insert_with(|| KeptCopy {
+                    set: set.to_string(),
+                    id: id.to_string(),
+                    tiers: Vec::new(),
+                    keep_until: None,
+                });
+            if !k.tiers.contains(&tier) {
+                k.tiers.push(tier);
+                k.tiers.sort();
+            }
+            if let Some(u) = until {
+                k.keep_until = Some(k.keep_until.map_or(u, |x| x.max(u)));
+            }
+        };
+        for (id, t) in &copies {
+            if *t >= window_start {
+                keep(id, Tier::Pitr, None);
+            }
+        }
+        for (id, _) in copies.iter().rev().take(policy.min_backups as usize) {
+            keep(id, Tier::Newest, None);
+        }
+        let mut first_of: BTreeMap<(u8, i64), &str> = BTreeMap::new();
+        for (id, t) in &copies {
+            let d = day_of(*t);
+            for bucket in [(0u8, d), (1, week_of(d)), (2, month_of(d))] {
+                first_of.entry(bucket).or_insert(id);
+            }
+        }
+        for ((tier, start), id) in first_of {
+            let (tier, until) = match tier {
+                0 => (Tier::Daily, at_day(start + i64::from(policy.daily_days))),
+                1 => (
+                    Tier::Weekly,
+                    at_day(start + 7 * i64::from(policy.weekly_weeks)),
+                ),
+                _ => (
+                    Tier::Monthly,
+                    at_day(add_months(start, policy.monthly_months)),
+                ),
+            };
+            if until > now {
+                keep(id, tier, Some(until));
+            }
+        }
+    }
+    let mut delete = Vec::new();
+    for ((set, id), (meta, objects)) in &groups {
+        if kept.contains_key(&(set.clone(), id.clone())) {
+            continue;
+        }
+        match meta {
+            Some(meta) => {
+                // Marker first: a crash after it leaves parts that read as a leftover.
+                let m = objects.iter().find(|l| &l.key == meta).expect("listed");
+                delete.push(Deletion {
+                    key: meta.clone(),
+                    size: m.size,
+                    why: Why::ExpiredCopy,
+                });
+                for l in objects.iter().filter(|l| &l.key != meta) {
+                    delete.push(Deletion {
+                        key: l.key.clone(),
+                        size: l.size,
+                        why: Why::ExpiredCopyPart,
+                    });
+                }
+            }
+            None => {
+                // Never committed here: a leftover once nothing of it is recent, unless a
+                // marker exists on another provider (then it is a copy to repair, not junk).
+                let marker = if set == "dumps" {
+                    catalog::dump_meta_key(id)
+                } else {
+                    catalog::export_meta_key(set.trim_start_matches("exports/"), id)
+                };
+                let newest = objects.iter().filter_map(|l| l.modified).max();
+                let started = backup_id_time(id);
+                if !committed.contains(&marker)
+                    && started.is_some_and(|t| t <= grace_start)
+                    && newest.map_or(true, |w| w <= grace_start)
+                {
+                    for l in objects {
+                        delete.push(Deletion {
+                            key: l.key.clone(),
+                            size: l.size,
+                            why: Why::Interrupted,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    (kept.into_values().collect(), delete)
 }
 
 /// A lock group: a backup's objects (or the history files), its date and its digest.
@@ -544,6 +715,7 @@ pub fn plan_provider<'a>(
         freed,
         retain,
         retain_groups,
+        copies: Vec::new(),
     }
 }
 
@@ -1330,5 +1502,124 @@ mod tests {
             at_day(add_months(day_of(Timestamp(T0)), 13)).rfc3339(),
             "2027-02-01T00:00:00Z"
         );
+    }
+
+    /// Dumps and exports by the strategy's tiers: a year of daily dumps keeps the window,
+    /// the dailies, weeklies and monthlies; markers go before parts; a copy that never
+    /// committed is swept after the grace period unless another provider has its marker.
+    #[test]
+    fn logical_copies_follow_the_tiers() {
+        let policy = Policy::strategy();
+        let now = Timestamp::parse_utc("2026-12-01T12:00:00Z").unwrap();
+        let id = |days_ago: i64| {
+            let t = Timestamp(now.0 - days_ago * DAY - 6 * 3_600_000_000);
+            let secs = t.0 / 1_000_000;
+            let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+            let r = secs.rem_euclid(86_400);
+            format!(
+                "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+                r / 3600,
+                r / 60 % 60,
+                r % 60
+            )
+        };
+        let mut listing = Vec::new();
+        for ago in 0..365 {
+            let i = id(ago);
+            listing.push(Listed {
+                key: format!("dumps/{i}/db-0.dump.000000"),
+                size: 100,
+                modified: None,
+            });
+            listing.push(Listed {
+                key: catalog::dump_meta_key(&i),
+                size: 1,
+                modified: None,
+            });
+        }
+        // An export put twice today and once 40 days ago; a put that never committed.
+        for ago in [0, 0, 40] {
+            let i = if ago == 0
+                && listing
+                    .iter()
+                    .any(|l| l.key.starts_with("exports/ghost/") && l.key.contains(&id(0)))
+            {
+                format!("{}-2", id(0))
+            } else {
+                id(ago)
+            };
+            listing.push(Listed {
+                key: format!("exports/ghost/{i}/data.000000"),
+                size: 7,
+                modified: None,
+            });
+            listing.push(Listed {
+                key: catalog::export_meta_key("ghost", &i),
+                size: 1,
+                modified: None,
+            });
+        }
+        let stale = id(3);
+        listing.push(Listed {
+            key: format!("exports/site/{stale}/data.000000"),
+            size: 5,
+            modified: Some(Timestamp(now.0 - 3 * DAY)),
+        });
+        let elsewhere = id(4);
+        listing.push(Listed {
+            key: format!("exports/site/{elsewhere}/data.000000"),
+            size: 5,
+            modified: Some(Timestamp(now.0 - 4 * DAY)),
+        });
+        listing.sort_by(|a, b| a.key.cmp(&b.key));
+        let committed: BTreeSet<String> = [catalog::export_meta_key("site", &elsewhere)].into();
+        let (kept, delete) = plan_copies(&policy, now, &listing, &committed);
+        let dumps: Vec<&KeptCopy> = kept.iter().filter(|k| k.set == "dumps").collect();
+        // 7 days of window (8 calendar days touched), 30 dailies, weeklies for the year,
+        // monthlies for the year: every daily of the last 30 days, then one a week.
+        assert!(dumps
+            .iter()
+            .any(|k| k.id == id(0) && k.tiers.contains(&Tier::Pitr)));
+        assert!(dumps
+            .iter()
+            .any(|k| k.id == id(29) && k.tiers.contains(&Tier::Daily)));
+        assert!(!dumps
+            .iter()
+            .any(|k| k.id == id(31) && k.tiers == vec![Tier::Daily]));
+        let older: Vec<&&KeptCopy> = dumps
+            .iter()
+            .filter(|k| backup_id_time(&k.id).unwrap().0 < now.0 - 40 * DAY)
+            .collect();
+        assert!(older.iter().all(|k| k
+            .tiers
+            .iter()
+            .any(|t| matches!(t, Tier::Weekly | Tier::Monthly))));
+        assert!(older.len() >= 40 && older.len() <= 60, "{}", older.len());
+        // Every committed dump is either kept or deleted, marker before parts.
+        for ago in 0..365 {
+            let i = id(ago);
+            let k = dumps.iter().any(|k| k.id == i);
+            let m = delete
+                .iter()
+                .position(|d| d.key == catalog::dump_meta_key(&i));
+            let p = delete
+                .iter()
+                .position(|d| d.key == format!("dumps/{i}/db-0.dump.000000"));
+            assert_eq!(k, m.is_none(), "{i}");
+            assert_eq!(m.is_some(), p.is_some(), "{i}");
+            if let (Some(m), Some(p)) = (m, p) {
+                assert!(m < p);
+                assert_eq!(delete[m].why, Why::ExpiredCopy);
+                assert_eq!(delete[p].why, Why::ExpiredCopyPart);
+            }
+        }
+        // Exports: each name its own set; all three ghost puts kept (window + monthly).
+        assert_eq!(kept.iter().filter(|k| k.set == "exports/ghost").count(), 3);
+        // The put that never committed is swept; the one committed elsewhere is not.
+        assert!(delete
+            .iter()
+            .any(|d| d.key == format!("exports/site/{stale}/data.000000")
+                && d.why == Why::Interrupted));
+        assert!(!delete.iter().any(|d| d.key.contains(&elsewhere)));
     }
 }

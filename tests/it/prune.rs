@@ -66,6 +66,29 @@ fn prune_keeps_the_window_and_deletes_the_rest_in_order() {
     let ids = backup_ids(&lb);
     assert_eq!(ids.len(), 2, "{ids:?}");
     let (old, new) = (ids[0].clone(), ids[1].clone());
+    // Logical copies by the same policy: a dump, and an export put twice (each set keeps
+    // its newest; the older put goes, marker first).
+    pg.psql("GRANT pg_read_all_data TO lifeboat");
+    expect_success(&lb.run(&["dump"], Duration::from_secs(600)), "dump");
+    let export = lb.dir.path().join("ghost.json");
+    std::fs::write(&export, b"{\"posts\": []}").unwrap();
+    for _ in 0..2 {
+        expect_success(
+            &lb.run(
+                &["put", "ghost", export.to_str().unwrap()],
+                Duration::from_secs(60),
+            ),
+            "put",
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let puts: Vec<String> = lb.list_json()["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(puts.len(), 2, "{puts:?}");
     // Leftovers of writes a crash interrupted (hidden from every reader), one inside the
     // backup that stays: swept once older than the grace period (the plan's now is 3 days on).
     let leftovers = [
@@ -89,6 +112,14 @@ fn prune_keeps_the_window_and_deletes_the_rest_in_order() {
         "{dry}"
     );
     assert!(dry.contains("delete 1 backups ("), "{dry}");
+    assert!(
+        dry.contains(&format!("keep   exports/ghost/{} newest", puts[1])),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("delete 1 dumps and exports (2 objects)"),
+        "{dry}"
+    );
     assert!(dry.contains("dry run: nothing was deleted"), "{dry}");
     assert_eq!(backup_ids(&lb), ids);
     assert_eq!(lb.archive_files("wal/"), wal_before);
@@ -139,6 +170,40 @@ fn prune_keeps_the_window_and_deletes_the_rest_in_order() {
         );
     }
     assert_eq!(backup_ids(&lb), vec![new.clone()]);
+    let after = lb.list_json();
+    assert_eq!(after["dumps"].as_array().unwrap().len(), 1, "{after}");
+    let left: Vec<&str> = after["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, vec![puts[1].as_str()]);
+    let gone = done["providers"][0]["plan"]["delete"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["key"].as_str().unwrap().starts_with("exports/"))
+        .map(|d| {
+            (
+                d["key"].as_str().unwrap().to_string(),
+                d["why"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        gone[0],
+        (
+            format!("exports/ghost/{}/export.json", puts[0]),
+            "expired_copy".to_string()
+        ),
+        "{gone:?}"
+    );
+    assert!(
+        gone[1..].iter().all(|g| g.1 == "expired_copy_part"
+            && g.0.starts_with(&format!("exports/ghost/{}/", puts[0]))),
+        "{gone:?}"
+    );
     let mut swept: Vec<&str> = done["providers"][0]["plan"]["delete"]
         .as_array()
         .unwrap()
