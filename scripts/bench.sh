@@ -602,9 +602,9 @@ bench_dump() {
     "[encryption]" "recipients = [\"$rcpt\"]" "[wal]" "spool_dir = \"$WORK/spool\"" \
     "[backup]" "compression_level = 3" \
     "[[storage]]" "name = \"local\"" "url = \"file://$WORK/arch\"" > "$WORK/lb.toml"
-  local lb_t=() lb_m=() sh_t=() sh_m=() gz_t=() t m u s
+  local lb_t=() lb_m=() sh_t=() sh_m=() gz_t=() fd_t=() t m u s
   for i in $(seq 1 "$rounds"); do
-    rm -rf "$WORK/arch" "$WORK/pipe.age"; sync
+    rm -rf "$WORK/arch" "$WORK/pipe.age" "$WORK/fd"; sync
     /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" -q dump --db postgres --pg-bin "$BIN" >/dev/null 2>"$WORK/lb.err" \
       || { cat "$WORK/lb.err"; exit 1; }
     read -r t m u s < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
@@ -617,6 +617,13 @@ bench_dump() {
     /usr/bin/time -f "%e %M" -o "$WORK/t" bash -c "set -o pipefail; '$BIN/pg_dump' -h 127.0.0.1 -p $PORT -U postgres -Fc postgres | zstd -3 -q | age -r '$rcpt' > '$WORK/pipe.age'"
     read -r t m < "$WORK/t"; gz_t+=("$t")
     echo "round $i pg_dump -Fc | zstd -3 | age (pg_dump's default gzip too):                  ${t}s, stored $(du -sm "$WORK/pipe.age" | cut -f1) MiB"
+    rm -f "$WORK/pipe.age"; sync
+    # The parallel peer: directory format, 2 jobs (one a core here), its default gzip,
+    # then tar | age to have one encrypted file (what the pipeline would ship).
+    /usr/bin/time -f "%e %M" -o "$WORK/t" bash -c "set -o pipefail; '$BIN/pg_dump' -h 127.0.0.1 -p $PORT -U postgres -Fd -j 2 -f '$WORK/fd' postgres && tar -C '$WORK/fd' -cf - . | age -r '$rcpt' > '$WORK/pipe.age'"
+    read -r t m < "$WORK/t"; fd_t+=("$t")
+    echo "round $i pg_dump -Fd -j 2 (gzip) && tar | age:                                     ${t}s, stored $(du -sm "$WORK/pipe.age" | cut -f1) MiB"
+    rm -rf "$WORK/fd" "$WORK/pipe.age"
   done
   python3 -c '
 import statistics, sys
@@ -629,7 +636,10 @@ print(f"  pg_dump | zstd | age       {statistics.median(sh):7.2f} s")
 print(f"  ratio lifeboat/pipeline    {statistics.median(ratios):.2f}x (median of the per-round ratios)")
 gz = [float(x) for x in sys.argv[5].split()]
 print(f"  pg_dump -Fc (gzip) | zstd | age {statistics.median(gz):7.2f} s, ratio lifeboat/it {statistics.median([a / b for a, b in zip(lb, gz)]):.2f}x")
-' "${lb_t[*]}" "${sh_t[*]}" "${lb_m[*]}" "$size" "${gz_t[*]}"
+fd = [float(x) for x in sys.argv[6].split()]
+r = [a / b for a, b in zip(lb, fd)]
+print(f"  pg_dump -Fd -j 2 && tar | age   {statistics.median(fd):7.2f} s, ratio lifeboat/it {statistics.median(r):.2f}x (best {min(r):.2f}x)")
+' "${lb_t[*]}" "${sh_t[*]}" "${lb_m[*]}" "$size" "${gz_t[*]}" "${fd_t[*]}"
 }
 
 case "$WHAT" in
