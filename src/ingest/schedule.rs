@@ -410,44 +410,66 @@ async fn run_job(
     })
 }
 
-/// `<spool>/backup.lock`, held while a base backup runs on this host (released by the
-/// kernel when the process ends, even by kill -9).
+/// `<spool>/backup.lock`, held while a base backup runs on this host (the lock is released
+/// by the kernel when the process ends, even by kill -9). The file is removed when the
+/// backup ends, so a spool holds nothing of a finished backup: a taker checks, once it has
+/// the lock, that the path still names the file it locked (else a remover got there first,
+/// and it tries again).
 pub struct BackupLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+    path: PathBuf,
 }
 
 impl BackupLock {
     pub fn take(spool_dir: &Path) -> Result<BackupLock> {
         use std::io::{Read, Seek, Write};
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
         std::fs::create_dir_all(spool_dir)
             .with_context(|| format!("cannot create spool directory {}", spool_dir.display()))?;
         let path = spool_dir.join("backup.lock");
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: flock(2) on a descriptor this function owns.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let mut held = String::new();
-            let _ = f.read_to_string(&mut held);
-            anyhow::bail!(
-                "a base backup is already running on this host ({})\nhint: wait for it to end (`lifeboat status`); the schedule and `lifeboat backup` never run two at once",
-                held.trim()
+        loop {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: flock(2) on a descriptor this function owns.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r != 0 {
+                let mut held = String::new();
+                let _ = f.read_to_string(&mut held);
+                anyhow::bail!(
+                    "a base backup is already running on this host ({})\nhint: wait for it to end (`lifeboat status`); the schedule and `lifeboat backup` never run two at once",
+                    held.trim()
+                );
+            }
+            let same = match (f.metadata(), std::fs::metadata(&path)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if !same {
+                continue; // removed by the holder that just finished: take the new one
+            }
+            let _ = f.set_len(0);
+            let _ = f.seek(std::io::SeekFrom::Start(0));
+            let _ = write!(
+                f,
+                "pid {}, started {}",
+                std::process::id(),
+                Timestamp::from_system_time(std::time::SystemTime::now()).rfc3339()
             );
+            return Ok(BackupLock { file: f, path });
         }
-        let _ = f.set_len(0);
-        let _ = f.seek(std::io::SeekFrom::Start(0));
-        let _ = write!(
-            f,
-            "pid {}, started {}",
-            std::process::id(),
-            Timestamp::from_system_time(std::time::SystemTime::now()).rfc3339()
-        );
-        Ok(BackupLock { _file: f })
+    }
+}
+
+impl Drop for BackupLock {
+    fn drop(&mut self) {
+        // Removed while still locked; the lock goes with the descriptor, after this.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
     }
 }
