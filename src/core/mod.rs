@@ -10,4 +10,5 @@ pub mod fmt;
 pub mod ledger;
 pub mod plan;
 pub mod retention;
+pub mod sqlite;
 pub mod wal;
