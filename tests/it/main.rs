@@ -23,4 +23,5 @@ mod prune;
 mod restore;
 mod s3;
 mod slots;
+mod sqlite;
 mod stream;
