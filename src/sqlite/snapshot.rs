@@ -117,8 +117,6 @@ fn read_pages(
     )
     .with_context(|| format!("sqlite \"{name}\": opening {} read-only", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // A small page cache: the pages are read once, in order.
-    conn.execute_batch("PRAGMA cache_size = -2048;")?;
     let locked = |e: rusqlite::Error| {
         if matches!(
             e.sqlite_error_code(),
@@ -134,6 +132,9 @@ fn read_pages(
             anyhow!("sqlite \"{name}\": reading {}: {e}", path.display())
         }
     };
+    // A small page cache: the pages are read once, in order.
+    conn.execute_batch("PRAGMA cache_size = -2048;")
+        .map_err(locked)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(locked)?;

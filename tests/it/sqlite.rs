@@ -609,6 +609,19 @@ fn kill9_mid_snapshot_leaves_no_snapshot() {
     }
     kill9(&mut child);
     assert_eq!(h.list("big").len(), 1, "the killed snapshot is visible");
+    // verify: the committed snapshot checks out; the killed one's parts are listed as
+    // unreferenced, not failed.
+    let out = h.run(&["--json", "verify", "--full"]);
+    let rep = json_of(&out);
+    assert!(out.status.success(), "{rep}");
+    assert_eq!(rep["providers"][0]["sqlite_snapshots"], 1, "{rep}");
+    assert!(
+        !rep["providers"][0]["unreferenced"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{rep}"
+    );
     // The interrupted snapshot never became a base: the next is a delta on the first.
     let s = h.snapshot("big");
     assert_eq!(s["kind"], "delta");
@@ -680,4 +693,60 @@ fn snapshots_on_both_s3_servers_restore_and_drill() {
     let rep = json_of(&out);
     assert_eq!(rep["ok"], false);
     assert_eq!(rep["checks"][0][1], "false (0)", "{rep}");
+}
+
+/// A database locked by its application (locking_mode=EXCLUSIVE) fails with its message
+/// after the busy timeout while the others are snapshotted; a database file replaced by
+/// another between snapshots is snapshotted and restored as the new file.
+#[test]
+fn a_locked_database_fails_alone_and_a_replaced_one_restores() {
+    let h = Host::new(&[("locked", ""), ("swap", "")], None);
+    let swap = h.db("swap");
+    {
+        let c = open_wal(&swap);
+        c.execute_batch("CREATE TABLE old(v BLOB)").unwrap();
+        for _ in 0..300 {
+            c.execute("INSERT INTO old VALUES (randomblob(500))", [])
+                .unwrap();
+        }
+    }
+    let first = h.snapshot("swap");
+    // Another database takes its place (as a deploy that ships a new file would do).
+    let other = h.dir.path().join("other.db");
+    {
+        let c = open_wal(&other);
+        c.execute_batch("CREATE TABLE new(id INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        for i in 0..3000 {
+            c.execute("INSERT INTO new VALUES (?1, hex(randomblob(50)))", [i])
+                .unwrap();
+        }
+    }
+    std::fs::rename(&other, &swap).unwrap();
+    let locked = h.db("locked");
+    let app = open_wal(&locked);
+    app.execute_batch(
+        "CREATE TABLE t(x); PRAGMA locking_mode=EXCLUSIVE; BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT;",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = h.run(&["sqlite", "snapshot"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    assert_eq!(
+        first_error_line(&out),
+        format!("error: sqlite \"locked\": {} is locked (waited 10s for a read transaction): database is locked\nhint: an application holding an exclusive lock (locking_mode=EXCLUSIVE) blocks readers; the next snapshot tries again", locked.display())
+    );
+    drop(app);
+    let list = h.list("swap");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["id"], first["id"]);
+    let id = list[1]["id"].as_str().unwrap();
+    let restored = h.restore("swap", id);
+    assert!(std::fs::read(&restored).unwrap() == oracle_image(&swap, &h.dir.path().join("o")));
+    let c = Connection::open(&restored).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM new", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 3000);
 }
