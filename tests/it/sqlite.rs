@@ -750,3 +750,53 @@ fn a_locked_database_fails_alone_and_a_replaced_one_restores() {
         .unwrap();
     assert_eq!(n, 3000);
 }
+
+/// A provider down during a snapshot (the fault wrapper fails its every operation): the
+/// snapshot fails and leaves none, on either provider; once it is back, the next one is a
+/// delta on the last stored snapshot and restores byte for byte.
+#[test]
+fn a_provider_outage_fails_the_snapshot_and_leaves_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let storage = format!(
+        "[[storage]]\nname = \"a\"\nurl = \"file://{}\"\n\n[[storage]]\nname = \"b\"\nurl = \"file://{}\"\n",
+        a.display(),
+        b.display()
+    );
+    let h = Host::new(&[("app", "")], Some(&storage));
+    let db = h.db("app");
+    let c = open_wal(&db);
+    c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+    for _ in 0..400 {
+        c.execute("INSERT INTO t VALUES (randomblob(3000))", [])
+            .unwrap();
+    }
+    let first = h.snapshot("app");
+    c.execute_batch("UPDATE t SET v = randomblob(3000) WHERE rowid < 10")
+        .unwrap();
+    let flag = dir.path().join("down");
+    std::fs::write(&flag, "").unwrap();
+    let mut cmd = h.cmd(&["sqlite", "snapshot", "app"]);
+    cmd.env("LIFEBOAT_FAULT_INJECT", format!("b={}", flag.display()));
+    let out = run_timeout(&mut cmd, T, None).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        first_error_line(&out).starts_with("error: "),
+        "{}",
+        stderr_of(&out)
+    );
+    std::fs::remove_file(&flag).unwrap();
+    assert_eq!(h.list("app").len(), 1, "a failed snapshot is visible");
+    for root in [&a, &b] {
+        let metas: Vec<String> = files(root)
+            .into_iter()
+            .filter(|f| f.ends_with("snapshot.json"))
+            .collect();
+        assert_eq!(metas.len(), 1, "{}: {metas:?}", root.display());
+    }
+    let next = h.snapshot("app");
+    assert_eq!(next["kind"], "delta");
+    assert_eq!(next["base"], first["id"]);
+    let restored = h.restore("app", next["id"].as_str().unwrap());
+    assert!(std::fs::read(restored).unwrap() == oracle_image(&db, &h.dir.path().join("o")));
+}
