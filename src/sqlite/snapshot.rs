@@ -375,11 +375,15 @@ pub async fn run(
         .await
         .map_err(|e| anyhow!("the reading task failed: {e}"));
     let outcome = async {
+        let storing = || format!("sqlite \"{name}\": storing snapshot {id}");
         // The writer's own error first: a stopped writer also stops the reader.
-        pushed?;
+        pushed.with_context(storing)?;
         let (read, _page1) = read??;
-        writer.end_tar().await?;
-        let parts = writer.finish(&[PAGES_STREAM.to_string()]).await?;
+        writer.end_tar().await.with_context(storing)?;
+        let parts = writer
+            .finish(&[PAGES_STREAM.to_string()])
+            .await
+            .with_context(storing)?;
         Ok::<_, anyhow::Error>((read, parts))
     }
     .await;
@@ -433,7 +437,9 @@ pub async fn run(
     {
         cleanup(&archive.mirror, &name, &id).await;
         let _ = std::fs::remove_file(&pages_tmp);
-        return Err(e.into());
+        return Err(anyhow::Error::from(e).context(format!(
+            "sqlite \"{name}\": storing snapshot {id}'s snapshot.json"
+        )));
     }
     // The snapshot exists: the page hashes on this host now describe it.
     let st = LocalState {
