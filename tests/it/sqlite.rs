@@ -800,3 +800,59 @@ fn a_provider_outage_fails_the_snapshot_and_leaves_none() {
     let restored = h.restore("app", next["id"].as_str().unwrap());
     assert!(std::fs::read(restored).unwrap() == oracle_image(&db, &h.dir.path().join("o")));
 }
+
+/// A snapshot whose read transaction lets the WAL grow past `wal_budget` is abandoned
+/// with its message, and leaves no snapshot; the writer is never blocked.
+#[test]
+fn a_snapshot_past_its_wal_budget_is_abandoned() {
+    let h = Host::new(&[("busy", "wal_budget = \"2MiB\"")], None);
+    let db = h.db("busy");
+    {
+        let c = open_wal(&db);
+        c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for _ in 0..600 {
+            tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let c = Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::ZERO).unwrap();
+            // Fast commits: the WAL must outgrow the budget within the snapshot.
+            c.execute_batch("PRAGMA synchronous = OFF").unwrap();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = c.execute("INSERT INTO t VALUES (randomblob(50000))", []) {
+                    errors.push(e.to_string());
+                }
+            }
+            errors
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let out = h.run(&["sqlite", "snapshot", "busy"]);
+    stop.store(true, Ordering::Relaxed);
+    let errors = writer.join().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let e = first_error_line(&out);
+    let want = format!(
+        "error: sqlite \"busy\": snapshot abandoned: the WAL of {} grew by ",
+        db.display()
+    );
+    assert!(
+        e.starts_with(&want)
+            && e.ends_with("while the snapshot held its read transaction (wal_budget 2MB)\nhint: raise sqlite.wal_budget, or snapshot when the database is less busy"),
+        "{e}"
+    );
+    assert!(h.list("busy").is_empty());
+}
