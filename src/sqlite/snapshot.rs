@@ -36,6 +36,10 @@ use crate::pipeline::Sealer;
 use crate::storage::{durable, Mirror};
 
 const CHUNK: usize = 256 << 10;
+/// Parts of SQLite snapshots are at most this big (`backup.part_size` when smaller): the
+/// part writer holds about (cores + 2) of them, and a host of small services should keep a
+/// snapshot's memory under 64 MiB (4 MiB parts: 59 MiB peak RSS against 79 MiB with 8 MiB).
+const MAX_PART: usize = 4 << 20;
 
 fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
@@ -354,7 +358,7 @@ pub async fn run(
         archive.mirror.clone(),
         sealer,
         sqlite::snapshot_prefix(&name, &id),
-        cfg.backup_part_size(),
+        cfg.backup_part_size().min(MAX_PART),
     );
     writer.begin_tar(PAGES_STREAM.to_string()).await?;
     let tmp_state = state_dir.join(format!("{name}.pages.tmp"));
