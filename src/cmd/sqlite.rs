@@ -173,7 +173,7 @@ async fn snapshot_cmd(ctx: &Ctx<'_>, names: &[String], full: bool) -> Result<(),
             Ok((m, why)) => {
                 if !ctx.json() {
                     println!(
-                        "sqlite {} {}: {} ({why}), as of {}: {} of {} pages stored in {} runs ({}), {} in the archive, quick_check ok",
+                        "sqlite {} {}: {} ({why}), as of {}: {} of {} pages stored in {} run{} ({}), {} in the archive, quick_check ok",
                         m.name,
                         m.id,
                         match m.kind {
@@ -184,6 +184,7 @@ async fn snapshot_cmd(ctx: &Ctx<'_>, names: &[String], full: bool) -> Result<(),
                         m.pages_stored(),
                         m.page_count,
                         m.runs.len(),
+                        if m.runs.len() == 1 { "" } else { "s" },
                         fmt::size(m.plain_size),
                         fmt::size(m.stored_size),
                     );
