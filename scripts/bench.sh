@@ -9,6 +9,8 @@
 #                               # of ~1 GiB through wal-fetch with and without prefetch
 #   scripts/bench.sh dump       # lifeboat dump vs pg_dump -Fc -Z0 | zstd -3 | age, same database;
 #                               # 3 alternating rounds, median ratio, peak RSS
+#   scripts/bench.sh sqlite     # lifeboat sqlite snapshot vs sqlite3 .backup | zstd | age under a
+#                               # writer (scripts/bench-sqlite.sh; needs no PostgreSQL)
 #   scripts/bench.sh prune      # prune over a synthetic file:// archive of 7 years of daily
 #                               # backups and ~1 million WAL objects: plan, delete, plan again
 #
@@ -19,6 +21,7 @@
 #      in the same rounds on the same data: an A/B of two builds on one quiet machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[[ "${1:-}" == sqlite ]] && exec bash scripts/bench-sqlite.sh
 source scripts/lib.sh
 WHAT="${1:-stream}"
 MAJOR="${LIFEBOAT_BENCH_MAJOR:-15}"

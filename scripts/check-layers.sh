@@ -15,7 +15,8 @@ declare -A may=(
   [archive]="core pg storage pipeline config archive"
   [ingest]="core pg storage pipeline config archive ingest"
   [restore]="core pg storage pipeline config archive restore"
-  [cmd]="core pg storage pipeline config archive ingest restore cmd"
+  [sqlite]="core pg storage pipeline config archive ingest restore sqlite"
+  [cmd]="core pg storage pipeline config archive ingest restore sqlite cmd"
 )
 bad=0
 for layer in "${!may[@]}"; do

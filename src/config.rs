@@ -38,6 +38,13 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint of the daemon (off unless `listen` is set).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[[sqlite]]`: SQLite databases snapshotted by `lifeboat sqlite snapshot`.
+    #[serde(default)]
+    pub sqlite: Vec<SqliteConfig>,
+    /// Whether the file has a `[postgres]` section (a host of SQLite databases only has
+    /// none, and commands that need PostgreSQL then say so).
+    #[serde(skip)]
+    pub has_postgres: bool,
 }
 
 /// `[metrics]`: where `stream` (and `schedule --run`) serve Prometheus metrics.
@@ -155,6 +162,46 @@ fn schedule_backup_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D:
             return Err(bad());
         }
         Ok(Some(h * 3600 + m * 60))
+    })
+}
+
+/// `[[sqlite]]`: one SQLite database in WAL mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteConfig {
+    /// Its name in the archive (`sqlite/<NAME>/`).
+    pub name: String,
+    pub path: PathBuf,
+    /// SQL run by `lifeboat sqlite drill` on the restored copy: every statement must
+    /// return one row whose first column is true (1).
+    pub check_sql: Option<String>,
+    /// A full snapshot after this many deltas (default 24).
+    #[serde(default = "default_full_every")]
+    pub full_every: u32,
+    /// A full snapshot once the deltas since the last full one hold more than this
+    /// fraction of the database's pages (default 0.5).
+    #[serde(default = "default_max_delta_fraction")]
+    pub max_delta_fraction: f64,
+    /// A snapshot is abandoned when the database's WAL grows by more than this while the
+    /// snapshot's read transaction pins it (default 1GiB).
+    #[serde(default = "default_wal_budget", deserialize_with = "sqlite_wal_budget")]
+    pub wal_budget: ByteSize,
+}
+
+fn default_full_every() -> u32 {
+    24
+}
+fn default_max_delta_fraction() -> f64 {
+    0.5
+}
+fn default_wal_budget() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+fn sqlite_wal_budget<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+    typed(d, "sqlite.wal_budget", |s| {
+        s.parse()
+            .map_err(|m| (m, "write a size like \"1GiB\" or \"256MB\""))
     })
 }
 
@@ -507,6 +554,10 @@ impl Config {
                 hint,
             }
         })?;
+        let mut cfg = cfg;
+        cfg.has_postgres = toml::from_str::<toml::Table>(text)
+            .map(|t| t.contains_key("postgres"))
+            .unwrap_or(true);
         cfg.validate(file)?;
         Ok(cfg)
     }
@@ -608,6 +659,44 @@ impl Config {
                 _ => {}
             }
         }
+        let mut dbs = std::collections::HashSet::new();
+        for (i, x) in self.sqlite.iter().enumerate() {
+            if !crate::core::sqlite::is_db_name(&x.name) {
+                return Err(err(
+                    &format!("sqlite[{i}].name"),
+                    format!("\"{}\" is not a database name", x.name),
+                    "1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot",
+                ));
+            }
+            if !dbs.insert(x.name.as_str()) {
+                return Err(err(
+                    &format!("sqlite[{i}].name"),
+                    format!("\"{}\" is used twice", x.name),
+                    "give every database its own name",
+                ));
+            }
+            if x.path.as_os_str().is_empty() || !x.path.is_absolute() {
+                return Err(err(
+                    &format!("sqlite[{i}].path"),
+                    format!("\"{}\" is not an absolute path", x.path.display()),
+                    "name the database file, e.g. path = \"/srv/app/app.db\"",
+                ));
+            }
+            if x.full_every == 0 {
+                return Err(err(
+                    &format!("sqlite[{i}].full_every"),
+                    "must be at least 1".into(),
+                    "deltas between full snapshots; 24 is the default",
+                ));
+            }
+            if !(x.max_delta_fraction > 0.0 && x.max_delta_fraction <= 1.0) {
+                return Err(err(
+                    &format!("sqlite[{i}].max_delta_fraction"),
+                    format!("{} is out of range", x.max_delta_fraction),
+                    "a fraction above 0 and at most 1; 0.5 is the default",
+                ));
+            }
+        }
         if let Some(slot) = &self.postgres.slot {
             if slot.is_empty()
                 || slot.len() > 63
@@ -642,6 +731,20 @@ impl Config {
                 file: file.into(),
                 message: "encryption.recipients is empty".into(),
                 hint: Some("generate a key pair with age-keygen on a machine that is not the database host, and put its public key (age1...) here".into()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Commands that talk to PostgreSQL: a host whose file lists SQLite databases and
+    /// has no `[postgres]` section is a SQLite host, and says so instead of trying the
+    /// default connection.
+    pub fn require_postgres(&self, file: &str, command: &str) -> Result<(), ConfigError> {
+        if !self.has_postgres && !self.sqlite.is_empty() {
+            return Err(ConfigError {
+                file: file.into(),
+                message: format!("`{command}` needs PostgreSQL, and this configuration has no [postgres] section (it lists only [[sqlite]] databases)"),
+                hint: Some("on a host of SQLite databases use `lifeboat sqlite snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"".into()),
             });
         }
         Ok(())

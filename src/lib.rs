@@ -15,6 +15,7 @@
 //! | [`config`] | the TOML configuration (imports `storage` for its `[[storage]]` entries) |
 //! | [`archive`] | the one reader of the repository across providers |
 //! | [`ingest`], [`restore`] | the WAL engine (stream, backup); the restore engine (restore, wal-fetch, drill) |
+//! | [`sqlite`] | the SQLite sibling mode: page-image snapshots, deltas, restore, drills |
 //! | [`cmd`] | one file per command: arguments, the call, text and JSON output |
 
 pub mod core;
@@ -29,5 +30,7 @@ pub mod archive;
 
 pub mod ingest;
 pub mod restore;
+
+pub mod sqlite;
 
 pub mod cmd;

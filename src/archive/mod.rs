@@ -25,6 +25,7 @@ use crate::core::catalog::{
 };
 use crate::core::plan::Timestamp;
 use crate::core::retention::Listed;
+use crate::core::sqlite::{self, SnapshotMeta, SqliteDrillReport};
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 use crate::storage::{self, Mirror, ObjectStore};
 
@@ -277,6 +278,46 @@ impl Archive {
         Ok(out)
     }
 
+    /// The SQLite snapshots of database `name` (every database's when `None`), oldest
+    /// first: the union over the providers (a snapshot exists once any holds its
+    /// `snapshot.json`).
+    pub async fn sqlite_snapshots(&self, name: Option<&str>) -> Result<Vec<SnapshotMeta>> {
+        let prefix = name.map_or_else(|| sqlite::SQLITE_PREFIX.to_string(), sqlite::db_prefix);
+        let mut out: Vec<SnapshotMeta> = self
+            .records_where(&prefix, "sqlite snapshot", |k| {
+                sqlite::parse_snapshot_meta_key(k).is_some()
+            })
+            .await?;
+        out.sort_by(|a, b| (&a.name, a.time, &a.id).cmp(&(&b.name, b.time, &b.id)));
+        out.dedup_by(|a, b| a.name == b.name && a.id == b.id);
+        Ok(out)
+    }
+
+    /// The SQLite drills of database `name`, oldest first.
+    pub async fn sqlite_drills(&self, name: &str) -> Result<Vec<SqliteDrillReport>> {
+        let mut out: Vec<SqliteDrillReport> = self
+            .records(&sqlite::drill_prefix(name), "sqlite drill")
+            .await?;
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Record a SQLite drill under `sqlite/<NAME>/drills/<ID>.json` on every provider; a
+    /// failed write is logged, as for the PostgreSQL drills.
+    pub async fn record_sqlite_drill(&self, report: &SqliteDrillReport) {
+        let body = match serde_json::to_vec_pretty(report) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode the drill report");
+                return;
+            }
+        };
+        let key = sqlite::drill_key(&report.name, &report.id);
+        if let Err(e) = self.mirror.put(&key, Bytes::from(body)).await {
+            tracing::warn!(error = %e, key, "cannot record the drill in the archive");
+        }
+    }
+
     /// One dump's metadata, from any provider.
     pub async fn dump(&self, id: &str) -> Result<Option<DumpMeta>> {
         Ok(self.dumps().await?.into_iter().find(|d| d.id == id))
@@ -349,6 +390,16 @@ impl Archive {
         prefix: &str,
         what: &str,
     ) -> Result<Vec<T>> {
+        self.records_where(prefix, what, |_| true).await
+    }
+
+    /// [`Archive::records`] of the keys `keep` accepts.
+    async fn records_where<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        what: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<T>> {
         let mut found: std::collections::BTreeMap<String, T> = Default::default();
         let mut errors = Vec::new();
         let mut answered = 0;
@@ -362,7 +413,7 @@ impl Archive {
             };
             answered += 1;
             for o in listed {
-                if !o.key.ends_with(".json") || found.contains_key(&o.key) {
+                if !o.key.ends_with(".json") || found.contains_key(&o.key) || !keep(&o.key) {
                     continue;
                 }
                 if let Some(b) = p.get(&o.key).await? {

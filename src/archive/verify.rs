@@ -12,6 +12,7 @@ use crate::archive::Archive;
 use crate::core::catalog::{
     self, AcceptedGap, BackupMeta, BackupPart, DumpMeta, ExportMeta, WalInventory, WalRange,
 };
+use crate::core::sqlite::{self, SnapshotMeta};
 use crate::core::wal::{TimelineHistory, TimelineId};
 use crate::pipeline::{self, Opener};
 
@@ -27,6 +28,9 @@ pub struct ProviderReport {
     /// export.json`) whose parts were checked.
     pub dumps: usize,
     pub exports: usize,
+    /// Committed SQLite snapshots (`sqlite/<NAME>/<ID>/snapshot.json`) whose parts were
+    /// checked.
+    pub sqlite_snapshots: usize,
     /// Objects under `backups/`, `dumps/` and `exports/` that no metadata object lists:
     /// left by an interrupted backup, dump or put.
     pub unreferenced: Vec<String>,
@@ -67,15 +71,27 @@ pub async fn run(archive: &Archive, opener: Option<&Opener>) -> Result<Report> {
             backups: 0,
             dumps: 0,
             exports: 0,
+            sqlite_snapshots: 0,
             unreferenced: Vec::new(),
             cold: 0,
             problems: Vec::new(),
         };
         let Some(meta) = &meta else {
-            pr.problems.push(format!(
-                "{} is missing: the archive was never written",
-                catalog::ARCHIVE_META
-            ));
+            // An archive of SQLite snapshots (and exports) only has no archive.json: that
+            // describes a PostgreSQL cluster. Its snapshots are checked all the same.
+            let logical_only = !p.list(sqlite::SQLITE_PREFIX).await?.is_empty()
+                && p.list("wal/").await?.is_empty()
+                && p.list(catalog::BACKUPS_PREFIX).await?.is_empty();
+            if !logical_only {
+                pr.problems.push(format!(
+                    "{} is missing: the archive was never written",
+                    catalog::ARCHIVE_META
+                ));
+            } else {
+                let progress = Progress::open(format!("verify {}", p.name()));
+                check_logical(p.as_ref(), opener, &mut pr, &progress).await;
+                progress.finish();
+            }
             report.providers.push(pr);
             continue;
         };
@@ -311,7 +327,11 @@ async fn check_logical(
     pr: &mut ProviderReport,
     progress: &Progress,
 ) {
-    for prefix in [catalog::DUMPS_PREFIX, catalog::EXPORTS_PREFIX] {
+    for prefix in [
+        catalog::DUMPS_PREFIX,
+        catalog::EXPORTS_PREFIX,
+        sqlite::SQLITE_PREFIX,
+    ] {
         let listed = match p.list(prefix).await {
             Ok(l) => l,
             Err(e) => {
@@ -325,7 +345,12 @@ async fn check_logical(
         for m in &listed {
             let is_dump = catalog::parse_dump_meta_key(&m.key).is_some();
             let is_export = catalog::parse_export_meta_key(&m.key).is_some();
-            if !is_dump && !is_export {
+            let is_snapshot = sqlite::parse_snapshot_meta_key(&m.key).is_some();
+            if is_sqlite_drill(&m.key) {
+                referenced.insert(m.key.clone());
+                continue;
+            }
+            if !is_dump && !is_export && !is_snapshot {
                 continue;
             }
             referenced.insert(m.key.clone());
@@ -348,6 +373,18 @@ async fn check_logical(
                     Err(e) => {
                         pr.problems
                             .push(format!("{}: not a valid dump.json ({e})", m.key));
+                        continue;
+                    }
+                }
+            } else if is_snapshot {
+                match serde_json::from_slice::<SnapshotMeta>(&body) {
+                    Ok(x) => {
+                        pr.sqlite_snapshots += 1;
+                        x.parts
+                    }
+                    Err(e) => {
+                        pr.problems
+                            .push(format!("{}: not a valid snapshot.json ({e})", m.key));
                         continue;
                     }
                 }
@@ -387,6 +424,13 @@ async fn check_logical(
                 .filter(|k| !referenced.contains(k)),
         );
     }
+}
+
+/// `sqlite/<NAME>/drills/<ID>.json`.
+fn is_sqlite_drill(key: &str) -> bool {
+    key.strip_prefix(sqlite::SQLITE_PREFIX)
+        .and_then(|r| r.split_once('/'))
+        .is_some_and(|(_, r)| r.starts_with("drills/") && r.ends_with(".json"))
 }
 
 async fn read(

@@ -29,6 +29,7 @@ pub mod put;
 pub mod recover_table;
 pub mod restore;
 pub mod schedule;
+pub mod sqlite;
 pub mod status;
 pub mod stream;
 pub mod verify;
@@ -128,6 +129,9 @@ pub enum Command {
     Completions(completions::Args),
     /// The manual page (roff) on stdout, or lifeboat.1 and a page per command into --dir.
     Man(man::Args),
+    /// The SQLite sibling mode: snapshots of WAL-mode databases (page images in one read
+    /// transaction, page deltas), list, restore to a time, drills.
+    Sqlite(sqlite::Args),
 }
 
 /// Run one command.
@@ -137,6 +141,19 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         return init::run(global, a).await;
     }
     let ctx = Ctx::load(global)?;
+    let needs_postgres = match command {
+        Command::Stream(_) => Some("stream"),
+        Command::Backup(_) => Some("backup"),
+        Command::AcceptGap => Some("accept-gap"),
+        Command::Dump(_) => Some("dump"),
+        Command::RecoverTable(_) => Some("recover-table"),
+        _ => None,
+    };
+    if let Some(c) = needs_postgres {
+        ctx.cfg
+            .require_postgres(&ctx.cfg_name(), c)
+            .map_err(|e| Failure::from(anyhow::Error::new(e)))?;
+    }
     match command {
         Command::Init(_) => unreachable!("init runs before the configuration is loaded"),
         Command::Completions(_) | Command::Man(_) => {
@@ -161,6 +178,7 @@ pub async fn run(global: &Global, command: &Command) -> Result<(), Failure> {
         Command::Put(a) => put::run(&ctx, a).await,
         Command::Get(a) => get::run(&ctx, a).await,
         Command::Schedule(a) => schedule::run(&ctx, a).await,
+        Command::Sqlite(a) => sqlite::run(&ctx, a).await,
     }
 }
 

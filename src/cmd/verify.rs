@@ -57,6 +57,13 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
                     if p.exports == 1 { "" } else { "s" }
                 );
             }
+            if p.sqlite_snapshots > 0 {
+                println!(
+                    "  {} sqlite snapshot{} checked",
+                    p.sqlite_snapshots,
+                    if p.sqlite_snapshots == 1 { "" } else { "s" }
+                );
+            }
             let (in_backups, logical): (Vec<&String>, Vec<&String>) = p
                 .unreferenced
                 .iter()
@@ -69,7 +76,7 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             }
             if !logical.is_empty() {
                 println!(
-                    "  {} objects under dumps/ or exports/ belong to no dump.json or export.json (left by an interrupted dump or put; they are never read)",
+                    "  {} objects under dumps/, exports/ or sqlite/ belong to no dump.json, export.json or snapshot.json (left by an interrupted dump, put or snapshot; they are never read)",
                     logical.len()
                 );
             }

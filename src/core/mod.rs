@@ -13,4 +13,5 @@ pub mod ledger;
 pub mod plan;
 pub mod retention;
 pub mod schedule;
+pub mod sqlite;
 pub mod wal;

@@ -27,5 +27,6 @@ mod restore;
 mod s3;
 mod schedule;
 mod slots;
+mod sqlite;
 mod stream;
 mod systemd;

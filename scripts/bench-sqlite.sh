@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# `scripts/bench.sh sqlite`: lifeboat's SQLite snapshots against `sqlite3 .backup | zstd | age`
+# on one WAL-mode database, side by side in one run, with a writer committing at a fixed rate
+# (LIFEBOAT_BENCH_SQLITE_TPS, default 200 transactions/s) and then unthrottled.
+#
+# Reports: full snapshot idle and under writes (duration, completion), the writer's commit
+# latency p50/p99/max without a tool and during each tool, peak WAL size, a delta snapshot
+# after about 1% of the pages changed (time and bytes against the full one), restore time, peak RSS.
+#
+# Env: LIFEBOAT_BENCH_SQLITE_MB (database size, default 1024), LIFEBOAT_BENCH_SQLITE_TPS
+#      (default 200), LIFEBOAT_BENCH_DIR (default /tmp), LIFEBOAT_BENCH_KEEP (keep the work dir),
+#      LIFEBOAT_BENCH_BIN (a lifeboat binary to time instead of a fresh release build).
+# Litestream is not run (see docs/BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MB="${LIFEBOAT_BENCH_SQLITE_MB:-1024}"
+TPS="${LIFEBOAT_BENCH_SQLITE_TPS:-200}"
+for c in sqlite3 zstd age age-keygen python3; do
+  command -v "$c" >/dev/null || { echo "error: $c is not installed" >&2; exit 1; }
+done
+[[ -x /usr/bin/time ]] || { echo "error: /usr/bin/time is not installed (apt-get install time)" >&2; exit 1; }
+if [[ -n "${LIFEBOAT_BENCH_BIN:-}" ]]; then
+  LB="$LIFEBOAT_BENCH_BIN"
+else
+  cargo build --release --quiet
+  LB="$PWD/target/release/lifeboat"
+fi
+WORK=$(mktemp -d "${LIFEBOAT_BENCH_DIR:-/tmp}/lifeboat-bench-sqlite.XXXXXX")
+WRITER_PID=""
+cleanup() {
+  [[ -n $WRITER_PID ]] && { kill "$WRITER_PID" 2>/dev/null || true; }
+  if [[ -n "${LIFEBOAT_BENCH_KEEP:-}" ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+DB="$WORK/app.db"
+age-keygen -o "$WORK/key.txt" 2>/dev/null
+RCP=$(age-keygen -y "$WORK/key.txt")
+cat > "$WORK/lifeboat.toml" <<EOF
+[encryption]
+recipients = ["$RCP"]
+[wal]
+spool_dir = "$WORK/spool"
+[[storage]]
+name = "local"
+url = "file://$WORK/archive"
+[[sqlite]]
+name = "app"
+path = "$DB"
+EOF
+
+# The database: rows of 500 bytes of hex text (about 2:1 compressible) and an index.
+ROWS=$((MB * 1024 * 1024 / 620))
+echo "creating a ${MB} MiB WAL-mode database ($ROWS rows)..." >&2
+sqlite3 "$DB" >/dev/null <<EOF
+PRAGMA journal_mode=WAL;
+CREATE TABLE items(id INTEGER PRIMARY KEY, n INTEGER, payload TEXT);
+WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < $ROWS)
+INSERT INTO items SELECT i, abs(random()) % 1000, hex(randomblob(250)) FROM c;
+CREATE INDEX items_n ON items(n);
+PRAGMA wal_checkpoint(TRUNCATE);
+EOF
+DBSIZE=$(stat -c %s "$DB")
+
+# The writer: one UPDATE of a random row per transaction at TPS (0: unthrottled),
+# busy_timeout 0 (an error if anything blocks it); logs "start_time latency_s" per commit.
+cat > "$WORK/writer.py" <<'EOF'
+import random, sqlite3, sys, time, os
+db, tps, log, stop, rows = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+c = sqlite3.connect(db, isolation_level=None, timeout=0)
+errors = 0
+with open(log, "w") as out:
+    nxt = time.time()
+    while not os.path.exists(stop):
+        t0 = time.time()
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("UPDATE items SET payload = hex(randomblob(250)), n = n + 1 WHERE id = ?", (random.randint(1, rows),))
+            c.execute("COMMIT")
+            out.write(f"{t0:.6f} {time.time() - t0:.6f}\n")
+        except sqlite3.Error as e:
+            errors += 1
+            try: c.execute("ROLLBACK")
+            except sqlite3.Error: pass
+        if tps > 0:
+            nxt += 1.0 / tps
+            d = nxt - time.time()
+            if d > 0: time.sleep(d)
+print(errors)
+EOF
+cat > "$WORK/stats.py" <<'EOF'
+import sys
+log, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+lat = sorted(float(l.split()[1]) for l in open(log) if t0 <= float(l.split()[0]) <= t1)
+if not lat: print("n=0"); sys.exit()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+print(f"n={len(lat)} p50={q(0.5):.2f}ms p99={q(0.99):.2f}ms max={lat[-1]*1000:.2f}ms")
+EOF
+writer_start() { # TPS
+  rm -f "$WORK/stop"
+  python3 "$WORK/writer.py" "$DB" "$1" "$WORK/writer.log" "$WORK/stop" "$ROWS" > "$WORK/writer.errors" &
+  WRITER_PID=$!
+  sleep 1
+}
+writer_stop() {
+  touch "$WORK/stop"; wait "$WRITER_PID" || true; WRITER_PID=""
+  echo "writer errors: $(cat "$WORK/writer.errors")"
+}
+now() { date +%s.%N; }
+# Peak size of the -wal file while PID runs.
+watch_wal() {
+  local pid=$1 peak=0 s
+  while kill -0 "$pid" 2>/dev/null; do
+    s=$(stat -c %s "$DB-wal" 2>/dev/null || echo 0); (( s > peak )) && peak=$s; sleep 0.05
+  done
+  echo "$peak"
+}
+lb_snapshot() { # extra args; prints "secs rss_kib"
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "$LB" --config "$WORK/lifeboat.toml" -q --json sqlite snapshot app "$@" > "$WORK/snap.json"
+  cat "$WORK/time"
+}
+mib() { python3 -c "print(f'{$1/1048576:.1f} MiB')"; }
+
+echo "== database: $(mib "$DBSIZE"), writer at $TPS tx/s"
+echo "-- idle"
+read -r IDLE IDLE_RSS < <(lb_snapshot --full)
+FULL_STORED=$(python3 -c "import json;print(json.load(open('$WORK/snap.json'))[0]['snapshot']['stored_size'])")
+echo "lifeboat full snapshot idle: ${IDLE}s, peak RSS $((IDLE_RSS / 1024)) MiB, stored $(mib "$FULL_STORED")"
+T0=$(now)
+sqlite3 "$DB" ".backup $WORK/idle-copy.db"
+zstd -q -3 -c "$WORK/idle-copy.db" | age -r "$RCP" > "$WORK/idle-copy.zst.age"
+SQ_IDLE=$(python3 -c "print(f'{$(now) - $T0:.2f}')")
+echo "sqlite3 .backup | zstd | age idle: ${SQ_IDLE}s, stored $(mib "$(stat -c %s "$WORK/idle-copy.zst.age")")"
+rm -f "$WORK/idle-copy.db"
+
+for rate in "$TPS" 0; do
+  label=$([[ $rate == 0 ]] && echo unthrottled || echo "$rate tx/s")
+  echo "-- writer $label"
+  writer_start "$rate"
+  B0=$(now); sleep 8; B1=$(now)
+  echo "baseline (no tool, 8 s): $(python3 "$WORK/stats.py" "$WORK/writer.log" "$B0" "$B1")"
+  T0=$(now)
+  lb_snapshot --full > "$WORK/lbtime" & P=$!
+  PEAK=$(watch_wal $P); wait $P; T1=$(now)
+  read -r SECS RSS < "$WORK/lbtime"
+  echo "lifeboat full snapshot: ${SECS}s ($(python3 -c "print(f'{$SECS/$IDLE:.2f}')")x idle), peak RSS $((RSS / 1024)) MiB, peak WAL $(mib "$PEAK"); writer during it: $(python3 "$WORK/stats.py" "$WORK/writer.log" "$T0" "$T1")"
+  LIMIT=$(python3 -c "print(max(60, int(10 * $SQ_IDLE)))")
+  T0=$(now)
+  ( timeout "$LIMIT" sqlite3 "$DB" ".backup $WORK/copy.db" && zstd -q -3 -c "$WORK/copy.db" | age -r "$RCP" > "$WORK/copy.zst.age" ) & P=$!
+  PEAK=$(watch_wal $P)
+  if wait $P; then
+    echo "sqlite3 .backup | zstd | age: $(python3 -c "print(f'{$(now) - $T0:.2f}')")s, peak WAL $(mib "$PEAK"); writer during it: $(python3 "$WORK/stats.py" "$WORK/writer.log" "$T0" "$(now)")"
+  else
+    echo "sqlite3 .backup | zstd | age: did not finish in ${LIMIT}s ($(mib "$(stat -c %s "$WORK/copy.db" 2>/dev/null || echo 0)") copied), peak WAL $(mib "$PEAK")"
+  fi
+  rm -f "$WORK/copy.db" "$WORK/copy.zst.age"
+  writer_stop
+done
+
+echo "-- delta after about 1% of the pages changed"
+lb_snapshot --full > /dev/null # the base for the delta
+# Rows are stored in id order, about 6 a page: one block of 6 ids in 100.
+sqlite3 "$DB" "UPDATE items SET payload = hex(randomblob(250)) WHERE (id / 6) % 100 = 7;" >/dev/null
+read -r DSECS DRSS < <(lb_snapshot)
+python3 - "$WORK/snap.json" "$IDLE" "$FULL_STORED" "$DSECS" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))[0]["snapshot"]
+idle, full_stored, secs = float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+stored = sum(r[1] for r in s["runs"])
+print(f"lifeboat {s['kind']} snapshot: {secs:.2f}s ({secs/idle:.2f}x the full one), "
+      f"{stored} of {s['page_count']} pages ({100*stored/s['page_count']:.1f}%), "
+      f"{s['stored_size']/1048576:.1f} MiB stored ({s['stored_size']/full_stored:.3f}x the full one)")
+EOF
+
+echo "-- restore"
+/usr/bin/time -f "%e %M" -o "$WORK/time" "$LB" --config "$WORK/lifeboat.toml" --identity "$WORK/key.txt" -q sqlite restore app --to "$WORK/restored.db" >/dev/null
+read -r RSECS RRSS < "$WORK/time"
+echo "lifeboat sqlite restore (chain of 2, page hashes, integrity_check): ${RSECS}s, peak RSS $((RRSS / 1024)) MiB"
+T0=$(now)
+age -d -i "$WORK/key.txt" "$WORK/idle-copy.zst.age" | zstd -q -d -c > "$WORK/plain-restored.db"
+echo "age -d | zstd -d (no check): $(python3 -c "print(f'{$(now) - $T0:.2f}')")s"

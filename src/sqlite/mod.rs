@@ -1,0 +1,159 @@
+//! The SQLite sibling mode: page-image snapshots of WAL-mode databases taken in one read
+//! transaction (`snapshot`), page deltas between full snapshots, restore to a point in time
+//! (`restore`) and restore drills (`drill`). Snapshots go through the same pipeline (zstd,
+//! age, CRC32) and part writer as base backups, to every provider; `snapshot.json` is
+//! written last.
+//!
+//! Invariants: lifeboat never writes to the application's database, never checkpoints it
+//! and never changes its journal mode: it opens it read-only, and refuses a database that
+//! is not in WAL mode (a long read there would block every writer).
+
+pub mod drill;
+pub mod restore;
+pub mod snapshot;
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// What the first 100 bytes of a database file say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub page_size: u32,
+    /// Bytes 18 and 19 are 2 (WAL mode).
+    pub wal: bool,
+    pub change_counter: u32,
+}
+
+/// Parse a database header; `None` when it is not one.
+pub fn parse_header(b: &[u8]) -> Option<Header> {
+    if b.len() < 100 || &b[..16] != b"SQLite format 3\0" {
+        return None;
+    }
+    let raw = u16::from_be_bytes([b[16], b[17]]) as u32;
+    let page_size = if raw == 1 { 65536 } else { raw };
+    if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        return None;
+    }
+    Some(Header {
+        page_size,
+        wal: b[18] == 2 && b[19] == 2,
+        change_counter: u32::from_be_bytes([b[24], b[25], b[26], b[27]]),
+    })
+}
+
+/// The checks before a snapshot: the file exists, is a database, and is in WAL mode. Each
+/// error names the database and the file, with a hint.
+pub fn inspect(name: &str, path: &Path) -> Result<Header> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "sqlite \"{name}\": {} does not exist\nhint: check the path of [[sqlite]] \"{name}\" in the configuration; lifeboat never creates a database",
+            path.display()
+        ),
+        Err(e) => bail!(
+            "sqlite \"{name}\": cannot open {}: {e}\nhint: lifeboat needs read access to the database, its -wal and -shm files, and their directory",
+            path.display()
+        ),
+    };
+    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        bail!(
+            "sqlite \"{name}\": {} is a directory\nhint: name the database file in [[sqlite]] \"{name}\"",
+            path.display()
+        );
+    }
+    let mut b = Vec::with_capacity(100);
+    (&mut f)
+        .take(100)
+        .read_to_end(&mut b)
+        .with_context(|| format!("sqlite \"{name}\": reading {}", path.display()))?;
+    let Some(h) = parse_header(&b) else {
+        bail!(
+            "sqlite \"{name}\": {} is not an SQLite database (its header is not \"SQLite format 3\")\nhint: check the path of [[sqlite]] \"{name}\"; an encrypted database (SQLCipher, SEE) cannot be snapshotted page by page",
+            path.display()
+        );
+    };
+    if !h.wal {
+        bail!(
+            "sqlite \"{name}\": {} is in rollback-journal mode; lifeboat snapshots only WAL-mode databases (a read there blocks every writer)\nhint: switch it to WAL once, while its application is stopped: sqlite3 {} 'PRAGMA journal_mode=WAL;' (the setting is kept in the file)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(h)
+}
+
+/// The SHA-256 of one page.
+pub fn page_hash(page: &[u8]) -> [u8; 32] {
+    Sha256::digest(page).into()
+}
+
+/// The hash of a group of pages: SHA-256 over their page hashes, hex.
+pub fn group_hash(page_hashes: &[[u8; 32]]) -> String {
+    let mut h = Sha256::new();
+    for p in page_hashes {
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `file:` URI that opens `path` read-only and immutable (no locks, no -wal or -shm
+/// files): for restored copies nobody else has open.
+pub fn immutable_uri(path: &Path) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+    const SET: &AsciiSet = &CONTROLS.add(b' ').add(b'?').add(b'#').add(b'%').add(b'"');
+    format!(
+        "file:{}?immutable=1",
+        utf8_percent_encode(&path.display().to_string(), SET)
+    )
+}
+
+/// `PRAGMA integrity_check` (or `quick_check`) of a restored copy: `ok`, or the problems.
+pub fn integrity_check(path: &Path) -> Result<String> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        immutable_uri(path),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    let mut st = conn.prepare("PRAGMA integrity_check")?;
+    let rows: Vec<String> = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow!("integrity_check of {}: {e}", path.display()))?;
+    Ok(rows.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers() {
+        let mut b = vec![0u8; 100];
+        b[..16].copy_from_slice(b"SQLite format 3\0");
+        b[16..18].copy_from_slice(&4096u16.to_be_bytes());
+        b[18] = 2;
+        b[19] = 2;
+        b[24..28].copy_from_slice(&7u32.to_be_bytes());
+        let h = parse_header(&b).unwrap();
+        assert_eq!((h.page_size, h.wal, h.change_counter), (4096, true, 7));
+        b[16..18].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(parse_header(&b).unwrap().page_size, 65536);
+        b[18] = 1;
+        assert!(!parse_header(&b).unwrap().wal);
+        b[0] = b'X';
+        assert!(parse_header(&b).is_none());
+        assert!(parse_header(b"SQLite format 3\0").is_none());
+    }
+
+    #[test]
+    fn uris_escape_what_sqlite_reads_as_syntax() {
+        assert_eq!(
+            immutable_uri(Path::new("/tmp/a b?#%.db")),
+            "file:/tmp/a%20b%3F%23%25.db?immutable=1"
+        );
+    }
+}

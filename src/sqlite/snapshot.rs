@@ -1,0 +1,475 @@
+//! `lifeboat sqlite snapshot`: one database's page images, read in ONE read transaction on
+//! a dedicated read-only connection (`sqlite_dbpage`, byte-exact pages in page order),
+//! `quick_check` in the same transaction, sealed and stored on every provider by the part
+//! writer; `snapshot.json` last.
+//!
+//! Deltas: this host keeps the SHA-256 of every page of the last snapshot it stored
+//! (`<spool_dir>/sqlite/<NAME>.pages`: a JSON line naming the snapshot, then 32 bytes a
+//! page), read in step with the pages so memory stays bounded whatever the database's
+//! size. A delta stores the pages whose hash changed (and the new ones), as ascending runs.
+//! The file is replaced (crash-safe) only after `snapshot.json` is stored; a delta is taken
+//! only when the file names the archive's newest snapshot, so a crash anywhere means the
+//! next snapshot is full, never a delta on the wrong base.
+//!
+//! Invariants: the database is opened read-only (no write, no checkpoint, no journal mode
+//! change); a database not in WAL mode is refused; a snapshot whose WAL growth passes the
+//! budget is abandoned; nothing is visible before `snapshot.json`.
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use rusqlite::OpenFlags;
+
+use crate::archive::Archive;
+use crate::config::{Config, SqliteConfig};
+use crate::core::catalog::{self, backup_id_from_rfc3339};
+use crate::core::plan::Timestamp;
+use crate::core::sqlite::{
+    self, decide, push_run, DeltaPolicy, LocalState, SnapshotKind, SnapshotMeta, GROUP_PAGES,
+    PAGES_STREAM,
+};
+use crate::ingest::parts::PartWriter;
+use crate::pipeline::Sealer;
+use crate::storage::{durable, Mirror};
+
+const CHUNK: usize = 256 << 10;
+/// Parts of SQLite snapshots are at most this big (`backup.part_size` when smaller): the
+/// part writer holds about (cores + 2) of them, and a host of small services should keep a
+/// snapshot's memory under 64 MiB (4 MiB parts: 59 MiB peak RSS against 79 MiB with 8 MiB).
+const MAX_PART: usize = 4 << 20;
+
+fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+/// Where this host keeps the page hashes of database `name`'s last snapshot.
+pub fn state_path(cfg: &Config, name: &str) -> PathBuf {
+    cfg.wal
+        .spool_dir
+        .join("sqlite")
+        .join(format!("{name}.pages"))
+}
+
+/// The state file's first line, if it is readable.
+fn read_state(path: &Path) -> Option<(LocalState, BufReader<std::fs::File>)> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut r = BufReader::new(f);
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line).ok()?;
+    let st: LocalState = serde_json::from_slice(&line).ok()?;
+    Some((st, r))
+}
+
+/// What reading the pages found.
+struct Read1 {
+    page_size: u32,
+    page_count: u64,
+    change_counter: u32,
+    runs: Vec<(u64, u64)>,
+    group_hashes: Vec<String>,
+    quick_check: String,
+    time: Timestamp,
+}
+
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn push(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            self.tx
+                .blocking_send(chunk)
+                .map_err(|_| anyhow!("the archive writer stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+fn wal_len(path: &Path) -> u64 {
+    let mut w = path.as_os_str().to_owned();
+    w.push("-wal");
+    std::fs::metadata(PathBuf::from(w)).map_or(0, |m| m.len())
+}
+
+/// Read every page in one read transaction; send the pages a full snapshot (`prev` is
+/// `None`) or a delta needs; write the new page hashes to `new_state` (a JSON line then
+/// 32 bytes a page, completed by the caller's rename).
+fn read_pages(
+    db: &SqliteConfig,
+    mut prev: Option<BufReader<std::fs::File>>,
+    new_state: &Path,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<(Read1, Vec<u8>)> {
+    let name = &db.name;
+    let path = &db.path;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("sqlite \"{name}\": opening {} read-only", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let locked = |e: rusqlite::Error| {
+        if matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy)
+        ) {
+            anyhow!("sqlite \"{name}\": {} is locked (waited 10s for a read transaction): {e}\nhint: an application holding an exclusive lock (locking_mode=EXCLUSIVE) blocks readers; the next snapshot tries again", path.display())
+        } else if matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::NotADatabase)
+        ) {
+            anyhow!("sqlite \"{name}\": {} is not an SQLite database, or is encrypted or damaged: {e}\nhint: check the path of [[sqlite]] \"{name}\"", path.display())
+        } else {
+            anyhow!("sqlite \"{name}\": reading {}: {e}", path.display())
+        }
+    };
+    // A small page cache: the pages are read once, in order.
+    conn.execute_batch("PRAGMA cache_size = -2048;")
+        .map_err(locked)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(locked)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!(
+            "sqlite \"{name}\": {} is in rollback-journal mode (journal_mode={mode}); lifeboat snapshots only WAL-mode databases (a read there blocks every writer)\nhint: switch it to WAL once, while its application is stopped: sqlite3 {} 'PRAGMA journal_mode=WAL;' (the setting is kept in the file)",
+            path.display(),
+            path.display()
+        );
+    }
+    let wal_start = wal_len(path);
+    conn.execute_batch("BEGIN DEFERRED").map_err(locked)?;
+    // The first read starts the read transaction: the image is of this moment.
+    let page_size: u32 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(locked)?;
+    let page_count: u64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(locked)?;
+    let _: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(locked)?;
+    let time = now();
+
+    let mut out = ChunkSender {
+        tx,
+        buf: Vec::with_capacity(CHUNK),
+    };
+    let f = std::fs::File::create(new_state)
+        .with_context(|| format!("creating {}", new_state.display()))?;
+    let mut hashes = BufWriter::new(f);
+    let mut runs = Vec::new();
+    let mut group_hashes = Vec::new();
+    let mut group: Vec<[u8; 32]> = Vec::with_capacity(GROUP_PAGES as usize);
+    let mut change_counter = 0;
+    let mut page1 = Vec::new();
+    let mut expect = 1u64;
+    {
+        let mut st = conn
+            .prepare("SELECT pgno, data FROM sqlite_dbpage('main')")
+            .map_err(|e| anyhow!("sqlite \"{name}\": this lifeboat was built without the sqlite_dbpage table: {e}"))?;
+        let mut rows = st.query([]).map_err(locked)?;
+        let mut prev_hash = [0u8; 32];
+        while let Some(row) = rows.next().map_err(locked)? {
+            let pgno: u64 = row.get(0)?;
+            let data = row.get_ref(1)?.as_blob()?;
+            if pgno != expect || data.len() != page_size as usize {
+                bail!(
+                    "sqlite \"{name}\": sqlite_dbpage returned page {pgno} of {} bytes where page {expect} of {page_size} was expected",
+                    data.len()
+                );
+            }
+            if pgno == 1 {
+                change_counter = u32::from_be_bytes([data[24], data[25], data[26], data[27]]);
+                page1 = data[..100].to_vec();
+            }
+            let h = super::page_hash(data);
+            let changed = match prev.as_mut() {
+                None => true,
+                Some(r) => match r.read_exact(&mut prev_hash) {
+                    Ok(()) => prev_hash != h,
+                    Err(_) => {
+                        // Past the previous snapshot's end: a new page.
+                        prev = None;
+                        true
+                    }
+                },
+            };
+            if changed {
+                push_run(&mut runs, pgno);
+                out.push(data)?;
+            }
+            hashes.write_all(&h)?;
+            group.push(h);
+            if group.len() == GROUP_PAGES as usize {
+                group_hashes.push(super::group_hash(&group));
+                group.clear();
+            }
+            if pgno % 4096 == 0 {
+                let grown = wal_len(path).saturating_sub(wal_start);
+                if grown > db.wal_budget.bytes() {
+                    bail!(
+                        "sqlite \"{name}\": snapshot abandoned: the WAL of {} grew by {} while the snapshot held its read transaction (wal_budget {})\nhint: raise sqlite.wal_budget, or snapshot when the database is less busy",
+                        path.display(),
+                        crate::core::fmt::size(grown),
+                        db.wal_budget
+                    );
+                }
+            }
+            expect += 1;
+        }
+    }
+    if expect != page_count + 1 {
+        bail!(
+            "sqlite \"{name}\": sqlite_dbpage returned {} pages of the {page_count} the database has",
+            expect - 1
+        );
+    }
+    if !group.is_empty() {
+        group_hashes.push(super::group_hash(&group));
+    }
+    // quick_check in the same transaction: the checked image is the stored one.
+    let quick_check = {
+        let mut st = conn.prepare("PRAGMA quick_check")?;
+        let rows: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()
+            .map_err(locked)?;
+        rows.join("\n")
+    };
+    conn.execute_batch("COMMIT").map_err(locked)?;
+    drop(conn);
+    if quick_check != "ok" {
+        bail!(
+            "sqlite \"{name}\": quick_check of {} failed: {}\nhint: the database is damaged; no snapshot was stored (the earlier ones remain: `lifeboat sqlite list`)",
+            path.display(),
+            quick_check.lines().take(5).collect::<Vec<_>>().join("; ")
+        );
+    }
+    out.flush()?;
+    let f = hashes
+        .into_inner()
+        .map_err(|e| anyhow!("writing {}: {e}", new_state.display()))?;
+    f.sync_all()?;
+    Ok((
+        Read1 {
+            page_size,
+            page_count,
+            change_counter,
+            runs,
+            group_hashes,
+            quick_check,
+            time,
+        },
+        page1,
+    ))
+}
+
+async fn cleanup(mirror: &Mirror, name: &str, id: &str) {
+    for p in &mirror.providers {
+        if !p.features().delete {
+            continue;
+        }
+        if let Ok(objs) = p.list(&sqlite::snapshot_prefix(name, id)).await {
+            for o in objs {
+                let _ = p.delete(&o.key).await;
+            }
+        }
+    }
+}
+
+/// An exclusive lock on this host's state of database `name`: two snapshots of one
+/// database never run at once.
+fn lock(dir: &Path, name: &str) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let p = dir.join(format!("{name}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "sqlite \"{name}\": another lifeboat is snapshotting this database ({} is locked)\nhint: wait for it to finish",
+            p.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Take one snapshot of `db`: full or delta as [`decide`] says (`force_full`: full).
+pub async fn run(
+    cfg: &Config,
+    db: &SqliteConfig,
+    force_full: bool,
+) -> Result<(SnapshotMeta, &'static str)> {
+    let name = db.name.clone();
+    let header = super::inspect(&name, &db.path)?;
+    let state_dir = cfg.wal.spool_dir.join("sqlite");
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let _lock = lock(&state_dir, &name)?;
+    let sealer = Sealer::new(&cfg.encryption.recipients, cfg.backup.compression_level)?;
+    let archive = Archive::open(cfg)?;
+    let snaps = archive.sqlite_snapshots(Some(&name)).await?;
+    let newest = snaps.last();
+    let state_file = state_path(cfg, &name);
+    let local = read_state(&state_file);
+    let policy = DeltaPolicy {
+        full_every: db.full_every,
+        max_chain_fraction: db.max_delta_fraction,
+    };
+    let (kind, why) = decide(
+        newest,
+        local.as_ref().map(|l| &l.0),
+        header.page_size,
+        &policy,
+        force_full,
+    );
+    let prev = match kind {
+        SnapshotKind::Delta => local.map(|l| l.1),
+        SnapshotKind::Full => None,
+    };
+    let start_time = now();
+    let secs = Timestamp::from_unix_secs(start_time.0.div_euclid(1_000_000));
+    let id = crate::ingest::parts::fresh_id(
+        &archive.mirror,
+        &backup_id_from_rfc3339(&secs.rfc3339()),
+        |id| sqlite::snapshot_prefix(&name, id),
+        "snapshot",
+    )
+    .await?;
+    tracing::info!(name, id, kind = ?kind, why, "sqlite snapshot starting");
+    let mut writer = PartWriter::new(
+        archive.mirror.clone(),
+        sealer,
+        sqlite::snapshot_prefix(&name, &id),
+        cfg.backup_part_size().min(MAX_PART),
+    );
+    writer.begin_tar(PAGES_STREAM.to_string()).await?;
+    let tmp_state = state_dir.join(format!("{name}.pages.tmp"));
+    let pages_tmp = state_dir.join(format!("{name}.pages.new"));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let dbc = db.clone();
+    let pt = pages_tmp.clone();
+    let reader = tokio::task::spawn_blocking(move || read_pages(&dbc, prev, &pt, tx));
+    let mut pushed: Result<()> = Ok(());
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = writer.push(&chunk).await {
+            pushed = Err(e);
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader
+        .await
+        .map_err(|e| anyhow!("the reading task failed: {e}"));
+    let outcome = async {
+        let storing = || format!("sqlite \"{name}\": storing snapshot {id}");
+        // The writer's own error first: a stopped writer also stops the reader.
+        pushed.with_context(storing)?;
+        let (read, _page1) = read??;
+        writer.end_tar().await.with_context(storing)?;
+        let parts = writer
+            .finish(&[PAGES_STREAM.to_string()])
+            .await
+            .with_context(storing)?;
+        Ok::<_, anyhow::Error>((read, parts))
+    }
+    .await;
+    let (read, parts) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            cleanup(&archive.mirror, &name, &id).await;
+            let _ = std::fs::remove_file(&pages_tmp);
+            return Err(e);
+        }
+    };
+    let stored: u64 = read.runs.iter().map(|r| r.1).sum();
+    let (base, full, chain_len, chain_pages) = match (kind, newest) {
+        (SnapshotKind::Delta, Some(n)) => (
+            Some(n.id.clone()),
+            n.full.clone(),
+            n.chain_len + 1,
+            n.chain_pages + stored,
+        ),
+        _ => (None, id.clone(), 0, 0),
+    };
+    let meta = SnapshotMeta {
+        format: catalog::FORMAT_VERSION,
+        name: name.clone(),
+        id: id.clone(),
+        kind,
+        base,
+        full,
+        chain_len,
+        chain_pages,
+        path: db.path.display().to_string(),
+        time: read.time,
+        start_time,
+        end_time: now(),
+        page_size: read.page_size,
+        page_count: read.page_count,
+        change_counter: read.change_counter,
+        quick_check: read.quick_check,
+        runs: read.runs,
+        group_hashes: read.group_hashes,
+        plain_size: parts.iter().map(|p| p.plain_len).sum(),
+        stored_size: parts.iter().map(|p| p.stored_len).sum(),
+        parts,
+        created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+    };
+    let body = serde_json::to_vec_pretty(&meta).context("encoding snapshot.json")?;
+    if let Err(e) = archive
+        .mirror
+        .put(&sqlite::snapshot_meta_key(&name, &id), Bytes::from(body))
+        .await
+    {
+        cleanup(&archive.mirror, &name, &id).await;
+        let _ = std::fs::remove_file(&pages_tmp);
+        return Err(anyhow::Error::from(e).context(format!(
+            "sqlite \"{name}\": storing snapshot {id}'s snapshot.json"
+        )));
+    }
+    // The snapshot exists: the page hashes on this host now describe it.
+    let st = LocalState {
+        id: id.clone(),
+        page_size: meta.page_size,
+        page_count: meta.page_count,
+    };
+    let saved = durable::replace_with(&state_file, &tmp_state, |t| -> Result<std::fs::File> {
+        let mut w = BufWriter::new(std::fs::File::create(t)?);
+        w.write_all(&serde_json::to_vec(&st)?)?;
+        w.write_all(b"\n")?;
+        std::io::copy(&mut std::fs::File::open(&pages_tmp)?, &mut w)?;
+        w.into_inner().map_err(|e| anyhow!("{e}"))
+    });
+    let _ = std::fs::remove_file(&pages_tmp);
+    if let Err(e) = saved {
+        // Harmless for the archive: the next snapshot is a full one.
+        tracing::warn!(error = %e, path = %state_file.display(), "cannot save the page hashes; the next snapshot will be full");
+        let _ = std::fs::remove_file(&state_file);
+    }
+    tracing::info!(
+        name,
+        id,
+        pages = meta.pages_stored(),
+        stored = meta.stored_size,
+        "sqlite snapshot stored"
+    );
+    Ok((meta, why))
+}

@@ -1,0 +1,858 @@
+//! The SQLite sibling mode against real SQLite files and the real binary: consistency under
+//! a concurrent writer, delta chains restored at every point and compared byte for byte
+//! with copies the test took itself, bad input with exact messages, kill -9 in the middle
+//! of a snapshot, and both S3 test servers.
+//!
+//! The oracle for "the database at that moment" is independent of lifeboat: with no write
+//! in flight, the test copies the database file and its -wal, opens the copy with SQLite,
+//! checkpoints it (TRUNCATE) and reads the resulting file; SQLite itself thereby writes the
+//! image the restored file must equal.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rusqlite::Connection;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(180);
+
+/// A workspace for a host of SQLite databases only: no [postgres] section.
+struct Host {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    identity: PathBuf,
+    archive: PathBuf,
+}
+
+impl Host {
+    /// `dbs`: (name, extra TOML lines of the entry); `storage`: [[storage]] tables
+    /// (default: one file:// archive).
+    fn new(dbs: &[(&str, &str)], storage: Option<&str>) -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (identity, recipient) = keygen(dir.path(), "identity.txt");
+        let archive = dir.path().join("archive");
+        let config = dir.path().join("lifeboat.toml");
+        let storage = storage.map(str::to_string).unwrap_or_else(|| {
+            format!(
+                "[[storage]]\nname = \"local\"\nurl = \"file://{}\"\n",
+                archive.display()
+            )
+        });
+        let mut text = format!(
+            "[encryption]\nrecipients = [\"{recipient}\"]\n\n[wal]\nspool_dir = \"{}\"\n\n[backup]\npart_size = \"1MiB\"\n\n{storage}\n",
+            dir.path().join("spool").display()
+        );
+        for (name, extra) in dbs {
+            text.push_str(&format!(
+                "[[sqlite]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n\n",
+                dir.path().join(format!("{name}.db")).display()
+            ));
+        }
+        std::fs::write(&config, text).expect("write config");
+        Host {
+            dir,
+            config,
+            identity,
+            archive,
+        }
+    }
+
+    fn db(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.db"))
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_as(&self.identity, args)
+    }
+
+    fn cmd_as(&self, identity: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--identity")
+            .arg(identity)
+            .env_remove("LIFEBOAT_IDENTITY_FILE")
+            .env("HOME", self.dir.path())
+            .envs(crate::support::s3::cred_env())
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run_timeout(&mut self.cmd(args), T, None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        expect_success(&self.run(args), &format!("lifeboat {args:?}"))
+    }
+
+    /// `sqlite snapshot NAME --json`: the snapshot's record.
+    fn snapshot(&self, name: &str) -> serde_json::Value {
+        let out = self.run(&["--json", "sqlite", "snapshot", name]);
+        expect_success(&out, "sqlite snapshot");
+        let v = json_of(&out);
+        assert_eq!(v[0]["ok"], true, "{v}");
+        v[0]["snapshot"].clone()
+    }
+
+    fn list(&self, name: &str) -> Vec<serde_json::Value> {
+        let out = self.run(&["--json", "sqlite", "list", name]);
+        json_of(&out)["snapshots"].as_array().unwrap().clone()
+    }
+
+    /// Restore snapshot `id` of `name` to a new file; its path.
+    fn restore(&self, name: &str, id: &str) -> PathBuf {
+        let to = self.dir.path().join(format!("restored-{name}-{id}.db"));
+        let out = self.run(&[
+            "--json",
+            "sqlite",
+            "restore",
+            name,
+            "--snapshot",
+            id,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        expect_success(&out, "sqlite restore");
+        let rep = json_of(&out);
+        assert_eq!(rep["integrity_check"], "ok", "{rep}");
+        assert_eq!(rep["snapshot"], id, "{rep}");
+        to
+    }
+}
+
+fn open_wal(path: &Path) -> Connection {
+    let c = Connection::open(path).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    c
+}
+
+/// The test's own copy of the database as of now (no write may be in flight): the file
+/// and its -wal copied, the copy checkpointed by SQLite, its bytes.
+fn oracle_image(path: &Path, scratch: &Path) -> Vec<u8> {
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch).unwrap();
+    let copy = scratch.join("copy.db");
+    std::fs::copy(path, &copy).unwrap();
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    if wal.exists() {
+        std::fs::copy(&wal, scratch.join("copy.db-wal")).unwrap();
+    }
+    {
+        let c = Connection::open(&copy).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap();
+    }
+    std::fs::read(&copy).unwrap()
+}
+
+fn integrity(path: &Path) -> String {
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+fn parse_time(s: &str) -> i64 {
+    // RFC 3339 in UTC as the records hold it: 2026-12-01T23:08:28.488143Z
+    let out = Command::new("date")
+        .args(["-u", "-d", s, "+%s%6N"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A writer moving money between accounts at full speed (busy_timeout 0: any lock it
+/// meets is an error) while snapshots run: every snapshot restores with the invariant
+/// total and a clean integrity_check, holds no transfer committed after its time, and the
+/// writer never met SQLITE_BUSY.
+#[test]
+fn snapshots_under_a_concurrent_writer_are_consistent() {
+    let h = Host::new(&[("bank", "full_every = 2")], None);
+    let db = h.db("bank");
+    const ACCOUNTS: i64 = 2000;
+    const TOTAL: i64 = ACCOUNTS * 1000;
+    {
+        let c = open_wal(&db);
+        c.execute_batch(
+            "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL, pad BLOB);
+             CREATE TABLE transfers(id INTEGER PRIMARY KEY, src INT, dst INT, amount INT, ts INT);",
+        )
+        .unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for i in 0..ACCOUNTS {
+            tx.execute(
+                "INSERT INTO accounts VALUES (?1, 1000, randomblob(400))",
+                [i],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let mut c = Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::ZERO).unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let (mut ok, mut errors) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
+                let amount = rng.gen_range(1..100);
+                let r = (|| -> rusqlite::Result<()> {
+                    let tx =
+                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance - ?2 WHERE id = ?1",
+                        [a, amount],
+                    )?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance + ?2 WHERE id = ?1",
+                        [b, amount],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO transfers(src, dst, amount, ts) VALUES (?1, ?2, ?3, ?4)",
+                        [a, b, amount, micros_now()],
+                    )?;
+                    tx.commit()
+                })();
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (ok, errors)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let s = h.snapshot("bank");
+        ids.push((
+            s["id"].as_str().unwrap().to_string(),
+            s["kind"].as_str().unwrap().to_string(),
+            s["time"].as_str().unwrap().to_string(),
+        ));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (committed, errors) = writer.join().unwrap();
+    assert!(errors.is_empty(), "the writer met errors: {errors:?}");
+    assert!(committed > 100, "only {committed} transfers committed");
+    // full_every = 2, and a delta is followed by a full one once the chain holds half
+    // the pages (which this writer's random transfers reach quickly).
+    let kinds: Vec<&str> = ids.iter().map(|i| i.1.as_str()).collect();
+    assert_eq!(kinds[0], "full", "{ids:?}");
+    assert!(kinds.contains(&"delta"), "{ids:?}");
+    assert!(!kinds.windows(3).any(|w| w == ["delta"; 3]), "{ids:?}");
+    let mut seen = Vec::new();
+    for (id, _, time) in &ids {
+        let restored = h.restore("bank", id);
+        assert_eq!(integrity(&restored), "ok");
+        let c = Connection::open(&restored).unwrap();
+        let total: i64 = c
+            .query_row("SELECT sum(balance) FROM accounts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(total, TOTAL, "snapshot {id}: the money does not add up");
+        let (n, newest): (i64, Option<i64>) = c
+            .query_row("SELECT count(*), max(ts) FROM transfers", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let t = parse_time(time);
+        assert!(
+            newest.unwrap_or(0) <= t,
+            "snapshot {id} (as of {time}) holds a transfer from after it ({newest:?})"
+        );
+        seen.push(n);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "later snapshots hold more transfers: {seen:?}"
+    );
+}
+
+/// Many snapshots with random updates, deletes, inserts (growth), VACUUM (shrink) and an
+/// application checkpoint (TRUNCATE) in between: each restored file equals, byte for
+/// byte, the copy the test took at that moment; deltas store only a part of the pages.
+#[test]
+fn delta_chains_restore_every_point_byte_for_byte() {
+    let h = Host::new(&[("app", "full_every = 4\nmax_delta_fraction = 0.9")], None);
+    let db = h.db("app");
+    let c = open_wal(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); CREATE INDEX t_v ON t(v);")
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut points: Vec<(String, String, Vec<u8>)> = Vec::new();
+    let scratch = h.dir.path().join("oracle");
+    for step in 0..12 {
+        let mut updates = 0u64;
+        let tx = c.unchecked_transaction().unwrap();
+        match step {
+            0 => {
+                for _ in 0..8000 {
+                    tx.execute("INSERT INTO t(v) VALUES (randomblob(200))", [])
+                        .unwrap();
+                }
+            }
+            5 => {
+                tx.execute("DELETE FROM t WHERE id % 3 = 0", []).unwrap();
+            }
+            7 => {
+                for _ in 0..2000 {
+                    tx.execute("INSERT INTO t(v) VALUES (randomblob(300))", [])
+                        .unwrap();
+                }
+            }
+            _ => {
+                updates = rng.gen_range(1..30);
+                for _ in 0..updates {
+                    let id: i64 = rng.gen_range(1..8000);
+                    tx.execute("UPDATE t SET v = randomblob(200) WHERE id = ?1", [id])
+                        .unwrap();
+                }
+            }
+        }
+        tx.commit().unwrap();
+        if step == 6 {
+            c.execute_batch("VACUUM").unwrap();
+        }
+        if step == 3 || step == 9 {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap();
+        }
+        let image = oracle_image(&db, &scratch);
+        let s = h.snapshot("app");
+        points.push((
+            s["id"].as_str().unwrap().to_string(),
+            s["kind"].as_str().unwrap().to_string(),
+            image,
+        ));
+        let stored: u64 = s["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[1].as_u64().unwrap())
+            .sum();
+        let count = s["page_count"].as_u64().unwrap();
+        if s["kind"] == "delta" && updates > 0 && step != 6 {
+            // Each update rewrites a table leaf, index leaves and, at a split, their
+            // parents and a new page.
+            assert!(
+                stored <= 6 * updates + 4 && stored * 4 < count,
+                "step {step}: a delta of {updates} updates stored {stored} of {count} pages"
+            );
+        }
+    }
+    let kinds: Vec<&str> = points.iter().map(|p| p.1.as_str()).collect();
+    assert!(
+        kinds.iter().filter(|k| **k == "delta").count() >= 6,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| **k == "full").count() >= 2,
+        "{kinds:?}"
+    );
+    assert_eq!(h.list("app").len(), points.len());
+    for (id, kind, image) in &points {
+        let restored = h.restore("app", id);
+        let got = std::fs::read(&restored).unwrap();
+        assert_eq!(got.len(), image.len(), "{kind} snapshot {id}: size");
+        assert!(
+            got == *image,
+            "{kind} snapshot {id}: the restored bytes differ from the copy taken then"
+        );
+    }
+    // --target-time picks the newest snapshot at or before it; the chain is applied.
+    let list = h.list("app");
+    let third = &list[2];
+    let to = h.dir.path().join("by-time.db");
+    let out = h.run(&[
+        "--json",
+        "sqlite",
+        "restore",
+        "app",
+        "--target-time",
+        third["time"].as_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    expect_success(&out, "restore --target-time");
+    assert_eq!(json_of(&out)["snapshot"], third["id"]);
+    assert!(std::fs::read(&to).unwrap() == points[2].2);
+    // Never over an existing file without --force; with it, stale -wal/-shm go too.
+    let out = h.run(&["sqlite", "restore", "app", "--to", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        first_error_line(&out),
+        format!("error: --to {}: the file exists\nhint: name a new file, or pass --force to replace it (stop its application first)", to.display())
+    );
+    std::fs::write(format!("{}-wal", to.display()), b"stale").unwrap();
+    h.ok(&[
+        "sqlite",
+        "restore",
+        "app",
+        "--latest",
+        "--force",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&to).unwrap() == points.last().unwrap().2);
+    assert!(!PathBuf::from(format!("{}-wal", to.display())).exists());
+    // The application's database was never written by lifeboat: it still opens, and its
+    // journal mode is WAL.
+    drop(c);
+    assert_eq!(integrity(&db), "ok");
+}
+
+/// Bad input, with the exact messages; one failing database does not stop the others.
+#[test]
+fn bad_input_has_exact_messages() {
+    let h = Host::new(
+        &[("good", ""), ("missing", ""), ("text", ""), ("journal", "")],
+        None,
+    );
+    open_wal(&h.db("good"))
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    std::fs::write(h.db("text"), "this is not a database\n".repeat(10)).unwrap();
+    Connection::open(h.db("journal"))
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let out = h.run(&["sqlite", "snapshot"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("error: ") || l.starts_with("hint: "))
+        .collect();
+    let p = |n: &str| h.db(n).display().to_string();
+    assert_eq!(
+        errors,
+        [
+            format!("error: sqlite \"missing\": {} does not exist", p("missing")).as_str(),
+            "hint: check the path of [[sqlite]] \"missing\" in the configuration; lifeboat never creates a database",
+            format!("error: sqlite \"text\": {} is not an SQLite database (its header is not \"SQLite format 3\")", p("text")).as_str(),
+            "hint: check the path of [[sqlite]] \"text\"; an encrypted database (SQLCipher, SEE) cannot be snapshotted page by page",
+            format!("error: sqlite \"journal\": {} is in rollback-journal mode; lifeboat snapshots only WAL-mode databases (a read there blocks every writer)", p("journal")).as_str(),
+            format!("hint: switch it to WAL once, while its application is stopped: sqlite3 {} 'PRAGMA journal_mode=WAL;' (the setting is kept in the file)", p("journal")).as_str(),
+        ]
+    );
+    // The good one was snapshotted all the same; the journal-mode database was not changed.
+    assert_eq!(h.list("good").len(), 1);
+    assert!(h.list("journal").is_empty());
+    let mode: String = Connection::open(h.db("journal"))
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    // Target before the first snapshot.
+    let to = h.dir.path().join("out.db");
+    let out = h.run(&[
+        "sqlite",
+        "restore",
+        "good",
+        "--target-time",
+        "2001-01-01 00:00:00+00",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let first = h.list("good")[0]["time"].as_str().unwrap().to_string();
+    let first_pg = Command::new("date")
+        .args(["-u", "-d", &first, "+%Y-%m-%d %H:%M:%S.%6N+00"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        first_error_line(&out),
+        format!("error: sqlite database \"good\" has no snapshot from 2001-01-01 00:00:00+00 or before (the oldest is from {})\nhint: `lifeboat sqlite list` shows the snapshots", String::from_utf8_lossy(&first_pg.stdout).trim())
+    );
+    assert!(!to.exists());
+    // A database with no snapshot at all.
+    let out = h.run(&["sqlite", "restore", "missing", "--to", to.to_str().unwrap()]);
+    assert_eq!(
+        first_error_line(&out),
+        "error: the archive holds no snapshot of sqlite database \"missing\"\nhint: `lifeboat sqlite list` shows the snapshots; `lifeboat sqlite snapshot missing` takes one"
+    );
+    // The wrong identity: nothing is written.
+    let (other, _) = keygen(h.dir.path(), "other.txt");
+    let mut c = h.cmd_as(&other, &[]);
+    c.args(["sqlite", "restore", "good", "--to", to.to_str().unwrap()]);
+    let out = run_timeout(&mut c, T, None).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let e = first_error_line(&out);
+    assert!(
+        e.starts_with("error: applying snapshot ") && e.contains("cannot decrypt"),
+        "{e}"
+    );
+    assert!(!to.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(h.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".lifeboat-sqlite-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A PostgreSQL command on a host without [postgres].
+    let out = h.run(&["backup"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        first_error_line(&out),
+        format!("error: {}: `backup` needs PostgreSQL, and this configuration has no [postgres] section (it lists only [[sqlite]] databases)\nhint: on a host of SQLite databases use `lifeboat sqlite snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"", h.config.display())
+    );
+}
+
+/// A damaged database: quick_check in the snapshot's transaction fails it, nothing is
+/// stored.
+#[test]
+fn a_corrupt_database_is_not_snapshotted() {
+    let h = Host::new(&[("bad", "")], None);
+    let db = h.db("bad");
+    {
+        let c = open_wal(&db);
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t_v ON t(v);",
+        )
+        .unwrap();
+        for i in 0..2000 {
+            c.execute("INSERT INTO t VALUES (?1, hex(randomblob(20)))", [i])
+                .unwrap();
+        }
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap();
+    }
+    // Scribble over the middle of a b-tree page (not the header).
+    let mut b = std::fs::read(&db).unwrap();
+    let page = 4096 * 5;
+    for x in &mut b[page + 8..page + 64] {
+        *x = 0xff;
+    }
+    std::fs::write(&db, b).unwrap();
+    let out = h.run(&["sqlite", "snapshot", "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = first_error_line(&out);
+    assert!(
+        e.starts_with(&format!("error: sqlite \"bad\": quick_check of {} failed: ", db.display()))
+            && e.ends_with("hint: the database is damaged; no snapshot was stored (the earlier ones remain: `lifeboat sqlite list`)"),
+        "{e}"
+    );
+    assert!(h.list("bad").is_empty());
+}
+
+/// kill -9 in the middle of a snapshot: no snapshot is visible, and the next one works
+/// (a full one: the interrupted one never became a base).
+#[test]
+fn kill9_mid_snapshot_leaves_no_snapshot() {
+    let h = Host::new(&[("big", "")], None);
+    let db = h.db("big");
+    {
+        let c = open_wal(&db);
+        c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for _ in 0..1200 {
+            tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    h.snapshot("big");
+    let mut child = h
+        .cmd(&["sqlite", "snapshot", "big", "--full"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let parts_of_second = || {
+        files(&h.archive)
+            .into_iter()
+            .filter(|f| f.starts_with("sqlite/big/") && f.contains("/pages."))
+            .map(|f| f.split('/').nth(2).unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    while parts_of_second().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no part of the second snapshot appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the snapshot finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill9(&mut child);
+    assert_eq!(h.list("big").len(), 1, "the killed snapshot is visible");
+    // verify: the committed snapshot checks out; the killed one's parts are listed as
+    // unreferenced, not failed.
+    let out = h.run(&["--json", "verify", "--full"]);
+    let rep = json_of(&out);
+    assert!(out.status.success(), "{rep}");
+    assert_eq!(rep["providers"][0]["sqlite_snapshots"], 1, "{rep}");
+    assert!(
+        !rep["providers"][0]["unreferenced"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{rep}"
+    );
+    // The interrupted snapshot never became a base: the next is a delta on the first.
+    let s = h.snapshot("big");
+    assert_eq!(s["kind"], "delta");
+    assert_eq!(s["base"], h.list("big")[0]["id"]);
+    assert_eq!(
+        s["runs"].as_array().unwrap().len(),
+        0,
+        "nothing changed: {s}"
+    );
+    let list = h.list("big");
+    assert_eq!(list.len(), 2);
+    let restored = h.restore("big", s["id"].as_str().unwrap());
+    assert!(std::fs::read(&restored).unwrap() == oracle_image(&db, &h.dir.path().join("o")));
+    // And a delta on top of it works.
+    open_wal(&db)
+        .execute_batch("UPDATE t SET v = randomblob(100000) WHERE rowid = 7")
+        .unwrap();
+    let d = h.snapshot("big");
+    assert_eq!(d["kind"], "delta");
+    let restored = h.restore("big", d["id"].as_str().unwrap());
+    assert!(std::fs::read(&restored).unwrap() == oracle_image(&db, &h.dir.path().join("o")));
+}
+
+/// Both S3 test servers (moto with Object Lock, s3s-fs) as the only providers: a full and
+/// a delta snapshot, restored byte for byte; a drill runs the check SQL and is recorded.
+#[test]
+fn snapshots_on_both_s3_servers_restore_and_drill() {
+    let (_moto, _fs, storage) = crate::s3::two_s3_providers();
+    let h = Host::new(
+        &[(
+            "app",
+            "check_sql = \"SELECT count(*) = 500 FROM t; SELECT sum(x) > 0 FROM t\"",
+        )],
+        Some(&storage),
+    );
+    let db = h.db("app");
+    let c = open_wal(&db);
+    c.execute_batch("CREATE TABLE t(x INTEGER, v BLOB)")
+        .unwrap();
+    for i in 0..500 {
+        c.execute("INSERT INTO t VALUES (?1, randomblob(1000))", [i])
+            .unwrap();
+    }
+    let full = h.snapshot("app");
+    let image_full = oracle_image(&db, &h.dir.path().join("o"));
+    c.execute_batch("UPDATE t SET v = randomblob(1000) WHERE x < 5")
+        .unwrap();
+    let delta = h.snapshot("app");
+    let image_delta = oracle_image(&db, &h.dir.path().join("o"));
+    assert_eq!(full["kind"], "full");
+    assert_eq!(delta["kind"], "delta");
+    let r = h.restore("app", full["id"].as_str().unwrap());
+    assert!(std::fs::read(r).unwrap() == image_full);
+    let r = h.restore("app", delta["id"].as_str().unwrap());
+    assert!(std::fs::read(r).unwrap() == image_delta);
+    let out = h.run(&["--json", "sqlite", "drill", "app"]);
+    expect_success(&out, "sqlite drill");
+    let rep = json_of(&out);
+    assert_eq!(rep["ok"], true, "{rep}");
+    assert_eq!(rep["snapshot"], delta["id"]);
+    assert_eq!(rep["checks"].as_array().unwrap().len(), 2, "{rep}");
+    // A check that fails makes the drill fail (exit 1), recorded all the same.
+    let text = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace("count(*) = 500", "count(*) = 501");
+    std::fs::write(&h.config, text).unwrap();
+    let out = h.run(&["--json", "sqlite", "drill", "app", "--snapshot", "random"]);
+    assert_eq!(out.status.code(), Some(1));
+    let rep = json_of(&out);
+    assert_eq!(rep["ok"], false);
+    assert_eq!(rep["checks"][0][1], "false (0)", "{rep}");
+}
+
+/// A database locked by its application (locking_mode=EXCLUSIVE) fails with its message
+/// after the busy timeout while the others are snapshotted; a database file replaced by
+/// another between snapshots is snapshotted and restored as the new file.
+#[test]
+fn a_locked_database_fails_alone_and_a_replaced_one_restores() {
+    let h = Host::new(&[("locked", ""), ("swap", "")], None);
+    let swap = h.db("swap");
+    {
+        let c = open_wal(&swap);
+        c.execute_batch("CREATE TABLE old(v BLOB)").unwrap();
+        for _ in 0..300 {
+            c.execute("INSERT INTO old VALUES (randomblob(500))", [])
+                .unwrap();
+        }
+    }
+    let first = h.snapshot("swap");
+    // Another database takes its place (as a deploy that ships a new file would do).
+    let other = h.dir.path().join("other.db");
+    {
+        let c = open_wal(&other);
+        c.execute_batch("CREATE TABLE new(id INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        for i in 0..3000 {
+            c.execute("INSERT INTO new VALUES (?1, hex(randomblob(50)))", [i])
+                .unwrap();
+        }
+    }
+    std::fs::rename(&other, &swap).unwrap();
+    let locked = h.db("locked");
+    let app = open_wal(&locked);
+    app.execute_batch(
+        "CREATE TABLE t(x); PRAGMA locking_mode=EXCLUSIVE; BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT;",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = h.run(&["sqlite", "snapshot"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    assert_eq!(
+        first_error_line(&out),
+        format!("error: sqlite \"locked\": {} is locked (waited 10s for a read transaction): database is locked\nhint: an application holding an exclusive lock (locking_mode=EXCLUSIVE) blocks readers; the next snapshot tries again", locked.display())
+    );
+    drop(app);
+    let list = h.list("swap");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["id"], first["id"]);
+    let id = list[1]["id"].as_str().unwrap();
+    let restored = h.restore("swap", id);
+    assert!(std::fs::read(&restored).unwrap() == oracle_image(&swap, &h.dir.path().join("o")));
+    let c = Connection::open(&restored).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM new", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 3000);
+}
+
+/// A provider down during a snapshot (the fault wrapper fails its every operation): the
+/// snapshot fails and leaves none, on either provider; once it is back, the next one is a
+/// delta on the last stored snapshot and restores byte for byte.
+#[test]
+fn a_provider_outage_fails_the_snapshot_and_leaves_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let storage = format!(
+        "[[storage]]\nname = \"a\"\nurl = \"file://{}\"\n\n[[storage]]\nname = \"b\"\nurl = \"file://{}\"\n",
+        a.display(),
+        b.display()
+    );
+    let h = Host::new(&[("app", "")], Some(&storage));
+    let db = h.db("app");
+    let c = open_wal(&db);
+    c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+    for _ in 0..400 {
+        c.execute("INSERT INTO t VALUES (randomblob(3000))", [])
+            .unwrap();
+    }
+    let first = h.snapshot("app");
+    c.execute_batch("UPDATE t SET v = randomblob(3000) WHERE rowid < 10")
+        .unwrap();
+    let flag = dir.path().join("down");
+    std::fs::write(&flag, "").unwrap();
+    let mut cmd = h.cmd(&["sqlite", "snapshot", "app"]);
+    cmd.env("LIFEBOAT_FAULT_INJECT", format!("b={}", flag.display()));
+    let out = run_timeout(&mut cmd, T, None).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        first_error_line(&out).starts_with("error: "),
+        "{}",
+        stderr_of(&out)
+    );
+    std::fs::remove_file(&flag).unwrap();
+    assert_eq!(h.list("app").len(), 1, "a failed snapshot is visible");
+    for root in [&a, &b] {
+        let metas: Vec<String> = files(root)
+            .into_iter()
+            .filter(|f| f.ends_with("snapshot.json"))
+            .collect();
+        assert_eq!(metas.len(), 1, "{}: {metas:?}", root.display());
+    }
+    let next = h.snapshot("app");
+    assert_eq!(next["kind"], "delta");
+    assert_eq!(next["base"], first["id"]);
+    let restored = h.restore("app", next["id"].as_str().unwrap());
+    assert!(std::fs::read(restored).unwrap() == oracle_image(&db, &h.dir.path().join("o")));
+}
+
+/// A snapshot whose read transaction lets the WAL grow past `wal_budget` is abandoned
+/// with its message, and leaves no snapshot; the writer is never blocked.
+#[test]
+fn a_snapshot_past_its_wal_budget_is_abandoned() {
+    let h = Host::new(&[("busy", "wal_budget = \"2MiB\"")], None);
+    let db = h.db("busy");
+    {
+        let c = open_wal(&db);
+        c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for _ in 0..600 {
+            tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let c = Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::ZERO).unwrap();
+            // Fast commits: the WAL must outgrow the budget within the snapshot.
+            c.execute_batch("PRAGMA synchronous = OFF").unwrap();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = c.execute("INSERT INTO t VALUES (randomblob(50000))", []) {
+                    errors.push(e.to_string());
+                }
+            }
+            errors
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let out = h.run(&["sqlite", "snapshot", "busy"]);
+    stop.store(true, Ordering::Relaxed);
+    let errors = writer.join().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let e = first_error_line(&out);
+    let want = format!(
+        "error: sqlite \"busy\": snapshot abandoned: the WAL of {} grew by ",
+        db.display()
+    );
+    assert!(
+        e.starts_with(&want)
+            && e.ends_with("while the snapshot held its read transaction (wal_budget 2MB)\nhint: raise sqlite.wal_budget, or snapshot when the database is less busy"),
+        "{e}"
+    );
+    assert!(h.list("busy").is_empty());
+}
