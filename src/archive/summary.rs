@@ -31,6 +31,11 @@ pub struct BackupSummary {
     pub kept_by: Vec<Tier>,
     /// Until when the calendar tiers keep it.
     pub keep_until: Option<Timestamp>,
+    /// An incremental backup's parent, and its place in the chain (1: on a full backup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_length: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,6 +140,8 @@ impl BackupSummary {
             pg_version: m.pg_version,
             kept_by: Vec::new(),
             keep_until: None,
+            parent: m.incremental.as_ref().map(|i| i.parent.clone()),
+            chain_length: m.incremental.as_ref().map(|i| i.chain_length),
         }
     }
 }

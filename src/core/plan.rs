@@ -321,6 +321,12 @@ pub enum PlanError {
     NoBackups,
     #[error("backup {0} is not in the archive\nhint: `lifeboat list` shows the backups")]
     UnknownBackup(String),
+    #[error("backup {id} is incremental (its parent is {parent}) and restore does not combine chains yet\nhint: restore the full backup {full} (omit --backup to let lifeboat choose), or combine the chain with pg_combinebackup")]
+    Incremental {
+        id: String,
+        parent: String,
+        full: String,
+    },
     #[error(
         "timeline {0} is not in the archive\nhint: `lifeboat list` shows the archived timelines"
     )]
@@ -577,6 +583,27 @@ fn plan_inner(
         if backups.is_empty() {
             return Err(PlanError::UnknownBackup(id.into()));
         }
+        if let Some(inc) = &backups[0].incremental {
+            // The chain's full backup, as far as it is in the archive.
+            let mut full = inc.parent.clone();
+            while let Some(p) = inv.backups.iter().find(|b| b.id == full) {
+                match &p.incremental {
+                    Some(i) => full = i.parent.clone(),
+                    None => break,
+                }
+            }
+            return Err(PlanError::Incremental {
+                id: id.into(),
+                parent: inc.parent.clone(),
+                full,
+            });
+        }
+    } else {
+        // Incremental backups are not restorable alone; their full backups are.
+        backups.retain(|b| b.incremental.is_none());
+        if backups.is_empty() {
+            return Err(PlanError::NoBackups);
+        }
     }
     let newest_tli = inv
         .histories
@@ -786,6 +813,9 @@ mod tests {
             bootstrap_superuser: None,
             snapshot_at_end: None,
             created_by: String::new(),
+            incremental: None,
+            full_reason: None,
+            members: Vec::new(),
         }
     }
 

@@ -826,6 +826,9 @@ mod tests {
             bootstrap_superuser: None,
             snapshot_at_end: None,
             created_by: String::new(),
+            incremental: None,
+            full_reason: None,
+            members: Vec::new(),
         }
     }
 
