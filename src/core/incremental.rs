@@ -336,16 +336,14 @@ impl TarIndexer {
         if let Some(lb) = self.long_buf.take() {
             self.long_name = Some(cstr(&lb));
         }
-        if let Some((i, prefix)) = self.current.take() {
-            if let Some(prefix) = prefix {
-                let m = &mut self.members[i];
-                let h = parse_header(&prefix, m.size).map_err(|source| IndexError::Header {
-                    tar: m.tar.clone(),
-                    path: m.path.clone(),
-                    source,
-                })?;
-                m.incremental = Some(h);
-            }
+        if let Some((i, Some(prefix))) = self.current.take() {
+            let m = &mut self.members[i];
+            let h = parse_header(&prefix, m.size).map_err(|source| IndexError::Header {
+                tar: m.tar.clone(),
+                path: m.path.clone(),
+                source,
+            })?;
+            m.incremental = Some(h);
         }
         Ok(())
     }

@@ -70,12 +70,12 @@ struct Parent {
 }
 
 /// The parent among `backups`, or why there is none. Pure.
-pub fn choose_parent<'a>(
-    backups: &'a [BackupMeta],
+pub fn choose_parent(
+    backups: &[BackupMeta],
     system_id: u64,
     choice: ParentChoice,
     max_chain: u32,
-) -> Result<&'a BackupMeta, String> {
+) -> Result<&BackupMeta, String> {
     let sys = system_id.to_string();
     let parent = backups
         .iter()
