@@ -170,6 +170,32 @@ fn chain(major: u32) {
         "{text}"
     );
 
+    // The parent's manifest is neither on this host nor readable without the identity:
+    // full, saying why; with encryption.identity_file the archived copy is used.
+    let streamer = lb.start_streamer(&pg);
+    let on_full_id = on_full["id"].as_str().unwrap().to_string();
+    std::fs::remove_dir_all(lb.spool.join("manifests")).unwrap();
+    let no_manifest = backup_ok(&lb, &["--incremental"]);
+    assert_eq!(
+        no_manifest["full_reason"],
+        format!(
+            "the manifest of the parent backup {on_full_id} is not kept on this host ({}) and encryption.identity_file is not set to read the archived copy",
+            lb.spool.join("manifests").join(format!("{on_full_id}.backup_manifest")).display()
+        )
+    );
+    std::fs::remove_dir_all(lb.spool.join("manifests")).unwrap();
+    let text = std::fs::read_to_string(&lb.config).unwrap().replace(
+        "[encryption]\n",
+        &format!(
+            "[encryption]\nidentity_file = \"{}\"\n",
+            lb.identity.display()
+        ),
+    );
+    std::fs::write(&lb.config, text).unwrap();
+    let from_archive = backup_ok(&lb, &["--incremental"]);
+    assert_eq!(from_archive["incremental"]["parent"], no_manifest["id"]);
+    stop_streamer(streamer);
+
     // Restore does not combine chains yet: an incremental is refused by name.
     let target = pg_tempdir("lbincr-");
     let pgdata = target.path().join("data");
