@@ -58,8 +58,6 @@ pub enum HeaderError {
     Short { have: u64, need: u64 },
     #[error("the file is {have} bytes; its header says {want}")]
     Length { have: u64, want: u64 },
-    #[error("block {0} is not below the truncation block length {1}")]
-    BlockPastTruncation(u32, u32),
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -103,9 +101,6 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<IncrementalHeader, H
         });
     }
     let blocks: Vec<u32> = (0..n as usize).map(|i| le32(prefix, 12 + 4 * i)).collect();
-    if let Some(b) = blocks.iter().find(|&&b| b >= trunc) {
-        return Err(HeaderError::BlockPastTruncation(*b, trunc));
-    }
     let h = IncrementalHeader {
         truncation_block_length: trunc,
         blocks,
@@ -354,6 +349,166 @@ impl TarIndexer {
     }
 }
 
+/// Where one block of a reconstructed file comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockSource {
+    /// A block no backup holds below the length: zeros (WAL replay fixes it up, as
+    /// `pg_combinebackup` trusts too).
+    Zero,
+    /// `len` bytes at `offset` in the content of member `member` of backup `backup`
+    /// (indexes into the chain and its `members`).
+    From {
+        backup: usize,
+        member: usize,
+        offset: u64,
+    },
+}
+
+/// How one file of the combined backup is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Combine {
+    /// Copied whole from the newest backup (`member` of the last backup of the chain).
+    Copy { member: usize },
+    /// Rebuilt block by block: `blocks.len()` blocks of BLCKSZ.
+    Reconstruct { blocks: Vec<BlockSource> },
+}
+
+/// One file of the combined backup: its tar, its path (without `INCREMENTAL.`), how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CombinedFile {
+    pub tar: String,
+    pub path: String,
+    pub how: Combine,
+}
+
+/// A chain that cannot be combined.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CombineError {
+    #[error("the chain is empty")]
+    Empty,
+    #[error("backup {0} of the chain has no file index (taken by an older lifeboat)")]
+    NoIndex(usize),
+    #[error("{tar}: {path} is incremental in backup {backup} of the chain, but the backup before it has neither {path} nor its INCREMENTAL file")]
+    Missing {
+        tar: String,
+        path: String,
+        backup: usize,
+    },
+}
+
+/// The path a member stands for: `dir/INCREMENTAL.16384` stands for `dir/16384`.
+fn real_path(path: &str) -> (String, bool) {
+    match path.rsplit_once('/') {
+        Some((dir, base)) if base.starts_with("INCREMENTAL.") => {
+            (format!("{dir}/{}", &base["INCREMENTAL.".len()..]), true)
+        }
+        None if path.starts_with("INCREMENTAL.") => {
+            (path["INCREMENTAL.".len()..].to_string(), true)
+        }
+        _ => (path.to_string(), false),
+    }
+}
+
+/// Plan the combination of a chain (`chain[0]` the full backup, the last the newest, each
+/// given by its tar index) with `pg_combinebackup`'s semantics:
+/// - the newest backup's file list decides what exists; its plain files are copied;
+/// - each of its `INCREMENTAL.*` files is rebuilt: its own blocks first; its length is its
+///   truncation block length (or past its highest block); then older backups, newest
+///   first, give the blocks still missing below the newest truncation block length, an
+///   older incremental file its blocks and the first full copy found every block it has,
+///   which ends the search; blocks nobody holds are zeros.
+pub fn plan_combine(chain: &[&[TarMember]]) -> Result<Vec<CombinedFile>, CombineError> {
+    let Some((newest, older)) = chain.split_last() else {
+        return Err(CombineError::Empty);
+    };
+    if let Some(i) = chain.iter().position(|m| m.is_empty()) {
+        return Err(CombineError::NoIndex(i));
+    }
+    // Per backup: (tar, path as stored) -> member index.
+    let index: Vec<std::collections::HashMap<(&str, &str), usize>> = older
+        .iter()
+        .map(|ms| {
+            ms.iter()
+                .enumerate()
+                .map(|(i, m)| ((m.tar.as_str(), m.path.as_str()), i))
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(newest.len());
+    for (mi, m) in newest.iter().enumerate() {
+        let (path, _) = real_path(&m.path);
+        let Some(h) = &m.incremental else {
+            out.push(CombinedFile {
+                tar: m.tar.clone(),
+                path,
+                how: Combine::Copy { member: mi },
+            });
+            continue;
+        };
+        let trunc = h.truncation_block_length;
+        let length = h.blocks.iter().map(|b| b + 1).fold(trunc, u32::max);
+        let mut blocks = vec![BlockSource::Zero; length as usize];
+        let mut have = vec![false; length as usize];
+        let newest_ix = chain.len() - 1;
+        for (i, &b) in h.blocks.iter().enumerate() {
+            if !have[b as usize] {
+                have[b as usize] = true;
+                blocks[b as usize] = BlockSource::From {
+                    backup: newest_ix,
+                    member: mi,
+                    offset: h.header_len() + BLCKSZ * i as u64,
+                };
+            }
+        }
+        let inc_name = match path.rsplit_once('/') {
+            Some((dir, base)) => format!("{dir}/INCREMENTAL.{base}"),
+            None => format!("INCREMENTAL.{path}"),
+        };
+        for bi in (0..older.len()).rev() {
+            if let Some(&fi) = index[bi].get(&(m.tar.as_str(), path.as_str())) {
+                let f = &older[bi][fi];
+                for b in 0..trunc.min(length) {
+                    if !have[b as usize] && u64::from(b) * BLCKSZ < f.size {
+                        have[b as usize] = true;
+                        blocks[b as usize] = BlockSource::From {
+                            backup: bi,
+                            member: fi,
+                            offset: u64::from(b) * BLCKSZ,
+                        };
+                    }
+                }
+                break;
+            }
+            let Some(&ii) = index[bi].get(&(m.tar.as_str(), inc_name.as_str())) else {
+                return Err(CombineError::Missing {
+                    tar: m.tar.clone(),
+                    path,
+                    backup: bi + 1,
+                });
+            };
+            let f = &older[bi][ii];
+            if let Some(oh) = &f.incremental {
+                for (i, &b) in oh.blocks.iter().enumerate() {
+                    if b < trunc && !have[b as usize] {
+                        have[b as usize] = true;
+                        blocks[b as usize] = BlockSource::From {
+                            backup: bi,
+                            member: ii,
+                            offset: oh.header_len() + BLCKSZ * i as u64,
+                        };
+                    }
+                }
+            }
+        }
+        out.push(CombinedFile {
+            tar: m.tar.clone(),
+            path,
+            how: Combine::Reconstruct { blocks },
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,12 +593,14 @@ mod tests {
             e.to_string(),
             "base.tar: base/1/INCREMENTAL.1259: INCREMENTAL header: bad magic 0xd3ae1ff2 (expected 0xd3ae1f0d)"
         );
-        // a block at or past the truncation length
-        let tar = tar_of(&[("base/1/INCREMENTAL.1259", incremental_file(&[5], 5))]);
+        // too many blocks for a segment (upstream's pg_combinebackup refuses it too)
+        let mut f = incremental_file(&[], 2);
+        f[4..8].copy_from_slice(&(MAX_BLOCKS + 1).to_le_bytes());
+        let tar = tar_of(&[("base/1/INCREMENTAL.1259", f)]);
         let e = TarIndexer::new("base.tar").push(&tar).unwrap_err();
         assert!(
             e.to_string()
-                .ends_with("block 5 is not below the truncation block length 5"),
+                .ends_with("131073 blocks is more than a relation segment holds (131072)"),
             "{e}"
         );
         // a size that disagrees with the header
@@ -476,5 +633,99 @@ mod tests {
                 assert_eq!(h.file_len(), f.len() as u64);
             }
         }
+    }
+
+    fn member(tar: &str, path: &str, size: u64, inc: Option<(&[u32], u32)>) -> TarMember {
+        TarMember {
+            tar: tar.into(),
+            path: path.into(),
+            offset: 0,
+            size,
+            incremental: inc.map(|(b, t)| IncrementalHeader {
+                truncation_block_length: t,
+                blocks: b.to_vec(),
+            }),
+        }
+    }
+
+    fn from(backup: usize, member: usize, offset: u64) -> BlockSource {
+        BlockSource::From {
+            backup,
+            member,
+            offset,
+        }
+    }
+
+    /// pg_combinebackup's rules on one relation across full + 2 incrementals: the newest
+    /// blocks win, the newest truncation length bounds the older sources, the full copy
+    /// ends the search, and the newest file list decides what exists.
+    #[test]
+    fn combine_follows_pg_combinebackups_rules() {
+        let full = vec![
+            member("base.tar", "PG_VERSION", 3, None),
+            member("base.tar", "base/5/16384", 6 * BLCKSZ, None),
+            member("base.tar", "base/5/dropped", BLCKSZ, None),
+        ];
+        // incremental 1: blocks 1 and 4 changed, the relation then had 6 blocks
+        let inc1 = vec![
+            member("base.tar", "PG_VERSION", 3, None),
+            member(
+                "base.tar",
+                "base/5/INCREMENTAL.16384",
+                3 * BLCKSZ,
+                Some((&[4, 1], 6)),
+            ),
+            member("base.tar", "base/5/dropped", BLCKSZ, None),
+        ];
+        // incremental 2: truncated to 5 blocks, block 1 changed again, grown to block 7
+        let inc2 = vec![
+            member("base.tar", "PG_VERSION", 3, None),
+            member(
+                "base.tar",
+                "base/5/INCREMENTAL.16384",
+                3 * BLCKSZ,
+                Some((&[7, 1], 5)),
+            ),
+        ];
+        let plan = plan_combine(&[&full, &inc1, &inc2]).unwrap();
+        assert_eq!(plan.len(), 2, "the dropped file is gone");
+        assert_eq!(plan[0].how, Combine::Copy { member: 0 });
+        assert_eq!(plan[1].path, "base/5/16384");
+        let Combine::Reconstruct { blocks } = &plan[1].how else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(
+            blocks,
+            &vec![
+                from(0, 1, 0),
+                from(2, 1, BLCKSZ + BLCKSZ), // inc2's second block
+                from(0, 1, 2 * BLCKSZ),
+                from(0, 1, 3 * BLCKSZ),
+                from(1, 1, BLCKSZ), // inc1's first block (block 4)
+                BlockSource::Zero,  // past inc2's truncation length: not taken from older
+                BlockSource::Zero,
+                from(2, 1, BLCKSZ),
+            ]
+        );
+    }
+
+    #[test]
+    fn combine_refuses_a_broken_chain() {
+        let full = vec![member("base.tar", "PG_VERSION", 3, None)];
+        let inc = vec![member(
+            "base.tar",
+            "base/5/INCREMENTAL.1",
+            BLCKSZ * 2,
+            Some((&[0], 1)),
+        )];
+        assert_eq!(
+            plan_combine(&[&full, &inc]).unwrap_err().to_string(),
+            "base.tar: base/5/1 is incremental in backup 1 of the chain, but the backup before it has neither base/5/1 nor its INCREMENTAL file"
+        );
+        assert_eq!(plan_combine(&[]).unwrap_err(), CombineError::Empty);
+        assert_eq!(
+            plan_combine(&[&[], &inc]).unwrap_err(),
+            CombineError::NoIndex(0)
+        );
     }
 }
