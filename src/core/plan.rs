@@ -937,6 +937,42 @@ mod tests {
         }
     }
 
+    /// Until restore combines chains, an incremental backup is never picked on its own and
+    /// is refused by name, with the chain's full backup in the hint.
+    #[test]
+    fn incremental_backups_are_passed_over_and_refused_by_name() {
+        let mut b = backup("B", 1, 5 * S, 5 * S + 100, "2026-11-24T12:00:00Z");
+        b.incremental = Some(crate::core::catalog::IncrementalOf {
+            parent: "A".into(),
+            chain_length: 1,
+            from_lsn: Lsn(2 * S),
+            from_timeline: TimelineId(1),
+        });
+        let mut c = backup("C", 1, 6 * S, 6 * S + 100, "2026-11-24T13:00:00Z");
+        c.incremental = Some(crate::core::catalog::IncrementalOf {
+            parent: "B".into(),
+            chain_length: 2,
+            from_lsn: Lsn(5 * S),
+            from_timeline: TimelineId(1),
+        });
+        let i = inv(
+            vec![
+                backup("A", 1, 2 * S, 2 * S + 100, "2026-11-24T08:00:00Z"),
+                b,
+                c,
+            ],
+            vec![r(1, 2 * S, 9 * S)],
+            vec![],
+        );
+        let p = plan(&i, &Target::Latest, TimelineChoice::Latest, None).unwrap();
+        assert_eq!(p.backup, "A");
+        let e = plan(&i, &Target::Latest, TimelineChoice::Latest, Some("C")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "backup C is incremental (its parent is B) and restore does not combine chains yet\nhint: restore the full backup A (omit --backup to let lifeboat choose), or combine the chain with pg_combinebackup"
+        );
+    }
+
     #[test]
     fn picks_the_newest_backup_before_a_time() {
         let i = inv(
