@@ -195,6 +195,30 @@ fn chain(major: u32) {
     std::fs::write(&lb.config, text).unwrap();
     let from_archive = backup_ok(&lb, &["--incremental"]);
     assert_eq!(from_archive["incremental"]["parent"], no_manifest["id"]);
+
+    // A parent from another cluster (its manifest's System-Identifier changed, same
+    // length): the server refuses it; full, with the server's message and SQLSTATE.
+    let cached = lb.spool.join("manifests").join(format!(
+        "{}.backup_manifest",
+        from_archive["id"].as_str().unwrap()
+    ));
+    let text = std::fs::read_to_string(&cached).unwrap();
+    let sys = pg.system_identifier().to_string();
+    let last = sys.chars().last().unwrap();
+    let other = format!(
+        "{}{}",
+        &sys[..sys.len() - 1],
+        if last == '1' { '2' } else { '1' }
+    );
+    let forged = text.replacen(&sys, &other, 1);
+    assert_ne!(forged, text);
+    std::fs::write(&cached, forged).unwrap();
+    let refused = backup_ok(&lb, &["--incremental"]);
+    assert_eq!(
+        refused["full_reason"],
+        format!("the server refused the incremental backup: system identifier in backup manifest is {other}, but database system identifier is {sys} (SQLSTATE XX000)")
+    );
+    assert!(refused.get("incremental").is_none());
     stop_streamer(streamer);
 
     // Restore does not combine chains yet: an incremental is refused by name.
