@@ -380,6 +380,10 @@ pub struct BackupConfig {
     /// zstd level for backup parts.
     #[serde(default = "default_backup_level")]
     pub compression_level: i32,
+    /// Longest chain of incremental backups on top of a full one: `backup --incremental`
+    /// takes a full backup instead once the chosen parent's chain has this many.
+    #[serde(default = "default_max_chain")]
+    pub max_chain: u32,
 }
 
 impl Default for BackupConfig {
@@ -388,12 +392,16 @@ impl Default for BackupConfig {
             part_size: default_part_size(),
             max_rate: None,
             compression_level: default_backup_level(),
+            max_chain: default_max_chain(),
         }
     }
 }
 
 fn default_part_size() -> ByteSize {
     ByteSize(8 << 20)
+}
+fn default_max_chain() -> u32 {
+    6
 }
 fn default_backup_level() -> i32 {
     3

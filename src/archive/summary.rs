@@ -31,6 +31,11 @@ pub struct BackupSummary {
     pub kept_by: Vec<Tier>,
     /// Until when the calendar tiers keep it.
     pub keep_until: Option<Timestamp>,
+    /// An incremental backup's parent, and its place in the chain (1: on a full backup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_length: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,18 +128,16 @@ impl BackupSummary {
             end_lsn: m.end_lsn,
             start_time: m.start_time.rfc3339(),
             end_time: m.end_time.rfc3339(),
-            restorable: catalog::wal_covers(
-                wal,
-                m.timeline,
-                m.start_lsn,
-                m.end_timeline,
-                m.end_lsn,
-            ),
+            // An incremental backup is not a recovery point until restore combines chains.
+            restorable: m.incremental.is_none()
+                && catalog::wal_covers(wal, m.timeline, m.start_lsn, m.end_timeline, m.end_lsn),
             plain_size: m.plain_size,
             stored_size: m.stored_size,
             pg_version: m.pg_version,
             kept_by: Vec::new(),
             keep_until: None,
+            parent: m.incremental.as_ref().map(|i| i.parent.clone()),
+            chain_length: m.incremental.as_ref().map(|i| i.chain_length),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `lifeboat backup`: take a base backup over BASE_BACKUP and archive it.
 
 use super::{parse_duration_arg, print_json, Ctx, Failure};
-use crate::ingest::backup::{self, BackupOptions};
+use crate::ingest::backup::{self, BackupOptions, ParentChoice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,6 +21,11 @@ pub struct Args {
     /// was written for (the new identity is on the restore host): writes its key canary.
     #[arg(long)]
     accept_new_recipients: bool,
+    /// Take an incremental backup (PostgreSQL 17+, summarize_wal on) relative to the newest
+    /// backup (`latest`, the default) or the newest full one (`full`). Falls back to a full
+    /// backup, saying why, when the server or the archive cannot take one.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "latest")]
+    incremental: Option<ParentChoice>,
 }
 
 pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
@@ -33,14 +38,25 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             label: a.label.clone(),
             fast: a.fast,
             wal_timeout,
+            incremental: a.incremental,
         },
     )
     .await?;
     if ctx.json() {
         return print_json(&out);
     }
+    if let Some(r) = &out.meta.full_reason {
+        println!("full backup instead of an incremental one: {r}");
+    }
+    let kind = match &out.meta.incremental {
+        Some(i) => format!(
+            "; incremental on {} (chain length {})",
+            i.parent, i.chain_length
+        ),
+        None => String::new(),
+    };
     println!(
-        "backup {}: {} parts, {} bytes ({} stored), WAL {} – {} on timeline {}, {}",
+        "backup {}: {} parts, {} bytes ({} stored), WAL {} – {} on timeline {}, {}{kind}",
         out.meta.id,
         out.meta.parts.len(),
         out.meta.plain_size,

@@ -55,7 +55,14 @@ pub fn render(r: &ListReport) -> String {
                 },
                 b.keep_until
                     .map_or_else(|| "-".to_string(), |t| t.rfc3339()[..10].to_string()),
-                b.label
+                match &b.parent {
+                    Some(p) => format!(
+                        "{} (incremental on {p}, chain {})",
+                        b.label,
+                        b.chain_length.unwrap_or(0)
+                    ),
+                    None => b.label.clone(),
+                }
             ));
         }
     }
@@ -155,6 +162,8 @@ mod tests {
                     crate::core::retention::Tier::Monthly,
                 ],
                 keep_until: Some(crate::core::plan::Timestamp(1_790_812_800_000_000)),
+                parent: None,
+                chain_length: None,
             }],
             wal: vec![WalRange {
                 timeline: 1,

@@ -546,6 +546,29 @@ pub struct BackupMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_at_end: Option<String>,
     pub created_by: String,
+    /// Set on an incremental backup (PostgreSQL 17+): what it is relative to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalOf>,
+    /// Why a backup asked to be incremental was taken full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<String>,
+    /// Every regular file of the tars, as it streamed by (empty for backups of older
+    /// lifeboat versions); `INCREMENTAL.*` files carry their header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<crate::core::incremental::TarMember>,
+}
+
+/// The parent of an incremental backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncrementalOf {
+    /// The backup whose manifest was uploaded.
+    pub parent: String,
+    /// Incremental backups from the full one to this one, this one included (1: the parent
+    /// is a full backup).
+    pub chain_length: u32,
+    /// `INCREMENTAL FROM LSN` / `TLI` of this backup's label: the parent's start.
+    pub from_lsn: Lsn,
+    pub from_timeline: TimelineId,
 }
 
 impl BackupMeta {

@@ -321,6 +321,12 @@ pub enum PlanError {
     NoBackups,
     #[error("backup {0} is not in the archive\nhint: `lifeboat list` shows the backups")]
     UnknownBackup(String),
+    #[error("backup {id} is incremental (its parent is {parent}) and restore does not combine chains yet\nhint: restore the full backup {full} (omit --backup to let lifeboat choose), or combine the chain with pg_combinebackup")]
+    Incremental {
+        id: String,
+        parent: String,
+        full: String,
+    },
     #[error(
         "timeline {0} is not in the archive\nhint: `lifeboat list` shows the archived timelines"
     )]
@@ -577,6 +583,27 @@ fn plan_inner(
         if backups.is_empty() {
             return Err(PlanError::UnknownBackup(id.into()));
         }
+        if let Some(inc) = &backups[0].incremental {
+            // The chain's full backup, as far as it is in the archive.
+            let mut full = inc.parent.clone();
+            while let Some(p) = inv.backups.iter().find(|b| b.id == full) {
+                match &p.incremental {
+                    Some(i) => full = i.parent.clone(),
+                    None => break,
+                }
+            }
+            return Err(PlanError::Incremental {
+                id: id.into(),
+                parent: inc.parent.clone(),
+                full,
+            });
+        }
+    } else {
+        // Incremental backups are not restorable alone; their full backups are.
+        backups.retain(|b| b.incremental.is_none());
+        if backups.is_empty() {
+            return Err(PlanError::NoBackups);
+        }
     }
     let newest_tli = inv
         .histories
@@ -786,6 +813,9 @@ mod tests {
             bootstrap_superuser: None,
             snapshot_at_end: None,
             created_by: String::new(),
+            incremental: None,
+            full_reason: None,
+            members: Vec::new(),
         }
     }
 
@@ -905,6 +935,42 @@ mod tests {
             let e = parse_time(bad).unwrap_err();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    /// Until restore combines chains, an incremental backup is never picked on its own and
+    /// is refused by name, with the chain's full backup in the hint.
+    #[test]
+    fn incremental_backups_are_passed_over_and_refused_by_name() {
+        let mut b = backup("B", 1, 5 * S, 5 * S + 100, "2026-11-24T12:00:00Z");
+        b.incremental = Some(crate::core::catalog::IncrementalOf {
+            parent: "A".into(),
+            chain_length: 1,
+            from_lsn: Lsn(2 * S),
+            from_timeline: TimelineId(1),
+        });
+        let mut c = backup("C", 1, 6 * S, 6 * S + 100, "2026-11-24T13:00:00Z");
+        c.incremental = Some(crate::core::catalog::IncrementalOf {
+            parent: "B".into(),
+            chain_length: 2,
+            from_lsn: Lsn(5 * S),
+            from_timeline: TimelineId(1),
+        });
+        let i = inv(
+            vec![
+                backup("A", 1, 2 * S, 2 * S + 100, "2026-11-24T08:00:00Z"),
+                b,
+                c,
+            ],
+            vec![r(1, 2 * S, 9 * S)],
+            vec![],
+        );
+        let p = plan(&i, &Target::Latest, TimelineChoice::Latest, None).unwrap();
+        assert_eq!(p.backup, "A");
+        let e = plan(&i, &Target::Latest, TimelineChoice::Latest, Some("C")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "backup C is incremental (its parent is B) and restore does not combine chains yet\nhint: restore the full backup A (omit --backup to let lifeboat choose), or combine the chain with pg_combinebackup"
+        );
     }
 
     #[test]

@@ -431,12 +431,15 @@ pub fn plan_provider<'a>(
         .iter()
         .filter(|b| has(&catalog::backup_meta_key(&b.id)))
         .collect();
+    // An incremental backup is no recovery point of its own (restore does not combine
+    // chains yet): never the anchor, never counted; kept while inside the window.
     let restorable_on = |b: &BackupMeta| {
-        b.parts
-            .iter()
-            .map(|p| p.key.as_str())
-            .chain([b.manifest.key.as_str()])
-            .all(has)
+        b.incremental.is_none()
+            && b.parts
+                .iter()
+                .map(|p| p.key.as_str())
+                .chain([b.manifest.key.as_str()])
+                .all(has)
             && catalog::wal_covers(&ranges, b.timeline, b.start_lsn, b.end_timeline, b.end_lsn)
     };
     let mut restorable: Vec<&BackupMeta> =
@@ -998,6 +1001,9 @@ mod tests {
             bootstrap_superuser: None,
             snapshot_at_end: None,
             created_by: String::new(),
+            incremental: None,
+            full_reason: None,
+            members: Vec::new(),
         }
     }
 

@@ -32,8 +32,9 @@ use serde::Serialize;
 use crate::archive::Archive;
 use crate::config::Config;
 use crate::core::catalog::{
-    self, BackupExtension, BackupMeta, BackupPart, BackupTablespace, WalRange,
+    self, BackupExtension, BackupMeta, BackupPart, BackupTablespace, IncrementalOf, WalRange,
 };
+use crate::core::incremental::{TarIndexer, TarMember};
 use crate::core::plan::Timestamp;
 use crate::core::wal::{Lsn, TimelineId, WalSegSize};
 use crate::ingest::parts::PartWriter;
@@ -48,6 +49,216 @@ pub struct BackupOptions {
     pub fast: bool,
     /// How long to wait for the streamer to archive the backup's WAL.
     pub wal_timeout: Duration,
+    /// Take an incremental backup (PostgreSQL 17+) relative to this parent, where possible.
+    pub incremental: Option<ParentChoice>,
+}
+
+/// Which backup an incremental one is relative to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ParentChoice {
+    /// The newest backup, full or incremental.
+    Latest,
+    /// The newest full backup.
+    Full,
+}
+
+/// The parent of the incremental backup about to be taken.
+struct Parent {
+    meta: BackupMeta,
+    manifest: Vec<u8>,
+}
+
+/// The parent among `backups`, or why there is none. Pure.
+pub fn choose_parent(
+    backups: &[BackupMeta],
+    system_id: u64,
+    choice: ParentChoice,
+    max_chain: u32,
+) -> Result<&BackupMeta, String> {
+    let sys = system_id.to_string();
+    let parent = backups
+        .iter()
+        .filter(|b| b.system_identifier == sys)
+        .filter(|b| choice == ParentChoice::Latest || b.incremental.is_none())
+        .max_by(|a, b| (a.end_lsn, &a.id).cmp(&(b.end_lsn, &b.id)))
+        .ok_or_else(|| match choice {
+            ParentChoice::Latest => {
+                "the archive holds no earlier backup of this cluster to be incremental to"
+                    .to_string()
+            }
+            ParentChoice::Full => {
+                "the archive holds no earlier full backup of this cluster to be incremental to"
+                    .to_string()
+            }
+        })?;
+    let length = parent.incremental.as_ref().map_or(0, |i| i.chain_length);
+    if length >= max_chain {
+        return Err(format!(
+            "the chain ending at backup {} already has {length} incremental backups, [backup] max_chain = {max_chain}",
+            parent.id
+        ));
+    }
+    if parent.pg_version / 10000 < 17 {
+        return Err(format!(
+            "the parent backup {} was taken from PostgreSQL {}, which has no incremental backups",
+            parent.id,
+            parent.pg_version / 10000
+        ));
+    }
+    Ok(parent)
+}
+
+/// Where this host keeps the manifests of its own recent backups: the parent's manifest
+/// is needed in plain text, and the archived copy is encrypted for the restore host.
+fn manifest_cache(cfg: &Config) -> std::path::PathBuf {
+    cfg.wal.spool_dir.join("manifests")
+}
+
+/// Keep `manifest` (byte-exact) for later incremental backups; the newest `max_chain + 2`
+/// are kept. Best effort: without it the next incremental needs the identity file.
+fn cache_manifest(cfg: &Config, id: &str, manifest: &[u8]) {
+    let dir = manifest_cache(cfg);
+    let result = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{id}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(manifest)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(format!("{id}.backup_manifest")))?;
+        let mut names: Vec<String> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".backup_manifest"))
+            .collect();
+        names.sort();
+        let keep = cfg.backup.max_chain as usize + 2;
+        if names.len() > keep {
+            for n in &names[..names.len() - keep] {
+                let _ = std::fs::remove_file(dir.join(n));
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the backup manifest on this host; the next incremental backup will need encryption.identity_file to read it from the archive");
+    }
+}
+
+/// The parent's manifest, byte-exact: this host's copy, else the archived one decrypted
+/// with `encryption.identity_file`.
+async fn parent_manifest(
+    cfg: &Config,
+    archive: &Archive,
+    parent: &BackupMeta,
+) -> Result<Vec<u8>, String> {
+    let local = manifest_cache(cfg).join(format!("{}.backup_manifest", parent.id));
+    if let Ok(b) = std::fs::read(&local) {
+        if b.len() as u64 == parent.manifest.plain_len {
+            return Ok(b);
+        }
+        tracing::warn!(path = %local.display(), "this host's copy of the parent's manifest has the wrong length; reading the archived one");
+    }
+    let Some(idf) = cfg.encryption.identity_file.clone() else {
+        return Err(format!(
+            "the manifest of the parent backup {} is not kept on this host ({}) and encryption.identity_file is not set to read the archived copy",
+            parent.id,
+            local.display()
+        ));
+    };
+    let opener = std::sync::Arc::new(
+        crate::pipeline::Opener::from_file(&idf)
+            .map_err(|e| format!("cannot read the parent's manifest: {e}"))?,
+    );
+    let want = parent.manifest.clone();
+    archive
+        .read(&want.key, |stored: Bytes| {
+            let op = opener.clone();
+            let want = want.clone();
+            async move {
+                tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+                    let c = crate::pipeline::check(&stored).map_err(|e| e.to_string())?;
+                    if c.crc32 != want.crc32 || stored.len() as u64 != want.stored_len {
+                        return Err("does not match backup.json".into());
+                    }
+                    let plain = op.open(&stored).map_err(|e| e.to_string())?;
+                    if plain.len() as u64 != want.plain_len {
+                        return Err(format!(
+                            "decrypts to {} bytes, backup.json says {}",
+                            plain.len(),
+                            want.plain_len
+                        ));
+                    }
+                    Ok(plain)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot read the manifest of the parent backup {}: {}",
+                parent.id,
+                e.problems()
+            )
+        })
+}
+
+/// Whether the server can take an incremental backup, and relative to which parent.
+async fn prepare_incremental(
+    cfg: &Config,
+    archive: &Archive,
+    conn: &mut Connection,
+    system_id: u64,
+    pg_version: u32,
+    data_checksums: bool,
+    choice: ParentChoice,
+) -> Result<Result<Parent, String>> {
+    if pg_version < 170000 {
+        return Ok(Err(format!(
+            "PostgreSQL {} cannot take incremental backups (they need 17 or later)",
+            pg_version / 10000
+        )));
+    }
+    if conn.show("summarize_wal").await? != "on" {
+        return Ok(Err(
+            "summarize_wal is off on the server (incremental backups need WAL summaries)".into(),
+        ));
+    }
+    if !data_checksums && conn.show("wal_log_hints").await? != "on" {
+        return Ok(Err("neither data checksums nor wal_log_hints are on: PostgreSQL's incremental backups can then carry stale visibility-map bits (an open upstream issue), so lifeboat takes them only with one of the two".into()));
+    }
+    let backups = archive.backups().await?;
+    let parent = match choose_parent(&backups, system_id, choice, cfg.backup.max_chain) {
+        Ok(p) => p.clone(),
+        Err(reason) => return Ok(Err(reason)),
+    };
+    Ok(parent_manifest(cfg, archive, &parent)
+        .await
+        .map(|manifest| Parent {
+            meta: parent,
+            manifest,
+        }))
+}
+
+/// A server error before the first archive of an incremental BASE_BACKUP (or from
+/// UPLOAD_MANIFEST): the server cannot take it, a full backup is taken instead.
+#[derive(Debug, thiserror::Error)]
+#[error("the server refused the incremental backup: {0}")]
+struct Refused(String);
+
+fn refused(e: &PgError) -> Refused {
+    let msg = match e {
+        PgError::Server { fields } => fields.message.clone(),
+        other => other.to_string(),
+    };
+    Refused(match e.code() {
+        Some(c) => format!("{msg} (SQLSTATE {})", c.code()),
+        None => msg,
+    })
 }
 
 /// What `backup` did.
@@ -273,27 +484,68 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         .label
         .clone()
         .unwrap_or_else(|| format!("lifeboat {id}"));
-    let req = BackupRequest {
+    // Incremental where the server and the archive allow; otherwise full, saying why.
+    let mut full_reason = None;
+    let mut parent = None;
+    if let Some(choice) = opts.incremental {
+        match prepare_incremental(
+            cfg,
+            &archive,
+            &mut conn,
+            ident.system_id,
+            pg_version,
+            data_checksums,
+            choice,
+        )
+        .await?
+        {
+            Ok(p) => match conn.upload_manifest(&p.manifest).await {
+                Ok(()) => parent = Some(p),
+                Err(e @ PgError::Server { .. }) => full_reason = Some(refused(&e).to_string()),
+                Err(e) => return Err(e.into()),
+            },
+            Err(reason) => full_reason = Some(reason),
+        }
+    }
+    if let Some(r) = &full_reason {
+        tracing::warn!(reason = %r, "taking a full backup instead of an incremental one");
+    }
+    let mut req = BackupRequest {
         label: label.clone(),
         fast: opts.fast,
         max_rate: cfg.backup.max_rate,
+        incremental: parent.is_some(),
     };
     tracing::info!(
         id,
         label,
         fast = opts.fast,
         server = conn.target,
+        parent = parent.as_ref().map(|p| p.meta.id.as_str()),
         "starting base backup"
     );
 
-    let result = stream_backup(&mut conn, &req, &archive, &sealer, &id, cfg).await;
-    let (start, parts, manifest, tablespaces, end_lsn, end_tli) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            cleanup(&archive.mirror, &id).await;
-            return Err(e);
+    let mut result = stream_backup(&mut conn, &req, &archive, &sealer, &id, cfg).await;
+    if let Err(e) = &result {
+        if let Some(r) = e.downcast_ref::<Refused>() {
+            // Nothing was written; a fresh connection takes the full backup.
+            let reason = r.to_string();
+            tracing::warn!(reason = %reason, "taking a full backup instead of an incremental one");
+            full_reason = Some(reason);
+            parent = None;
+            req.incremental = false;
+            conn = Connection::connect(&params, true).await?;
+            result = stream_backup(&mut conn, &req, &archive, &sealer, &id, cfg).await;
         }
-    };
+    }
+    let (start, parts, manifest, plain_manifest, members, tablespaces, end_lsn, end_tli) =
+        match result {
+            Ok(r) => r,
+            Err(e) => {
+                cleanup(&archive.mirror, &id).await;
+                return Err(e);
+            }
+        };
     conn.close().await;
 
     let end_time = now_seconds();
@@ -333,6 +585,14 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         bootstrap_superuser,
         snapshot_at_end,
         created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+        incremental: parent.as_ref().map(|p| IncrementalOf {
+            parent: p.meta.id.clone(),
+            chain_length: p.meta.incremental.as_ref().map_or(0, |i| i.chain_length) + 1,
+            from_lsn: p.meta.start_lsn,
+            from_timeline: p.meta.timeline,
+        }),
+        full_reason,
+        members,
     };
     let body = serde_json::to_vec_pretty(&meta).context("encoding backup.json")?;
     if let Err(e) = archive
@@ -343,8 +603,10 @@ pub async fn run(cfg: &Config, opts: BackupOptions) -> Result<BackupOutcome> {
         cleanup(&archive.mirror, &id).await;
         return Err(e.into());
     }
+    cache_manifest(cfg, &id, &plain_manifest);
     tracing::info!(
         id,
+        parent = meta.incremental.as_ref().map(|i| i.parent.as_str()),
         start = %meta.start_lsn,
         end = %meta.end_lsn,
         plain = meta.plain_size,
@@ -423,6 +685,8 @@ type Streamed = (
     (Lsn, TimelineId),
     Vec<BackupPart>,
     BackupPart,
+    Vec<u8>,
+    Vec<TarMember>,
     Vec<BackupTablespace>,
     Lsn,
     TimelineId,
@@ -436,7 +700,11 @@ async fn stream_backup(
     id: &str,
     cfg: &Config,
 ) -> Result<Streamed> {
-    let mut bb = BaseBackup::begin(conn, req).await?;
+    let mut bb = match BaseBackup::begin(conn, req).await {
+        Ok(b) => b,
+        Err(e @ PgError::Server { .. }) if req.incremental => return Err(refused(&e).into()),
+        Err(e) => return Err(e.into()),
+    };
     let start = (bb.start.start_lsn, bb.start.timeline);
     tracing::info!(start = %start.0, timeline = %start.1, tablespaces = bb.start.tablespaces.len(), "backup started");
     let mut tablespaces: Vec<BackupTablespace> = bb
@@ -459,6 +727,8 @@ async fn stream_backup(
     let mut tars: Vec<String> = Vec::new();
     let mut manifest: Option<Vec<u8>> = None;
     let mut end = None;
+    let mut index: Option<TarIndexer> = None;
+    let mut members: Vec<TarMember> = Vec::new();
     while let Some(ev) = bb.next().await? {
         match ev {
             Event::Archive {
@@ -474,17 +744,26 @@ async fn stream_backup(
                     });
                 }
                 tars.push(name.clone());
+                if let Some(ix) = index.replace(TarIndexer::new(name.clone())) {
+                    members.extend(ix.finish());
+                }
                 writer.begin_tar(name).await?;
             }
             Event::Data(d) => match manifest.as_mut() {
                 Some(m) => m.extend_from_slice(&d),
                 None => {
                     progress.add(d.len() as u64);
+                    if let Some(ix) = index.as_mut() {
+                        ix.push(&d)?;
+                    }
                     writer.push(&d).await?;
                 }
             },
             Event::Progress(_) => {}
             Event::ManifestStart => {
+                if let Some(ix) = index.take() {
+                    members.extend(ix.finish());
+                }
                 writer.end_tar().await?;
                 manifest = Some(Vec::new());
             }
@@ -499,9 +778,13 @@ async fn stream_backup(
     let key = catalog::backup_manifest_key(id);
     let sealer = sealer.clone();
     let plain_len = manifest.len() as u64;
-    let sealed = tokio::task::spawn_blocking(move || sealer.seal(&manifest))
-        .await
-        .map_err(|e| anyhow!("sealing task failed: {e}"))??;
+    let (sealed, manifest) = tokio::task::spawn_blocking(move || {
+        let s = sealer.seal(&manifest);
+        (s, manifest)
+    })
+    .await
+    .map_err(|e| anyhow!("sealing task failed: {e}"))?;
+    let sealed = sealed?;
     let manifest_part = BackupPart {
         key: key.clone(),
         tar: "backup_manifest".into(),
@@ -512,7 +795,16 @@ async fn stream_backup(
     };
     archive.mirror.put(&key, Bytes::from(sealed.bytes)).await?;
     tablespaces.retain(|t| tars.contains(&t.tar));
-    Ok((start, parts, manifest_part, tablespaces, end_lsn, end_tli))
+    Ok((
+        start,
+        parts,
+        manifest_part,
+        manifest,
+        members,
+        tablespaces,
+        end_lsn,
+        end_tli,
+    ))
 }
 
 /// Best effort: remove the objects of a failed backup (they are invisible anyway, having no

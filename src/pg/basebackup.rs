@@ -34,6 +34,9 @@ pub struct BackupRequest {
     pub fast: bool,
     /// Server-side rate limit in kB/s (32..=1048576), as pg_basebackup's `--max-rate`.
     pub max_rate: Option<u32>,
+    /// `INCREMENTAL` (17+): relative to the manifest uploaded with `UPLOAD_MANIFEST` on
+    /// the same connection.
+    pub incremental: bool,
 }
 
 /// The BASE_BACKUP command for a server of major version `major`.
@@ -57,6 +60,9 @@ pub fn command(major: u32, req: &BackupRequest) -> String {
         );
         if let Some(r) = req.max_rate {
             s.push_str(&format!(", MAX_RATE {r}"));
+        }
+        if req.incremental && major >= 17 {
+            s.push_str(", INCREMENTAL");
         }
         s.push(')');
         s
@@ -544,6 +550,7 @@ mod tests {
             label: "it's mine".into(),
             fast: true,
             max_rate: Some(1024),
+            incremental: false,
         };
         assert_eq!(
             command(14, &req),
@@ -557,7 +564,16 @@ mod tests {
             label: "x".into(),
             fast: false,
             max_rate: None,
+            incremental: false,
         };
+        let incr = BackupRequest {
+            incremental: true,
+            ..spread.clone()
+        };
+        assert_eq!(
+            command(17, &incr),
+            "BASE_BACKUP (LABEL 'x', PROGRESS, CHECKPOINT 'spread', WAIT 0, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP, INCREMENTAL)"
+        );
         assert_eq!(
             command(17, &spread),
             "BASE_BACKUP (LABEL 'x', PROGRESS, CHECKPOINT 'spread', WAIT 0, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP)"

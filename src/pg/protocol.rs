@@ -340,6 +340,21 @@ pub fn standby_status_update(
     b.freeze()
 }
 
+/// CopyData messages, client to server, carrying `payload` in pieces of at most `chunk`
+/// bytes (a CopyIn such as UPLOAD_MANIFEST's).
+pub fn copy_data(payload: &[u8], chunk: usize) -> Vec<Bytes> {
+    payload
+        .chunks(chunk.max(1))
+        .map(|c| {
+            let mut b = BytesMut::with_capacity(c.len() + 5);
+            b.put_u8(b'd');
+            b.put_u32(4 + c.len() as u32);
+            b.put_slice(c);
+            b.freeze()
+        })
+        .collect()
+}
+
 /// CopyDone, client to server.
 pub fn copy_done() -> Bytes {
     Bytes::from_static(&[b'c', 0, 0, 0, 4])

@@ -98,6 +98,32 @@ impl Connection {
             .ok_or_else(|| PgError::Protocol(format!("TIMELINE_HISTORY {tli} returned no content")))
     }
 
+    /// `UPLOAD_MANIFEST` (17+): send a previous backup's `backup_manifest`, byte for byte,
+    /// through CopyIn; a following `BASE_BACKUP ( …, INCREMENTAL )` on this connection is
+    /// relative to it. A server error (e.g. a manifest of another system) is returned after
+    /// the connection is back at ReadyForQuery.
+    pub async fn upload_manifest(&mut self, manifest: &[u8]) -> Result<(), PgError> {
+        self.send_query("UPLOAD_MANIFEST").await?;
+        let mut err = None;
+        loop {
+            match self.recv().await? {
+                Backend::CopyInResponse => {
+                    for m in crate::pg::protocol::copy_data(manifest, 64 * 1024) {
+                        self.send(&m).await?;
+                    }
+                    self.send(&crate::pg::protocol::copy_done()).await?;
+                }
+                Backend::Error(f) => err = Some(PgError::from_server(f)),
+                Backend::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Create a physical slot that reserves WAL at once (from the last checkpoint's redo
     /// position). A `temporary` slot lives only as long as this connection, like the one
     /// `pg_basebackup -X stream` uses. `Ok(false)` when it already exists.

@@ -18,6 +18,7 @@ mod failover;
 mod fuzz_corpus;
 mod hardening;
 mod harness;
+mod incremental;
 mod init;
 mod keys;
 mod metrics;
