@@ -454,9 +454,11 @@ async fn checks(conn: &mut Connection, params: &ConnParams) -> anyhow::Result<Ve
         .await?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // Senders held by others (standbys, other tools): lifeboat's own (a streamer already
+    // running when init --check runs again) are the ones it needs, not a shortage.
     let used: i64 = value(
         conn,
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'",
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' AND application_name NOT LIKE 'lifeboat%'",
     )
     .await?
     .and_then(|v| v.parse().ok())
@@ -465,16 +467,16 @@ async fn checks(conn: &mut Connection, params: &ConnParams) -> anyhow::Result<Ve
     out.push(if senders - used >= 2 {
         Line {
             outcome: Outcome::Ok,
-            text: format!("max_wal_senders = {senders}, {used} in use: room for the streamer and a backup"),
+            text: format!("max_wal_senders = {senders}, {used} in use by others: room for the streamer and a backup"),
             hint: None,
             fix: None,
         }
     } else {
         Line {
             outcome: Outcome::Fail,
-            text: format!("max_wal_senders = {senders}, {used} in use: lifeboat needs 2 free (the streamer and a backup)"),
-            hint: Some(format!("ALTER SYSTEM SET max_wal_senders = {}; then restart the server", used + senders.max(0) + 2)),
-            fix: Some(format!("ALTER SYSTEM SET max_wal_senders = {}", used + senders.max(0) + 2)),
+            text: format!("max_wal_senders = {senders}, {used} in use by others: lifeboat needs 2 (the streamer and a backup)"),
+            hint: Some(format!("ALTER SYSTEM SET max_wal_senders = {}; then restart the server", used + 2)),
+            fix: Some(format!("ALTER SYSTEM SET max_wal_senders = {}", used + 2)),
         }
     });
     let slots: i64 = value(conn, "SHOW max_replication_slots")

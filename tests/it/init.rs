@@ -144,3 +144,75 @@ fn init_on(major: u32) {
         "{out}"
     );
 }
+
+/// A server that cannot stream at all (`wal_level = minimal`, no WAL senders) and one whose
+/// senders are taken: each failing line with its exact hint; `--apply` as the superuser
+/// writes the settings, and after the restart they are ok.
+#[test]
+fn init_names_what_the_server_lacks_and_apply_fixes_it() {
+    for major in fifteen_and_newest_majors() {
+        let pg = PgCluster::start(
+            major,
+            ClusterOpts::default()
+                .conf("wal_level = minimal")
+                .conf("max_wal_senders = 0"),
+        );
+        let su = format!(
+            "host={} port={} user={SUPERUSER}",
+            pg.socket_dir.display(),
+            pg.port
+        );
+        let (code, out, err) = init(&["init", "--check", "--conninfo", &su]);
+        assert_eq!(code, Some(1), "{out}{err}");
+        for line in [
+            "FAIL  wal_level = minimal: physical replication needs replica\n      hint: ALTER SYSTEM SET wal_level = 'replica'; then restart the server\n",
+            "FAIL  max_wal_senders = 0, 0 in use by others: lifeboat needs 2 (the streamer and a backup)\n      hint: ALTER SYSTEM SET max_wal_senders = 2; then restart the server\n",
+        ] {
+            assert!(out.contains(line), "{line}: {out}");
+        }
+        assert!(
+            err.starts_with("error: the server is not ready for lifeboat\n"),
+            "{err}"
+        );
+        let (_, out, err) = init(&["init", "--check", "--apply", "--conninfo", &su]);
+        for line in [
+            "applied: ALTER SYSTEM SET wal_level = 'replica'\n",
+            "applied: ALTER SYSTEM SET max_wal_senders = 2\n",
+        ] {
+            assert!(out.contains(line), "{line}: {out}{err}");
+        }
+        pg.restart();
+        let (code, out, err) = init(&["init", "--check", "--conninfo", &su]);
+        assert!(out.contains("ok    wal_level = replica\n"), "{out}{err}");
+        assert!(
+            out.contains(
+                "ok    max_wal_senders = 2, 0 in use by others: room for the streamer and a backup\n"
+            ),
+            "{out}{err}"
+        );
+        assert_eq!(code, Some(0), "{out}{err}");
+
+        // lifeboat's own streamer running: its sender is one of the two, still ok.
+        let lb = Lb::for_cluster(&pg, "");
+        let streamer = lb.start_streamer(&pg);
+        let (code, out, _) = init(&["init", "--check", "--conninfo", &su]);
+        assert_eq!(code, Some(0), "{out}");
+        stop_streamer(streamer);
+        // Another tool holds a sender (pg_receivewal): one left, not enough.
+        let wal = tempfile::tempdir().unwrap();
+        let mut other = spawn_pg_receivewal(&pg, wal.path(), "other", None);
+        pg.wait_for(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'",
+            "1",
+            Duration::from_secs(60),
+        );
+        let (code, out, _) = init(&["init", "--check", "--conninfo", &su]);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert_eq!(code, Some(1), "{out}");
+        assert!(
+            out.contains("FAIL  max_wal_senders = 2, 1 in use by others: lifeboat needs 2 (the streamer and a backup)\n      hint: ALTER SYSTEM SET max_wal_senders = 3; then restart the server\n"),
+            "{out}"
+        );
+    }
+}
