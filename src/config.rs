@@ -96,6 +96,10 @@ pub struct ScheduleConfig {
     /// Needs delete rights (the vault role): usually on the restore host.
     #[serde(deserialize_with = "schedule_prune")]
     pub prune: Option<Duration>,
+    /// `lifeboat sqlite snapshot` of every `[[sqlite]]` database (deltas make a short
+    /// interval cheap); off by default.
+    #[serde(deserialize_with = "schedule_sqlite")]
+    pub sqlite: Option<Duration>,
 }
 
 impl Default for ScheduleConfig {
@@ -108,6 +112,7 @@ impl Default for ScheduleConfig {
             verify: Some(Duration::from_secs(7 * 86_400)),
             dump: None,
             prune: None,
+            sqlite: None,
         }
     }
 }
@@ -147,6 +152,7 @@ schedule_interval!(schedule_drill, "schedule.drill");
 schedule_interval!(schedule_verify, "schedule.verify");
 schedule_interval!(schedule_dump, "schedule.dump");
 schedule_interval!(schedule_prune, "schedule.prune");
+schedule_interval!(schedule_sqlite, "schedule.sqlite");
 
 fn schedule_backup_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     typed(d, "schedule.backup_at", |s| {

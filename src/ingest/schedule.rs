@@ -91,7 +91,8 @@ pub struct Job {
     pub args: Vec<String>,
 }
 
-/// The jobs `cfg` schedules on this host, base backup first; and what is left out, said
+/// The jobs `cfg` schedules on this host, base backup first (the SQLite snapshots' last
+/// runs come from the local record only); and what is left out, said
 /// once at start.
 pub fn jobs(cfg: &Config, identity_here: bool) -> (Vec<Job>, Vec<String>) {
     let mut out = Vec::new();
@@ -144,6 +145,13 @@ pub fn jobs(cfg: &Config, identity_here: bool) -> (Vec<Job>, Vec<String>) {
     }
     if let Some(every) = s.prune {
         out.push(interval("prune", every, &["prune"]));
+    }
+    if let Some(every) = s.sqlite {
+        if cfg.sqlite.is_empty() {
+            notes.push("schedule.sqlite is set but no [[sqlite]] database is configured".into());
+        } else {
+            out.push(interval("sqlite", every, &["sqlite", "snapshot"]));
+        }
     }
     for e in &cfg.export {
         if let Some(every) = e.every {
