@@ -39,15 +39,50 @@ fn check_judges_the_streamer_and_the_archive() {
     let json = json_of(&lb.run(&["--json", "check"], Duration::from_secs(60)));
     assert_eq!(json["state"], "WARNING", "{json}");
     assert_eq!(json["code"], 1, "{json}");
+    // A drill whose check fails: CRITICAL (exit 2), named.
+    let bad = lb.dir.path().join("bad.sql");
+    std::fs::write(&bad, "SELECT count(*) = 0 FROM t").unwrap();
+    let (code, rep, _) = crate::restore::drill(
+        &lb,
+        15,
+        &[
+            "--backup",
+            "latest",
+            "--target",
+            "latest",
+            "--check-sql",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, Some(0));
+    let failed_id = rep["id"].as_str().unwrap().to_string();
+    let out = lb.run(&["check", "--nagios"], Duration::from_secs(60));
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(2), "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "LIFEBOAT CRITICAL - the last drill {failed_id} FAILED"
+        )),
+        "{line}"
+    );
+    // A drill that passes: everything healthy, OK (exit 0).
+    let (code, _, err) =
+        crate::restore::drill(&lb, 15, &["--backup", "latest", "--target", "latest"]);
+    assert_eq!(code, Some(0), "{err}");
+    let out = lb.run(&["check", "--nagios"], Duration::from_secs(60));
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{line}");
+    assert!(
+        line.starts_with("LIFEBOAT OK - archiving healthy | lag="),
+        "{line}"
+    );
     // The streamer gone: CRITICAL (exit 2), said first.
     stop_streamer(streamer);
     let out = lb.run(&["check"], Duration::from_secs(60));
     let line = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(2), "{line}");
     assert!(
-        line.starts_with(
-            "LIFEBOAT CRITICAL - the streamer is not running; no restore drill recorded"
-        ),
+        line.starts_with("LIFEBOAT CRITICAL - the streamer is not running"),
         "{line}"
     );
 }
