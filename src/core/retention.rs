@@ -173,6 +173,55 @@ pub struct KeptCopy {
     pub keep_until: Option<Timestamp>,
 }
 
+/// The calendar tiers over points in time order: the first point of each day, ISO week
+/// and month, with the date its tier keeps it until, for tiers that still last at `now`.
+fn calendar_tiers<T: Copy>(
+    policy: &Policy,
+    now: Timestamp,
+    points: impl IntoIterator<Item = (T, Timestamp)>,
+) -> Vec<(T, Tier, Timestamp)> {
+    let mut first_of: BTreeMap<(u8, i64), T> = BTreeMap::new();
+    for (p, t) in points {
+        let d = day_of(t);
+        for bucket in [(0u8, d), (1, week_of(d)), (2, month_of(d))] {
+            first_of.entry(bucket).or_insert(p);
+        }
+    }
+    first_of
+        .into_iter()
+        .filter_map(|((tier, start), p)| {
+            let (tier, until) = match tier {
+                0 => (Tier::Daily, at_day(start + i64::from(policy.daily_days))),
+                1 => (
+                    Tier::Weekly,
+                    at_day(start + 7 * i64::from(policy.weekly_weeks)),
+                ),
+                _ => (
+                    Tier::Monthly,
+                    at_day(add_months(start, policy.monthly_months)),
+                ),
+            };
+            (until > now).then_some((p, tier, until))
+        })
+        .collect()
+}
+
+/// Add `tier` (and its keep-until date) to what keeps a point.
+fn add_tier(
+    tiers: &mut Vec<Tier>,
+    keep_until: &mut Option<Timestamp>,
+    tier: Tier,
+    until: Option<Timestamp>,
+) {
+    if !tiers.contains(&tier) {
+        tiers.push(tier);
+        tiers.sort();
+    }
+    if let Some(u) = until {
+        *keep_until = Some(keep_until.map_or(u, |x| x.max(u)));
+    }
+}
+
 /// A copy's marker key (when listed) and its objects.
 type CopyObjects<'a> = (Option<String>, Vec<&'a Listed>);
 
@@ -238,13 +287,7 @@ pub fn plan_copies(
                     tiers: Vec::new(),
                     keep_until: None,
                 });
-            if !k.tiers.contains(&tier) {
-                k.tiers.push(tier);
-                k.tiers.sort();
-            }
-            if let Some(u) = until {
-                k.keep_until = Some(k.keep_until.map_or(u, |x| x.max(u)));
-            }
+            add_tier(&mut k.tiers, &mut k.keep_until, tier, until);
         };
         for (id, t) in &copies {
             if *t >= window_start {
@@ -254,28 +297,8 @@ pub fn plan_copies(
         for (id, _) in copies.iter().rev().take(policy.min_backups as usize) {
             keep(id, Tier::Newest, None);
         }
-        let mut first_of: BTreeMap<(u8, i64), &str> = BTreeMap::new();
-        for (id, t) in &copies {
-            let d = day_of(*t);
-            for bucket in [(0u8, d), (1, week_of(d)), (2, month_of(d))] {
-                first_of.entry(bucket).or_insert(id);
-            }
-        }
-        for ((tier, start), id) in first_of {
-            let (tier, until) = match tier {
-                0 => (Tier::Daily, at_day(start + i64::from(policy.daily_days))),
-                1 => (
-                    Tier::Weekly,
-                    at_day(start + 7 * i64::from(policy.weekly_weeks)),
-                ),
-                _ => (
-                    Tier::Monthly,
-                    at_day(add_months(start, policy.monthly_months)),
-                ),
-            };
-            if until > now {
-                keep(id, tier, Some(until));
-            }
+        for (id, tier, until) in calendar_tiers(policy, now, copies.iter().copied()) {
+            keep(id, tier, Some(until));
         }
     }
     let mut delete = Vec::new();
@@ -459,13 +482,7 @@ pub fn plan_provider<'a>(
             tiers: Vec::new(),
             keep_until: None,
         });
-        if !k.tiers.contains(&tier) {
-            k.tiers.push(tier);
-            k.tiers.sort();
-        }
-        if let Some(u) = until {
-            k.keep_until = Some(k.keep_until.map_or(u, |x| x.max(u)));
-        }
+        add_tier(&mut k.tiers, &mut k.keep_until, tier, until);
     };
 
     // The newest timeline's history: the PITR anchor must lie on it. A backup of a branch
@@ -525,28 +542,9 @@ pub fn plan_provider<'a>(
         keep(b, Tier::Newest, None);
     }
     // Calendar tiers: the first restorable backup of each day, week and month.
-    let mut first_of: BTreeMap<(u8, i64), &BackupMeta> = BTreeMap::new();
-    for b in &restorable {
-        let d = day_of(b.end_time);
-        for bucket in [(0u8, d), (1, week_of(d)), (2, month_of(d))] {
-            first_of.entry(bucket).or_insert(b);
-        }
-    }
-    for ((tier, start), b) in &first_of {
-        let (tier, until) = match tier {
-            0 => (Tier::Daily, at_day(start + i64::from(policy.daily_days))),
-            1 => (
-                Tier::Weekly,
-                at_day(start + 7 * i64::from(policy.weekly_weeks)),
-            ),
-            _ => (
-                Tier::Monthly,
-                at_day(add_months(*start, policy.monthly_months)),
-            ),
-        };
-        if until > now {
-            keep(b, tier, Some(until));
-        }
+    for (b, tier, until) in calendar_tiers(policy, now, restorable.iter().map(|b| (*b, b.end_time)))
+    {
+        keep(b, tier, Some(until));
     }
 
     // The WAL the kept points need: each kept backup's own span, and everything from the
