@@ -298,18 +298,20 @@ impl Metrics {
         if let Some(st) = status {
             self.streaming.set(i64::from(st.connected));
             self.received_lsn.set(st.received.0 as i64);
-            self.acknowledged_lsn.set(st.acknowledged.0 as i64);
-            let (server, reported, lag_s) = {
+            let (server, reported, acked, lag_s) = {
                 let mut p = self.positions.lock().expect("not poisoned");
-                while p.seen.front().is_some_and(|s| s.0 <= st.acknowledged) {
+                // The status snapshot is up to a second old; what was last reported to the
+                // server is live and never ahead of what is acknowledged.
+                let acked = st.acknowledged.max(p.reported);
+                while p.seen.front().is_some_and(|s| s.0 <= acked) {
                     p.seen.pop_front();
                 }
                 let lag = p.seen.front().map_or(0.0, |s| s.1.elapsed().as_secs_f64());
-                (p.server.max(st.received), p.reported, lag)
+                (p.server.max(st.received), p.reported, acked, lag)
             };
+            self.acknowledged_lsn.set(acked.0 as i64);
             self.server_lsn.set(server.0 as i64);
-            self.lag_bytes
-                .set(server.0.saturating_sub(st.acknowledged.0) as i64);
+            self.lag_bytes.set(server.0.saturating_sub(acked.0) as i64);
             self.lag_seconds.set(lag_s);
             if reported != Lsn::INVALID {
                 self.slot_retained_bytes
