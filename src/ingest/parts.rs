@@ -70,6 +70,16 @@ impl PartWriter {
         Ok(())
     }
 
+    /// Push every chunk a producer task sends until it closes the channel, or stop at the
+    /// first failed push (the caller drops `rx`, so the producer's next send fails and it
+    /// ends; its own error is the caller's to take).
+    pub async fn push_all(&mut self, rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<()> {
+        while let Some(chunk) = rx.recv().await {
+            self.push(&chunk).await?;
+        }
+        Ok(())
+    }
+
     pub async fn push(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             let part_size = self.part_size;

@@ -231,13 +231,7 @@ async fn stream(writer: &mut PartWriter, source: Source) -> Result<()> {
         out.flush().context("handing over the last bytes")?;
         Ok(())
     });
-    let mut pushed: Result<()> = Ok(());
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = writer.push(&chunk).await {
-            pushed = Err(e);
-            break;
-        }
-    }
+    let pushed = writer.push_all(&mut rx).await;
     drop(rx);
     let produced = producer
         .await

@@ -367,13 +367,7 @@ pub async fn run(
     let dbc = db.clone();
     let pt = pages_tmp.clone();
     let reader = tokio::task::spawn_blocking(move || read_pages(&dbc, prev, &pt, tx));
-    let mut pushed: Result<()> = Ok(());
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = writer.push(&chunk).await {
-            pushed = Err(e);
-            break;
-        }
-    }
+    let pushed = writer.push_all(&mut rx).await;
     drop(rx);
     let read = reader
         .await
