@@ -100,6 +100,16 @@ pub struct ScheduleConfig {
     /// interval cheap); off by default.
     #[serde(deserialize_with = "schedule_sqlite")]
     pub sqlite: Option<Duration>,
+    /// Scheduled base backups are incremental (PostgreSQL 17+) on the newest backup
+    /// (`latest`) or the newest full one (`full`); `off` (the default): full backups.
+    /// Where the server cannot take one, the backup is full and says why.
+    #[serde(deserialize_with = "schedule_backup_incremental")]
+    pub backup_incremental: Option<String>,
+    /// The recovery time objective: when the estimated time to restore the newest point
+    /// (`lifeboat status`) passes it, the schedule takes a base backup (incremental where
+    /// the server can). Off by default.
+    #[serde(deserialize_with = "schedule_rto_target")]
+    pub rto_target: Option<Duration>,
 }
 
 impl Default for ScheduleConfig {
@@ -113,6 +123,8 @@ impl Default for ScheduleConfig {
             dump: None,
             prune: None,
             sqlite: None,
+            backup_incremental: None,
+            rto_target: None,
         }
     }
 }
@@ -153,6 +165,22 @@ schedule_interval!(schedule_verify, "schedule.verify");
 schedule_interval!(schedule_dump, "schedule.dump");
 schedule_interval!(schedule_prune, "schedule.prune");
 schedule_interval!(schedule_sqlite, "schedule.sqlite");
+schedule_interval!(schedule_rto_target, "schedule.rto_target");
+
+fn schedule_backup_incremental<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    typed(d, "schedule.backup_incremental", |s| {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(None),
+            w @ ("latest" | "full") => Ok(Some(w.to_string())),
+            _ => Err((
+                format!("\"{s}\" is not a parent choice"),
+                "write \"latest\" (on the newest backup), \"full\" (on the newest full backup) or \"off\"",
+            )),
+        }
+    })
+}
 
 fn schedule_backup_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     typed(d, "schedule.backup_at", |s| {

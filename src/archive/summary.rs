@@ -10,6 +10,7 @@ use crate::config::RetentionConfig;
 use crate::core::catalog::{self, AcceptedGap, BackupMeta, DumpMeta, ExportMeta, WalRange};
 use crate::core::plan::Timestamp;
 use crate::core::retention::{self, Listed, Tier};
+use crate::core::rto;
 use crate::core::wal::Lsn;
 
 #[derive(Debug, Serialize)]
@@ -50,6 +51,52 @@ pub struct ListReport {
     pub dumps: Vec<DumpSummary>,
     /// Exports (`lifeboat put`), by name, oldest first.
     pub exports: Vec<ExportSummary>,
+    /// The restore and replay rates the RTO estimate uses (from the drills, or defaults).
+    pub rates: rto::Rates,
+    /// How long a restore to the archive's newest point would take now (None: no
+    /// restorable backup).
+    pub rto: Option<rto::Estimate>,
+}
+
+impl ListReport {
+    /// The RTO estimate with the WAL ending at `wal_end` when that is past the archive's
+    /// listing (a streamer's acknowledged position is newer than a listing).
+    pub fn rto_at(&self, wal_end: Option<Lsn>) -> Option<rto::Estimate> {
+        rto_estimate(&self.backups, &self.wal, &self.rates, wal_end)
+    }
+}
+
+/// The estimate for the newest restorable backup (its chain's bytes: every backup in it
+/// is read) and the WAL after it.
+fn rto_estimate(
+    backups: &[BackupSummary],
+    wal: &[WalRange],
+    rates: &rto::Rates,
+    wal_end: Option<Lsn>,
+) -> Option<rto::Estimate> {
+    let base = backups
+        .iter()
+        .filter(|b| b.restorable)
+        .max_by(|a, b| a.end_lsn.cmp(&b.end_lsn))?;
+    let mut bytes = base.plain_size;
+    let mut parent = base.parent.as_deref();
+    let mut hops = 0;
+    while let Some(p) = parent.and_then(|p| backups.iter().find(|b| b.id == p)) {
+        bytes += p.plain_size;
+        parent = p.parent.as_deref();
+        hops += 1;
+        if hops > 1000 {
+            break;
+        }
+    }
+    let listed = wal
+        .iter()
+        .filter(|r| r.timeline >= base.timeline)
+        .map(|r| r.end_lsn)
+        .max()
+        .unwrap_or(base.end_lsn);
+    let end = listed.max(wal_end.unwrap_or(Lsn(0))).max(base.end_lsn);
+    Some(rto::estimate(&base.id, bytes, base.start_lsn, end, rates))
 }
 
 #[derive(Debug, Serialize)]
@@ -165,6 +212,8 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
             last_drill: None,
             dumps,
             exports,
+            rates: rto::rates(&[]),
+            rto: None,
         });
     };
     let seg = meta.wal_segment_size;
@@ -202,7 +251,9 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
             }
         }
     }
-    let last_drill = archive.drills().await?.pop().map(|d| DrillSummary {
+    let drills = archive.drills().await?;
+    let rates = rto::rates(&drill_figures(&drills));
+    let last_drill = drills.last().cloned().map(|d| DrillSummary {
         id: d.id,
         ok: d.ok,
         backup: d.backup,
@@ -210,6 +261,7 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
         total_seconds: d.phases.total,
     });
     let gaps = archive.gaps().await?;
+    let rto = rto_estimate(&backups, &wal, &rates, None);
     Ok(ListReport {
         backups,
         wal,
@@ -217,5 +269,22 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
         last_drill,
         dumps,
         exports,
+        rates,
+        rto,
     })
+}
+
+/// What the successful drills (oldest first) measured, for the RTO rates.
+pub fn drill_figures(drills: &[catalog::DrillReport]) -> Vec<rto::DrillFigures> {
+    drills
+        .iter()
+        .filter(|d| d.ok)
+        .map(|d| rto::DrillFigures {
+            id: d.id.clone(),
+            restored_bytes: d.restored_bytes,
+            restore_seconds: d.phases.extract,
+            replayed_bytes: d.replayed_wal_bytes,
+            replay_seconds: d.phases.replay,
+        })
+        .collect()
 }

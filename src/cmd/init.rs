@@ -288,6 +288,7 @@ drill = "quarterly"              # at a random time each quarter; needs the iden
 verify = "weekly"
 # dump = "daily"                 # logical dumps (pg_dump) as well
 # prune = "daily"                # needs delete rights: run it on the vault host
+# rto_target = "30m"             # take a base backup when a restore would take longer
 
 [metrics]
 # listen = "127.0.0.1:9187"      # Prometheus endpoint of `lifeboat stream` (docs/ALERTS.md)

@@ -132,6 +132,9 @@ pub fn render(r: &ListReport) -> String {
             d.total_seconds
         )),
     }
+    if let Some(e) = &r.rto {
+        s.push_str(&format!("restore now: {}\n", e.describe()));
+    }
     s
 }
 
@@ -188,14 +191,19 @@ mod tests {
             }),
             dumps: vec![],
             exports: vec![],
+            rates: crate::core::rto::rates(&[]),
+            rto: None,
         };
+        let mut r = r;
+        r.rto = r.rto_at(None);
         assert_eq!(
             render(&r),
             "BACKUP               TLI START LSN    END LSN      STARTED                    SIZE     STORED RESTORABLE KEPT BY                          UNTIL      LABEL\n\
              20261124T083012Z       1 0/5000028    0/5000138    2026-11-24T08:30:12Z   24.0 MiB    3.0 MiB yes        daily,monthly                    2026-10-01 nightly\n\
              WAL:\n  timeline 1: 0/1000000 – 0/6000000\n\
              \x20 LOST   timeline 1: 0/6000000 – 0/9000000 (accepted 2025-11-24 16:00:00+00: the server removed this WAL before it was archived)\n\
-             last drill: 20261124T093000Z passed (backup 20261124T083012Z, 12.3 s)\n"
+             last drill: 20261124T093000Z passed (backup 20261124T083012Z, 12.3 s)\n\
+             restore now: about 11 s: restore 24.0 MiB (20261124T083012Z) at 50 MiB/s (default) + replay 16.0 MiB of WAL at 16 MiB/s (default) + 10s to start\n"
         );
         let empty = ListReport {
             backups: vec![],
@@ -204,6 +212,8 @@ mod tests {
             last_drill: None,
             dumps: vec![],
             exports: vec![],
+            rates: crate::core::rto::rates(&[]),
+            rto: None,
         };
         assert_eq!(
             render(&empty),
@@ -238,6 +248,8 @@ mod tests {
                 plain_size: 2 << 20,
                 stored_size: 1 << 20,
             }],
+            rates: crate::core::rto::rates(&[]),
+            rto: None,
         };
         assert_eq!(
             render(&r),

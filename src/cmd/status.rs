@@ -12,11 +12,13 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
         err: e,
         quiet: false,
     })?;
+    let schedule = ctx.cfg.schedule.clone().unwrap_or_default();
     let mut report = health::run(
         &ctx.cfg.wal.spool_dir,
         &archive,
         ctx.cfg.retention.prune_interval,
-        ctx.cfg.schedule.clone().unwrap_or_default().drill,
+        schedule.drill,
+        schedule.rto_target,
     )
     .await;
     // Key custody: no identity that decrypts the archive on this host; the last key check

@@ -709,6 +709,13 @@ pub struct DrillReport {
     /// canaries existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_check: Option<crate::core::custody::KeyCheck>,
+    /// Bytes the restore wrote (the RTO budget's restore rate: these over `phases.extract`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_bytes: Option<u64>,
+    /// WAL replayed, from the backup's start to the last record replayed (the RTO budget's
+    /// replay rate: these over `phases.replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_wal_bytes: Option<u64>,
 }
 
 impl DrillReport {

@@ -13,6 +13,7 @@ pub mod incremental;
 pub mod ledger;
 pub mod plan;
 pub mod retention;
+pub mod rto;
 pub mod schedule;
 pub mod sqlite;
 pub mod wal;

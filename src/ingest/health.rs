@@ -308,6 +308,8 @@ async fn archive_checks(
     now: u64,
     prune_interval: std::time::Duration,
     drill_every: Option<std::time::Duration>,
+    rto_target: Option<std::time::Duration>,
+    wal_end: Option<crate::core::wal::Lsn>,
 ) -> Vec<Check> {
     let mut out = Vec::new();
     let mut oldest_backup: Option<u64> = None;
@@ -354,7 +356,7 @@ async fn archive_checks(
                     });
                 }
             }
-            match r.last_drill {
+            match &r.last_drill {
                 None => out.push(Check {
                     check: "drill",
                     status: Level::Degraded,
@@ -368,7 +370,10 @@ async fn archive_checks(
                         d.id
                     ),
                 }),
-                Some(d) => out.push(drill_age_check(&d, now, drill_every)),
+                Some(d) => out.push(drill_age_check(d, now, drill_every)),
+            }
+            if let Some(est) = r.rto_at(wal_end) {
+                out.push(rto_check(&est, rto_target));
             }
             // Logical dumps are optional: shown when there are any, never a degradation.
             if let Some(d) = r.dumps.last() {
@@ -400,16 +405,56 @@ async fn archive_checks(
     out
 }
 
+/// The RTO budget: how long a restore would take now; degraded past `schedule.rto_target`.
+pub fn rto_check(est: &crate::core::rto::Estimate, target: Option<std::time::Duration>) -> Check {
+    use crate::core::rto::{decide, Decision};
+    let Some(target) = target else {
+        return Check {
+            check: "rto",
+            status: Level::Ok,
+            message: format!("a restore now takes {}", est.describe()),
+        };
+    };
+    let t = fmt::interval(target);
+    match decide(est, target, None) {
+        Decision::Within => Check {
+            check: "rto",
+            status: Level::Ok,
+            message: format!("a restore now takes {}, within rto_target {t}", est.describe()),
+        },
+        Decision::Unreachable => Check {
+            check: "rto",
+            status: Level::Degraded,
+            message: format!(
+                "a restore now takes {}, longer than rto_target {t}, and restoring the base backup alone takes {}\nhint: base backups cannot meet this target: restore to faster storage (a drill measures the rates) or raise schedule.rto_target",
+                est.describe(),
+                crate::core::rto::seconds(est.after_backup())
+            ),
+        },
+        Decision::Backup | Decision::Wait => Check {
+            check: "rto",
+            status: Level::Degraded,
+            message: format!(
+                "a restore now takes {}, longer than rto_target {t}\nhint: take a base backup (`lifeboat backup --incremental`); a running schedule takes one by itself",
+                est.describe()
+            ),
+        },
+    }
+}
+
 pub async fn run(
     spool_dir: &Path,
     archive: &Archive,
     prune_interval: std::time::Duration,
     drill_every: Option<std::time::Duration>,
+    rto_target: Option<std::time::Duration>,
 ) -> Report {
     let st = status::read(spool_dir);
     let now = now();
     let mut checks = stream_checks(spool_dir, st.as_ref(), now, alive);
-    checks.extend(archive_checks(archive, now, prune_interval, drill_every).await);
+    let acked = st.as_ref().map(|s| s.acknowledged);
+    checks
+        .extend(archive_checks(archive, now, prune_interval, drill_every, rto_target, acked).await);
     checks.extend(schedule_checks(&crate::ingest::schedule::read_record(
         spool_dir,
     )));

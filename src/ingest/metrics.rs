@@ -63,6 +63,8 @@ pub struct Metrics {
     last_drill: Family<NoLabels, FGauge>,
     last_drill_success: Family<NoLabels, Gauge>,
     last_prune: Family<NoLabels, FGauge>,
+    rto_estimate: Family<NoLabels, FGauge>,
+    rto_target: Family<NoLabels, FGauge>,
     archive_read_ok: Gauge,
     // What the streaming loop tells.
     positions: Mutex<Positions>,
@@ -86,6 +88,9 @@ struct ArchiveFigures {
     backup_duration: Option<f64>,
     drill: Option<(f64, bool)>,
     prune: Option<f64>,
+    /// The RTO estimate at the listing's WAL end, that end, and the replay rate (a newer
+    /// acknowledged position adds its WAL at that rate).
+    rto: Option<(f64, Lsn, f64)>,
 }
 
 fn unix_now() -> f64 {
@@ -127,6 +132,8 @@ impl Metrics {
             last_drill: Family::default(),
             last_drill_success: Family::default(),
             last_prune: Family::default(),
+            rto_estimate: Family::default(),
+            rto_target: Family::default(),
             archive_read_ok: Gauge::default(),
             positions: Mutex::new(Positions::default()),
             archive_cache: Mutex::new(None),
@@ -234,12 +241,29 @@ impl Metrics {
                 m.last_prune.clone(),
             );
             r.register(
+                "rto_estimate_seconds",
+                "How long a restore to the newest point would take now (the RTO budget: the newest restorable backup, the WAL since, the rates the last drills measured)",
+                m.rto_estimate.clone(),
+            );
+            r.register(
+                "rto_target_seconds",
+                "schedule.rto_target (absent when unset)",
+                m.rto_target.clone(),
+            );
+            r.register(
                 "archive_read_ok",
                 "1 if the last read of the archive's records (for the last_* metrics) worked",
                 m.archive_read_ok.clone(),
             );
         }
         m
+    }
+
+    /// `schedule.rto_target`, exported beside the estimate.
+    pub fn set_rto_target(&self, target: Duration) {
+        self.rto_target
+            .get_or_create(NONE)
+            .set(target.as_secs_f64());
     }
 
     /// One object stored on `provider`.
@@ -345,6 +369,11 @@ impl Metrics {
             if let Some(t) = f.prune {
                 self.last_prune.get_or_create(NONE).set(t);
             }
+            if let Some((secs, end, rate)) = f.rto {
+                let acked = status.map_or(end, |s| s.acknowledged.max(end));
+                let more = acked.0.saturating_sub(end.0) as f64 / rate;
+                self.rto_estimate.get_or_create(NONE).set(secs + more);
+            }
         }
         let mut out = String::new();
         let r = self.registry.lock().expect("not poisoned");
@@ -376,6 +405,10 @@ impl Metrics {
                     .unwrap_or(0.0);
                 f.drill = Some((t, d.ok));
             }
+            let list = crate::archive::summary::run(archive, None).await?;
+            f.rto = list
+                .rto
+                .map(|e| (e.seconds, e.wal_end, e.rates.replay.bytes_per_second));
             f.prune = archive
                 .newest_prune()
                 .await?
@@ -416,6 +449,9 @@ pub async fn start(
     let archive = Arc::new(Archive::open(cfg)?);
     let spool = Arc::new(cfg.wal.spool_dir.clone());
     let metrics = get();
+    if let Some(t) = cfg.schedule.as_ref().and_then(|s| s.rto_target) {
+        metrics.set_rto_target(t);
+    }
     Ok(tokio::spawn(async move {
         loop {
             let (sock, _) = match listener.accept().await {

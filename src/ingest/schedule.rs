@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::archive::Archive;
 use crate::config::Config;
 use crate::core::plan::Timestamp;
+use crate::core::rto;
 use crate::core::schedule::{self, Cadence, JobSpec, Seen};
 
 const FILE: &str = "schedule.json";
@@ -112,6 +113,9 @@ pub fn jobs(cfg: &Config, identity_here: bool) -> (Vec<Job>, Vec<String>) {
     if let Some(every) = s.backup {
         if streams_here {
             let mut j = interval("backup", every, &["backup"]);
+            if let Some(parent) = &s.backup_incremental {
+                j.args.push(format!("--incremental={parent}"));
+            }
             if let Some(at) = s.backup_at {
                 j.spec.cadence = Cadence::Slots { at };
             }
@@ -262,6 +266,21 @@ pub async fn run(cfg: Config, config_path: PathBuf, mut stop: watch::Receiver<bo
     tracing::info!(jobs = %names.join(", "), "schedule started");
     let mut signals = Signals::new();
     let mut seed_v = seed(&archive).await;
+    // With schedule.rto_target, the backup the RTO budget asks for: the scheduled backup's
+    // own job (so it counts as one), incremental where the server can take one.
+    let rto_target = cfg.schedule.as_ref().and_then(|s| s.rto_target);
+    let rto_backup = jobs.iter().find(|j| j.spec.name == "backup").map(|j| {
+        let mut j = j.clone();
+        if !j.args.iter().any(|a| a.starts_with("--incremental")) {
+            j.args.push("--incremental=latest".into());
+        }
+        j.args.extend(["--label".to_string(), "rto".to_string()]);
+        j
+    });
+    if rto_target.is_some() && rto_backup.is_none() {
+        tracing::info!("schedule.rto_target is set but base backups are not scheduled here: the RTO budget is only shown");
+    }
+    let mut unreachable_said = false;
     loop {
         let now = Timestamp::from_system_time(std::time::SystemTime::now());
         let rec = read_record(&spool);
@@ -292,16 +311,78 @@ pub async fn run(cfg: Config, config_path: PathBuf, mut stop: watch::Receiver<bo
             }
             continue;
         }
+        // The RTO budget: a base backup when a restore would now take longer than the target.
+        if let (Some(target), Some(backup)) = (rto_target, &rto_backup) {
+            match rto_decision(&archive, &spool, target).await {
+                Ok((rto::Decision::Backup, est)) => {
+                    tracing::warn!(estimate = %est.describe(), target = %crate::core::fmt::interval(target), "the estimated restore time passed schedule.rto_target: taking a base backup");
+                    let Some(run) =
+                        run_job(&exe, &config_path, backup, &mut stop, &mut signals).await
+                    else {
+                        return Ok(());
+                    };
+                    if run.ok {
+                        tracing::info!("the base backup for the RTO budget is done");
+                    } else {
+                        tracing::error!(error = %run.error.as_deref().unwrap_or(""), "the base backup for the RTO budget failed; it is tried again later");
+                    }
+                    if let Err(e) = append_run(&spool, run) {
+                        tracing::error!(error = %format!("{e:#}"), "cannot record the scheduled run");
+                    }
+                    unreachable_said = false;
+                    continue;
+                }
+                Ok((rto::Decision::Unreachable, est)) if !unreachable_said => {
+                    unreachable_said = true;
+                    tracing::warn!(estimate = %est.describe(), target = %crate::core::fmt::interval(target), "schedule.rto_target cannot be met by base backups: restoring the base backup alone takes longer");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot estimate the restore time")
+                }
+            }
+        }
         // Sleep until the next job is due; look again at least hourly (a run by hand or on
-        // another host may have moved it, and clocks get set).
+        // another host may have moved it, and clocks get set), every few minutes with an
+        // RTO target (WAL grows all the time).
         let next = schedule::next_wake(&known, seed_v).unwrap_or(Timestamp(i64::MAX));
-        let wait_us = next.0.saturating_sub(now.0).clamp(1_000_000, 3_600_000_000);
+        let most = match rto_target {
+            // A quarter of the target, between 5 s and 5 min.
+            Some(t) => (t.as_micros() as i64 / 4).clamp(5_000_000, RTO_LOOK_US),
+            None => 3_600_000_000,
+        };
+        let wait_us = next.0.saturating_sub(now.0).clamp(1_000_000, most);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_micros(wait_us as u64)) => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
             _ = signals.recv() => return Ok(()),
         }
     }
+}
+
+/// How often the RTO budget is looked at at most, in microseconds.
+const RTO_LOOK_US: i64 = 300_000_000;
+
+/// The RTO estimate now (the archive's listing, and this host's streamer's acknowledged
+/// position when it is newer) and what the budget asks for.
+pub async fn rto_decision(
+    archive: &Archive,
+    spool: &Path,
+    target: Duration,
+) -> Result<(rto::Decision, rto::Estimate)> {
+    let report = crate::archive::summary::run(archive, None).await?;
+    let acked = crate::ingest::status::read(spool).map(|s| s.acknowledged);
+    let est = report
+        .rto_at(acked)
+        .context("no restorable base backup to estimate from")?;
+    let now = Timestamp::from_system_time(std::time::SystemTime::now());
+    let since = report
+        .backups
+        .iter()
+        .filter_map(|b| Timestamp::parse_utc(&b.start_time).ok())
+        .max()
+        .map(|t| Duration::from_micros(now.0.saturating_sub(t.0).max(0) as u64));
+    Ok((rto::decide(&est, target, since), est))
 }
 
 /// SIGTERM and SIGINT, listened to by the schedule itself (the streamer has its own).

@@ -400,6 +400,8 @@ pub async fn run(
         kept: opts.keep,
         created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
         key_check: None,
+        restored_bytes: None,
+        replayed_wal_bytes: None,
     };
     // Key custody: the identity must open the archive's canary (a drill that restores
     // without it proves the backup, this proves the key for what is written now).
@@ -489,6 +491,8 @@ pub struct ScratchServer {
     pub pg_version: Option<String>,
     pub restore: restore::RestoreReport,
     pub replay_seconds: f64,
+    /// The last WAL record replayed (`pg_last_wal_replay_lsn()` after promotion).
+    pub replay_end: Option<Lsn>,
 }
 
 /// Who stops a scratch server whatever happens (an error, a signal that drops the work):
@@ -667,13 +671,16 @@ pub async fn start_scratch(
             }
             if let Ok(mut c) = server.connect(&su, "postgres").await {
                 if let Ok(r) = c
-                    .query_one_set("SELECT pg_is_in_recovery()::text, version()")
+                    .query_one_set(
+                        "SELECT pg_is_in_recovery()::text, version(), pg_last_wal_replay_lsn()::text AS replayed",
+                    )
                     .await
                 {
                     if r.get(0, "pg_is_in_recovery") == Some("false") {
                         let v = r.get(0, "version").map(str::to_string);
+                        let replayed = r.get(0, "replayed").and_then(|l| l.parse::<Lsn>().ok());
                         c.close().await;
-                        return Ok(v);
+                        return Ok((v, replayed));
                     }
                 }
                 c.close().await;
@@ -690,12 +697,13 @@ pub async fn start_scratch(
     }
     .await;
     match result {
-        Ok(pg_version) => Ok(ScratchServer {
+        Ok((pg_version, replay_end)) => Ok(ScratchServer {
             server,
             superuser: su,
             pg_version,
             restore: rep,
             replay_seconds: t_replay.elapsed().as_secs_f64(),
+            replay_end,
         }),
         Err(e) => {
             ServerHandle(server).stop();
@@ -738,6 +746,10 @@ async fn drill_in(
     report.recovery_target = Some(server.restore.plan.target_text.clone());
     report.pg_version = server.pg_version.clone();
     report.phases.replay = server.replay_seconds;
+    report.restored_bytes = Some(server.restore.bytes);
+    report.replayed_wal_bytes = server
+        .replay_end
+        .map(|e| e.0.saturating_sub(server.restore.plan.backup_start_lsn.0));
     let t_checks = Instant::now();
     let result = checks(
         &server.server,

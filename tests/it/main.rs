@@ -25,6 +25,7 @@ mod metrics;
 mod outage;
 mod prune;
 mod restore;
+mod rto;
 mod s3;
 mod schedule;
 mod slots;
