@@ -38,6 +38,17 @@ struct Report {
     notes: Vec<String>,
     /// The newest recorded run of each job.
     last_runs: Vec<engine::Run>,
+    /// With `rto_target`: the estimate now and what the budget asks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rto: Option<RtoReport>,
+}
+
+#[derive(Serialize)]
+struct RtoReport {
+    target: String,
+    /// within, backup (the schedule takes one), wait, or unreachable.
+    decision: &'static str,
+    estimate: crate::core::rto::Estimate,
 }
 
 pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
@@ -69,6 +80,28 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     let rec = engine::read_record(&ctx.cfg.wal.spool_dir);
     let known = engine::seen(&archive, &rec, &jobs).await;
     let seed = engine::seed(&archive).await;
+    let rto = match ctx.cfg.schedule.as_ref().and_then(|s| s.rto_target) {
+        None => None,
+        Some(target) => {
+            use crate::core::rto::Decision;
+            match engine::rto_decision(&archive, &ctx.cfg.wal.spool_dir, target).await {
+                Ok((d, estimate)) => Some(RtoReport {
+                    target: crate::core::fmt::interval(target),
+                    decision: match d {
+                        Decision::Within => "within",
+                        Decision::Backup => "backup",
+                        Decision::Wait => "wait",
+                        Decision::Unreachable => "unreachable",
+                    },
+                    estimate,
+                }),
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "no RTO estimate");
+                    None
+                }
+            }
+        }
+    };
     let report = Report {
         at: now.rfc3339(),
         jobs: known
@@ -87,6 +120,7 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             .collect(),
         notes,
         last_runs: engine::last_runs(&rec).into_iter().cloned().collect(),
+        rto,
     };
     if ctx.json() {
         return print_json(&report);
@@ -106,6 +140,19 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
                 "now".to_string()
             } else {
                 j.next_due.clone().unwrap_or_default()
+            }
+        );
+    }
+    if let Some(r) = &report.rto {
+        println!(
+            "rto: a restore now takes {}; target {}: {}",
+            r.estimate.describe(),
+            r.target,
+            match r.decision {
+                "within" => "within",
+                "backup" => "over: a base backup is due now",
+                "wait" => "over: a base backup is due once the last one is old enough",
+                _ => "over even right after a backup: backups cannot meet it",
             }
         );
     }

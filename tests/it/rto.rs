@@ -119,6 +119,11 @@ fn rto_budget_is_shown_and_kept_by_a_scheduled_backup() {
     assert_eq!(m.get("lifeboat_rto_target_seconds"), Some(&20.0), "{m:#?}");
     let est = *m.get("lifeboat_rto_estimate_seconds").expect("estimate");
     assert!(est > 20.0, "{est}");
+    // `lifeboat schedule` says what the budget asks for.
+    let sched = json_of(&lb.run(&["--json", "schedule"], Duration::from_secs(60)));
+    let decision = sched["rto"]["decision"].as_str().unwrap_or_default();
+    assert!(decision == "backup" || decision == "wait", "{sched:#}");
+    assert_eq!(sched["rto"]["target"], "20s", "{sched:#}");
     drop(streamer);
 
     // With base backups scheduled (daily: none is due yet), the schedule takes one for the
