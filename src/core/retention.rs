@@ -454,16 +454,19 @@ pub fn plan_provider<'a>(
         .iter()
         .filter(|b| has(&catalog::backup_meta_key(&b.id)))
         .collect();
-    // An incremental backup is no recovery point of its own (restore does not combine
-    // chains yet): never the anchor, never counted; kept while inside the window.
+    // An incremental backup restores with its chain: every link's backup.json and parts
+    // here, and the WAL of the newest.
     let restorable_on = |b: &BackupMeta| {
-        b.incremental.is_none()
-            && b.parts
-                .iter()
-                .map(|p| p.key.as_str())
-                .chain([b.manifest.key.as_str()])
-                .all(has)
-            && catalog::wal_covers(&ranges, b.timeline, b.start_lsn, b.end_timeline, b.end_lsn)
+        crate::core::plan::chain_of(catalog, b).is_ok_and(|chain| {
+            chain.iter().all(|l| {
+                has(&catalog::backup_meta_key(&l.id))
+                    && l.parts
+                        .iter()
+                        .map(|p| p.key.as_str())
+                        .chain([l.manifest.key.as_str()])
+                        .all(has)
+            })
+        }) && catalog::wal_covers(&ranges, b.timeline, b.start_lsn, b.end_timeline, b.end_lsn)
     };
     let mut restorable: Vec<&BackupMeta> =
         here.iter().copied().filter(|b| restorable_on(b)).collect();
@@ -545,6 +548,52 @@ pub fn plan_provider<'a>(
     for (b, tier, until) in calendar_tiers(policy, now, restorable.iter().map(|b| (*b, b.end_time)))
     {
         keep(b, tier, Some(until));
+    }
+
+    // Chains stay whole: a kept incremental backup keeps every ancestor, by the same tiers
+    // and as long; so does one spared below (not restorable here, inside the window).
+    let spared: Vec<&BackupMeta> = here
+        .iter()
+        .copied()
+        .filter(|b| {
+            b.incremental.is_some()
+                && !kept.contains_key(b.id.as_str())
+                && !restorable_on(b)
+                && b.end_time >= window_start
+        })
+        .collect();
+    let mut links: Vec<(&BackupMeta, Vec<Tier>, Option<Timestamp>)> = Vec::new();
+    for b in here.iter().copied() {
+        if b.incremental.is_none() {
+            continue;
+        }
+        let (tiers, until) = match kept.get(b.id.as_str()) {
+            Some(k) => (k.tiers.clone(), k.keep_until),
+            None if spared.iter().any(|s| s.id == b.id) => (vec![Tier::Pitr], None),
+            None => continue,
+        };
+        let mut at = b;
+        while let Some(inc) = &at.incremental {
+            let Some(p) = here.iter().copied().find(|p| p.id == inc.parent) else {
+                break;
+            };
+            if links.len() > 4 * here.len() {
+                break;
+            }
+            links.push((p, tiers.clone(), until));
+            at = p;
+        }
+    }
+    for (p, tiers, until) in links {
+        let k = kept.entry(p.id.as_str()).or_insert_with(|| Kept {
+            backup: p.id.clone(),
+            end_time: p.end_time,
+            tiers: Vec::new(),
+            keep_until: None,
+        });
+        for t in tiers {
+            add_tier(&mut k.tiers, &mut k.keep_until, t, until);
+        }
     }
 
     // The WAL the kept points need: each kept backup's own span, and everything from the
