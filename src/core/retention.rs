@@ -976,6 +976,9 @@ mod tests {
         temps: Vec<u64>,
         policy: Policy,
         now_extra: i64,
+        /// Bit `i % 32` set: the `i`-th backup (by id, from the second on) is incremental
+        /// on the one before it.
+        incr_mask: u32,
     }
 
     fn t(unit: u64) -> Timestamp {
@@ -1122,6 +1125,18 @@ mod tests {
         }
         cat.sort_by(|a, b| a.id.cmp(&b.id));
         cat.dedup_by(|a, b| a.id == b.id);
+        for i in 1..cat.len() {
+            if h.incr_mask >> (i % 32) & 1 == 1 {
+                let p = &cat[i - 1];
+                let inc = catalog::IncrementalOf {
+                    parent: p.id.clone(),
+                    chain_length: p.incremental.as_ref().map_or(0, |x| x.chain_length) + 1,
+                    from_lsn: p.start_lsn,
+                    from_timeline: p.timeline,
+                };
+                cat[i].incremental = Some(inc);
+            }
+        }
         // Objects this provider lacks: a backup's marker or part, or a segment.
         for (kind, i) in &h.missing {
             if cat.is_empty() {
@@ -1156,13 +1171,17 @@ mod tests {
     fn restorable(cat: &[BackupMeta], listing: &[Listed]) -> Vec<BackupMeta> {
         let keys: BTreeSet<&str> = listing.iter().map(|l| l.key.as_str()).collect();
         let ranges = WalInventory::from_keys(keys.iter().copied(), SEG).ranges(SEG);
+        let whole = |b: &BackupMeta| {
+            keys.contains(catalog::backup_meta_key(&b.id).as_str())
+                && b.parts
+                    .iter()
+                    .chain([&b.manifest])
+                    .all(|p| keys.contains(p.key.as_str()))
+        };
         cat.iter()
             .filter(|b| {
-                keys.contains(catalog::backup_meta_key(&b.id).as_str())
-                    && b.parts
-                        .iter()
-                        .chain([&b.manifest])
-                        .all(|p| keys.contains(p.key.as_str()))
+                // an incremental backup restores with its whole chain
+                crate::core::plan::chain_of(cat, b).is_ok_and(|c| c.iter().all(|l| whole(l)))
                     && catalog::wal_covers(
                         &ranges,
                         b.timeline,
@@ -1225,9 +1244,21 @@ mod tests {
                 proptest::collection::vec(0..units, 0..3),
                 (1u32..12, 0u32..40, 0u32..60, 0u32..100, 0u32..4, 0i64..48),
                 0i64..UNIT,
+                prop_oneof![Just(0u32), any::<u32>()],
             )
                 .prop_map(
-                    |(units, backups, switch, holes, interrupted, missing, temps, p, now_extra)| {
+                    |(
+                        units,
+                        backups,
+                        switch,
+                        holes,
+                        interrupted,
+                        missing,
+                        temps,
+                        p,
+                        now_extra,
+                        incr_mask,
+                    )| {
                         History {
                             units,
                             backups,
@@ -1245,6 +1276,7 @@ mod tests {
                                 grace: p.5 * 3600 * 1_000_000,
                             },
                             now_extra,
+                            incr_mask,
                         }
                     },
                 )
@@ -1276,8 +1308,28 @@ mod tests {
             // Kept backups stay restorable; the newest min_backups are among them.
             let after_ok: BTreeSet<String> =
                 v1.restorable.iter().map(|b| b.id.clone()).collect();
+            // (An ancestor kept for its chain may have no WAL of its own: it was never a
+            // recovery point, only a link.)
+            let before_ok: BTreeSet<String> =
+                v0.restorable.iter().map(|b| b.id.clone()).collect();
             for k in &plan.kept {
-                prop_assert!(after_ok.contains(&k.backup), "kept {} broken", k.backup);
+                if before_ok.contains(&k.backup) {
+                    prop_assert!(after_ok.contains(&k.backup), "kept {} broken", k.backup);
+                }
+            }
+            // Chains stay whole: a kept incremental backup's ancestors are kept, as long.
+            for k in &plan.kept {
+                let b = cat.iter().find(|b| b.id == k.backup).unwrap();
+                if let Ok(chain) = crate::core::plan::chain_of(&cat, b) {
+                    // (up to the first link this provider has no backup.json of)
+                    let here = |id: &str| listing.iter().any(|l| l.key == catalog::backup_meta_key(id));
+                    for a in chain[..chain.len() - 1].iter().rev().take_while(|a| here(&a.id)) {
+                        let ka = plan.kept.iter().find(|x| x.backup == a.id);
+                        prop_assert!(ka.is_some(), "{} kept, its ancestor {} not", b.id, a.id);
+                        prop_assert!(ka.unwrap().keep_until >= k.keep_until, "{} outlives its ancestor {}", b.id, a.id);
+                        prop_assert!(!gone.contains(catalog::backup_meta_key(&a.id).as_str()));
+                    }
+                }
             }
             let mut before = v0.restorable.clone();
             before.sort_by(|a, b| (a.end_time, &a.id).cmp(&(b.end_time, &b.id)));
@@ -1359,6 +1411,7 @@ mod tests {
             temps: vec![],
             policy: Policy::strategy(),
             now_extra: 0,
+            incr_mask: 0,
         };
         let (cat, listing) = build(&h);
         let now = now_of(&h);
@@ -1423,6 +1476,7 @@ mod tests {
             temps: vec![],
             policy: Policy::strategy(),
             now_extra: 0,
+            incr_mask: 0,
         };
         let (cat, listing) = build(&h);
         let now = now_of(&h);
@@ -1472,6 +1526,7 @@ mod tests {
                 grace: DAY,
             },
             now_extra: 0,
+            incr_mask: 0,
         };
         let day = |d: i64| Timestamp(T0 + d * DAY);
         let mk = |unit: u64, tli: u32, start_seg: u64, end_day: i64| {

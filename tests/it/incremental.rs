@@ -387,7 +387,11 @@ fn chain(major: u32) {
     };
     let (mine, theirs) = (entries(&restored), entries(&out_dir));
     assert!(theirs.len() > 900, "{} manifest entries", theirs.len());
-    assert_eq!(mine.len(), theirs.len(), "PostgreSQL {major}: manifest entries");
+    assert_eq!(
+        mine.len(),
+        theirs.len(),
+        "PostgreSQL {major}: manifest entries"
+    );
     for (m, t) in mine.iter().zip(&theirs) {
         assert_eq!(m, t, "PostgreSQL {major}: manifest entry");
     }
@@ -509,8 +513,11 @@ fn pitr(major: u32) {
     pg.psql("TRUNCATE pgbench_history");
     pg.psql("DROP DATABASE gone");
     pg.psql("CREATE DATABASE fc STRATEGY FILE_COPY");
-    pg.try_psql_db("fc", "CREATE TABLE fct AS SELECT g FROM generate_series(1, 1000) g")
-        .unwrap();
+    pg.try_psql_db(
+        "fc",
+        "CREATE TABLE fct AS SELECT g FROM generate_series(1, 1000) g",
+    )
+    .unwrap();
     let inc2 = backup_ok(&lb, &["--incremental"]);
     let inc2_id = inc2["id"].as_str().unwrap().to_string();
     assert_eq!(inc2["incremental"]["parent"], inc1_id.as_str());
@@ -532,8 +539,19 @@ fn pitr(major: u32) {
     let work = pg_tempdir("lbpitr-");
     // The newest backup before a target between the chain and the second full backup is
     // the chain's incremental one.
-    let (out, _) =
-        crate::restore::restore(&lb, major, work.path(), &["--target-lsn", &between, "--dry-run"]);
+    let dry_ts = format!("{oid}={}", work.path().join("tsdry").display());
+    let (out, _) = crate::restore::restore(
+        &lb,
+        major,
+        work.path(),
+        &[
+            "--target-lsn",
+            &between,
+            "--tablespace",
+            &dry_ts,
+            "--dry-run",
+        ],
+    );
     let text = expect_success(&out, "restore --dry-run --target-lsn");
     assert!(
         text.starts_with(&format!("backup    {inc2_id} ")),
@@ -570,7 +588,9 @@ fn pitr(major: u32) {
             "PostgreSQL {major} via {backup}"
         );
         assert_eq!(
-            restored.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"),
+            restored.psql(
+                "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"
+            ),
             tsdir.display().to_string()
         );
         // The tablespace's new location is the one difference allowed.
@@ -583,8 +603,13 @@ fn pitr(major: u32) {
     assert!(via_chain.contains("CREATE DATABASE fc"), "{via_chain}");
     assert!(!via_chain.contains("CREATE DATABASE gone"));
     if via_chain != via_full {
-        let (a, b): (Vec<&str>, Vec<&str>) = (via_chain.lines().collect(), via_full.lines().collect());
-        let i = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+        let (a, b): (Vec<&str>, Vec<&str>) =
+            (via_chain.lines().collect(), via_full.lines().collect());
+        let i = a
+            .iter()
+            .zip(&b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()));
         panic!(
             "PostgreSQL {major}: pg_dumpall through the chain and through {full2_id} differ at line {i}:\n  chain: {:?}\n  full:  {:?}",
             a.get(i),
@@ -599,8 +624,12 @@ fn pitr(major: u32) {
         work.path().join("inc1.json"),
     )
     .unwrap();
-    let (out, _) =
-        crate::restore::restore(&lb, major, work.path(), &["--backup", &inc2_id, "--dry-run"]);
+    let (out, _) = crate::restore::restore(
+        &lb,
+        major,
+        work.path(),
+        &["--backup", &inc2_id, "--tablespace", &dry_ts, "--dry-run"],
+    );
     assert!(!out.status.success(), "{}", stderr_of(&out));
     assert_eq!(
         first_error_line(&out),
@@ -615,8 +644,13 @@ fn pitr(major: u32) {
         .unwrap();
     assert_eq!(b["restorable"], false);
     assert_eq!(b["missing_parent"], inc1_id.as_str());
-    let (out, _) =
-        crate::restore::restore(&lb, major, work.path(), &["--target-lsn", &between, "--dry-run"]);
+    // (the full backup predates the tablespace)
+    let (out, _) = crate::restore::restore(
+        &lb,
+        major,
+        work.path(),
+        &["--target-lsn", &between, "--dry-run"],
+    );
     let text = expect_success(&out, "restore --dry-run with a broken chain");
     assert!(
         text.starts_with(&format!("backup    {full_id} ")),
