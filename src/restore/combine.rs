@@ -203,6 +203,14 @@ struct OwnBlocks {
 /// in it).
 type Piece = (u64, u64, usize, u64);
 
+/// Per (backup, tar): byte runs of its tar stream to write, (offset in the stream, length,
+/// rebuilt file, offset in it), coalesced.
+type Runs = BTreeMap<(usize, String), Vec<(u64, u64, usize, u64)>>;
+
+/// What streaming the newest backup saw: per manifest name, the bytes written, the
+/// rewritten `backup_label`.
+type Streamed = (BTreeMap<String, Seen>, u64, Option<Vec<u8>>);
+
 /// What streaming the newest backup saw of one file.
 struct Seen {
     size: u64,
@@ -221,7 +229,7 @@ fn extract_newest(
     own: &HashMap<String, OwnBlocks>,
     rebuilt: &[Rebuilt],
     syncer: &Syncer,
-) -> Result<(BTreeMap<String, Seen>, u64, Option<Vec<u8>>)> {
+) -> Result<Streamed> {
     let mut ar = tar::Archive::new(reader);
     let mut seen = BTreeMap::new();
     let mut bytes = 0u64;
@@ -419,7 +427,7 @@ impl Job {
 /// it), coalesced.
 fn part_jobs(
     chain: &[BackupMeta],
-    runs: BTreeMap<(usize, String), Vec<(u64, u64, usize, u64)>>,
+    runs: Runs,
 ) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
     for ((bi, tar), mut runs) in runs.into_iter().rev() {
@@ -514,7 +522,7 @@ pub(super) async fn extract_chain(
     // The rebuilt files, what the newest stream writes of each, and what older backups do.
     let mut rebuilt: Vec<Rebuilt> = Vec::new();
     let mut own: HashMap<String, OwnBlocks> = HashMap::new();
-    let mut runs: BTreeMap<(usize, String), Vec<(u64, u64, usize, u64)>> = BTreeMap::new();
+    let mut runs: Runs = BTreeMap::new();
     let mut need: BTreeMap<&PathBuf, u64> = BTreeMap::new();
     for f in &files {
         let (dir, prefix) = dir_of.get(f.tar.as_str()).ok_or_else(|| {
