@@ -425,10 +425,7 @@ impl Job {
 /// The parts of older backups holding needed blocks, with what to write from each:
 /// `runs` per (backup, tar): (offset in the tar stream, length, rebuilt file, offset in
 /// it), coalesced.
-fn part_jobs(
-    chain: &[BackupMeta],
-    runs: Runs,
-) -> Result<Vec<Job>> {
+fn part_jobs(chain: &[BackupMeta], runs: Runs) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
     for ((bi, tar), mut runs) in runs.into_iter().rev() {
         let b = &chain[bi];
