@@ -11,6 +11,12 @@
 #                               # 3 alternating rounds, median ratio, peak RSS
 #   scripts/bench.sh sqlite     # lifeboat sqlite snapshot vs sqlite3 .backup | zstd | age under a
 #                               # writer (scripts/bench-sqlite.sh; needs no PostgreSQL)
+#   scripts/bench.sh incremental # (LIFEBOAT_BENCH_MAJOR >= 17) a full backup, then 6 incremental
+#                               # ones each after updating the rows of 2% of the blocks: the first
+#                               # incremental's time and bytes vs the full's; then, cold caches,
+#                               # alternating: restore of full+6 vs restore of one full backup of
+#                               # the same cluster vs copy + pg_combinebackup of the same chain
+#                               # taken by pg_basebackup (plain); medians, peak RSS
 #   scripts/bench.sh prune      # prune over a synthetic file:// archive of 7 years of daily
 #                               # backups and ~1 million WAL objects: plan, delete, plan again
 #
@@ -301,7 +307,11 @@ setup_dataset() {
     > "$WORK/pgbr/pgbackrest.conf"
   if [[ $(id -u) == 0 ]]; then chown -R lifeboat-test "$WORK/pgbr"; fi
   PGBR=("${AS[@]}" pgbackrest --config="$WORK/pgbr/pgbackrest.conf" --stanza=bench)
-  "${PGBR[@]}" stanza-create >/dev/null
+  if ! "${PGBR[@]}" stanza-create >/dev/null 2>"$WORK/pgbr.err"; then
+    # The incremental benchmark can do without it (an older pgbackrest knows no 17).
+    [[ -n "${PGBR_OPTIONAL:-}" ]] || { cat "$WORK/pgbr.err"; exit 1; }
+    echo "note: this pgbackrest cannot serve PostgreSQL $MAJOR ($(head -1 "$WORK/pgbr.err")): no pgbackrest figures"
+  fi
   SIZE="$size"
 }
 
@@ -646,6 +656,107 @@ print(f"  pg_dump -Fd -j 2 && tar | zstd | age {statistics.median(fd):7.2f} s, r
 ' "${lb_t[*]}" "${sh_t[*]}" "${lb_m[*]}" "$size" "${gz_t[*]}" "${fd_t[*]}"
 }
 
+# Drop the page cache (cold reads), where this host lets us; say so once where it does not.
+drop_caches() {
+  sync
+  if [[ -w /proc/sys/vm/drop_caches ]] && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then return; fi
+  [[ -n "${WARNED_CACHE:-}" ]] || { echo "note: cannot drop the page cache here: warm-cache figures" >&2; WARNED_CACHE=1; }
+}
+
+# Change 2% of the cluster's blocks: update the rows of every 50th block of the two big
+# tables (their new versions go to new blocks: about as many again).
+change_blocks() {
+  local k="$1"
+  "${PSQL[@]}" -c "UPDATE text_data SET b = substr(md5(random()::text), 1, 12) WHERE ((ctid::text::point)[0])::bigint % 50 = $k" >/dev/null
+  "${PSQL[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE ((ctid::text::point)[0])::bigint % 50 = $k" >/dev/null
+}
+
+bench_incremental() {
+  (( MAJOR >= 17 )) || { echo "the incremental benchmark needs LIFEBOAT_BENCH_MAJOR=17 or later" >&2; exit 2; }
+  "${PSQL[@]}" -c "ALTER SYSTEM SET summarize_wal = on" >/dev/null
+  "${PSQL[@]}" -c "ALTER SYSTEM SET wal_log_hints = on" >/dev/null
+  "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w restart >/dev/null
+  PGBR_OPTIONAL=1 setup_dataset
+  cp "$LB" "$WORK/lifeboat"; LB="$WORK/lifeboat"
+  chmod 644 "$WORK/id.txt" "$WORK/lb.toml"
+  "${PSQL[@]}" -c "SELECT pg_create_physical_replication_slot('lifeboat', true)" >/dev/null
+  # A settled cluster: hint bits and the visibility map set now (with wal_log_hints, the
+  # first scan after the load would otherwise touch every block, once).
+  "${PSQL[@]}" -c "VACUUM (FREEZE, ANALYZE)" >/dev/null
+  "${PSQL[@]}" -c "CHECKPOINT" >/dev/null
+  local t m u s id
+  # lifeboat backup ARGS, timed: sets T, M, ID, BYTES (stored bytes of the backup).
+  lb_backup() {
+    drop_caches
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --json backup --fast --wal-timeout 1ms "$@" >"$WORK/b.json" 2>"$WORK/lb.err" \
+      || { cat "$WORK/lb.err"; exit 1; }
+    read -r T M u s < "$WORK/t"
+    ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/b.json")
+    BYTES=$(du -sb "$WORK/arch/backups/$ID" | cut -f1)
+  }
+  lb_backup
+  local full_t="$T" full_b="$BYTES" full_id="$ID"
+  echo "lifeboat full backup:            ${T}s, stored $((BYTES / 1048576)) MiB, peak RSS $((M / 1024)) MiB"
+  "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/pb0" -Fp -c fast
+  local inc_t=() inc_b=() prev=0 last_id=""
+  for k in 1 2 3 4 5 6; do
+    change_blocks "$k"
+    lb_backup --incremental
+    inc_t+=("$T"); inc_b+=("$BYTES"); last_id="$ID"
+    echo "lifeboat incremental $k (2% of blocks changed): ${T}s, stored $((BYTES / 1048576)) MiB, peak RSS $((M / 1024)) MiB"
+    "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/pb$k" -Fp -c fast --incremental="$WORK/pb$prev/backup_manifest"
+    prev=$k
+  done
+  # One full backup of the same cluster (the same size as the combined chain).
+  lb_backup
+  local full2_id="$ID"
+  local end
+  end=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
+  "${PSQL[@]}" -c "SELECT pg_switch_wal()" >/dev/null
+  "$LB" --config "$WORK/lb.toml" -q stream --endpos "$end"
+  # The plain chain where an archive would hold it, copied to local disk for the combine.
+  mkdir -p "$WORK/plain"; mv "$WORK"/pb[0-6] "$WORK/plain/"
+
+  local ch_t=() ch_m=() fu_t=() fu_m=() cb_t=() cp_t=()
+  for i in $(seq 1 "$ROUNDS"); do
+    rm -rf "$WORK/r"; drop_caches
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
+      restore --pgdata "$WORK/r" --pg-bin "$BIN" --target-immediate --backup "$last_id" >/dev/null
+    read -r t m < "$WORK/t"; ch_t+=("$t"); ch_m+=("$m")
+    echo "round $i lifeboat restore of full + 6 incrementals: ${t}s, peak RSS $((m / 1024)) MiB"
+    rm -rf "$WORK/r"; drop_caches
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
+      restore --pgdata "$WORK/r" --pg-bin "$BIN" --target-immediate --backup "$full2_id" >/dev/null
+    read -r t m < "$WORK/t"; fu_t+=("$t"); fu_m+=("$m")
+    echo "round $i lifeboat restore of one full backup:       ${t}s, peak RSS $((m / 1024)) MiB"
+    rm -rf "$WORK/r" "$WORK/copy"; drop_caches
+    local t0 t1 t2
+    t0=$(date +%s.%N)
+    cp -r "$WORK/plain" "$WORK/copy"
+    t1=$(date +%s.%N)
+    "$BIN/pg_combinebackup" -o "$WORK/r" "$WORK"/copy/pb[0-6]
+    t2=$(date +%s.%N)
+    cb_t+=("$(python3 -c "print(f'{$t2 - $t1:.2f}')")"); cp_t+=("$(python3 -c "print(f'{$t2 - $t0:.2f}')")")
+    echo "round $i copy + pg_combinebackup:                 ${cp_t[-1]}s (pg_combinebackup alone ${cb_t[-1]}s)"
+    rm -rf "$WORK/r" "$WORK/copy"
+  done
+  python3 -c '
+import statistics as st, sys
+ft, fb = float(sys.argv[1]), int(sys.argv[2])
+it, ib = [float(x) for x in sys.argv[3].split()], [int(x) for x in sys.argv[4].split()]
+ch, fu, cb, cp = ([float(x) for x in a.split()] for a in sys.argv[5:9])
+rss = max(int(x) for x in (sys.argv[9] + " " + sys.argv[10]).split()) / 1024
+print(f"\nincremental benchmark, cluster {sys.argv[11]}")
+print(f"  full backup                 {ft:7.2f} s  {fb / 1048576:8.1f} MiB stored")
+print(f"  first incremental (2%)      {it[0]:7.2f} s  {ib[0] / 1048576:8.1f} MiB stored: {it[0] / ft:.1%} of the time (target <= 15%), {ib[0] / fb:.1%} of the bytes (target <= 5%)")
+print(f"  incrementals 1-6            median {st.median(it):.2f} s, {st.median(ib) / 1048576:.1f} MiB")
+print(f"restore, medians of {len(ch)} alternating rounds (cold caches where allowed)")
+print(f"  full + 6 incrementals       {st.median(ch):7.2f} s  peak RSS {rss:.1f} MiB (target <= 128 MiB)")
+print(f"  one full backup             {st.median(fu):7.2f} s  ratio chain/full {st.median([a / b for a, b in zip(ch, fu)]):.2f}x (target <= 1.3x)")
+print(f"  copy + pg_combinebackup     {st.median(cp):7.2f} s  ratio chain/it {st.median([a / b for a, b in zip(ch, cp)]):.2f}x (target <= 0.7x); pg_combinebackup alone {st.median(cb):.2f} s")
+' "$full_t" "$full_b" "${inc_t[*]}" "${inc_b[*]}" "${ch_t[*]}" "${fu_t[*]}" "${cb_t[*]}" "${cp_t[*]}" "${ch_m[*]}" "${fu_m[*]}" "$SIZE"
+}
+
 case "$WHAT" in
   stream) bench_stream ;;
   backup) bench_backup ;;
@@ -654,5 +765,6 @@ case "$WHAT" in
   dump) bench_dump ;;
   stream-s3) bench_stream_s3 ;;
   backup-s3) bench_backup_s3 ;;
-  *) echo "usage: scripts/bench.sh stream|stream-s3|backup|backup-s3|restore|prune|dump" >&2; exit 2 ;;
+  incremental) bench_incremental ;;
+  *) echo "usage: scripts/bench.sh stream|stream-s3|backup|backup-s3|restore|prune|dump|incremental" >&2; exit 2 ;;
 esac

@@ -37,6 +37,10 @@ pub struct BackupSummary {
     pub parent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain_length: Option<u32>,
+    /// An incremental backup whose chain is broken: the missing ancestor (then it is not
+    /// restorable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_parent: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,7 +170,9 @@ pub struct DrillSummary {
 }
 
 impl BackupSummary {
-    pub fn new(m: &BackupMeta, wal: &[WalRange]) -> BackupSummary {
+    /// `all`: every backup of the archive (an incremental backup restores with its chain).
+    pub fn new(m: &BackupMeta, wal: &[WalRange], all: &[BackupMeta]) -> BackupSummary {
+        let missing_parent = crate::core::plan::chain_of(all, m).err().map(|b| b.missing);
         BackupSummary {
             id: m.id.clone(),
             label: m.label.clone(),
@@ -175,8 +181,7 @@ impl BackupSummary {
             end_lsn: m.end_lsn,
             start_time: m.start_time.rfc3339(),
             end_time: m.end_time.rfc3339(),
-            // An incremental backup is not a recovery point until restore combines chains.
-            restorable: m.incremental.is_none()
+            restorable: missing_parent.is_none()
                 && catalog::wal_covers(wal, m.timeline, m.start_lsn, m.end_timeline, m.end_lsn),
             plain_size: m.plain_size,
             stored_size: m.stored_size,
@@ -185,6 +190,7 @@ impl BackupSummary {
             keep_until: None,
             parent: m.incremental.as_ref().map(|i| i.parent.clone()),
             chain_length: m.incremental.as_ref().map(|i| i.chain_length),
+            missing_parent,
         }
     }
 }
@@ -224,8 +230,10 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
         .expect("an archive has at least one provider");
     let wal = archive.inventory(first.as_ref(), seg).await?.ranges(seg);
     let metas = archive.backups().await?;
-    let mut backups: Vec<BackupSummary> =
-        metas.iter().map(|m| BackupSummary::new(m, &wal)).collect();
+    let mut backups: Vec<BackupSummary> = metas
+        .iter()
+        .map(|m| BackupSummary::new(m, &wal, &metas))
+        .collect();
     // What the retention policy keeps, as `prune` would plan the first provider now.
     if let Some(retention) = retention {
         let mut listing = Vec::new();

@@ -45,7 +45,11 @@ pub fn render(r: &ListReport) -> String {
                 b.start_time,
                 fmt::size(b.plain_size),
                 fmt::size(b.stored_size),
-                if b.restorable { "yes" } else { "no (WAL)" },
+                match (b.restorable, &b.missing_parent) {
+                    (true, _) => "yes",
+                    (false, Some(_)) => "no (chain)",
+                    (false, None) => "no (WAL)",
+                },
                 if kept.is_empty() && b.restorable {
                     "- (next prune)".to_string()
                 } else if kept.is_empty() {
@@ -167,6 +171,7 @@ mod tests {
                 keep_until: Some(crate::core::plan::Timestamp(1_790_812_800_000_000)),
                 parent: None,
                 chain_length: None,
+                missing_parent: None,
             }],
             wal: vec![WalRange {
                 timeline: 1,

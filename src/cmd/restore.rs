@@ -106,7 +106,7 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
         jobs: a.jobs,
     };
     if a.dry_run {
-        let (plan, meta, _) = restore::make_plan(
+        let (plan, meta, inv) = restore::make_plan(
             &archive,
             &opts.target,
             opts.timeline,
@@ -114,7 +114,12 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
         )
         .await?;
         let (problems, pg, _) = restore::preflight(&archive, &op, &meta, &opts).await;
-        let keys = restore::backup_keys(&meta);
+        let chain: Vec<_> = plan
+            .chain
+            .iter()
+            .filter_map(|id| inv.backups.iter().find(|b| &b.id == id).cloned())
+            .collect();
+        let keys = restore::chain_keys(&meta, &chain);
         let cold = crate::archive::thaw::survey(&archive, &keys, false).await?;
         if ctx.json() {
             println!(

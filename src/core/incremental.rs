@@ -396,8 +396,9 @@ pub enum CombineError {
     },
 }
 
-/// The path a member stands for: `dir/INCREMENTAL.16384` stands for `dir/16384`.
-fn real_path(path: &str) -> (String, bool) {
+/// The path a member stands for, and whether it is incremental: `dir/INCREMENTAL.16384`
+/// stands for `dir/16384`.
+pub fn real_path(path: &str) -> (String, bool) {
     match path.rsplit_once('/') {
         Some((dir, base)) if base.starts_with("INCREMENTAL.") => {
             (format!("{dir}/{}", &base["INCREMENTAL.".len()..]), true)

@@ -297,6 +297,10 @@ pub struct WalStep {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub backup: String,
+    /// For an incremental backup: its chain, the full backup first, `backup` last (restore
+    /// combines them); empty for a full backup.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
     pub backup_timeline: u32,
     pub backup_start_lsn: Lsn,
     pub backup_end_lsn: Lsn,
@@ -321,11 +325,11 @@ pub enum PlanError {
     NoBackups,
     #[error("backup {0} is not in the archive\nhint: `lifeboat list` shows the backups")]
     UnknownBackup(String),
-    #[error("backup {id} is incremental (its parent is {parent}) and restore does not combine chains yet\nhint: restore the full backup {full} (omit --backup to let lifeboat choose), or combine the chain with pg_combinebackup")]
-    Incremental {
+    #[error("backup {id} is incremental and its chain is broken: {missing}, the parent of {child}, is not in the archive\nhint: restore a backup whose chain is whole (omit --backup to let lifeboat choose); `lifeboat list` shows each backup's parent")]
+    BrokenChain {
         id: String,
-        parent: String,
-        full: String,
+        child: String,
+        missing: String,
     },
     #[error(
         "timeline {0} is not in the archive\nhint: `lifeboat list` shows the archived timelines"
@@ -567,6 +571,38 @@ pub fn plan(
     })
 }
 
+/// A chain link missing from the archive: `missing`, the parent of `child`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub child: String,
+    pub missing: String,
+}
+
+/// The chain of backup `b` among `backups`: the full backup first, `b` last (just `b` for
+/// a full backup); or the first parent that is missing (or a loop, reported the same way).
+pub fn chain_of<'a>(
+    backups: &'a [BackupMeta],
+    b: &'a BackupMeta,
+) -> Result<Vec<&'a BackupMeta>, ChainBreak> {
+    let mut chain = vec![b];
+    while let Some(inc) = &chain.last().expect("not empty").incremental {
+        let child = &chain.last().expect("not empty").id;
+        match backups.iter().find(|p| p.id == inc.parent) {
+            Some(p) if chain.len() <= backups.len() && !chain.iter().any(|c| c.id == p.id) => {
+                chain.push(p)
+            }
+            _ => {
+                return Err(ChainBreak {
+                    child: child.clone(),
+                    missing: inc.parent.clone(),
+                })
+            }
+        }
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
 fn plan_inner(
     inv: &Inventory,
     target: &Target,
@@ -583,24 +619,16 @@ fn plan_inner(
         if backups.is_empty() {
             return Err(PlanError::UnknownBackup(id.into()));
         }
-        if let Some(inc) = &backups[0].incremental {
-            // The chain's full backup, as far as it is in the archive.
-            let mut full = inc.parent.clone();
-            while let Some(p) = inv.backups.iter().find(|b| b.id == full) {
-                match &p.incremental {
-                    Some(i) => full = i.parent.clone(),
-                    None => break,
-                }
-            }
-            return Err(PlanError::Incremental {
+        if let Err(ChainBreak { child, missing }) = chain_of(&inv.backups, backups[0]) {
+            return Err(PlanError::BrokenChain {
                 id: id.into(),
-                parent: inc.parent.clone(),
-                full,
+                child,
+                missing,
             });
         }
     } else {
-        // Incremental backups are not restorable alone; their full backups are.
-        backups.retain(|b| b.incremental.is_none());
+        // An incremental backup is a recovery point when its whole chain is archived.
+        backups.retain(|b| chain_of(&inv.backups, b).is_ok());
         if backups.is_empty() {
             return Err(PlanError::NoBackups);
         }
@@ -686,8 +714,15 @@ fn plan_inner(
                     .map(|p| p.0)
                     .filter(|t| *t >= b.timeline.0)
                     .collect();
+                let chain = match &b.incremental {
+                    Some(_) => chain_of(&inv.backups, b)
+                        .map(|c| c.iter().map(|x| x.id.clone()).collect())
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
                 return Ok(Plan {
                     backup: b.id.clone(),
+                    chain,
                     backup_timeline: b.timeline.0,
                     backup_start_lsn: b.start_lsn,
                     backup_end_lsn: b.end_lsn,
@@ -742,6 +777,14 @@ impl Plan {
             self.backup_end_lsn,
             self.backup_end_time
         ));
+        if !self.chain.is_empty() {
+            s.push_str(&format!(
+                "chain     {} (full {} + {} incremental; restore combines them)\n",
+                self.chain.join(" → "),
+                self.chain[0],
+                self.chain.len() - 1
+            ));
+        }
         s.push_str(&format!("target    {}\n", self.target_text));
         s.push_str(&format!(
             "timelines {} (recovery_target_timeline = {})\n",
@@ -937,10 +980,10 @@ mod tests {
         }
     }
 
-    /// Until restore combines chains, an incremental backup is never picked on its own and
-    /// is refused by name, with the chain's full backup in the hint.
+    /// An incremental backup is a recovery point with its chain: picked when newest, with
+    /// the chain in the plan; with a parent missing it is passed over, and refused by name.
     #[test]
-    fn incremental_backups_are_passed_over_and_refused_by_name() {
+    fn incremental_backups_restore_with_their_chain() {
         let mut b = backup("B", 1, 5 * S, 5 * S + 100, "2026-11-24T12:00:00Z");
         b.incremental = Some(crate::core::catalog::IncrementalOf {
             parent: "A".into(),
@@ -955,21 +998,35 @@ mod tests {
             from_lsn: Lsn(5 * S),
             from_timeline: TimelineId(1),
         });
+        let a = backup("A", 1, 2 * S, 2 * S + 100, "2026-11-24T08:00:00Z");
         let i = inv(
-            vec![
-                backup("A", 1, 2 * S, 2 * S + 100, "2026-11-24T08:00:00Z"),
-                b,
-                c,
-            ],
+            vec![a.clone(), b.clone(), c.clone()],
             vec![r(1, 2 * S, 9 * S)],
             vec![],
         );
+        let p = plan(&i, &Target::Latest, TimelineChoice::Latest, None).unwrap();
+        assert_eq!(p.backup, "C");
+        assert_eq!(p.chain, vec!["A", "B", "C"]);
+        assert!(
+            p.render()
+                .contains("chain     A → B → C (full A + 2 incremental; restore combines them)\n"),
+            "{}",
+            p.render()
+        );
+        // Point in time: the newest backup before the target, incremental or not.
+        let t = Target::Time(Timestamp::parse_utc("2026-11-24 12:30:00Z").unwrap());
+        let p = plan(&i, &t, TimelineChoice::Latest, None).unwrap();
+        assert_eq!((p.backup.as_str(), p.chain.len()), ("B", 2));
+        let p = plan(&i, &Target::Latest, TimelineChoice::Latest, Some("A")).unwrap();
+        assert!(p.chain.is_empty());
+        // B missing: C is passed over (A is chosen) and refused by name.
+        let i = inv(vec![a, c], vec![r(1, 2 * S, 9 * S)], vec![]);
         let p = plan(&i, &Target::Latest, TimelineChoice::Latest, None).unwrap();
         assert_eq!(p.backup, "A");
         let e = plan(&i, &Target::Latest, TimelineChoice::Latest, Some("C")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "backup C is incremental (its parent is B) and restore does not combine chains yet\nhint: restore the full backup A (omit --backup to let lifeboat choose), or combine the chain with pg_combinebackup"
+            "backup C is incremental and its chain is broken: B, the parent of C, is not in the archive\nhint: restore a backup whose chain is whole (omit --backup to let lifeboat choose); `lifeboat list` shows each backup's parent"
         );
     }
 

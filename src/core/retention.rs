@@ -454,16 +454,19 @@ pub fn plan_provider<'a>(
         .iter()
         .filter(|b| has(&catalog::backup_meta_key(&b.id)))
         .collect();
-    // An incremental backup is no recovery point of its own (restore does not combine
-    // chains yet): never the anchor, never counted; kept while inside the window.
+    // An incremental backup restores with its chain: every link's backup.json and parts
+    // here, and the WAL of the newest.
     let restorable_on = |b: &BackupMeta| {
-        b.incremental.is_none()
-            && b.parts
-                .iter()
-                .map(|p| p.key.as_str())
-                .chain([b.manifest.key.as_str()])
-                .all(has)
-            && catalog::wal_covers(&ranges, b.timeline, b.start_lsn, b.end_timeline, b.end_lsn)
+        crate::core::plan::chain_of(catalog, b).is_ok_and(|chain| {
+            chain.iter().all(|l| {
+                has(&catalog::backup_meta_key(&l.id))
+                    && l.parts
+                        .iter()
+                        .map(|p| p.key.as_str())
+                        .chain([l.manifest.key.as_str()])
+                        .all(has)
+            })
+        }) && catalog::wal_covers(&ranges, b.timeline, b.start_lsn, b.end_timeline, b.end_lsn)
     };
     let mut restorable: Vec<&BackupMeta> =
         here.iter().copied().filter(|b| restorable_on(b)).collect();
@@ -545,6 +548,52 @@ pub fn plan_provider<'a>(
     for (b, tier, until) in calendar_tiers(policy, now, restorable.iter().map(|b| (*b, b.end_time)))
     {
         keep(b, tier, Some(until));
+    }
+
+    // Chains stay whole: a kept incremental backup keeps every ancestor, by the same tiers
+    // and as long; so does one spared below (not restorable here, inside the window).
+    let spared: Vec<&BackupMeta> = here
+        .iter()
+        .copied()
+        .filter(|b| {
+            b.incremental.is_some()
+                && !kept.contains_key(b.id.as_str())
+                && !restorable_on(b)
+                && b.end_time >= window_start
+        })
+        .collect();
+    let mut links: Vec<(&BackupMeta, Vec<Tier>, Option<Timestamp>)> = Vec::new();
+    for b in here.iter().copied() {
+        if b.incremental.is_none() {
+            continue;
+        }
+        let (tiers, until) = match kept.get(b.id.as_str()) {
+            Some(k) => (k.tiers.clone(), k.keep_until),
+            None if spared.iter().any(|s| s.id == b.id) => (vec![Tier::Pitr], None),
+            None => continue,
+        };
+        let mut at = b;
+        while let Some(inc) = &at.incremental {
+            let Some(p) = here.iter().copied().find(|p| p.id == inc.parent) else {
+                break;
+            };
+            if links.len() > 4 * here.len() {
+                break;
+            }
+            links.push((p, tiers.clone(), until));
+            at = p;
+        }
+    }
+    for (p, tiers, until) in links {
+        let k = kept.entry(p.id.as_str()).or_insert_with(|| Kept {
+            backup: p.id.clone(),
+            end_time: p.end_time,
+            tiers: Vec::new(),
+            keep_until: None,
+        });
+        for t in tiers {
+            add_tier(&mut k.tiers, &mut k.keep_until, t, until);
+        }
     }
 
     // The WAL the kept points need: each kept backup's own span, and everything from the
@@ -927,6 +976,9 @@ mod tests {
         temps: Vec<u64>,
         policy: Policy,
         now_extra: i64,
+        /// Bit `i % 32` set: the `i`-th backup (by id, from the second on) is incremental
+        /// on the one before it.
+        incr_mask: u32,
     }
 
     fn t(unit: u64) -> Timestamp {
@@ -1073,6 +1125,18 @@ mod tests {
         }
         cat.sort_by(|a, b| a.id.cmp(&b.id));
         cat.dedup_by(|a, b| a.id == b.id);
+        for i in 1..cat.len() {
+            if h.incr_mask >> (i % 32) & 1 == 1 {
+                let p = &cat[i - 1];
+                let inc = catalog::IncrementalOf {
+                    parent: p.id.clone(),
+                    chain_length: p.incremental.as_ref().map_or(0, |x| x.chain_length) + 1,
+                    from_lsn: p.start_lsn,
+                    from_timeline: p.timeline,
+                };
+                cat[i].incremental = Some(inc);
+            }
+        }
         // Objects this provider lacks: a backup's marker or part, or a segment.
         for (kind, i) in &h.missing {
             if cat.is_empty() {
@@ -1107,13 +1171,17 @@ mod tests {
     fn restorable(cat: &[BackupMeta], listing: &[Listed]) -> Vec<BackupMeta> {
         let keys: BTreeSet<&str> = listing.iter().map(|l| l.key.as_str()).collect();
         let ranges = WalInventory::from_keys(keys.iter().copied(), SEG).ranges(SEG);
+        let whole = |b: &BackupMeta| {
+            keys.contains(catalog::backup_meta_key(&b.id).as_str())
+                && b.parts
+                    .iter()
+                    .chain([&b.manifest])
+                    .all(|p| keys.contains(p.key.as_str()))
+        };
         cat.iter()
             .filter(|b| {
-                keys.contains(catalog::backup_meta_key(&b.id).as_str())
-                    && b.parts
-                        .iter()
-                        .chain([&b.manifest])
-                        .all(|p| keys.contains(p.key.as_str()))
+                // an incremental backup restores with its whole chain
+                crate::core::plan::chain_of(cat, b).is_ok_and(|c| c.iter().all(|l| whole(l)))
                     && catalog::wal_covers(
                         &ranges,
                         b.timeline,
@@ -1176,9 +1244,21 @@ mod tests {
                 proptest::collection::vec(0..units, 0..3),
                 (1u32..12, 0u32..40, 0u32..60, 0u32..100, 0u32..4, 0i64..48),
                 0i64..UNIT,
+                prop_oneof![Just(0u32), any::<u32>()],
             )
                 .prop_map(
-                    |(units, backups, switch, holes, interrupted, missing, temps, p, now_extra)| {
+                    |(
+                        units,
+                        backups,
+                        switch,
+                        holes,
+                        interrupted,
+                        missing,
+                        temps,
+                        p,
+                        now_extra,
+                        incr_mask,
+                    )| {
                         History {
                             units,
                             backups,
@@ -1196,6 +1276,7 @@ mod tests {
                                 grace: p.5 * 3600 * 1_000_000,
                             },
                             now_extra,
+                            incr_mask,
                         }
                     },
                 )
@@ -1227,8 +1308,28 @@ mod tests {
             // Kept backups stay restorable; the newest min_backups are among them.
             let after_ok: BTreeSet<String> =
                 v1.restorable.iter().map(|b| b.id.clone()).collect();
+            // (An ancestor kept for its chain may have no WAL of its own: it was never a
+            // recovery point, only a link.)
+            let before_ok: BTreeSet<String> =
+                v0.restorable.iter().map(|b| b.id.clone()).collect();
             for k in &plan.kept {
-                prop_assert!(after_ok.contains(&k.backup), "kept {} broken", k.backup);
+                if before_ok.contains(&k.backup) {
+                    prop_assert!(after_ok.contains(&k.backup), "kept {} broken", k.backup);
+                }
+            }
+            // Chains stay whole: a kept incremental backup's ancestors are kept, as long.
+            for k in &plan.kept {
+                let b = cat.iter().find(|b| b.id == k.backup).unwrap();
+                if let Ok(chain) = crate::core::plan::chain_of(&cat, b) {
+                    // (up to the first link this provider has no backup.json of)
+                    let here = |id: &str| listing.iter().any(|l| l.key == catalog::backup_meta_key(id));
+                    for a in chain[..chain.len() - 1].iter().rev().take_while(|a| here(&a.id)) {
+                        let ka = plan.kept.iter().find(|x| x.backup == a.id);
+                        prop_assert!(ka.is_some(), "{} kept, its ancestor {} not", b.id, a.id);
+                        prop_assert!(ka.unwrap().keep_until >= k.keep_until, "{} outlives its ancestor {}", b.id, a.id);
+                        prop_assert!(!gone.contains(catalog::backup_meta_key(&a.id).as_str()));
+                    }
+                }
             }
             let mut before = v0.restorable.clone();
             before.sort_by(|a, b| (a.end_time, &a.id).cmp(&(b.end_time, &b.id)));
@@ -1310,6 +1411,7 @@ mod tests {
             temps: vec![],
             policy: Policy::strategy(),
             now_extra: 0,
+            incr_mask: 0,
         };
         let (cat, listing) = build(&h);
         let now = now_of(&h);
@@ -1374,6 +1476,7 @@ mod tests {
             temps: vec![],
             policy: Policy::strategy(),
             now_extra: 0,
+            incr_mask: 0,
         };
         let (cat, listing) = build(&h);
         let now = now_of(&h);
@@ -1423,6 +1526,7 @@ mod tests {
                 grace: DAY,
             },
             now_extra: 0,
+            incr_mask: 0,
         };
         let day = |d: i64| Timestamp(T0 + d * DAY);
         let mk = |unit: u64, tli: u32, start_seg: u64, end_day: i64| {

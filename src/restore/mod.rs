@@ -6,6 +6,7 @@
 //! Nothing is written before the plan and the preflight pass. When extraction fails, what
 //! was written is removed again, leaving the directories as empty as they were.
 
+mod combine;
 pub mod drill;
 pub mod dump;
 pub mod get;
@@ -982,6 +983,15 @@ pub fn backup_keys(meta: &BackupMeta) -> Vec<String> {
         .collect()
 }
 
+/// The objects a restore of `meta` reads, with its chain's when it is incremental.
+pub fn chain_keys(meta: &BackupMeta, chain: &[BackupMeta]) -> Vec<String> {
+    let mut keys = backup_keys(meta);
+    for b in chain.iter().filter(|b| b.id != meta.id) {
+        keys.extend(backup_keys(b));
+    }
+    keys
+}
+
 /// Plan only (for `--dry-run` and the drill).
 pub async fn make_plan(
     archive: &Archive,
@@ -1006,16 +1016,22 @@ pub async fn run(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let t0 = Instant::now();
-    let (plan, meta, _) =
+    let (plan, meta, inv) =
         make_plan(archive, &opts.target, opts.timeline, opts.backup.as_deref()).await?;
     tracing::info!(
         backup = plan.backup,
         target = plan.target_text,
         "restore planned"
     );
+    // An incremental backup is restored with its chain (full backup first).
+    let chain: Vec<BackupMeta> = plan
+        .chain
+        .iter()
+        .filter_map(|id| inv.backups.iter().find(|b| &b.id == id).cloned())
+        .collect();
     crate::archive::thaw::thaw_all(
         archive,
-        &backup_keys(&meta),
+        &chain_keys(&meta, &chain),
         Duration::from_secs(60),
         Duration::from_secs(48 * 3600),
     )
@@ -1048,7 +1064,12 @@ pub async fn run(
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("chmod {}", dir.display()))?;
     }
-    match extract_all(archive, &opener, &meta, &dests, &files, opts, &plan).await {
+    let extracted = if chain.len() > 1 {
+        combine::extract_chain(archive, &opener, &chain, &dests, opts, &plan, &manifest).await
+    } else {
+        extract_all(archive, &opener, &meta, &dests, &files, opts, &plan).await
+    };
+    match extracted {
         Ok((nfiles, bytes, fetch, extract)) => Ok(RestoreReport {
             plan,
             pgdata: opts.pgdata.clone(),
@@ -1234,6 +1255,21 @@ async fn extract_all(
             bad.join("\n  ")
         );
     }
+    let manifest = fetch_open(archive, opener, &meta.manifest).await?;
+    finish_restore(meta, dests, opts, plan, manifest, sync).await?;
+    Ok((seen.len() as u64, bytes, fetch_done, start.elapsed()))
+}
+
+/// After the files are written: tablespace links and map, the recovery configuration, the
+/// backup manifest (`manifest`), and every fsync.
+async fn finish_restore(
+    meta: &BackupMeta,
+    dests: &[(String, Option<u32>, PathBuf)],
+    opts: &RestoreOptions,
+    plan: &Plan,
+    manifest: Vec<u8>,
+    sync: SyncerHandle,
+) -> Result<()> {
     let pgdata = &opts.pgdata;
     // Tablespaces: links in pg_tblspc, and a tablespace_map that names where they are now.
     let mut map_lines = Vec::new();
@@ -1287,7 +1323,6 @@ async fn extract_all(
         .context("writing postgresql.auto.conf")?;
     drop(auto);
     // The manifest, for pg_verifybackup.
-    let manifest = fetch_open(archive, opener, &meta.manifest).await?;
     std::fs::write(pgdata.join("backup_manifest"), manifest).context("writing backup_manifest")?;
     tokio::task::spawn_blocking(move || sync.finish())
         .await
@@ -1307,7 +1342,7 @@ async fn extract_all(
     for (_, _, dir) in dests {
         sync_dirs(dir)?;
     }
-    Ok((seen.len() as u64, bytes, fetch_done, start.elapsed()))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -121,6 +121,10 @@ fn chain(major: u32) {
     pg.psql("DROP DATABASE gone");
     pg.psql("CREATE DATABASE born");
     pg.psql("INSERT INTO grow SELECT g, 'y' FROM generate_series(20001, 30000) g");
+    // Shrink: the table's tail deleted and cut off by VACUUM (TRUNCATE).
+    pg.psql("DELETE FROM grow WHERE id > 15000");
+    pg.psql("VACUUM (TRUNCATE true) grow");
+    pg.psql("CREATE DATABASE copied STRATEGY FILE_COPY");
     let inc2 = backup_ok(&lb, &["--incremental=latest"]);
     assert_eq!(inc2["incremental"]["parent"], inc1_id.as_str());
     assert_eq!(inc2["incremental"]["chain_length"], 2);
@@ -221,29 +225,30 @@ fn chain(major: u32) {
     assert!(refused.get("incremental").is_none());
     stop_streamer(streamer);
 
-    // Restore does not combine chains yet: an incremental is refused by name.
+    // `restore --dry-run` shows the chain it will combine.
     let target = pg_tempdir("lbincr-");
-    let pgdata = target.path().join("data");
-    let out = lb.run(
-        &[
-            "--identity",
-            lb.identity.to_str().unwrap(),
-            "restore",
-            "--pgdata",
-            pgdata.to_str().unwrap(),
-            "--backup",
-            &inc2_id,
-            "--dry-run",
-        ],
-        Duration::from_secs(120),
+    let (out, _) = crate::restore::restore(
+        &lb,
+        major,
+        target.path(),
+        &["--backup", &inc2_id, "--dry-run"],
     );
-    assert!(!out.status.success());
-    assert_eq!(
-        first_error_line(&out),
-        format!(
-            "error: backup {inc2_id} is incremental (its parent is {inc1_id}) and restore does not combine chains yet\nhint: restore the full backup {full_id} (omit --backup to let lifeboat choose), or combine the chain with pg_combinebackup"
-        )
+    let text = expect_success(&out, "restore --dry-run of an incremental backup");
+    assert!(
+        text.contains(&format!(
+            "\nchain     {full_id} → {inc1_id} → {inc2_id} (full {full_id} + 2 incremental; restore combines them)\n"
+        )),
+        "{text}"
     );
+    // lifeboat restores the chain (at its length cap) itself.
+    let (out, restored) = crate::restore::restore(
+        &lb,
+        major,
+        target.path(),
+        &["--backup", &inc2_id, "--target-immediate"],
+    );
+    let text = expect_success(&out, "restore of an incremental backup");
+    assert!(text.starts_with(&format!("backup    {inc2_id} ")), "{text}");
 
     // The oracle: PostgreSQL's pg_combinebackup takes the chain as archived.
     let work = pg_tempdir("lbinc-");
@@ -329,6 +334,75 @@ fn chain(major: u32) {
         .filter(|f| f != "backup_label" && f != "backup_manifest")
         .collect();
     assert_eq!(ours, theirs, "PostgreSQL {major}: the combined file list");
+
+    // lifeboat's restore of the chain: every file pg_combinebackup wrote, byte for byte
+    // (postgresql.auto.conf gains the recovery settings at its end, recovery.signal is
+    // new), nothing else; its manifest lists the same paths, sizes and checksums, and
+    // pg_verifybackup accepts it.
+    let mut restored_files: Vec<String> = files(&restored)
+        .into_iter()
+        .filter(|f| f != "recovery.signal")
+        .collect();
+    restored_files.sort();
+    assert_eq!(
+        restored_files,
+        files(&out_dir),
+        "PostgreSQL {major}: the restored file list"
+    );
+    for f in files(&out_dir) {
+        let theirs = std::fs::read(out_dir.join(&f)).unwrap();
+        let mine = std::fs::read(restored.join(&f)).unwrap();
+        match f.as_str() {
+            "backup_manifest" => {}
+            "postgresql.auto.conf" => assert!(
+                mine.starts_with(&theirs) && mine.len() > theirs.len(),
+                "PostgreSQL {major}: postgresql.auto.conf"
+            ),
+            _ => assert!(
+                mine == theirs,
+                "PostgreSQL {major}: {f} differs from pg_combinebackup's ({} bytes, theirs {})",
+                mine.len(),
+                theirs.len()
+            ),
+        }
+    }
+    let entries = |dir: &Path| -> Vec<(String, u64, String, String)> {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("backup_manifest")).unwrap()).unwrap();
+        let mut v: Vec<_> = m["Files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["Path"].as_str().unwrap().to_string(),
+                    e["Size"].as_u64().unwrap(),
+                    e["Checksum-Algorithm"].as_str().unwrap_or("").to_string(),
+                    e["Checksum"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (mine, theirs) = (entries(&restored), entries(&out_dir));
+    assert!(theirs.len() > 900, "{} manifest entries", theirs.len());
+    assert_eq!(
+        mine.len(),
+        theirs.len(),
+        "PostgreSQL {major}: manifest entries"
+    );
+    for (m, t) in mine.iter().zip(&theirs) {
+        assert_eq!(m, t, "PostgreSQL {major}: manifest entry");
+    }
+    verifybackup(&pg, &restored);
+    // And it starts: the state at the end of the incremental backup.
+    let started = start_restored(major, &restored);
+    assert_eq!(started.psql("SELECT count(*) FROM grow"), "15000");
+    assert_eq!(
+        started.psql("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname IN ('gone', 'born', 'copied')"),
+        "born,copied"
+    );
 }
 
 #[test]
@@ -388,4 +462,207 @@ fn incremental_falls_back_to_full_with_the_reason() {
     );
     assert!(stderr_of(&out).contains("taking a full backup instead of an incremental one"));
     stop_streamer(streamer);
+}
+
+/// `pg_dumpall` of a restored cluster (server-specific banner lines left out).
+fn dumpall(pg: &PgCluster) -> String {
+    let mut c = pg.command("pg_dumpall");
+    c.args(["--no-role-passwords"]);
+    let text = run_ok(&mut c, Duration::from_secs(300));
+    text.lines()
+        .filter(|l| {
+            !l.starts_with("-- Dumped")
+                && !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Point in time through a chain and through a full backup to the same LSN: the same
+/// cluster, by `pg_dumpall`. The chain holds a tablespace created after its full backup,
+/// growth, shrink, TRUNCATE, a FILE_COPY database and a dropped one; the planner picks the
+/// newest incremental before a target; a missing parent is refused with the chain named.
+fn pitr(major: u32) {
+    let mut opts = ClusterOpts::default().conf("summarize_wal = on");
+    if major == 17 {
+        opts = opts.conf("wal_log_hints = on");
+    }
+    let pg = PgCluster::start(major, opts);
+    pg.pgbench_init(1);
+    pg.psql("CREATE DATABASE gone");
+    let lb = Lb::for_cluster(&pg, SMALL_PARTS);
+    let streamer = lb.start_streamer(&pg);
+    let full = backup_ok(&lb, &[]);
+    let full_id = full["id"].as_str().unwrap().to_string();
+
+    let ts = pg_tempdir("lbts-");
+    pg.psql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        ts.path().display()
+    ));
+    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
+    pg.psql("CREATE TABLE far TABLESPACE extra AS SELECT g AS id, repeat('f', 100) AS pad FROM generate_series(1, 20000) g");
+    pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 10 = 0");
+    let inc1 = backup_ok(&lb, &["--incremental"]);
+    let inc1_id = inc1["id"].as_str().unwrap().to_string();
+    assert_eq!(inc1["incremental"]["parent"], full_id.as_str());
+
+    pg.psql("DELETE FROM far WHERE id > 10000");
+    pg.psql("VACUUM (TRUNCATE true) far");
+    pg.psql("TRUNCATE pgbench_history");
+    pg.psql("DROP DATABASE gone");
+    pg.psql("CREATE DATABASE fc STRATEGY FILE_COPY");
+    pg.try_psql_db(
+        "fc",
+        "CREATE TABLE fct AS SELECT g FROM generate_series(1, 1000) g",
+    )
+    .unwrap();
+    let inc2 = backup_ok(&lb, &["--incremental"]);
+    let inc2_id = inc2["id"].as_str().unwrap().to_string();
+    assert_eq!(inc2["incremental"]["parent"], inc1_id.as_str());
+
+    pg.psql("INSERT INTO far SELECT g, 'between' FROM generate_series(1, 300) g");
+    let between = pg.current_lsn();
+    pg.psql("SELECT pg_switch_wal()");
+    // A full backup after the chain: the other way to the same point.
+    let full2 = backup_ok(&lb, &[]);
+    let full2_id = full2["id"].as_str().unwrap().to_string();
+    pg.psql("INSERT INTO far SELECT g, 'after' FROM generate_series(1, 500) g");
+    pg.psql("UPDATE pgbench_accounts SET abalance = abalance - 1 WHERE aid % 3 = 0");
+    let target = pg.current_lsn();
+    pg.psql("DROP TABLE far");
+    pg.psql("SELECT pg_switch_wal()");
+    wait_caught_up(&pg, Duration::from_secs(120), &lb);
+    stop_streamer(streamer);
+
+    let work = pg_tempdir("lbpitr-");
+    // The newest backup before a target between the chain and the second full backup is
+    // the chain's incremental one.
+    let dry_ts = format!("{oid}={}", work.path().join("tsdry").display());
+    let (out, _) = crate::restore::restore(
+        &lb,
+        major,
+        work.path(),
+        &[
+            "--target-lsn",
+            &between,
+            "--tablespace",
+            &dry_ts,
+            "--dry-run",
+        ],
+    );
+    let text = expect_success(&out, "restore --dry-run --target-lsn");
+    assert!(
+        text.starts_with(&format!("backup    {inc2_id} ")),
+        "PostgreSQL {major}: {text}"
+    );
+    assert!(
+        text.contains(&format!("chain     {full_id} → {inc1_id} → {inc2_id} ")),
+        "{text}"
+    );
+
+    let restore_dump = |backup: &str, n: u32| {
+        let tsdir = work.path().join(format!("ts{n}"));
+        let spec = format!("{oid}={}", tsdir.display());
+        let (out, dir) = crate::restore::restore(
+            &lb,
+            major,
+            work.path(),
+            &[
+                "--backup",
+                backup,
+                "--target-lsn",
+                &target,
+                "--tablespace",
+                &spec,
+            ],
+        );
+        let text = expect_success(&out, &format!("restore of {backup}"));
+        assert!(text.starts_with(&format!("backup    {backup} ")), "{text}");
+        chown_tree_to_pg_user(&tsdir);
+        let restored = start_restored(major, &dir);
+        assert_eq!(
+            restored.psql("SELECT count(*) FROM far"),
+            "10800",
+            "PostgreSQL {major} via {backup}"
+        );
+        assert_eq!(
+            restored.psql(
+                "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"
+            ),
+            tsdir.display().to_string()
+        );
+        // The tablespace's new location is the one difference allowed.
+        let d = dumpall(&restored).replace(&tsdir.display().to_string(), "TSDIR");
+        restored.stop();
+        d
+    };
+    let via_chain = restore_dump(&inc2_id, 1);
+    let via_full = restore_dump(&full2_id, 2);
+    assert!(via_chain.contains("CREATE DATABASE fc"), "{via_chain}");
+    assert!(!via_chain.contains("CREATE DATABASE gone"));
+    if via_chain != via_full {
+        let (a, b): (Vec<&str>, Vec<&str>) =
+            (via_chain.lines().collect(), via_full.lines().collect());
+        let i = a
+            .iter()
+            .zip(&b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()));
+        panic!(
+            "PostgreSQL {major}: pg_dumpall through the chain and through {full2_id} differ at line {i}:\n  chain: {:?}\n  full:  {:?}",
+            a.get(i),
+            b.get(i)
+        );
+    }
+
+    // A missing parent: the chain is broken, restore refuses it naming the link, list
+    // says why it is not restorable, and the planner passes it over.
+    std::fs::rename(
+        lb.archive.join(format!("backups/{inc1_id}/backup.json")),
+        work.path().join("inc1.json"),
+    )
+    .unwrap();
+    let (out, _) = crate::restore::restore(
+        &lb,
+        major,
+        work.path(),
+        &["--backup", &inc2_id, "--tablespace", &dry_ts, "--dry-run"],
+    );
+    assert!(!out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        first_error_line(&out),
+        format!("error: backup {inc2_id} is incremental and its chain is broken: {inc1_id}, the parent of {inc2_id}, is not in the archive\nhint: restore a backup whose chain is whole (omit --backup to let lifeboat choose); `lifeboat list` shows each backup's parent")
+    );
+    let list = lb.list_json();
+    let b = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == inc2_id.as_str())
+        .unwrap();
+    assert_eq!(b["restorable"], false);
+    assert_eq!(b["missing_parent"], inc1_id.as_str());
+    // (the full backup predates the tablespace)
+    let (out, _) = crate::restore::restore(
+        &lb,
+        major,
+        work.path(),
+        &["--target-lsn", &between, "--dry-run"],
+    );
+    let text = expect_success(&out, "restore --dry-run with a broken chain");
+    assert!(
+        text.starts_with(&format!("backup    {full_id} ")),
+        "PostgreSQL {major}: {text}"
+    );
+}
+
+#[test]
+fn point_in_time_through_a_chain_equals_through_a_full_backup() {
+    let majors: Vec<u32> = require_majors().into_iter().filter(|m| *m >= 17).collect();
+    assert!(!majors.is_empty(), "PostgreSQL 17 or 18 is needed");
+    for major in majors {
+        pitr(major);
+    }
 }
