@@ -377,7 +377,7 @@ impl FileWriter<'_> {
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.sink.refused(&e);
-                self.to_buffered()
+                self.go_buffered()
             }
             Err(e) => Err(e).with_context(|| format!("writing {}", self.path.display())),
         }
@@ -385,7 +385,7 @@ impl FileWriter<'_> {
 
     /// Leave direct writes: what is in the aligned buffer goes out buffered, the buffer
     /// back to the pool.
-    fn to_buffered(&mut self) -> Result<()> {
+    fn go_buffered(&mut self) -> Result<()> {
         let out = std::mem::replace(&mut self.out, Out::Held(Vec::new()));
         let Out::Direct { f, buf, fill } = out else {
             unreachable!("only called on a direct file")
@@ -407,7 +407,7 @@ impl FileWriter<'_> {
                 self.flush_direct(whole)?;
             }
             if matches!(self.out, Out::Direct { .. }) {
-                self.to_buffered()?;
+                self.go_buffered()?;
             }
         }
         let len = self.len;
