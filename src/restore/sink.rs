@@ -23,8 +23,8 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -78,6 +78,13 @@ impl AlignedBuf {
         let off = raw.as_ptr().align_offset(ALIGN);
         AlignedBuf { raw, off }
     }
+    /// A placeholder while the real buffer is with a writer (never written to).
+    fn empty() -> AlignedBuf {
+        AlignedBuf {
+            raw: Vec::new(),
+            off: 0,
+        }
+    }
     fn as_mut(&mut self) -> &mut [u8] {
         &mut self.raw[self.off..self.off + CHUNK]
     }
@@ -86,20 +93,145 @@ impl AlignedBuf {
     }
 }
 
+/// Aligned buffers a restore may hold at once (being filled, queued or written): bounds
+/// memory at `MAX_BUFS` × [`CHUNK`].
+const MAX_BUFS: usize = 8;
+/// Threads issuing direct writes, so that extraction goes on while the device writes.
+const WRITERS: usize = 2;
+
+/// What the sink and its writer threads share.
+struct Shared {
+    direct: AtomicBool,
+    /// Free buffers, and how many exist.
+    pool: Mutex<(Vec<AlignedBuf>, usize)>,
+    returned: Condvar,
+    /// [`FAULT_ENV`]: direct writes left before every one is refused as the kernel would
+    /// (`u64::MAX`: no fault).
+    fault_after: AtomicU64,
+}
+
+impl Shared {
+    fn take_buf(&self) -> AlignedBuf {
+        let mut g = self.pool.lock().expect("pool lock not poisoned");
+        loop {
+            if let Some(b) = g.0.pop() {
+                return b;
+            }
+            if g.1 < MAX_BUFS {
+                g.1 += 1;
+                return AlignedBuf::new();
+            }
+            g = self.returned.wait(g).expect("pool lock not poisoned");
+        }
+    }
+
+    fn give_buf(&self, b: AlignedBuf) {
+        self.pool.lock().expect("pool lock not poisoned").0.push(b);
+        self.returned.notify_one();
+    }
+
+    fn refused(&self, e: &std::io::Error) {
+        if self.direct.swap(false, Ordering::Relaxed) {
+            tracing::info!(error = %e, "the restore's file system refuses O_DIRECT: buffered writes from now on");
+        }
+    }
+
+    /// Whether the fault injection refuses this direct write.
+    fn fault(&self) -> bool {
+        let mut left = self.fault_after.load(Ordering::Relaxed);
+        loop {
+            match left {
+                u64::MAX => return false,
+                0 => return true,
+                n => match self.fault_after.compare_exchange(
+                    n,
+                    n - 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return false,
+                    Err(now) => left = now,
+                },
+            }
+        }
+    }
+}
+
+/// A file's direct writes in flight, and the first error of one.
+#[derive(Default)]
+struct Pending {
+    state: Mutex<(usize, Option<std::io::Error>)>,
+    done: Condvar,
+}
+
+impl Pending {
+    /// Wait until no write is in flight; the first error, if any.
+    fn wait(&self) -> std::io::Result<()> {
+        let mut g = self.state.lock().expect("not poisoned");
+        while g.0 > 0 {
+            g = self.done.wait(g).expect("not poisoned");
+        }
+        g.1.take().map_or(Ok(()), Err)
+    }
+}
+
+/// One whole chunk for a writer thread.
+struct Job {
+    f: Arc<std::fs::File>,
+    at: u64,
+    buf: AlignedBuf,
+    len: usize,
+    pending: Arc<Pending>,
+}
+
+/// Write jobs until the channel closes. A refusal (`EINVAL`) clears `O_DIRECT` on that
+/// file and writes the same bytes buffered.
+fn writer(shared: Arc<Shared>, rx: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>) {
+    use std::os::unix::fs::FileExt;
+    loop {
+        let next = rx.lock().expect("not poisoned").recv();
+        let Ok(job) = next else { return };
+        let data = &job.buf.as_ref()[..job.len];
+        let res = if shared.fault() {
+            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+        } else {
+            job.f.write_all_at(data, job.at)
+        };
+        let res = match res {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                shared.refused(&e);
+                clear_direct(&job.f).and_then(|_| job.f.write_all_at(data, job.at))
+            }
+            r => r,
+        };
+        let Job {
+            f, buf, pending, ..
+        } = job;
+        drop(f);
+        shared.give_buf(buf);
+        let mut g = pending.state.lock().expect("not poisoned");
+        g.0 -= 1;
+        if let Err(e) = res {
+            g.1.get_or_insert(e);
+        }
+        drop(g);
+        pending.done.notify_all();
+    }
+}
+
 /// The durability of one restore: see the module documentation.
 pub struct Sink {
     pgdata: PathBuf,
-    direct: AtomicBool,
-    pool: Mutex<Vec<AlignedBuf>>,
+    shared: Arc<Shared>,
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    writers: Vec<std::thread::JoinHandle<()>>,
     syncer: Option<SyncerHandle>,
     held: Mutex<Option<(Vec<u8>, u32)>>,
-    /// [`FAULT_ENV`]: direct writes left before one is refused as the kernel would.
-    fault_after: Option<std::sync::atomic::AtomicU64>,
 }
 
 /// For tests of the fallback on a kernel whose file systems all take `O_DIRECT`:
-/// `LIFEBOAT_FAULT_DIRECT_EINVAL=N` refuses the (N+1)th direct write with `EINVAL`, as a
-/// file system without direct I/O does; nothing else is faked.
+/// `LIFEBOAT_FAULT_DIRECT_EINVAL=N` refuses every direct write after the first N with
+/// `EINVAL`, as a file system without direct I/O does; nothing else is faked.
 pub const FAULT_ENV: &str = "LIFEBOAT_FAULT_DIRECT_EINVAL";
 
 impl Sink {
@@ -116,34 +248,38 @@ impl Sink {
             .and_then(|f| f.sync_all())
             .and_then(|_| std::fs::File::open(pgdata)?.sync_all())
             .with_context(|| format!("fsync {}", marker.display()))?;
+        let shared = Arc::new(Shared {
+            direct: AtomicBool::new(direct && cfg!(target_os = "linux")),
+            pool: Mutex::new((Vec::new(), 0)),
+            returned: Condvar::new(),
+            fault_after: AtomicU64::new(
+                std::env::var(FAULT_ENV)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(u64::MAX),
+            ),
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(MAX_BUFS);
+        let rx = Arc::new(Mutex::new(rx));
+        let writers = (0..WRITERS)
+            .map(|_| {
+                let (shared, rx) = (shared.clone(), rx.clone());
+                std::thread::spawn(move || writer(shared, rx))
+            })
+            .collect();
         Ok(Sink {
             pgdata: pgdata.to_path_buf(),
-            direct: AtomicBool::new(direct && cfg!(target_os = "linux")),
-            pool: Mutex::new(Vec::new()),
+            shared,
+            jobs: Some(tx),
+            writers,
             syncer: (method == SyncMethod::Fsync).then(|| Syncer::start(2)),
             held: Mutex::new(None),
-            fault_after: std::env::var(FAULT_ENV)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .map(std::sync::atomic::AtomicU64::new),
         })
     }
 
     /// Whether direct writes are still in use (a refusal turns them off for good).
     pub fn direct(&self) -> bool {
-        self.direct.load(Ordering::Relaxed)
-    }
-
-    fn take_buf(&self) -> AlignedBuf {
-        self.pool
-            .lock()
-            .expect("pool lock not poisoned")
-            .pop()
-            .unwrap_or_else(AlignedBuf::new)
-    }
-
-    fn give_buf(&self, b: AlignedBuf) {
-        self.pool.lock().expect("pool lock not poisoned").push(b);
+        self.shared.direct.load(Ordering::Relaxed)
     }
 
     /// Create the file at `path` (its parent exists) that will hold `size_hint` bytes,
@@ -170,7 +306,7 @@ impl Sink {
                 .open(path)
             {
                 Ok(f) => file = Some((f, true)),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.refused(&e),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.shared.refused(&e),
                 Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
             }
         }
@@ -192,9 +328,11 @@ impl Sink {
             hint: size_hint,
             out: if direct {
                 Out::Direct {
-                    f,
-                    buf: self.take_buf(),
+                    f: Arc::new(f),
+                    buf: self.shared.take_buf(),
                     fill: 0,
+                    at: 0,
+                    pending: Arc::default(),
                 }
             } else {
                 Out::Buffered(f)
@@ -204,16 +342,16 @@ impl Sink {
         })
     }
 
-    fn refused(&self, e: &std::io::Error) {
-        if self.direct.swap(false, Ordering::Relaxed) {
-            tracing::info!(error = %e, "the restore's file system refuses O_DIRECT: buffered writes from now on");
-        }
-    }
-
     /// Make the restore durable and complete: every file (fsync each, or syncfs each file
     /// system of `roots`), every directory under `roots`, then `global/pg_control` through
     /// temp + fsync + rename + fsync of `global/`, then the marker is removed.
     pub fn finish(mut self, roots: &[PathBuf]) -> Result<()> {
+        // Every file was finished (its writes waited for): the writers are idle.
+        drop(self.jobs.take());
+        for w in self.writers.drain(..) {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a writer thread panicked"))?;
+        }
         match self.syncer.take() {
             Some(s) => s.finish()?,
             None => syncfs_all(roots)?,
@@ -293,9 +431,13 @@ enum Out {
     Held(Vec<u8>),
     Buffered(std::fs::File),
     Direct {
-        f: std::fs::File,
+        f: Arc<std::fs::File>,
+        /// Being filled; handed to a writer thread when full.
         buf: AlignedBuf,
         fill: usize,
+        /// File offset of `buf`'s first byte (everything before it is handed off).
+        at: u64,
+        pending: Arc<Pending>,
     },
 }
 
@@ -328,15 +470,14 @@ impl FileWriter<'_> {
             Out::Direct { .. } => {
                 while !data.is_empty() {
                     let Out::Direct { buf, fill, .. } = &mut self.out else {
-                        // A refusal mid-file switched this file to buffered writes.
-                        return self.write_rest(data);
+                        unreachable!("a direct file stays direct until finished")
                     };
                     let k = data.len().min(CHUNK - *fill);
                     buf.as_mut()[*fill..*fill + k].copy_from_slice(&data[..k]);
                     *fill += k;
                     data = &data[k..];
                     if *fill == CHUNK {
-                        self.flush_direct(CHUNK)?;
+                        self.flush_direct()?;
                     }
                 }
             }
@@ -344,71 +485,84 @@ impl FileWriter<'_> {
         Ok(())
     }
 
-    /// The rest of a file switched to buffered writes (its length is already counted).
-    fn write_rest(&mut self, data: &[u8]) -> Result<()> {
-        let Out::Buffered(f) = &mut self.out else {
-            unreachable!("only called after the switch to buffered writes")
-        };
-        f.write_all(data)
-            .with_context(|| format!("writing {}", self.path.display()))
-    }
-
-    /// Write the first `n` (a multiple of [`ALIGN`]) buffered bytes directly and keep the
-    /// rest at the buffer's start. On `EINVAL` the file goes on buffered.
-    fn flush_direct(&mut self, n: usize) -> Result<()> {
-        let Out::Direct { f, buf, fill } = &mut self.out else {
+    /// Hand the full buffer to a writer thread and go on with a fresh one (taken after
+    /// the handover, so that buffers always come back to the pool).
+    fn flush_direct(&mut self) -> Result<()> {
+        let Out::Direct {
+            f,
+            buf,
+            fill,
+            at,
+            pending,
+        } = &mut self.out
+        else {
             unreachable!("only called on a direct file")
         };
-        debug_assert!(n % ALIGN == 0 && n <= *fill);
-        let faulted = self.sink.fault_after.as_ref().is_some_and(|left| {
-            left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_err()
-        });
-        let res = if faulted {
-            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
-        } else {
-            f.write_all(&buf.as_ref()[..n])
-        };
-        match res {
-            Ok(()) => {
-                buf.as_mut().copy_within(n..*fill, 0);
-                *fill -= n;
-                Ok(())
+        debug_assert_eq!(*fill, CHUNK);
+        {
+            let mut g = pending.state.lock().expect("not poisoned");
+            if let Some(e) = g.1.take() {
+                return Err(e).with_context(|| format!("writing {}", self.path.display()));
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                self.sink.refused(&e);
-                self.go_buffered()
-            }
-            Err(e) => Err(e).with_context(|| format!("writing {}", self.path.display())),
+            g.0 += 1;
         }
+        let job = Job {
+            f: f.clone(),
+            at: *at,
+            buf: std::mem::replace(buf, AlignedBuf::empty()),
+            len: CHUNK,
+            pending: pending.clone(),
+        };
+        *fill = 0;
+        *at += CHUNK as u64;
+        let jobs = self.sink.jobs.as_ref().expect("writers run until finish");
+        // The writers receive until the sink finishes, after every file.
+        if jobs.send(job).is_err() {
+            return Err(anyhow::anyhow!("the writer threads stopped"));
+        }
+        *buf = self.sink.shared.take_buf();
+        Ok(())
     }
 
-    /// Leave direct writes: what is in the aligned buffer goes out buffered, the buffer
-    /// back to the pool.
+    /// Leave direct writes: wait for the writes in flight, then what is in the aligned
+    /// buffer goes out buffered at its offset, the buffer back to the pool.
     fn go_buffered(&mut self) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
         let out = std::mem::replace(&mut self.out, Out::Held(Vec::new()));
-        let Out::Direct { f, buf, fill } = out else {
+        let Out::Direct {
+            f,
+            buf,
+            fill,
+            at,
+            pending,
+        } = out
+        else {
             unreachable!("only called on a direct file")
         };
-        let res = clear_direct(&f)
-            .and_then(|_| (&f).write_all(&buf.as_ref()[..fill]))
-            .with_context(|| format!("writing {}", self.path.display()));
-        self.sink.give_buf(buf);
-        self.out = Out::Buffered(f);
-        res
+        let res = (|| -> Result<std::fs::File> {
+            pending
+                .wait()
+                .with_context(|| format!("writing {}", self.path.display()))?;
+            let mut f = Arc::try_unwrap(f).map_err(|_| {
+                anyhow::anyhow!("{}: a write still holds the file", self.path.display())
+            })?;
+            clear_direct(&f)
+                .and_then(|_| f.seek(SeekFrom::Start(at)).map(|_| ()))
+                .and_then(|_| f.write_all(&buf.as_ref()[..fill]))
+                .with_context(|| format!("writing {}", self.path.display()))?;
+            Ok(f)
+        })();
+        self.sink.shared.give_buf(buf);
+        self.out = Out::Buffered(res?);
+        Ok(())
     }
 
     /// Finish the file: the tail written, permissions set, handed to the fsync threads
     /// (fsync method). Returns its length.
     pub fn finish(mut self) -> Result<u64> {
-        if let Out::Direct { fill, .. } = &self.out {
-            let whole = *fill / ALIGN * ALIGN;
-            if whole > 0 {
-                self.flush_direct(whole)?;
-            }
-            if matches!(self.out, Out::Direct { .. }) {
-                self.go_buffered()?;
-            }
+        // The last partial chunk goes out buffered, once the direct writes are done.
+        if matches!(self.out, Out::Direct { .. }) {
+            self.go_buffered()?;
         }
         let len = self.len;
         let path = std::mem::take(&mut self.path);
@@ -536,8 +690,8 @@ mod tests {
     #[test]
     fn a_refused_direct_write_goes_on_buffered_with_every_byte() {
         let d = tempfile::tempdir().unwrap();
-        let mut sink = sink_in(d.path(), SyncMethod::Fsync, true);
-        sink.fault_after = Some(std::sync::atomic::AtomicU64::new(2));
+        let sink = sink_in(d.path(), SyncMethod::Fsync, true);
+        sink.shared.fault_after.store(2, Ordering::Relaxed);
         let data = pattern(5 * CHUNK + 5, 9);
         roundtrip(d.path(), &sink, "f", &data, &[CHUNK / 2 + 3]);
         assert!(!sink.direct(), "the refusal turned direct writes off");
