@@ -423,29 +423,34 @@ bench_restore() {
   "${PSQL[@]}" -c "VACUUM (ANALYZE) replay_filler" >/dev/null
   "${PSQL[@]}" -c "CHECKPOINT" >/dev/null; sync
 
-  local lb_t=() lb_m=() br_t=() ab_t=() t m
+  local lb_t=() lb_m=() br_t=() ab_t=() sf_t=() t m u k
   for i in $(seq 1 "$ROUNDS"); do
     rm -rf "$WORK/r_lb"; sync
-    /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
       restore --pgdata "$WORK/r_lb" --pg-bin "$BIN" --target-immediate >/dev/null
-    read -r t m < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
-    echo "round $i lifeboat restore (parallel fetch, age, zstd, manifest check, fsync): ${t}s, peak RSS $((m / 1024)) MiB"
+    read -r t m u k < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
+    echo "round $i lifeboat restore (parallel fetch, age, zstd, manifest check, fsync): ${t}s (CPU ${u}s user, ${k}s sys), peak RSS $((m / 1024)) MiB"
+    rm -rf "$WORK/r_lb"; sync
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
+      restore --pgdata "$WORK/r_lb" --pg-bin "$BIN" --target-immediate --sync-method syncfs >/dev/null
+    read -r t m u k < "$WORK/t"; sf_t+=("$t"); lb_m+=("$m")
+    echo "round $i lifeboat restore --sync-method syncfs:                          ${t}s (CPU ${u}s user, ${k}s sys), peak RSS $((m / 1024)) MiB"
     rm -rf "$WORK/r_lb"
     if [[ -n "${LIFEBOAT_BENCH_AB:-}" ]]; then
       sync
-      /usr/bin/time -f "%e %M" -o "$WORK/t" "$LIFEBOAT_BENCH_AB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
+      /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LIFEBOAT_BENCH_AB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
         restore --pgdata "$WORK/r_lb" --pg-bin "$BIN" --target-immediate >/dev/null
-      read -r t m < "$WORK/t"; ab_t+=("$t")
-      echo "round $i B: $LIFEBOAT_BENCH_AB restore:                                  ${t}s, peak RSS $((m / 1024)) MiB"
+      read -r t m u k < "$WORK/t"; ab_t+=("$t")
+      echo "round $i B: $LIFEBOAT_BENCH_AB restore:                                  ${t}s (CPU ${u}s user, ${k}s sys), peak RSS $((m / 1024)) MiB"
       rm -rf "$WORK/r_lb"
     fi
 
     rm -rf "$WORK/r_br"; mkdir -p "$WORK/r_br"; chmod 700 "$WORK/r_br"
     if [[ $(id -u) == 0 ]]; then chown lifeboat-test "$WORK/r_br"; fi
     sync
-    /usr/bin/time -f "%e %M" -o "$WORK/t" "${PGBR[@]}" restore --pg1-path="$WORK/r_br" --type=immediate
-    read -r t m < "$WORK/t"; br_t+=("$t")
-    echo "round $i pgbackrest restore (process-max 2, aes-256-cbc, zst):           ${t}s, peak RSS $((m / 1024)) MiB"
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "${PGBR[@]}" restore --pg1-path="$WORK/r_br" --type=immediate
+    read -r t m u k < "$WORK/t"; br_t+=("$t")
+    echo "round $i pgbackrest restore (process-max 2, aes-256-cbc, zst):           ${t}s (CPU ${u}s user, ${k}s sys), peak RSS $((m / 1024)) MiB"
     rm -rf "$WORK/r_br"
   done
 
@@ -461,16 +466,18 @@ bench_restore() {
     rm -rf "$WORK/r_wal" "$WORK/r_wal.log"
   done
   python3 -c '
-import sys
-lb, br = ([float(x) for x in a.split()] for a in sys.argv[1:3])
+import statistics, sys
+lb, br, sf = ([float(x) for x in a.split()] for a in (sys.argv[1], sys.argv[2], sys.argv[7]))
 rss = max(int(x) for x in sys.argv[3].split()) / 1024
 r0, r8 = (float(x) for x in sys.argv[4].split())
 mb = float(sys.argv[6])
-print(f"\nrestore benchmark, cluster {sys.argv[5]}, best of {len(lb)} alternating rounds")
-print(f"  lifeboat restore    {min(lb):7.2f} s  peak RSS {rss:.1f} MiB")
-print(f"  pgbackrest restore  {min(br):7.2f} s  ratio lifeboat/pgbackrest {min(lb) / min(br):.2f}x (target <= 0.8x)")
+med = statistics.median
+print(f"\nrestore benchmark, cluster {sys.argv[5]}, medians of {len(lb)} alternating rounds (best in brackets)")
+print(f"  lifeboat restore (fsync)   {med(lb):7.2f} s [{min(lb):.2f}]  peak RSS {rss:.1f} MiB")
+print(f"  lifeboat restore (syncfs)  {med(sf):7.2f} s [{min(sf):.2f}]")
+print(f"  pgbackrest restore         {med(br):7.2f} s [{min(br):.2f}]  ratio lifeboat/pgbackrest {med(lb) / med(br):.2f}x fsync, {med(sf) / med(br):.2f}x syncfs (target <= 0.6x)")
 print(f"  WAL replay of {mb:.0f} MiB: without prefetch {r0:.2f} s ({mb / r0:.0f} MiB/s), with prefetch 8 {r8:.2f} s ({mb / r8:.0f} MiB/s), {r0 / r8:.2f}x faster")
-' "${lb_t[*]}" "${br_t[*]}" "${lb_m[*]}" "${rp[*]}" "$SIZE" "$replay_mb"
+' "${lb_t[*]}" "${br_t[*]}" "${lb_m[*]}" "${rp[*]}" "$SIZE" "$replay_mb" "${sf_t[*]}"
   ab_summary "${lb_t[*]}" "${ab_t[*]}"
 }
 

@@ -10,6 +10,7 @@ use super::{absolute, print_json, usage, Ctx, Failure};
 use crate::archive::Archive;
 use crate::core::plan::{Target, TimelineChoice};
 use crate::core::wal::Lsn;
+use crate::restore::sink::SyncMethod;
 use crate::restore::{self, RestoreOptions, TargetAction};
 
 #[derive(clap::Args)]
@@ -57,6 +58,17 @@ pub struct Args {
     /// Segments the restore_command fetches ahead during replay (0 = one at a time).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(0..=64))]
     wal_prefetch: u16,
+    /// How the restored files are made durable: fsync each file as it is written, or
+    /// syncfs each target file system once at the end (PostgreSQL's names). Either way
+    /// global/pg_control is written last.
+    #[arg(long, value_enum, default_value = "fsync", value_name = "METHOD")]
+    sync_method: SyncArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SyncArg {
+    Fsync,
+    Syncfs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,6 +116,10 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
             a.wal_prefetch,
         ),
         jobs: a.jobs,
+        sync_method: match a.sync_method {
+            SyncArg::Fsync => SyncMethod::Fsync,
+            SyncArg::Syncfs => SyncMethod::Syncfs,
+        },
     };
     if a.dry_run {
         let (plan, meta, inv) = restore::make_plan(

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::sink::Sink;
 use super::{
     fetch_open, finish_restore, free_bytes, safe_relative, start_writeback, Algo, Hasher,
     PartReader, RestoreOptions, Syncer, WRITEBACK_CHUNK,
@@ -229,6 +230,7 @@ fn extract_newest(
     own: &HashMap<String, OwnBlocks>,
     rebuilt: &[Rebuilt],
     syncer: &Syncer,
+    sink: &Sink,
 ) -> Result<Streamed> {
     let mut ar = tar::Archive::new(reader);
     let mut seen = BTreeMap::new();
@@ -320,6 +322,33 @@ fn extract_newest(
                         .with_context(|| format!("creating {}", parent.display()))?;
                 }
                 let is_label = name == "backup_label";
+                // global/pg_control goes through the sink, which writes it last.
+                if name == "global/pg_control" {
+                    let size = entry.header().size().unwrap_or(0);
+                    let mut w = sink.create(&path, size, 0o600 | (mode & 0o040))?;
+                    let mut n = 0u64;
+                    loop {
+                        let k = entry
+                            .read(&mut buf)
+                            .with_context(|| format!("reading {name} from the backup"))?;
+                        if k == 0 {
+                            break;
+                        }
+                        h.update(&buf[..k]);
+                        w.write(&buf[..k])?;
+                        n += k as u64;
+                    }
+                    w.finish()?;
+                    bytes += n;
+                    seen.insert(
+                        name,
+                        Seen {
+                            size: n,
+                            checksum: h.hex(),
+                        },
+                    );
+                    continue;
+                }
                 let mut f = std::fs::File::create(&path)
                     .with_context(|| format!("creating {}", path.display()))?;
                 let mut n = 0u64;
@@ -679,6 +708,8 @@ pub(super) async fn extract_chain(
             .collect::<Result<_>>()?,
     );
     let sync = Syncer::start(2);
+    // The interrupted-restore marker first; global/pg_control, held by the sink, last.
+    let sink = Arc::new(Sink::new(opts.sync_method, &opts.pgdata, false)?);
     let mut feeds = HashMap::new();
     let mut extractors = Vec::new();
     for (tar, oid, dir) in dests {
@@ -689,6 +720,7 @@ pub(super) async fn extract_chain(
         let (algos, own, rebuilt) = (algos.clone(), own.clone(), rebuilt.clone());
         let tar_name = tar.clone();
         let syncer = sync.syncer.clone();
+        let sink = sink.clone();
         extractors.push(tokio::task::spawn_blocking(move || {
             extract_newest(
                 PartReader::new(rx),
@@ -698,6 +730,7 @@ pub(super) async fn extract_chain(
                 &own,
                 &rebuilt,
                 &syncer,
+                &sink,
             )
             .with_context(|| format!("extracting {tar_name}"))
         }));
@@ -911,7 +944,7 @@ pub(super) async fn extract_chain(
         out.push(e);
     }
     let combined = write_manifest(&m, &out);
-    finish_restore(newest, dests, opts, plan, combined, sync).await?;
+    finish_restore(newest, dests, opts, plan, combined, sink, Some(sync)).await?;
     let nfiles = m.files.len() as u64;
     Ok((nfiles, bytes, fetch_done, start.elapsed()))
 }

@@ -598,6 +598,7 @@ pub async fn start_scratch(
         pg_bin: spec.pg_bin.clone(),
         restore_command,
         jobs: spec.jobs,
+        sync_method: Default::default(),
     };
     let rep = restore::run(archive, opener, &ropts).await?;
     let bin = rep.pg_bin.clone();

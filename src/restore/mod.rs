@@ -11,6 +11,7 @@ pub mod drill;
 pub mod dump;
 pub mod get;
 pub mod recover_table;
+pub mod sink;
 pub mod walfetch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -64,6 +65,8 @@ pub struct RestoreOptions {
     pub restore_command: String,
     /// Parts fetched and decrypted at once.
     pub jobs: usize,
+    /// How the restored files are made durable (`--sync-method`).
+    pub sync_method: sink::SyncMethod,
 }
 
 #[derive(Debug, Serialize)]
@@ -445,6 +448,15 @@ pub async fn preflight(
             continue;
         }
         let entries = dir_entries(dir);
+        if oid.is_none() && entries.iter().any(|e| e == sink::INCOMPLETE_MARKER) && !opts.force {
+            problems.push(format!(
+                "--pgdata {} holds an interrupted restore ({} is there; global/pg_control, which a restore writes last, {}): its files cannot be trusted\nhint: pass --force to delete it and restore again",
+                dir.display(),
+                sink::INCOMPLETE_MARKER,
+                if dir.join("global/pg_control").exists() { "is there too" } else { "is not" }
+            ));
+            continue;
+        }
         if !entries.is_empty() && !opts.force {
             let mut shown: Vec<&str> = entries.iter().map(String::as_str).collect();
             shown.sort();
@@ -808,7 +820,7 @@ fn extract_tar(
     dest: &Path,
     prefix: &str,
     algos: &HashMap<String, Algo>,
-    syncer: &Syncer,
+    sink: &sink::Sink,
 ) -> Result<(BTreeMap<String, Extracted>, u64)> {
     let mut ar = tar::Archive::new(reader);
     let mut seen = BTreeMap::new();
@@ -839,10 +851,12 @@ fn extract_tar(
                 }
                 let name = format!("{prefix}{}", rel.to_string_lossy());
                 let mut h = Hasher::new(algos.get(&name).copied().unwrap_or(Algo::None));
-                let mut f = std::fs::File::create(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
+                let mut f = sink.create(
+                    &path,
+                    entry.header().size().unwrap_or(0),
+                    0o600 | (mode & 0o040),
+                )?;
                 let mut n = 0u64;
-                let mut flushed = 0u64;
                 loop {
                     let k = entry
                         .read(&mut buf)
@@ -851,18 +865,10 @@ fn extract_tar(
                         break;
                     }
                     h.update(&buf[..k]);
-                    f.write_all(&buf[..k])
-                        .with_context(|| format!("writing {}", path.display()))?;
+                    f.write(&buf[..k])?;
                     n += k as u64;
-                    if n - flushed >= WRITEBACK_CHUNK {
-                        start_writeback(&f, flushed, n - flushed);
-                        flushed = n;
-                    }
                 }
-                f.set_permissions(std::fs::Permissions::from_mode(0o600 | (mode & 0o040)))
-                    .with_context(|| format!("chmod {}", path.display()))?;
-                start_writeback(&f, flushed, n - flushed);
-                syncer.sync(f, path.clone());
+                f.finish()?;
                 bytes += n;
                 seen.insert(
                     name,
@@ -1110,9 +1116,9 @@ async fn extract_all(
     let jobs = opts.jobs.max(1);
     let algos: Arc<HashMap<String, Algo>> =
         Arc::new(files.iter().map(|(k, v)| (k.clone(), v.algo)).collect());
-    // One extractor thread per tar, fed in part order; finished files are fsynced on
-    // their own threads meanwhile.
-    let sync = Syncer::start(2);
+    // One extractor thread per tar, fed in part order, writing through the sink (direct
+    // writes; with fsync, finished files are fsynced on their own threads meanwhile).
+    let sink = Arc::new(sink::Sink::new(opts.sync_method, &opts.pgdata, true)?);
     let mut feeds = HashMap::new();
     let mut extractors = Vec::new();
     for (tar, oid, dir) in dests {
@@ -1122,7 +1128,7 @@ async fn extract_all(
         let prefix = oid.map(|o| format!("pg_tblspc/{o}/")).unwrap_or_default();
         let algos = algos.clone();
         let tar_name = tar.clone();
-        let syncer = sync.syncer.clone();
+        let sink = sink.clone();
         extractors.push(tokio::task::spawn_blocking(move || {
             extract_tar(
                 PartReader {
@@ -1133,7 +1139,7 @@ async fn extract_all(
                 &dir,
                 &prefix,
                 &algos,
-                &syncer,
+                &sink,
             )
             .with_context(|| format!("extracting {tar_name}"))
         }));
@@ -1256,19 +1262,21 @@ async fn extract_all(
         );
     }
     let manifest = fetch_open(archive, opener, &meta.manifest).await?;
-    finish_restore(meta, dests, opts, plan, manifest, sync).await?;
+    finish_restore(meta, dests, opts, plan, manifest, sink, None).await?;
     Ok((seen.len() as u64, bytes, fetch_done, start.elapsed()))
 }
 
 /// After the files are written: tablespace links and map, the recovery configuration, the
-/// backup manifest (`manifest`), and every fsync.
+/// backup manifest (`manifest`), and every fsync (`sync`: files written outside the sink,
+/// fsynced as they were finished); `global/pg_control`, which the sink holds, comes last.
 async fn finish_restore(
     meta: &BackupMeta,
     dests: &[(String, Option<u32>, PathBuf)],
     opts: &RestoreOptions,
     plan: &Plan,
     manifest: Vec<u8>,
-    sync: SyncerHandle,
+    sink: Arc<sink::Sink>,
+    sync: Option<SyncerHandle>,
 ) -> Result<()> {
     let pgdata = &opts.pgdata;
     // Tablespaces: links in pg_tblspc, and a tablespace_map that names where they are now.
@@ -1324,9 +1332,6 @@ async fn finish_restore(
     drop(auto);
     // The manifest, for pg_verifybackup.
     std::fs::write(pgdata.join("backup_manifest"), manifest).context("writing backup_manifest")?;
-    tokio::task::spawn_blocking(move || sync.finish())
-        .await
-        .map_err(|e| anyhow!("fsync task failed: {e}"))??;
     for f in [
         "tablespace_map",
         "recovery.signal",
@@ -1339,9 +1344,18 @@ async fn finish_restore(
             Err(e) => return Err(e).with_context(|| format!("opening {f} to fsync it")),
         }
     }
-    for (_, _, dir) in dests {
-        sync_dirs(dir)?;
+    // The combine path's own files (fsynced as they were finished).
+    if let Some(sync) = sync {
+        tokio::task::spawn_blocking(move || sync.finish())
+            .await
+            .map_err(|e| anyhow!("fsync task failed: {e}"))??;
     }
+    // Every file and directory durable, then global/pg_control last.
+    let sink = Arc::into_inner(sink).ok_or_else(|| anyhow!("an extractor still holds the sink"))?;
+    let roots: Vec<PathBuf> = dests.iter().map(|(_, _, d)| d.clone()).collect();
+    tokio::task::spawn_blocking(move || sink.finish(&roots))
+        .await
+        .map_err(|e| anyhow!("sync task failed: {e}"))??;
     Ok(())
 }
 

@@ -25,6 +25,7 @@ mod metrics;
 mod outage;
 mod prune;
 mod restore;
+mod restore_sync;
 mod rto;
 mod s3;
 mod schedule;
