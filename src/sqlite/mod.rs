@@ -8,6 +8,7 @@
 //! and never changes its journal mode: it opens it read-only, and refuses a database that
 //! is not in WAL mode (a long read there would block every writer).
 
+pub mod daemon;
 pub mod drill;
 pub mod restore;
 pub mod snapshot;

@@ -856,3 +856,205 @@ fn a_snapshot_past_its_wal_budget_is_abandoned() {
     );
     assert!(h.list("busy").is_empty());
 }
+
+/// Wait (up to `limit`) until `f` holds, polling; panics with `what` otherwise.
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `<spool>/sqlite-status.json`, if `sqlite run` wrote it.
+fn run_status(h: &Host) -> Option<serde_json::Value> {
+    std::fs::read(h.dir.path().join("spool/sqlite-status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn db_status(v: &serde_json::Value, name: &str) -> serde_json::Value {
+    v["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {v}"))
+}
+
+/// `sqlite run` with two databases on a 10 s interval: both are snapshotted; one is
+/// deleted mid-run and fails with its message on every try while the other keeps being
+/// snapshotted (deltas that restore byte for byte); `status` shows both, degraded; SIGTERM
+/// stops the daemon with exit 0.
+#[test]
+fn sqlite_run_keeps_going_when_one_database_disappears() {
+    let h = Host::new(
+        &[("keep", "every = \"10s\""), ("gone", "every = \"10s\"")],
+        None,
+    );
+    for name in ["keep", "gone"] {
+        let c = open_wal(&h.db(name));
+        c.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")
+            .unwrap();
+        for i in 0..200 {
+            c.execute("INSERT INTO t VALUES (?1, randomblob(2000))", [i])
+                .unwrap();
+        }
+    }
+    let log = std::fs::File::create(h.dir.path().join("run.log")).unwrap();
+    let mut child = KillOnDrop(
+        h.cmd(&["sqlite", "run"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || std::fs::read_to_string(h.dir.path().join("run.log")).unwrap_or_default();
+    wait_until(Duration::from_secs(60), "both first snapshots", || {
+        h.list("keep").len() == 1 && h.list("gone").len() == 1
+    });
+    let st = run_status(&h).expect("sqlite-status.json");
+    assert_eq!(st["pid"], child.id(), "{st}");
+    assert_eq!(db_status(&st, "keep")["every"], 10);
+    // The database disappears (a service removed, a volume not mounted).
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = h.db("gone").into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let keep = h.db("keep");
+    let c = open_wal(&keep);
+    c.execute_batch("UPDATE t SET v = randomblob(2000) WHERE x < 10")
+        .unwrap();
+    let image = oracle_image(&keep, &h.dir.path().join("o"));
+    wait_until(Duration::from_secs(60), "a failed run of \"gone\"", || {
+        run_status(&h).is_some_and(|s| db_status(&s, "gone")["last_run_ok"] == false)
+    });
+    wait_until(Duration::from_secs(60), "a delta of \"keep\"", || {
+        h.list("keep").len() >= 2
+    });
+    let st = run_status(&h).unwrap();
+    let gone = db_status(&st, "gone");
+    assert_eq!(
+        gone["last_error"].as_str().unwrap(),
+        format!(
+            "sqlite \"gone\": {} does not exist\nhint: check the path of [[sqlite]] \"gone\" in the configuration; lifeboat never creates a database",
+            h.db("gone").display()
+        )
+    );
+    let list = h.list("keep");
+    assert_eq!(list[1]["kind"], "delta", "{list:?}");
+    let r = h.restore("keep", list[1]["id"].as_str().unwrap());
+    assert!(
+        std::fs::read(r).unwrap() == image,
+        "the delta restores the database as it was"
+    );
+    // status: both databases, the failing one degraded with its reason, exit 1.
+    let out = h.run(&["--json", "status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rep = json_of(&out);
+    let checks = rep["checks"].as_array().unwrap();
+    let msg = |prefix: &str| {
+        checks
+            .iter()
+            .find(|c| c["check"] == "sqlite" && c["message"].as_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no check {prefix} in {rep}"))
+            .clone()
+    };
+    assert_eq!(msg("\"keep\"")["status"], "ok", "{rep}");
+    assert_eq!(msg("\"gone\"")["status"], "degraded", "{rep}");
+    assert!(
+        msg("\"gone\"")["message"]
+            .as_str()
+            .unwrap()
+            .contains("the last snapshot run failed: sqlite \"gone\": "),
+        "{rep}"
+    );
+    assert_eq!(msg("sqlite run")["status"], "ok", "{rep}");
+    // No streamer check on a host without PostgreSQL.
+    assert!(!checks.iter().any(|c| c["check"] == "streamer"), "{rep}");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["check"] == "provider" && c["message"] == "\"local\": up"),
+        "{rep}"
+    );
+    sigterm(&mut child.0);
+    let code = wait_child(&mut child.0, Duration::from_secs(30), "sqlite run").code();
+    assert_eq!(code, Some(0), "{}", log_text());
+    assert!(log_text().contains("sqlite snapshot failed; the other databases go on"));
+    // Stopped: status says the daemon is not running.
+    let out = h.run(&["--json", "status"]);
+    let rep = json_of(&out);
+    assert!(
+        rep["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["check"] == "sqlite"
+                && c["status"] == "degraded"
+                && c["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("sqlite run is not running")),
+        "{rep}"
+    );
+}
+
+/// SIGTERM while `sqlite run` is in the middle of a snapshot: the daemon exits 0, the
+/// snapshot is not listed and its parts are gone from the archive; the next snapshot is
+/// complete and restores byte for byte.
+#[test]
+fn sqlite_run_sigterm_mid_snapshot_leaves_no_half_snapshot() {
+    let h = Host::new(&[("big", "")], None);
+    let db = h.db("big");
+    {
+        let c = open_wal(&db);
+        c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for _ in 0..1200 {
+            tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let mut child = KillOnDrop(
+        h.cmd(&["sqlite", "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let parts = || {
+        files(&h.archive)
+            .into_iter()
+            .filter(|f| f.starts_with("sqlite/big/"))
+            .count()
+    };
+    let start = Instant::now();
+    while parts() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no part appeared"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "sqlite run ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(&mut child.0);
+    let code = wait_child(&mut child.0, Duration::from_secs(30), "sqlite run").code();
+    assert_eq!(code, Some(0));
+    assert!(h.list("big").is_empty(), "the stopped snapshot is visible");
+    assert_eq!(parts(), 0, "parts left: {:?}", files(&h.archive));
+    let st = run_status(&h).unwrap();
+    assert_eq!(db_status(&st, "big")["running"], false, "{st}");
+    let s = h.snapshot("big");
+    assert_eq!(s["kind"], "full");
+    let r = h.restore("big", s["id"].as_str().unwrap());
+    assert!(std::fs::read(r).unwrap() == oracle_image(&db, &h.dir.path().join("o")));
+}
