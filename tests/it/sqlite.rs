@@ -1058,3 +1058,90 @@ fn sqlite_run_sigterm_mid_snapshot_leaves_no_half_snapshot() {
     let r = h.restore("big", s["id"].as_str().unwrap());
     assert!(std::fs::read(r).unwrap() == oracle_image(&db, &h.dir.path().join("o")));
 }
+
+/// `prune` on an archive of SQLite snapshots only (no PostgreSQL): a day later, with a
+/// one-day window, dailies for three days and the newest one kept, it keeps the first
+/// snapshot of the day and the newest one's whole delta chain, deletes the rest (markers
+/// first), and every kept point restores byte for byte; a second prune deletes nothing.
+#[test]
+fn prune_keeps_whole_sqlite_chains_and_every_kept_point_restores() {
+    let h = Host::new(&[("app", "full_every = 3")], None);
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str("[retention]\npitr_days = 1\ndaily_days = 3\nweekly_weeks = 0\nmonthly_months = 0\nmin_backups = 1\n");
+    std::fs::write(&h.config, text).unwrap();
+    let db = h.db("app");
+    let c = open_wal(&db);
+    c.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    for i in 0..300 {
+        c.execute("INSERT INTO t VALUES (?1, randomblob(1500))", [i])
+            .unwrap();
+    }
+    let mut taken = Vec::new();
+    for round in 0..6 {
+        c.execute(
+            "UPDATE t SET v = randomblob(1500) WHERE x % 7 = ?1",
+            [round],
+        )
+        .unwrap();
+        let s = h.snapshot("app");
+        let image = oracle_image(&db, &h.dir.path().join("o"));
+        taken.push((
+            s["id"].as_str().unwrap().to_string(),
+            s["kind"].as_str().unwrap().to_string(),
+            image,
+        ));
+        // Ids are the start second: one snapshot a second.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let kinds: Vec<&str> = taken.iter().map(|t| t.1.as_str()).collect();
+    assert_eq!(kinds, ["full", "delta", "delta", "full", "delta", "delta"]);
+    // A drill record, which prune leaves alone.
+    expect_success(&h.run(&["sqlite", "drill", "app"]), "sqlite drill");
+    let later = h.run(&["prune", "--now", &format!("{}+00", chrono_in_days(2))]);
+    let out = expect_success(&later, "prune");
+    assert!(
+        out.contains("delete 2 dumps, exports and SQLite snapshots (4 objects)"),
+        "{out}"
+    );
+    let kept: Vec<String> = h
+        .list("app")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = [0, 3, 4, 5].iter().map(|i| taken[*i].0.clone()).collect();
+    assert_eq!(kept, want);
+    // Nothing of the deleted ones is left; the drill record is.
+    let left = files(&h.archive);
+    for (id, _, _) in &taken[1..3] {
+        assert!(
+            !left.iter().any(|f| f.contains(id.as_str())),
+            "{id}: {left:?}"
+        );
+    }
+    assert!(left.iter().any(|f| f.starts_with("sqlite/app/drills/")));
+    for i in [0, 3, 4, 5] {
+        let r = h.restore("app", &taken[i].0);
+        assert!(
+            std::fs::read(r).unwrap() == taken[i].2,
+            "snapshot {i} restores as taken"
+        );
+    }
+    let again = expect_success(
+        &h.run(&["prune", "--now", &format!("{}+00", chrono_in_days(2))]),
+        "prune",
+    );
+    assert!(
+        again.contains("delete 0 dumps, exports and SQLite snapshots (0 objects)"),
+        "{again}"
+    );
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) `days` from now.
+fn chrono_in_days(days: i64) -> String {
+    let t = std::time::SystemTime::now() + Duration::from_secs(days as u64 * 86_400);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .trim_end_matches('Z')
+        .replace('T', " ")
+}
