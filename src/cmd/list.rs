@@ -122,6 +122,31 @@ pub fn render(r: &ListReport) -> String {
             ));
         }
     }
+    if !r.sqlite.is_empty() {
+        // One line a database (`lifeboat sqlite list` shows every snapshot).
+        s.push_str(&format!(
+            "{:<20} {:>9} {:<20} {:<20} {:>10} {:>10}\n",
+            "SQLITE", "SNAPSHOTS", "NEWEST", "AS OF", "SIZE", "STORED"
+        ));
+        let mut names: Vec<&str> = r.sqlite.iter().map(|x| x.name.as_str()).collect();
+        names.dedup();
+        for n in names {
+            let of: Vec<_> = r.sqlite.iter().filter(|x| x.name == n).collect();
+            let newest = of.last().expect("at least one");
+            s.push_str(&format!(
+                "{:<20} {:>9} {:<20} {:<20} {:>10} {:>10}\n",
+                n,
+                of.len(),
+                newest.id,
+                newest
+                    .time
+                    .get(..19)
+                    .map_or(newest.time.clone(), |t| format!("{t}Z")),
+                fmt::size(newest.page_count * u64::from(newest.page_size)),
+                fmt::size(of.iter().map(|x| x.stored_size).sum()),
+            ));
+        }
+    }
     match &r.last_drill {
         None => s.push_str("no restore drill recorded\n"),
         Some(d) => s.push_str(&format!(
@@ -188,6 +213,7 @@ mod tests {
             }),
             dumps: vec![],
             exports: vec![],
+            sqlite: vec![],
         };
         assert_eq!(
             render(&r),
@@ -204,6 +230,7 @@ mod tests {
             last_drill: None,
             dumps: vec![],
             exports: vec![],
+            sqlite: vec![],
         };
         assert_eq!(
             render(&empty),
@@ -238,6 +265,7 @@ mod tests {
                 plain_size: 2 << 20,
                 stored_size: 1 << 20,
             }],
+            sqlite: vec![],
         };
         assert_eq!(
             render(&r),

@@ -1127,6 +1127,33 @@ fn prune_keeps_whole_sqlite_chains_and_every_kept_point_restores() {
             "snapshot {i} restores as taken"
         );
     }
+    // The general list: the snapshots in JSON (all in today's window), one line a
+    // database in the table.
+    let v = json_of(&h.run(&["--json", "list"]));
+    let rows = v["sqlite"].as_array().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        want.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{v}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["name"] == "app" && r["kept_by"][0] == "pitr"),
+        "{v}"
+    );
+    assert_eq!(rows[1]["kind"], "full");
+    assert_eq!(rows[2]["base"], taken[3].0.as_str());
+    let table = h.ok(&["list"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("app "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.split_whitespace().nth(1) == Some("4") && line.contains(&taken[5].0),
+        "{table}"
+    );
     let again = expect_success(
         &h.run(&["prune", "--now", &format!("{}+00", chrono_in_days(2))]),
         "prune",
