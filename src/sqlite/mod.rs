@@ -86,6 +86,47 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
     Ok(h)
 }
 
+/// Lower this process's CPU and I/O priority (every thread now running, and so every
+/// thread they start): nice 10 and best-effort I/O priority 7. A snapshot is background
+/// work on the application's own host; the application's writers, competing for the same
+/// cores and disk, go first. `LIFEBOAT_SQLITE_PRIORITY=normal` leaves the priority alone
+/// (for comparisons). Best effort: a failure is logged, not fatal.
+pub fn background_priority() {
+    if std::env::var("LIFEBOAT_SQLITE_PRIORITY").as_deref() == Ok("normal") {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // IOPRIO_CLASS_BE (2) << IOPRIO_CLASS_SHIFT (13) | level 7.
+        const IOPRIO: libc::c_long = (2 << 13) | 7;
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        let tids: Vec<libc::id_t> = std::fs::read_dir("/proc/self/task")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for tid in tids {
+            // SAFETY: setpriority(2) and ioprio_set(2) on this process's own threads; on
+            // Linux both act on the one thread named.
+            let (n, io) = unsafe {
+                (
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 10),
+                    libc::syscall(
+                        libc::SYS_ioprio_set,
+                        IOPRIO_WHO_PROCESS,
+                        tid as libc::c_long,
+                        IOPRIO,
+                    ),
+                )
+            };
+            if n != 0 || io != 0 {
+                tracing::debug!(tid, error = %std::io::Error::last_os_error(), "cannot lower the priority");
+            }
+        }
+    }
+}
+
 /// The SHA-256 of one page.
 pub fn page_hash(page: &[u8]) -> [u8; 32] {
     Sha256::digest(page).into()
