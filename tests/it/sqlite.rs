@@ -1172,3 +1172,83 @@ fn chrono_in_days(days: i64) -> String {
         .trim_end_matches('Z')
         .replace('T', " ")
 }
+
+/// `sqlite run` with both S3 test servers as its providers (moto with Object Lock, s3s-fs):
+/// a full snapshot and a delta, the delta restored byte for byte from S3; status shows
+/// both providers up. Then s3s-fs goes down: the next run fails naming it, and status
+/// shows that provider down and the database degraded, while the daemon keeps running.
+#[test]
+fn sqlite_run_on_both_s3_servers_reports_a_provider_outage() {
+    let (_moto, mut fs, storage) = crate::s3::two_s3_providers();
+    let h = Host::new(&[("app", "every = \"10s\"")], Some(&storage));
+    let db = h.db("app");
+    let c = open_wal(&db);
+    c.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    for i in 0..300 {
+        c.execute("INSERT INTO t VALUES (?1, randomblob(1000))", [i])
+            .unwrap();
+    }
+    let mut child = KillOnDrop(
+        h.cmd(&["sqlite", "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(60), "a first snapshot", || {
+        h.list("app").len() == 1
+    });
+    c.execute_batch("UPDATE t SET v = randomblob(1000) WHERE x < 3")
+        .unwrap();
+    let image = oracle_image(&db, &h.dir.path().join("o"));
+    wait_until(Duration::from_secs(60), "a delta", || {
+        h.list("app").len() == 2
+    });
+    let list = h.list("app");
+    assert_eq!(list[1]["kind"], "delta");
+    let r = h.restore("app", list[1]["id"].as_str().unwrap());
+    assert!(std::fs::read(r).unwrap() == image);
+    let rep = json_of(&h.run(&["--json", "status"]));
+    let providers: Vec<&serde_json::Value> = rep["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "provider")
+        .collect();
+    assert_eq!(providers.len(), 2, "{rep}");
+    assert!(providers.iter().all(|p| p["status"] == "ok"), "{rep}");
+    // s3s-fs goes away; a change makes the next snapshot store something.
+    fs.stop();
+    c.execute_batch("UPDATE t SET v = randomblob(1000) WHERE x = 100")
+        .unwrap();
+    wait_until(Duration::from_secs(120), "a failed run", || {
+        run_status(&h).is_some_and(|s| db_status(&s, "app")["last_run_ok"] == false)
+    });
+    let out = h.run(&["--json", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let rep = json_of(&out);
+    let checks = rep["checks"].as_array().unwrap();
+    assert!(
+        checks.iter().any(|c| c["check"] == "provider"
+            && c["status"] == "degraded"
+            && c["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("\"s3s-fs\": down since")),
+        "{rep}"
+    );
+    assert!(
+        checks.iter().any(|c| c["check"] == "provider"
+            && c["status"] == "ok"
+            && c["message"] == "\"moto\": up"),
+        "{rep}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "sqlite run ended");
+    assert_eq!(h.list("app").len(), 2, "no third snapshot is visible");
+    sigterm(&mut child.0);
+    assert_eq!(
+        wait_child(&mut child.0, Duration::from_secs(60), "sqlite run").code(),
+        Some(0)
+    );
+}
