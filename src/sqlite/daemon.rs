@@ -212,7 +212,18 @@ pub async fn run(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<()> {
             st.db(&name).running = true;
             st.write(&spool);
             let t0 = std::time::Instant::now();
-            let r = crate::sqlite::snapshot::run_until(&cfg, db, false, Some(stop.clone())).await;
+            // The status file stays fresh during a long snapshot (status reads a silent
+            // daemon as stopped).
+            let snap = crate::sqlite::snapshot::run_until(&cfg, db, false, Some(stop.clone()));
+            tokio::pin!(snap);
+            let mut beat = tokio::time::interval(Duration::from_secs(SQLITE_BEAT_SECS));
+            beat.tick().await;
+            let r = loop {
+                tokio::select! {
+                    r = &mut snap => break r,
+                    _ = beat.tick() => st.write(&spool),
+                }
+            };
             let secs = t0.elapsed().as_secs_f64();
             if *stop.borrow() && r.is_err() {
                 tracing::warn!(
