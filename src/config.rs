@@ -783,7 +783,7 @@ impl Config {
             return Err(ConfigError {
                 file: file.into(),
                 message: format!("`{command}` needs PostgreSQL, and this configuration has no [postgres] section (it lists only [[sqlite]] databases)"),
-                hint: Some("on a host of SQLite databases use `lifeboat sqlite snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"".into()),
+                hint: Some("on a host of SQLite databases use `lifeboat sqlite run|snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"".into()),
             });
         }
         Ok(())

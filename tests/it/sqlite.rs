@@ -522,7 +522,7 @@ fn bad_input_has_exact_messages() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         first_error_line(&out),
-        format!("error: {}: `backup` needs PostgreSQL, and this configuration has no [postgres] section (it lists only [[sqlite]] databases)\nhint: on a host of SQLite databases use `lifeboat sqlite snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"", h.config.display())
+        format!("error: {}: `backup` needs PostgreSQL, and this configuration has no [postgres] section (it lists only [[sqlite]] databases)\nhint: on a host of SQLite databases use `lifeboat sqlite run|snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"", h.config.display())
     );
 }
 
