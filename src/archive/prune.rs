@@ -166,12 +166,33 @@ pub async fn plan(
     cold: &[Option<ColdPolicy>],
     now: Timestamp,
 ) -> Result<PruneReport> {
-    let meta = archive.meta().await?.ok_or_else(|| {
-        anyhow!("the archive is empty: there is nothing to prune\nhint: check the [[storage]] entries, or start `lifeboat stream` and take a backup")
-    })?;
-    let seg = meta.wal_segment_size;
-    let backups = archive.backups().await?;
-    if backups.is_empty() {
+    // SQLite snapshots (a host of SQLite databases has no PostgreSQL archive at all).
+    let sqlite_points: Vec<retention::SqlitePoint> = archive
+        .sqlite_snapshots(None)
+        .await?
+        .into_iter()
+        .map(|s| retention::SqlitePoint {
+            name: s.name,
+            id: s.id,
+            time: s.time,
+            base: s.base,
+        })
+        .collect();
+    let meta = archive.meta().await?;
+    if meta.is_none() && sqlite_points.is_empty() {
+        return Err(anyhow!("the archive is empty: there is nothing to prune\nhint: check the [[storage]] entries, or start `lifeboat stream` and take a backup"));
+    }
+    let seg = meta
+        .as_ref()
+        .map_or(crate::core::wal::WalSegSize::DEFAULT, |m| {
+            m.wal_segment_size
+        });
+    let backups = if meta.is_some() {
+        archive.backups().await?
+    } else {
+        Vec::new()
+    };
+    if meta.is_some() && backups.is_empty() && sqlite_points.is_empty() {
         return Err(anyhow!("the archive holds no backup, so no recovery point can be kept and nothing can be pruned safely\nhint: take one with `lifeboat backup`; prune keeps the newest backups and the WAL they need"));
     }
     // The markers of every dump and export any provider holds.
@@ -195,7 +216,9 @@ pub async fn plan(
         let mut error = None;
         // The big listing (WAL) first, so it is never copied into a growing buffer. With
         // the `.tmp.` leftovers of interrupted writes (file:// hides them from `list`).
-        for prefix in ["wal/", "backups/", "history/", "dumps/", "exports/"] {
+        for prefix in [
+            "wal/", "backups/", "history/", "dumps/", "exports/", "sqlite/",
+        ] {
             match p.list_with_leftovers(prefix).await {
                 Ok(objs) => {
                     // Same layout: collected in place, no second buffer of a million.
@@ -232,6 +255,14 @@ pub async fn plan(
             pl.freed += delete.iter().map(|d| d.size).sum::<u64>();
             pl.delete.extend(delete);
             pl.copies = copies;
+            // SQLite snapshots: the same tiers, each database on its own, chains whole.
+            let from = listing.partition_point(|l| l.key.as_str() < "sqlite/");
+            let to = listing.partition_point(|l| l.key.as_str() < "sqlite0");
+            let (kept, delete) =
+                retention::plan_sqlite(policy, now, &listing[from..to], &sqlite_points);
+            pl.freed += delete.iter().map(|d| d.size).sum::<u64>();
+            pl.delete.extend(delete);
+            pl.copies.extend(kept);
             pl
         });
         let mut moves = Vec::new();

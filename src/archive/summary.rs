@@ -11,6 +11,7 @@ use crate::core::catalog::{self, AcceptedGap, BackupMeta, DumpMeta, ExportMeta, 
 use crate::core::plan::Timestamp;
 use crate::core::retention::{self, Listed, Tier};
 use crate::core::rto;
+use crate::core::sqlite::SnapshotKind;
 use crate::core::wal::Lsn;
 
 #[derive(Debug, Serialize)]
@@ -55,6 +56,8 @@ pub struct ListReport {
     pub dumps: Vec<DumpSummary>,
     /// Exports (`lifeboat put`), by name, oldest first.
     pub exports: Vec<ExportSummary>,
+    /// SQLite snapshots (`lifeboat sqlite snapshot|run`), by database, oldest first.
+    pub sqlite: Vec<SqliteSummary>,
     /// The restore and replay rates the RTO estimate uses (from the drills, or defaults).
     pub rates: rto::Rates,
     /// How long a restore to the archive's newest point would take now (None: no
@@ -101,6 +104,93 @@ fn rto_estimate(
         .unwrap_or(base.end_lsn);
     let end = listed.max(wal_end.unwrap_or(Lsn(0))).max(base.end_lsn);
     Some(rto::estimate(&base.id, bytes, base.start_lsn, end, rates))
+}
+
+#[derive(Debug, Serialize)]
+pub struct SqliteSummary {
+    pub name: String,
+    pub id: String,
+    pub kind: SnapshotKind,
+    /// A delta's base snapshot.
+    pub base: Option<String>,
+    /// The point in time it restores.
+    pub time: String,
+    pub page_size: u32,
+    pub page_count: u64,
+    pub pages_stored: u64,
+    pub plain_size: u64,
+    pub stored_size: u64,
+    /// The retention tiers that keep it now (on the first provider; a base kept for a
+    /// kept delta carries that delta's tiers); empty: the next `prune` deletes it.
+    pub kept_by: Vec<Tier>,
+    pub keep_until: Option<Timestamp>,
+}
+
+/// The SQLite snapshots, with what retention keeps as `prune` would plan the first
+/// provider now.
+async fn sqlite_summaries(
+    archive: &Archive,
+    retention: Option<&RetentionConfig>,
+) -> Result<Vec<SqliteSummary>> {
+    let snaps = archive.sqlite_snapshots(None).await?;
+    let mut out: Vec<SqliteSummary> = snaps
+        .iter()
+        .map(|m| SqliteSummary {
+            name: m.name.clone(),
+            id: m.id.clone(),
+            kind: m.kind,
+            base: m.base.clone(),
+            time: m.time.rfc3339(),
+            page_size: m.page_size,
+            page_count: m.page_count,
+            pages_stored: m.pages_stored(),
+            plain_size: m.plain_size,
+            stored_size: m.stored_size,
+            kept_by: Vec::new(),
+            keep_until: None,
+        })
+        .collect();
+    if let (Some(retention), false) = (retention, snaps.is_empty()) {
+        let first = archive
+            .mirror
+            .providers
+            .first()
+            .expect("an archive has at least one provider");
+        let mut listing: Vec<Listed> = first
+            .list(crate::core::sqlite::SQLITE_PREFIX)
+            .await?
+            .into_iter()
+            .map(|o| Listed {
+                key: o.key,
+                size: o.size,
+                modified: None,
+            })
+            .collect();
+        listing.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let points: Vec<retention::SqlitePoint> = snaps
+            .iter()
+            .map(|m| retention::SqlitePoint {
+                name: m.name.clone(),
+                id: m.id.clone(),
+                time: m.time,
+                base: m.base.clone(),
+            })
+            .collect();
+        let (kept, _) = retention::plan_sqlite(
+            &crate::archive::prune::policy(retention),
+            Timestamp::from_system_time(std::time::SystemTime::now()),
+            &listing,
+            &points,
+        );
+        for s in &mut out {
+            let set = format!("sqlite/{}", s.name);
+            if let Some(k) = kept.iter().find(|k| k.set == set && k.id == s.id) {
+                s.kept_by = k.tiers.clone();
+                s.keep_until = k.keep_until;
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Serialize)]
@@ -210,6 +300,7 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
         .iter()
         .map(ExportSummary::new)
         .collect();
+    let sqlite = sqlite_summaries(archive, retention).await?;
     let Some(meta) = archive.meta().await? else {
         return Ok(ListReport {
             backups: Vec::new(),
@@ -220,6 +311,7 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
             exports,
             rates: rto::rates(&[]),
             rto: None,
+            sqlite,
         });
     };
     let seg = meta.wal_segment_size;
@@ -279,6 +371,7 @@ pub async fn run(archive: &Archive, retention: Option<&RetentionConfig>) -> Resu
         exports,
         rates,
         rto,
+        sqlite,
     })
 }
 

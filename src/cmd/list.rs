@@ -126,6 +126,31 @@ pub fn render(r: &ListReport) -> String {
             ));
         }
     }
+    if !r.sqlite.is_empty() {
+        // One line a database (`lifeboat sqlite list` shows every snapshot).
+        s.push_str(&format!(
+            "{:<20} {:>9} {:<20} {:<20} {:>10} {:>10}\n",
+            "SQLITE", "SNAPSHOTS", "NEWEST", "AS OF", "SIZE", "STORED"
+        ));
+        let mut names: Vec<&str> = r.sqlite.iter().map(|x| x.name.as_str()).collect();
+        names.dedup();
+        for n in names {
+            let of: Vec<_> = r.sqlite.iter().filter(|x| x.name == n).collect();
+            let newest = of.last().expect("at least one");
+            s.push_str(&format!(
+                "{:<20} {:>9} {:<20} {:<20} {:>10} {:>10}\n",
+                n,
+                of.len(),
+                newest.id,
+                newest
+                    .time
+                    .get(..19)
+                    .map_or(newest.time.clone(), |t| format!("{t}Z")),
+                fmt::size(newest.page_count * u64::from(newest.page_size)),
+                fmt::size(of.iter().map(|x| x.stored_size).sum()),
+            ));
+        }
+    }
     match &r.last_drill {
         None => s.push_str("no restore drill recorded\n"),
         Some(d) => s.push_str(&format!(
@@ -198,6 +223,7 @@ mod tests {
             exports: vec![],
             rates: crate::core::rto::rates(&[]),
             rto: None,
+            sqlite: vec![],
         };
         let mut r = r;
         r.rto = r.rto_at(None);
@@ -219,6 +245,7 @@ mod tests {
             exports: vec![],
             rates: crate::core::rto::rates(&[]),
             rto: None,
+            sqlite: vec![],
         };
         assert_eq!(
             render(&empty),
@@ -255,6 +282,7 @@ mod tests {
             }],
             rates: crate::core::rto::rates(&[]),
             rto: None,
+            sqlite: vec![],
         };
         assert_eq!(
             render(&r),

@@ -145,7 +145,7 @@ pub fn render(r: &PruneReport) -> String {
                 ));
             }
             s.push_str(&format!(
-                "  delete {} dumps and exports ({} objects)\n",
+                "  delete {} dumps, exports and SQLite snapshots ({} objects)\n",
                 count(Why::ExpiredCopy),
                 count(Why::ExpiredCopy) + count(Why::ExpiredCopyPart)
             ));

@@ -32,6 +32,12 @@ enum Sub {
         #[arg(long)]
         full: bool,
     },
+    /// The daemon of a host of SQLite services: snapshots every [[sqlite]] database on its
+    /// own interval ([[sqlite]] every, else [schedule] sqlite, else hourly), one at a time;
+    /// a database that fails (locked, missing, replaced) is retried later and the others go
+    /// on. Writes <spool_dir>/sqlite-status.json for `lifeboat status`. SIGTERM stops it; a
+    /// snapshot in progress is abandoned, never half visible.
+    Run,
     /// The snapshots in the archive (of NAME, or of every database).
     List { name: Option<String> },
     /// Restore database NAME as of a time (the newest snapshot at or before it), a
@@ -68,6 +74,19 @@ enum Sub {
 pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
     match &a.command {
         Sub::Snapshot { names, full } => snapshot_cmd(ctx, names, *full).await,
+        Sub::Run => {
+            ctx.require_for_writing()?;
+            if ctx.cfg.sqlite.is_empty() {
+                return Err(usage(format!(
+                    "{}: no [[sqlite]] database is configured\nhint: add [[sqlite]] name = \"app\" path = \"/srv/app/app.db\"",
+                    ctx.cfg_name()
+                )));
+            }
+            crate::sqlite::background_priority();
+            let stop = crate::sqlite::daemon::stop_on_signals();
+            crate::sqlite::daemon::run(ctx.cfg.clone(), stop).await?;
+            Ok(())
+        }
         Sub::List { name } => list(ctx, name.as_deref()).await,
         Sub::Restore {
             name,
@@ -165,6 +184,7 @@ async fn snapshot_cmd(ctx: &Ctx<'_>, names: &[String], full: bool) -> Result<(),
     if dbs.is_empty() {
         dbs = ctx.cfg.sqlite.iter().collect();
     }
+    crate::sqlite::background_priority();
     let mut lines = Vec::new();
     let mut failures = 0;
     for db in dbs {

@@ -19,6 +19,18 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), Failure> {
         ctx.cfg.retention.prune_interval,
         schedule.drill,
         schedule.rto_target,
+        &health::Scope {
+            postgres: ctx.cfg.has_postgres || ctx.cfg.sqlite.is_empty(),
+            sqlite: &ctx
+                .cfg
+                .sqlite
+                .iter()
+                .map(|d| health::SqliteDb {
+                    name: d.name.clone(),
+                    every: d.interval(ctx.cfg.schedule.as_ref()),
+                })
+                .collect::<Vec<_>>(),
+        },
     )
     .await;
     // Key custody: no identity that decrypts the archive on this host; the last key check

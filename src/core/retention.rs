@@ -351,6 +351,175 @@ pub fn plan_copies(
     (kept.into_values().collect(), delete)
 }
 
+/// Whether a snapshot's marker is listed, and its objects.
+type SnapshotObjects<'a> = (bool, Vec<&'a Listed>);
+
+/// A committed SQLite snapshot (its `snapshot.json` is on some provider), as the planner
+/// sees it: a delta names the snapshot it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlitePoint {
+    pub name: String,
+    pub id: String,
+    /// The point in time it holds.
+    pub time: Timestamp,
+    /// A delta's base (`None`: a full snapshot).
+    pub base: Option<String>,
+}
+
+/// SQLite snapshots by the same tiers as backups, each database on its own: every snapshot
+/// inside the PITR window and the newest one before it (every instant of the window
+/// restores to the snapshot at or before it), the newest `min_backups`, the first of each
+/// day, ISO week and month while its tier lasts. A kept delta keeps its whole chain: its
+/// base, that one's base, down to the full snapshot, with the same tiers and date (a chain
+/// is only as lasting as its newest kept point). `listing` is this provider's `sqlite/`
+/// objects, sorted by key; `points` every committed snapshot. Returns the kept snapshots
+/// (set `sqlite/NAME`) and the deletions: expired snapshots newest first (a delta before
+/// its base), each marker before its parts; parts no snapshot committed, once older than
+/// the grace period. Drill records are never touched.
+pub fn plan_sqlite(
+    policy: &Policy,
+    now: Timestamp,
+    listing: &[Listed],
+    points: &[SqlitePoint],
+) -> (Vec<KeptCopy>, Vec<Deletion>) {
+    use crate::core::sqlite::{parse_snapshot_meta_key, SQLITE_PREFIX};
+    // (name, id) -> (marker listed here, objects)
+    let mut groups: BTreeMap<(&str, &str), SnapshotObjects> = BTreeMap::new();
+    for l in listing.iter().filter(|l| !l.key.contains(".tmp.")) {
+        let Some(rest) = l.key.strip_prefix(SQLITE_PREFIX) else {
+            continue;
+        };
+        let mut it = rest.splitn(3, '/');
+        let (Some(name), Some(id), Some(_)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if !catalog::is_backup_id(id) {
+            continue; // `drills/`
+        }
+        let g = groups.entry((name, id)).or_default();
+        g.0 |= parse_snapshot_meta_key(&l.key).is_some();
+        g.1.push(l);
+    }
+    let window_start = Timestamp(now.0 - i64::from(policy.pitr_days) * DAY);
+    let grace_start = Timestamp(now.0.saturating_sub(policy.grace));
+    let by_id: BTreeMap<(&str, &str), &SqlitePoint> = points
+        .iter()
+        .map(|p| ((p.name.as_str(), p.id.as_str()), p))
+        .collect();
+    let mut kept: BTreeMap<(String, String), KeptCopy> = BTreeMap::new();
+    let mut dbs: BTreeMap<&str, Vec<&SqlitePoint>> = BTreeMap::new();
+    for p in points {
+        if groups
+            .get(&(p.name.as_str(), p.id.as_str()))
+            .is_some_and(|g| g.0)
+        {
+            dbs.entry(&p.name).or_default().push(p);
+        }
+    }
+    for (name, mut snaps) in dbs {
+        snaps.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        let mut keep = |id: &str, tier: Tier, until: Option<Timestamp>| {
+            let k = kept
+                .entry((name.to_string(), id.to_string()))
+                .or_insert_with(|| KeptCopy {
+                    set: format!("sqlite/{name}"),
+                    id: id.to_string(),
+                    tiers: Vec::new(),
+                    keep_until: None,
+                });
+            add_tier(&mut k.tiers, &mut k.keep_until, tier, until);
+        };
+        let anchor = snaps.iter().rev().find(|s| s.time < window_start);
+        for s in snaps
+            .iter()
+            .filter(|s| s.time >= window_start)
+            .chain(anchor)
+        {
+            keep(&s.id, Tier::Pitr, None);
+        }
+        for s in snaps.iter().rev().take(policy.min_backups as usize) {
+            keep(&s.id, Tier::Newest, None);
+        }
+        for (id, tier, until) in
+            calendar_tiers(policy, now, snaps.iter().map(|s| (s.id.as_str(), s.time)))
+        {
+            keep(id, tier, Some(until));
+        }
+    }
+    // Whole chains: each kept point's bases, with its tiers and date.
+    let heads: Vec<KeptCopy> = kept.values().cloned().collect();
+    for k in heads {
+        let name = k.set.trim_start_matches("sqlite/").to_string();
+        let mut cur = by_id.get(&(name.as_str(), k.id.as_str())).copied();
+        let mut guard = 0;
+        while let Some(base) = cur.and_then(|p| p.base.as_deref()) {
+            guard += 1;
+            if guard > points.len() {
+                break; // a cycle (a damaged record): keep what was reached
+            }
+            let e = kept
+                .entry((name.clone(), base.to_string()))
+                .or_insert_with(|| KeptCopy {
+                    set: k.set.clone(),
+                    id: base.to_string(),
+                    tiers: Vec::new(),
+                    keep_until: None,
+                });
+            for t in &k.tiers {
+                add_tier(&mut e.tiers, &mut e.keep_until, *t, k.keep_until);
+            }
+            cur = by_id.get(&(name.as_str(), base)).copied();
+        }
+    }
+    // Expired: newest first, so a delta goes before the snapshot it applies to.
+    let mut expired: Vec<(&(&str, &str), &SnapshotObjects)> = groups
+        .iter()
+        .filter(|((n, id), (marker, _))| {
+            *marker && !kept.contains_key(&(n.to_string(), id.to_string()))
+        })
+        .collect();
+    expired.sort_by_key(|((n, id), _)| {
+        std::cmp::Reverse((by_id.get(&(*n, *id)).map(|p| p.time), *id))
+    });
+    let mut delete = Vec::new();
+    for ((name, id), (_, objects)) in expired {
+        let marker = crate::core::sqlite::snapshot_meta_key(name, id);
+        for l in objects.iter().filter(|l| l.key == marker) {
+            delete.push(Deletion {
+                key: l.key.clone(),
+                size: l.size,
+                why: Why::ExpiredCopy,
+            });
+        }
+        for l in objects.iter().filter(|l| l.key != marker) {
+            delete.push(Deletion {
+                key: l.key.clone(),
+                size: l.size,
+                why: Why::ExpiredCopyPart,
+            });
+        }
+    }
+    // Never committed here, nor anywhere: a leftover once nothing of it is recent.
+    for ((name, id), (marker, objects)) in &groups {
+        if *marker || by_id.contains_key(&(*name, *id)) {
+            continue;
+        }
+        let newest = objects.iter().filter_map(|l| l.modified).max();
+        if backup_id_time(id).is_some_and(|t| t <= grace_start)
+            && newest.map_or(true, |w| w <= grace_start)
+        {
+            for l in objects {
+                delete.push(Deletion {
+                    key: l.key.clone(),
+                    size: l.size,
+                    why: Why::Interrupted,
+                });
+            }
+        }
+    }
+    (kept.into_values().collect(), delete)
+}
+
 /// A lock group: a backup's objects (or the history files), its date and its digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RetainGroup {
@@ -1729,5 +1898,176 @@ mod tests {
             .any(|d| d.key == format!("exports/site/{stale}/data.000000")
                 && d.why == Why::Interrupted));
         assert!(!delete.iter().any(|d| d.key.contains(&elsewhere)));
+    }
+
+    /// A SQLite history: a snapshot every `gap_h[i]` hours, a full one every `full_every`
+    /// (the others deltas on the one before); its listing (marker and a part each, and one
+    /// leftover of a snapshot that never committed) and points.
+    fn sqlite_history(
+        gaps_h: &[u32],
+        full_every: usize,
+        start: Timestamp,
+    ) -> (Vec<SqlitePoint>, Vec<Listed>) {
+        let mut points: Vec<SqlitePoint> = Vec::new();
+        let mut listing = Vec::new();
+        let mut t = start;
+        for (i, g) in gaps_h.iter().enumerate() {
+            t = Timestamp(t.0 + i64::from(*g) * 3600 * 1_000_000);
+            let id = catalog::backup_id_from_rfc3339(
+                &Timestamp::from_unix_secs(t.0 / 1_000_000).rfc3339(),
+            );
+            let base = (i % full_every != 0)
+                .then(|| points.last().map(|p: &SqlitePoint| p.id.clone()))
+                .flatten();
+            points.push(SqlitePoint {
+                name: "app".into(),
+                id: id.clone(),
+                time: t,
+                base,
+            });
+            for key in [
+                crate::core::sqlite::snapshot_meta_key("app", &id),
+                format!("sqlite/app/{id}/pages.000000"),
+            ] {
+                listing.push(Listed {
+                    key,
+                    size: 10,
+                    modified: None,
+                });
+            }
+        }
+        listing.push(Listed {
+            key: "sqlite/app/drills/20200101T000000Z.json".into(),
+            size: 1,
+            modified: None,
+        });
+        listing.push(Listed {
+            key: "sqlite/app/20200101T000000Z/pages.000000".into(),
+            size: 3,
+            modified: Some(start),
+        });
+        listing.sort_by(|a, b| a.key.cmp(&b.key));
+        (points, listing)
+    }
+
+    /// The SQLite rules, checked on one history: whole chains, the window, the newest,
+    /// deletion order, idempotence.
+    fn check_sqlite_plan(
+        policy: &Policy,
+        now: Timestamp,
+        points: &[SqlitePoint],
+        listing: &[Listed],
+    ) {
+        let (kept, delete) = plan_sqlite(policy, now, listing, points);
+        let is_kept = |id: &str| kept.iter().any(|k| k.id == id);
+        let window_start = Timestamp(now.0 - i64::from(policy.pitr_days) * DAY);
+        let pos = |key: &str| delete.iter().position(|d| d.key == key);
+        for p in points {
+            let marker = crate::core::sqlite::snapshot_meta_key("app", &p.id);
+            if is_kept(&p.id) {
+                // A kept point's whole chain is kept, and nothing of it is deleted.
+                if let Some(b) = &p.base {
+                    assert!(is_kept(b), "{} kept without its base {b}", p.id);
+                }
+                assert!(!delete.iter().any(|d| d.key.contains(&p.id)), "{}", p.id);
+            } else {
+                let (m, part) = (
+                    pos(&marker).expect("marker"),
+                    pos(&format!("sqlite/app/{}/pages.000000", p.id)).expect("part"),
+                );
+                assert!(m < part);
+                // A delta goes before its base.
+                if let Some(bm) = p
+                    .base
+                    .as_ref()
+                    .and_then(|b| pos(&crate::core::sqlite::snapshot_meta_key("app", b)))
+                {
+                    assert!(m < bm, "{} deleted after its base", p.id);
+                }
+            }
+            if p.time >= window_start {
+                assert!(is_kept(&p.id), "{} in the window", p.id);
+            }
+        }
+        if let Some(anchor) = points
+            .iter()
+            .filter(|p| p.time < window_start)
+            .max_by_key(|p| p.time)
+        {
+            assert!(is_kept(&anchor.id), "the anchor {}", anchor.id);
+        }
+        for p in points.iter().rev().take(policy.min_backups as usize) {
+            assert!(is_kept(&p.id));
+        }
+        assert!(!delete.iter().any(|d| d.key.contains("/drills/")));
+        // Planning again after the deletions deletes nothing.
+        let gone: BTreeSet<&str> = delete.iter().map(|d| d.key.as_str()).collect();
+        let listing2: Vec<Listed> = listing
+            .iter()
+            .filter(|l| !gone.contains(l.key.as_str()))
+            .cloned()
+            .collect();
+        let points2: Vec<SqlitePoint> = points.iter().filter(|p| is_kept(&p.id)).cloned().collect();
+        let (kept2, delete2) = plan_sqlite(policy, now, &listing2, &points2);
+        assert!(delete2.is_empty(), "{delete2:?}");
+        assert_eq!(kept2.len(), kept.len());
+    }
+
+    #[test]
+    fn sqlite_snapshots_keep_whole_chains_by_the_tiers() {
+        // Hourly snapshots for 60 days, a full one every 24.
+        let start = Timestamp(T0);
+        let (points, listing) = sqlite_history(&[1; 24 * 60], 24, start);
+        let now = Timestamp(points.last().unwrap().time.0 + 1);
+        let policy = Policy::strategy();
+        check_sqlite_plan(&policy, now, &points, &listing);
+        let (kept, delete) = plan_sqlite(&policy, now, &listing, &points);
+        // The window: 7 days of hourly snapshots, the anchor before it, and the chain of
+        // the oldest of them back to its full snapshot (at most 23 deltas).
+        let window = kept
+            .iter()
+            .filter(|k| k.tiers.contains(&Tier::Pitr))
+            .count();
+        assert!((7 * 24 + 1..=7 * 24 + 24).contains(&window), "{window}");
+        // Before the window, the dailies (with their chains).
+        let daily: Vec<&KeptCopy> = kept
+            .iter()
+            .filter(|k| k.tiers == vec![Tier::Daily])
+            .collect();
+        assert!(!daily.is_empty());
+        assert!(kept.iter().all(|k| k.set == "sqlite/app"));
+        // The leftover of a snapshot that never committed goes; the drill stays.
+        assert!(delete
+            .iter()
+            .any(|d| d.key == "sqlite/app/20200101T000000Z/pages.000000"
+                && d.why == Why::Interrupted));
+        // Days 31 to 60 keep only their weeklies and monthlies: most of their
+        // snapshots go. (Each kept daily is the 00:00 delta, 23 deltas after its full:
+        // its chain of 24 stays with it.)
+        assert!(kept.len() < points.len(), "{}", kept.len());
+        assert!(
+            delete.iter().filter(|d| d.why == Why::ExpiredCopy).count() > 24 * 20,
+            "{}",
+            delete.len()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn sqlite_plans_keep_the_rules(
+            gaps in proptest::collection::vec(1u32..40, 1..200),
+            full_every in 1usize..12,
+            pitr in 0u32..10,
+            daily in 0u32..20,
+            weekly in 0u32..8,
+            monthly in 0u32..6,
+            min in 0u32..4,
+            extra_h in 0i64..2000,
+        ) {
+            let policy = Policy { pitr_days: pitr, daily_days: daily, weekly_weeks: weekly, monthly_months: monthly, min_backups: min, grace: DAY };
+            let (points, listing) = sqlite_history(&gaps, full_every, Timestamp(T0));
+            let now = Timestamp(points.last().unwrap().time.0 + extra_h * 3600 * 1_000_000);
+            check_sqlite_plan(&policy, now, &points, &listing);
+        }
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::archive::Archive;
 use crate::core::fmt;
 use crate::ingest::gap::LOST_WAL;
-use crate::ingest::status::{self, now, StreamStatus};
+use crate::ingest::status::{self, now, SqliteRunStatus, StreamStatus};
 
 /// How stale `status.json` may be before the streamer counts as gone.
 const STALE_SECS: u64 = 30;
@@ -55,6 +55,9 @@ pub struct Report {
     pub status: &'static str,
     pub checks: Vec<Check>,
     pub stream: Option<StreamStatus>,
+    /// What `lifeboat sqlite run` last reported (a host with [[sqlite]] databases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<SqliteRunStatus>,
 }
 
 impl Report {
@@ -442,19 +445,68 @@ pub fn rto_check(est: &crate::core::rto::Estimate, target: Option<std::time::Dur
     }
 }
 
+/// A configured SQLite database, as `status` checks it.
+#[derive(Debug, Clone)]
+pub struct SqliteDb {
+    pub name: String,
+    /// Its snapshot interval (`[[sqlite]] every`, `schedule.sqlite`, or hourly).
+    pub every: std::time::Duration,
+}
+
+/// What `status` reads about the host.
+pub struct Scope<'a> {
+    /// The host streams PostgreSQL (a `[postgres]` section): the streamer and base backup
+    /// checks apply; a host of SQLite databases only has none of them.
+    pub postgres: bool,
+    pub sqlite: &'a [SqliteDb],
+}
+
 pub async fn run(
     spool_dir: &Path,
     archive: &Archive,
     prune_interval: std::time::Duration,
     drill_every: Option<std::time::Duration>,
     rto_target: Option<std::time::Duration>,
+    scope: &Scope<'_>,
 ) -> Report {
     let st = status::read(spool_dir);
     let now = now();
-    let mut checks = stream_checks(spool_dir, st.as_ref(), now, alive);
-    let acked = st.as_ref().map(|s| s.acknowledged);
-    checks
-        .extend(archive_checks(archive, now, prune_interval, drill_every, rto_target, acked).await);
+    let mut checks = Vec::new();
+    if scope.postgres {
+        checks.extend(stream_checks(spool_dir, st.as_ref(), now, alive));
+        let acked = st.as_ref().map(|s| s.acknowledged);
+        checks.extend(
+            archive_checks(archive, now, prune_interval, drill_every, rto_target, acked).await,
+        );
+    } else if let Ok(newest) = archive.newest_prune().await {
+        checks.push(prune_check(newest.as_deref(), None, now, prune_interval));
+    }
+    if !scope.sqlite.is_empty() {
+        let newest = match archive.sqlite_snapshots(None).await {
+            Ok(snaps) => Some(
+                snaps
+                    .into_iter()
+                    .map(|s| (s.name, s.id, s.time.0.div_euclid(1_000_000).max(0) as u64))
+                    .collect::<Vec<_>>(),
+            ),
+            Err(e) => {
+                checks.push(Check {
+                    check: "archive",
+                    status: Level::Degraded,
+                    message: format!("its SQLite snapshots cannot be listed: {e:#}"),
+                });
+                None
+            }
+        };
+        let sq = status::read_sqlite(spool_dir);
+        checks.extend(sqlite_checks(
+            scope.sqlite,
+            sq.as_ref(),
+            newest.as_deref().unwrap_or_default(),
+            now,
+            alive,
+        ));
+    }
     checks.extend(schedule_checks(&crate::ingest::schedule::read_record(
         spool_dir,
     )));
@@ -462,9 +514,142 @@ pub async fn run(
         status: "healthy",
         checks,
         stream: st,
+        sqlite: None,
     };
+    r.sqlite = status::read_sqlite(spool_dir).filter(|_| !scope.sqlite.is_empty());
     r.status = status_word(r.level());
     r
+}
+
+/// The SQLite checks (pure): `sqlite run` alive, each database's newest snapshot against
+/// twice its interval and its last run, each provider as the daemon last found it.
+/// `archive` lists the snapshots in the archive as (database, id, Unix seconds of the
+/// point in time they hold), any order.
+pub fn sqlite_checks(
+    dbs: &[SqliteDb],
+    st: Option<&SqliteRunStatus>,
+    archive: &[(String, String, u64)],
+    now: u64,
+    alive: impl Fn(u32) -> bool,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    let running = st
+        .filter(|s| alive(s.pid) && now.saturating_sub(s.updated) <= 3 * status::SQLITE_BEAT_SECS);
+    if let Some(s) = st {
+        if running.is_some() {
+            out.push(Check {
+                check: "sqlite",
+                status: Level::Ok,
+                message: format!(
+                    "sqlite run (pid {}) is snapshotting {} database{}",
+                    s.pid,
+                    s.databases.len(),
+                    if s.databases.len() == 1 { "" } else { "s" }
+                ),
+            });
+        } else {
+            out.push(Check {
+                check: "sqlite",
+                status: Level::Degraded,
+                message: format!(
+                    "sqlite run is not running: pid {} last reported {}; no snapshot is being taken\nhint: start it (systemctl start lifeboat-sqlite, or `lifeboat sqlite run`) and read its log",
+                    s.pid,
+                    fmt::ago(now.saturating_sub(s.updated))
+                ),
+            });
+        }
+    }
+    for db in dbs {
+        let from_daemon = st.and_then(|s| s.databases.iter().find(|d| d.name == db.name));
+        let newest = archive
+            .iter()
+            .filter(|(n, _, _)| *n == db.name)
+            .max_by_key(|(_, _, t)| *t)
+            .map(|(_, id, t)| (id.clone(), *t));
+        let newest = match (
+            newest,
+            from_daemon.and_then(|d| Some((d.last_snapshot.clone()?, d.last_snapshot_time?))),
+        ) {
+            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let every = db.every.as_secs().max(1);
+        let failed = from_daemon
+            .filter(|d| d.last_run_ok == Some(false))
+            .map(|d| {
+                d.last_error
+                    .clone()
+                    .unwrap_or_else(|| "no reason recorded".into())
+            });
+        let (level, message) = match (&newest, failed) {
+            (None, failed) => (
+                Level::Degraded,
+                format!(
+                    "\"{}\": no snapshot in the archive{}\nhint: `lifeboat sqlite run` snapshots it every {} (or `lifeboat sqlite snapshot {}` now)",
+                    db.name,
+                    failed.map(|e| format!("; the last run failed: {e}")).unwrap_or_default(),
+                    fmt::interval(db.every),
+                    db.name
+                ),
+            ),
+            (Some((id, t)), Some(e)) => (
+                Level::Degraded,
+                format!(
+                    "\"{}\": the last snapshot run failed: {}; the newest snapshot {id} is from {}",
+                    db.name,
+                    e.trim_start_matches("error: "),
+                    fmt::ago(now.saturating_sub(*t))
+                ),
+            ),
+            (Some((id, t)), None) if now.saturating_sub(*t) > 2 * every => (
+                Level::Degraded,
+                format!(
+                    "\"{}\": the newest snapshot {id} is from {}, more than twice its interval ({})\nhint: is `lifeboat sqlite run` running? `lifeboat sqlite snapshot {}` takes one now",
+                    db.name,
+                    fmt::ago(now.saturating_sub(*t)),
+                    fmt::interval(db.every),
+                    db.name
+                ),
+            ),
+            (Some((id, t)), None) => (
+                Level::Ok,
+                format!(
+                    "\"{}\": newest snapshot {id} ({}), every {}",
+                    db.name,
+                    fmt::ago(now.saturating_sub(*t)),
+                    fmt::interval(db.every)
+                ),
+            ),
+        };
+        out.push(Check {
+            check: "sqlite",
+            status: level,
+            message,
+        });
+    }
+    if let Some(s) = running {
+        for p in &s.providers {
+            out.push(if p.up {
+                Check {
+                    check: "provider",
+                    status: Level::Ok,
+                    message: format!("\"{}\": up", p.name),
+                }
+            } else {
+                Check {
+                    check: "provider",
+                    status: Level::Degraded,
+                    message: format!(
+                        "\"{}\": down since {}: {}; snapshots fail until it is back",
+                        p.name,
+                        fmt::ago(now.saturating_sub(p.down_since.unwrap_or(now))),
+                        p.error.as_deref().unwrap_or("write failed")
+                    ),
+                }
+            });
+        }
+    }
+    out
 }
 
 fn status_word(l: Level) -> &'static str {
@@ -568,5 +753,89 @@ mod tests {
             level(&stream_checks(dir, None, 1005, |_| true)),
             Level::Failing
         );
+    }
+
+    #[test]
+    fn sqlite_databases_degrade_past_twice_their_interval_or_after_a_failed_run() {
+        use crate::ingest::status::SqliteDbStatus;
+        let h = std::time::Duration::from_secs(3600);
+        let dbs = [
+            SqliteDb {
+                name: "a".into(),
+                every: h,
+            },
+            SqliteDb {
+                name: "b".into(),
+                every: h,
+            },
+            SqliteDb {
+                name: "c".into(),
+                every: h,
+            },
+        ];
+        let now = 100_000;
+        let archive = vec![
+            ("a".to_string(), "A1".to_string(), now - 7000),
+            ("a".to_string(), "A2".to_string(), now - 3000),
+            ("b".to_string(), "B1".to_string(), now - 7300),
+        ];
+        let st = SqliteRunStatus {
+            pid: 7,
+            updated: now - 5,
+            databases: vec![SqliteDbStatus {
+                name: "c".into(),
+                last_run_ok: Some(false),
+                last_error: Some("sqlite \"c\": /x.db does not exist".into()),
+                ..Default::default()
+            }],
+            providers: vec![ProviderHealth {
+                name: "s3".into(),
+                up: false,
+                error: Some("timed out".into()),
+                down_since: Some(now - 60),
+            }],
+        };
+        let c = sqlite_checks(&dbs, Some(&st), &archive, now, |_| true);
+        let got: Vec<(Level, &str)> = c.iter().map(|c| (c.status, c.message.as_str())).collect();
+        assert_eq!(
+            got[0],
+            (Level::Ok, "sqlite run (pid 7) is snapshotting 1 database")
+        );
+        // The newest of a's snapshots, 50 min old: fine.
+        assert_eq!(
+            got[1],
+            (
+                Level::Ok,
+                "\"a\": newest snapshot A2 (50 min ago), every 1h"
+            )
+        );
+        // b's is 2 h 1 min old: more than twice the hour.
+        assert_eq!(got[2].0, Level::Degraded);
+        assert!(
+            got[2].1.starts_with(
+                "\"b\": the newest snapshot B1 is from 2 h ago, more than twice its interval (1h)"
+            ),
+            "{}",
+            got[2].1
+        );
+        // c never got one, and its last run failed.
+        assert_eq!(got[3].0, Level::Degraded);
+        assert!(got[3].1.starts_with("\"c\": no snapshot in the archive; the last run failed: sqlite \"c\": /x.db does not exist"), "{}", got[3].1);
+        assert_eq!(
+            got[4],
+            (
+                Level::Degraded,
+                "\"s3\": down since 60 s ago: timed out; snapshots fail until it is back"
+            )
+        );
+        // A dead daemon: degraded, and its provider view is not trusted.
+        let c = sqlite_checks(&dbs[..1], Some(&st), &archive, now, |_| false);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].status, Level::Degraded);
+        assert!(c[0].message.starts_with("sqlite run is not running: pid 7"));
+        // No daemon at all (snapshots from the schedule): the archive alone decides.
+        let c = sqlite_checks(&dbs[..1], None, &archive, now, |_| true);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].status, Level::Ok);
     }
 }

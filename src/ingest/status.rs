@@ -78,6 +78,65 @@ pub fn read(spool_dir: &Path) -> Option<StreamStatus> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+/// `lifeboat sqlite run`'s report: `<spool>/sqlite-status.json`, replaced after every
+/// snapshot and at least every [`SQLITE_BEAT_SECS`].
+pub const SQLITE_FILE: &str = "sqlite-status.json";
+/// How often the SQLite daemon rewrites its status file while idle.
+pub const SQLITE_BEAT_SECS: u64 = 30;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SqliteRunStatus {
+    pub pid: u32,
+    /// Unix seconds.
+    pub updated: u64,
+    pub databases: Vec<SqliteDbStatus>,
+    /// Each provider's health as the last snapshots found it.
+    pub providers: Vec<crate::ingest::outbox::ProviderHealth>,
+}
+
+/// One database, as `sqlite run` last saw it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SqliteDbStatus {
+    pub name: String,
+    pub path: String,
+    /// Its snapshot interval, seconds.
+    pub every: u64,
+    /// The newest snapshot in the archive (taken by the daemon or by hand).
+    pub last_snapshot: Option<String>,
+    /// The point in time it holds, Unix seconds.
+    pub last_snapshot_time: Option<u64>,
+    /// When the last run started, Unix seconds, and whether it stored a snapshot.
+    pub last_run: Option<u64>,
+    pub last_run_ok: Option<bool>,
+    /// The last run's error, while it is the newest run.
+    pub last_error: Option<String>,
+    /// A snapshot is being taken now.
+    pub running: bool,
+    /// Unix seconds when the next snapshot is due.
+    pub next_due: Option<u64>,
+}
+
+pub fn sqlite_path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join(SQLITE_FILE)
+}
+
+/// Replace `<spool>/sqlite-status.json` (atomically, not fsync'd: a report).
+pub fn write_sqlite(spool_dir: &Path, s: &SqliteRunStatus) -> std::io::Result<()> {
+    let p = sqlite_path(spool_dir);
+    let tmp = p.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(s).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, p)
+}
+
+pub fn read_sqlite(spool_dir: &Path) -> Option<SqliteRunStatus> {
+    std::fs::read(sqlite_path(spool_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

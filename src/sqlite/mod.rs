@@ -8,6 +8,7 @@
 //! and never changes its journal mode: it opens it read-only, and refuses a database that
 //! is not in WAL mode (a long read there would block every writer).
 
+pub mod daemon;
 pub mod drill;
 pub mod restore;
 pub mod snapshot;
@@ -83,6 +84,48 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
         );
     }
     Ok(h)
+}
+
+/// With `LIFEBOAT_SQLITE_PRIORITY=low`, lower this process's CPU and I/O priority (every
+/// thread now running, and so every thread they start): nice 10 and best-effort I/O
+/// priority 7. Off by default: measured on a loaded 2-core host, a niced snapshot under a
+/// busy writer took 11x longer (137 s against 12 s) and its read transaction pinned the WAL
+/// that much longer, for no clear gain in the writer's p99 (docs/BENCHMARKS.md). Best
+/// effort: a failure is logged, not fatal.
+pub fn background_priority() {
+    if std::env::var("LIFEBOAT_SQLITE_PRIORITY").as_deref() != Ok("low") {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // IOPRIO_CLASS_BE (2) << IOPRIO_CLASS_SHIFT (13) | level 7.
+        const IOPRIO: libc::c_long = (2 << 13) | 7;
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        let tids: Vec<libc::id_t> = std::fs::read_dir("/proc/self/task")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for tid in tids {
+            // SAFETY: setpriority(2) and ioprio_set(2) on this process's own threads; on
+            // Linux both act on the one thread named.
+            let (n, io) = unsafe {
+                (
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 10),
+                    libc::syscall(
+                        libc::SYS_ioprio_set,
+                        IOPRIO_WHO_PROCESS,
+                        tid as libc::c_long,
+                        IOPRIO,
+                    ),
+                )
+            };
+            if n != 0 || io != 0 {
+                tracing::debug!(tid, error = %std::io::Error::last_os_error(), "cannot lower the priority");
+            }
+        }
+    }
 }
 
 /// The SHA-256 of one page.

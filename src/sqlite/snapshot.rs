@@ -317,6 +317,21 @@ pub async fn run(
     db: &SqliteConfig,
     force_full: bool,
 ) -> Result<(SnapshotMeta, &'static str)> {
+    run_until(cfg, db, force_full, None).await
+}
+
+/// Why a snapshot ended early: `stop` turned true (the daemon is stopping).
+pub const STOPPED: &str = "stopped before it was stored";
+
+/// [`run`], abandoned when `stop` turns true: what it stored so far is removed (from the
+/// providers that allow deletes; without `snapshot.json` it is invisible everywhere) and
+/// the error says [`STOPPED`].
+pub async fn run_until(
+    cfg: &Config,
+    db: &SqliteConfig,
+    force_full: bool,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<(SnapshotMeta, &'static str)> {
     let name = db.name.clone();
     let header = super::inspect(&name, &db.path)?;
     let state_dir = cfg.wal.spool_dir.join("sqlite");
@@ -353,92 +368,116 @@ pub async fn run(
         "snapshot",
     )
     .await?;
-    tracing::info!(name, id, kind = ?kind, why, "sqlite snapshot starting");
-    let mut writer = PartWriter::new(
-        archive.mirror.clone(),
-        sealer,
-        sqlite::snapshot_prefix(&name, &id),
-        cfg.backup_part_size().min(MAX_PART),
-    );
-    writer.begin_tar(PAGES_STREAM.to_string()).await?;
     let tmp_state = state_dir.join(format!("{name}.pages.tmp"));
     let pages_tmp = state_dir.join(format!("{name}.pages.new"));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let dbc = db.clone();
-    let pt = pages_tmp.clone();
-    let reader = tokio::task::spawn_blocking(move || read_pages(&dbc, prev, &pt, tx));
-    let pushed = writer.push_all(&mut rx).await;
-    drop(rx);
-    let read = reader
-        .await
-        .map_err(|e| anyhow!("the reading task failed: {e}"));
-    let outcome = async {
-        let storing = || format!("sqlite \"{name}\": storing snapshot {id}");
-        // The writer's own error first: a stopped writer also stops the reader.
-        pushed.with_context(storing)?;
-        let (read, _page1) = read??;
-        writer.end_tar().await.with_context(storing)?;
-        let parts = writer
-            .finish(&[PAGES_STREAM.to_string()])
+    let store = async {
+        tracing::info!(name, id, kind = ?kind, why, "sqlite snapshot starting");
+        let mut writer = PartWriter::new(
+            archive.mirror.clone(),
+            sealer,
+            sqlite::snapshot_prefix(&name, &id),
+            cfg.backup_part_size().min(MAX_PART),
+        );
+        writer.begin_tar(PAGES_STREAM.to_string()).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let dbc = db.clone();
+        let pt = pages_tmp.clone();
+        let reader = tokio::task::spawn_blocking(move || read_pages(&dbc, prev, &pt, tx));
+        // A stop while the pages are read abandons the snapshot; once they are all read
+        // it is completed (the last parts and snapshot.json: moments).
+        let pushed = match stop {
+            None => writer.push_all(&mut rx).await,
+            Some(mut stop) => tokio::select! {
+                r = writer.push_all(&mut rx) => r,
+                _ = stop.wait_for(|s| *s) => {
+                    drop(rx);
+                    let _ = reader.await;
+                    // The parts on their way land before the cleanup removes them.
+                    let _ = writer.finish(&[PAGES_STREAM.to_string()]).await;
+                    let _ = std::fs::remove_file(&pages_tmp);
+                    bail!("sqlite \"{name}\": snapshot {id} {STOPPED}");
+                }
+            },
+        };
+        drop(rx);
+        let read = reader
             .await
-            .with_context(storing)?;
-        Ok::<_, anyhow::Error>((read, parts))
-    }
-    .await;
-    let (read, parts) = match outcome {
-        Ok(x) => x,
-        Err(e) => {
-            cleanup(&archive.mirror, &name, &id).await;
+            .map_err(|e| anyhow!("the reading task failed: {e}"));
+        let outcome = async {
+            let storing = || format!("sqlite \"{name}\": storing snapshot {id}");
+            // The writer's own error first: a stopped writer also stops the reader.
+            pushed.with_context(storing)?;
+            let (read, _page1) = read??;
+            writer.end_tar().await.with_context(storing)?;
+            let parts = writer
+                .finish(&[PAGES_STREAM.to_string()])
+                .await
+                .with_context(storing)?;
+            Ok::<_, anyhow::Error>((read, parts))
+        }
+        .await;
+        let (read, parts) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_file(&pages_tmp);
+                return Err(e);
+            }
+        };
+        let stored: u64 = read.runs.iter().map(|r| r.1).sum();
+        let (base, full, chain_len, chain_pages) = match (kind, newest) {
+            (SnapshotKind::Delta, Some(n)) => (
+                Some(n.id.clone()),
+                n.full.clone(),
+                n.chain_len + 1,
+                n.chain_pages + stored,
+            ),
+            _ => (None, id.clone(), 0, 0),
+        };
+        let meta = SnapshotMeta {
+            format: catalog::FORMAT_VERSION,
+            name: name.clone(),
+            id: id.clone(),
+            kind,
+            base,
+            full,
+            chain_len,
+            chain_pages,
+            path: db.path.display().to_string(),
+            time: read.time,
+            start_time,
+            end_time: now(),
+            page_size: read.page_size,
+            page_count: read.page_count,
+            change_counter: read.change_counter,
+            quick_check: read.quick_check,
+            runs: read.runs,
+            group_hashes: read.group_hashes,
+            plain_size: parts.iter().map(|p| p.plain_len).sum(),
+            stored_size: parts.iter().map(|p| p.stored_len).sum(),
+            parts,
+            created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+        };
+        let body = serde_json::to_vec_pretty(&meta).context("encoding snapshot.json")?;
+        if let Err(e) = archive
+            .mirror
+            .put(&sqlite::snapshot_meta_key(&name, &id), Bytes::from(body))
+            .await
+        {
             let _ = std::fs::remove_file(&pages_tmp);
+            return Err(anyhow::Error::from(e).context(format!(
+                "sqlite \"{name}\": storing snapshot {id}'s snapshot.json"
+            )));
+        }
+        Ok(meta)
+    };
+    let meta = match store.await {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing of it is visible (no snapshot.json); remove the parts.
+            cleanup(&archive.mirror, &name, &id).await;
             return Err(e);
         }
     };
-    let stored: u64 = read.runs.iter().map(|r| r.1).sum();
-    let (base, full, chain_len, chain_pages) = match (kind, newest) {
-        (SnapshotKind::Delta, Some(n)) => (
-            Some(n.id.clone()),
-            n.full.clone(),
-            n.chain_len + 1,
-            n.chain_pages + stored,
-        ),
-        _ => (None, id.clone(), 0, 0),
-    };
-    let meta = SnapshotMeta {
-        format: catalog::FORMAT_VERSION,
-        name: name.clone(),
-        id: id.clone(),
-        kind,
-        base,
-        full,
-        chain_len,
-        chain_pages,
-        path: db.path.display().to_string(),
-        time: read.time,
-        start_time,
-        end_time: now(),
-        page_size: read.page_size,
-        page_count: read.page_count,
-        change_counter: read.change_counter,
-        quick_check: read.quick_check,
-        runs: read.runs,
-        group_hashes: read.group_hashes,
-        plain_size: parts.iter().map(|p| p.plain_len).sum(),
-        stored_size: parts.iter().map(|p| p.stored_len).sum(),
-        parts,
-        created_by: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
-    };
-    let body = serde_json::to_vec_pretty(&meta).context("encoding snapshot.json")?;
-    if let Err(e) = archive
-        .mirror
-        .put(&sqlite::snapshot_meta_key(&name, &id), Bytes::from(body))
-        .await
-    {
-        cleanup(&archive.mirror, &name, &id).await;
-        let _ = std::fs::remove_file(&pages_tmp);
-        return Err(anyhow::Error::from(e).context(format!(
-            "sqlite \"{name}\": storing snapshot {id}'s snapshot.json"
-        )));
-    }
     // The snapshot exists: the page hashes on this host now describe it.
     let st = LocalState {
         id: id.clone(),

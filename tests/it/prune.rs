@@ -117,7 +117,7 @@ fn prune_keeps_the_window_and_deletes_the_rest_in_order() {
         "{dry}"
     );
     assert!(
-        dry.contains("delete 1 dumps and exports (2 objects)"),
+        dry.contains("delete 1 dumps, exports and SQLite snapshots (2 objects)"),
         "{dry}"
     );
     assert!(dry.contains("dry run: nothing was deleted"), "{dry}");

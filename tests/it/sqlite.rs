@@ -522,7 +522,7 @@ fn bad_input_has_exact_messages() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         first_error_line(&out),
-        format!("error: {}: `backup` needs PostgreSQL, and this configuration has no [postgres] section (it lists only [[sqlite]] databases)\nhint: on a host of SQLite databases use `lifeboat sqlite snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"", h.config.display())
+        format!("error: {}: `backup` needs PostgreSQL, and this configuration has no [postgres] section (it lists only [[sqlite]] databases)\nhint: on a host of SQLite databases use `lifeboat sqlite run|snapshot|restore|list|drill`; for PostgreSQL add [postgres] conninfo = \"...\"", h.config.display())
     );
 }
 
@@ -855,4 +855,400 @@ fn a_snapshot_past_its_wal_budget_is_abandoned() {
         "{e}"
     );
     assert!(h.list("busy").is_empty());
+}
+
+/// Wait (up to `limit`) until `f` holds, polling; panics with `what` otherwise.
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `<spool>/sqlite-status.json`, if `sqlite run` wrote it.
+fn run_status(h: &Host) -> Option<serde_json::Value> {
+    std::fs::read(h.dir.path().join("spool/sqlite-status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn db_status(v: &serde_json::Value, name: &str) -> serde_json::Value {
+    v["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {v}"))
+}
+
+/// `sqlite run` with two databases on a 10 s interval: both are snapshotted; one is
+/// deleted mid-run and fails with its message on every try while the other keeps being
+/// snapshotted (deltas that restore byte for byte); `status` shows both, degraded; SIGTERM
+/// stops the daemon with exit 0.
+#[test]
+fn sqlite_run_keeps_going_when_one_database_disappears() {
+    let h = Host::new(
+        &[("keep", "every = \"10s\""), ("gone", "every = \"10s\"")],
+        None,
+    );
+    for name in ["keep", "gone"] {
+        let c = open_wal(&h.db(name));
+        c.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")
+            .unwrap();
+        for i in 0..200 {
+            c.execute("INSERT INTO t VALUES (?1, randomblob(2000))", [i])
+                .unwrap();
+        }
+    }
+    let log = std::fs::File::create(h.dir.path().join("run.log")).unwrap();
+    let mut child = KillOnDrop(
+        h.cmd(&["sqlite", "run"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || std::fs::read_to_string(h.dir.path().join("run.log")).unwrap_or_default();
+    wait_until(Duration::from_secs(60), "both first snapshots", || {
+        h.list("keep").len() == 1 && h.list("gone").len() == 1
+    });
+    let st = run_status(&h).expect("sqlite-status.json");
+    assert_eq!(st["pid"], child.id(), "{st}");
+    assert_eq!(db_status(&st, "keep")["every"], 10);
+    // The database disappears (a service removed, a volume not mounted).
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = h.db("gone").into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let keep = h.db("keep");
+    let c = open_wal(&keep);
+    c.execute_batch("UPDATE t SET v = randomblob(2000) WHERE x < 10")
+        .unwrap();
+    let image = oracle_image(&keep, &h.dir.path().join("o"));
+    wait_until(Duration::from_secs(60), "a failed run of \"gone\"", || {
+        run_status(&h).is_some_and(|s| db_status(&s, "gone")["last_run_ok"] == false)
+    });
+    wait_until(Duration::from_secs(60), "a delta of \"keep\"", || {
+        h.list("keep").len() >= 2
+    });
+    let st = run_status(&h).unwrap();
+    let gone = db_status(&st, "gone");
+    assert_eq!(
+        gone["last_error"].as_str().unwrap(),
+        format!(
+            "sqlite \"gone\": {} does not exist\nhint: check the path of [[sqlite]] \"gone\" in the configuration; lifeboat never creates a database",
+            h.db("gone").display()
+        )
+    );
+    let list = h.list("keep");
+    assert_eq!(list[1]["kind"], "delta", "{list:?}");
+    let r = h.restore("keep", list[1]["id"].as_str().unwrap());
+    assert!(
+        std::fs::read(r).unwrap() == image,
+        "the delta restores the database as it was"
+    );
+    // status: both databases, the failing one degraded with its reason, exit 1.
+    let out = h.run(&["--json", "status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rep = json_of(&out);
+    let checks = rep["checks"].as_array().unwrap();
+    let msg = |prefix: &str| {
+        checks
+            .iter()
+            .find(|c| c["check"] == "sqlite" && c["message"].as_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no check {prefix} in {rep}"))
+            .clone()
+    };
+    assert_eq!(msg("\"keep\"")["status"], "ok", "{rep}");
+    assert_eq!(msg("\"gone\"")["status"], "degraded", "{rep}");
+    assert!(
+        msg("\"gone\"")["message"]
+            .as_str()
+            .unwrap()
+            .contains("the last snapshot run failed: sqlite \"gone\": "),
+        "{rep}"
+    );
+    assert_eq!(msg("sqlite run")["status"], "ok", "{rep}");
+    // No streamer check on a host without PostgreSQL.
+    assert!(!checks.iter().any(|c| c["check"] == "streamer"), "{rep}");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["check"] == "provider" && c["message"] == "\"local\": up"),
+        "{rep}"
+    );
+    sigterm(&mut child.0);
+    let code = wait_child(&mut child.0, Duration::from_secs(30), "sqlite run").code();
+    assert_eq!(code, Some(0), "{}", log_text());
+    assert!(log_text().contains("sqlite snapshot failed; the other databases go on"));
+    // Stopped: status says the daemon is not running.
+    let out = h.run(&["--json", "status"]);
+    let rep = json_of(&out);
+    assert!(
+        rep["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["check"] == "sqlite"
+                && c["status"] == "degraded"
+                && c["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("sqlite run is not running")),
+        "{rep}"
+    );
+}
+
+/// SIGTERM while `sqlite run` is in the middle of a snapshot: the daemon exits 0, the
+/// snapshot is not listed and its parts are gone from the archive; the next snapshot is
+/// complete and restores byte for byte.
+#[test]
+fn sqlite_run_sigterm_mid_snapshot_leaves_no_half_snapshot() {
+    let h = Host::new(&[("big", "")], None);
+    let db = h.db("big");
+    {
+        let c = open_wal(&db);
+        c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for _ in 0..1200 {
+            tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let mut child = KillOnDrop(
+        h.cmd(&["sqlite", "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let parts = || {
+        files(&h.archive)
+            .into_iter()
+            .filter(|f| f.starts_with("sqlite/big/"))
+            .count()
+    };
+    let start = Instant::now();
+    while parts() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no part appeared"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "sqlite run ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(&mut child.0);
+    let code = wait_child(&mut child.0, Duration::from_secs(30), "sqlite run").code();
+    assert_eq!(code, Some(0));
+    assert!(h.list("big").is_empty(), "the stopped snapshot is visible");
+    assert_eq!(parts(), 0, "parts left: {:?}", files(&h.archive));
+    let st = run_status(&h).unwrap();
+    assert_eq!(db_status(&st, "big")["running"], false, "{st}");
+    let s = h.snapshot("big");
+    assert_eq!(s["kind"], "full");
+    let r = h.restore("big", s["id"].as_str().unwrap());
+    assert!(std::fs::read(r).unwrap() == oracle_image(&db, &h.dir.path().join("o")));
+}
+
+/// `prune` on an archive of SQLite snapshots only (no PostgreSQL): a day later, with a
+/// one-day window, dailies for three days and the newest one kept, it keeps the first
+/// snapshot of the day and the newest one's whole delta chain, deletes the rest (markers
+/// first), and every kept point restores byte for byte; a second prune deletes nothing.
+#[test]
+fn prune_keeps_whole_sqlite_chains_and_every_kept_point_restores() {
+    let h = Host::new(&[("app", "full_every = 3")], None);
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str("[retention]\npitr_days = 1\ndaily_days = 3\nweekly_weeks = 0\nmonthly_months = 0\nmin_backups = 1\n");
+    std::fs::write(&h.config, text).unwrap();
+    let db = h.db("app");
+    let c = open_wal(&db);
+    c.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    for i in 0..300 {
+        c.execute("INSERT INTO t VALUES (?1, randomblob(1500))", [i])
+            .unwrap();
+    }
+    let mut taken = Vec::new();
+    for round in 0..6 {
+        c.execute(
+            "UPDATE t SET v = randomblob(1500) WHERE x % 7 = ?1",
+            [round],
+        )
+        .unwrap();
+        let s = h.snapshot("app");
+        let image = oracle_image(&db, &h.dir.path().join("o"));
+        taken.push((
+            s["id"].as_str().unwrap().to_string(),
+            s["kind"].as_str().unwrap().to_string(),
+            image,
+        ));
+        // Ids are the start second: one snapshot a second.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let kinds: Vec<&str> = taken.iter().map(|t| t.1.as_str()).collect();
+    assert_eq!(kinds, ["full", "delta", "delta", "full", "delta", "delta"]);
+    // A drill record, which prune leaves alone.
+    expect_success(&h.run(&["sqlite", "drill", "app"]), "sqlite drill");
+    let later = h.run(&["prune", "--now", &format!("{}+00", chrono_in_days(2))]);
+    let out = expect_success(&later, "prune");
+    assert!(
+        out.contains("delete 2 dumps, exports and SQLite snapshots (4 objects)"),
+        "{out}"
+    );
+    let kept: Vec<String> = h
+        .list("app")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = [0, 3, 4, 5].iter().map(|i| taken[*i].0.clone()).collect();
+    assert_eq!(kept, want);
+    // Nothing of the deleted ones is left; the drill record is.
+    let left = files(&h.archive);
+    for (id, _, _) in &taken[1..3] {
+        assert!(
+            !left.iter().any(|f| f.contains(id.as_str())),
+            "{id}: {left:?}"
+        );
+    }
+    assert!(left.iter().any(|f| f.starts_with("sqlite/app/drills/")));
+    for i in [0, 3, 4, 5] {
+        let r = h.restore("app", &taken[i].0);
+        assert!(
+            std::fs::read(r).unwrap() == taken[i].2,
+            "snapshot {i} restores as taken"
+        );
+    }
+    // The general list: the snapshots in JSON (all in today's window), one line a
+    // database in the table.
+    let v = json_of(&h.run(&["--json", "list"]));
+    let rows = v["sqlite"].as_array().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        want.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{v}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["name"] == "app" && r["kept_by"][0] == "pitr"),
+        "{v}"
+    );
+    assert_eq!(rows[1]["kind"], "full");
+    assert_eq!(rows[2]["base"], taken[3].0.as_str());
+    let table = h.ok(&["list"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("app "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.split_whitespace().nth(1) == Some("4") && line.contains(&taken[5].0),
+        "{table}"
+    );
+    let again = expect_success(
+        &h.run(&["prune", "--now", &format!("{}+00", chrono_in_days(2))]),
+        "prune",
+    );
+    assert!(
+        again.contains("delete 0 dumps, exports and SQLite snapshots (0 objects)"),
+        "{again}"
+    );
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) `days` from now.
+fn chrono_in_days(days: i64) -> String {
+    let t = std::time::SystemTime::now() + Duration::from_secs(days as u64 * 86_400);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .trim_end_matches('Z')
+        .replace('T', " ")
+}
+
+/// `sqlite run` with both S3 test servers as its providers (moto with Object Lock, s3s-fs):
+/// a full snapshot and a delta, the delta restored byte for byte from S3; status shows
+/// both providers up. Then s3s-fs goes down: the next run fails naming it, and status
+/// shows that provider down and the database degraded, while the daemon keeps running.
+#[test]
+fn sqlite_run_on_both_s3_servers_reports_a_provider_outage() {
+    let (_moto, mut fs, storage) = crate::s3::two_s3_providers();
+    let h = Host::new(&[("app", "every = \"10s\"")], Some(&storage));
+    let db = h.db("app");
+    let c = open_wal(&db);
+    c.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    for i in 0..300 {
+        c.execute("INSERT INTO t VALUES (?1, randomblob(1000))", [i])
+            .unwrap();
+    }
+    let mut child = KillOnDrop(
+        h.cmd(&["sqlite", "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(60), "a first snapshot", || {
+        h.list("app").len() == 1
+    });
+    c.execute_batch("UPDATE t SET v = randomblob(1000) WHERE x < 3")
+        .unwrap();
+    let image = oracle_image(&db, &h.dir.path().join("o"));
+    wait_until(Duration::from_secs(60), "a delta", || {
+        h.list("app").len() == 2
+    });
+    let list = h.list("app");
+    assert_eq!(list[1]["kind"], "delta");
+    let r = h.restore("app", list[1]["id"].as_str().unwrap());
+    assert!(std::fs::read(r).unwrap() == image);
+    let rep = json_of(&h.run(&["--json", "status"]));
+    let providers: Vec<&serde_json::Value> = rep["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "provider")
+        .collect();
+    assert_eq!(providers.len(), 2, "{rep}");
+    assert!(providers.iter().all(|p| p["status"] == "ok"), "{rep}");
+    // s3s-fs goes away; a change makes the next snapshot store something.
+    fs.stop();
+    c.execute_batch("UPDATE t SET v = randomblob(1000) WHERE x = 100")
+        .unwrap();
+    wait_until(Duration::from_secs(120), "a failed run", || {
+        run_status(&h).is_some_and(|s| db_status(&s, "app")["last_run_ok"] == false)
+    });
+    let out = h.run(&["--json", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let rep = json_of(&out);
+    let checks = rep["checks"].as_array().unwrap();
+    assert!(
+        checks.iter().any(|c| c["check"] == "provider"
+            && c["status"] == "degraded"
+            && c["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("\"s3s-fs\": down since")),
+        "{rep}"
+    );
+    assert!(
+        checks.iter().any(|c| c["check"] == "provider"
+            && c["status"] == "ok"
+            && c["message"] == "\"moto\": up"),
+        "{rep}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "sqlite run ended");
+    assert_eq!(h.list("app").len(), 2, "no third snapshot is visible");
+    sigterm(&mut child.0);
+    assert_eq!(
+        wait_child(&mut child.0, Duration::from_secs(60), "sqlite run").code(),
+        Some(0)
+    );
 }
