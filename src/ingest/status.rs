@@ -60,9 +60,8 @@ pub fn path(spool_dir: &Path) -> PathBuf {
     spool_dir.join(FILE)
 }
 
-/// Replace `<spool>/status.json` (atomically; not fsync'd: it is a report, not state).
-pub fn write(spool_dir: &Path, s: &StreamStatus) -> std::io::Result<()> {
-    let p = path(spool_dir);
+/// Replace the report at `p` (atomically; not fsync'd: it is a report, not state).
+fn write_report<T: Serialize>(p: PathBuf, s: &T) -> std::io::Result<()> {
     let tmp = p.with_extension("json.tmp");
     std::fs::write(
         &tmp,
@@ -71,11 +70,21 @@ pub fn write(spool_dir: &Path, s: &StreamStatus) -> std::io::Result<()> {
     std::fs::rename(tmp, p)
 }
 
-/// What the streamer last reported, if `status.json` exists and parses.
-pub fn read(spool_dir: &Path) -> Option<StreamStatus> {
-    std::fs::read(path(spool_dir))
+/// The report at `p`, if it exists and parses.
+fn read_report<T: serde::de::DeserializeOwned>(p: PathBuf) -> Option<T> {
+    std::fs::read(p)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Replace `<spool>/status.json`.
+pub fn write(spool_dir: &Path, s: &StreamStatus) -> std::io::Result<()> {
+    write_report(path(spool_dir), s)
+}
+
+/// What the streamer last reported, if `status.json` exists and parses.
+pub fn read(spool_dir: &Path) -> Option<StreamStatus> {
+    read_report(path(spool_dir))
 }
 
 /// `lifeboat sqlite run`'s report: `<spool>/sqlite-status.json`, replaced after every
@@ -120,21 +129,13 @@ pub fn sqlite_path(spool_dir: &Path) -> PathBuf {
     spool_dir.join(SQLITE_FILE)
 }
 
-/// Replace `<spool>/sqlite-status.json` (atomically, not fsync'd: a report).
+/// Replace `<spool>/sqlite-status.json`.
 pub fn write_sqlite(spool_dir: &Path, s: &SqliteRunStatus) -> std::io::Result<()> {
-    let p = sqlite_path(spool_dir);
-    let tmp = p.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(s).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(tmp, p)
+    write_report(sqlite_path(spool_dir), s)
 }
 
 pub fn read_sqlite(spool_dir: &Path) -> Option<SqliteRunStatus> {
-    std::fs::read(sqlite_path(spool_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+    read_report(sqlite_path(spool_dir))
 }
 
 #[cfg(test)]

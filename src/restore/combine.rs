@@ -17,7 +17,7 @@
 //!   `INCREMENTAL FROM` lines).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,8 +27,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::sink::Sink;
 use super::{
-    fetch_open, finish_restore, free_bytes, safe_relative, start_writeback, Algo, Hasher,
-    PartReader, RestoreOptions, Syncer, WRITEBACK_CHUNK,
+    copy_to_sink, fetch_open, finish_restore, free_bytes, make_dir, make_symlink, safe_relative,
+    Algo, Hasher, PartReader, RestoreOptions, Syncer,
 };
 use crate::archive::Archive;
 use crate::core::catalog::{BackupMeta, BackupPart};
@@ -229,7 +229,6 @@ fn extract_newest(
     algos: &HashMap<String, Algo>,
     own: &HashMap<String, OwnBlocks>,
     rebuilt: &[Rebuilt],
-    syncer: &Syncer,
     sink: &Sink,
 ) -> Result<Streamed> {
     let mut ar = tar::Archive::new(reader);
@@ -246,15 +245,7 @@ fn extract_newest(
         let path = dest.join(&rel);
         let mode = entry.header().mode().unwrap_or(0o600) & 0o7777;
         match entry.header().entry_type() {
-            tar::EntryType::Directory => {
-                std::fs::create_dir_all(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                std::fs::set_permissions(
-                    &path,
-                    std::fs::Permissions::from_mode(0o700 | (mode & 0o050)),
-                )
-                .with_context(|| format!("chmod {}", path.display()))?;
-            }
+            tar::EntryType::Directory => make_dir(&path, mode)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let name = format!("{prefix}{}", rel.to_string_lossy());
                 let mut h = Hasher::new(algos.get(&name).copied().unwrap_or(Algo::None));
@@ -317,76 +308,39 @@ fn extract_newest(
                     );
                     continue;
                 }
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {}", parent.display()))?;
-                }
-                let is_label = name == "backup_label";
-                // global/pg_control goes through the sink, which writes it last.
-                if name == "global/pg_control" {
-                    let size = entry.header().size().unwrap_or(0);
-                    let mut w = sink.create(&path, size, 0o600 | (mode & 0o040))?;
-                    let mut n = 0u64;
-                    loop {
-                        let k = entry
-                            .read(&mut buf)
-                            .with_context(|| format!("reading {name} from the backup"))?;
-                        if k == 0 {
-                            break;
-                        }
-                        h.update(&buf[..k]);
-                        w.write(&buf[..k])?;
-                        n += k as u64;
-                    }
-                    w.finish()?;
-                    bytes += n;
+                let size = entry.header().size().unwrap_or(0);
+                if name == "backup_label" {
+                    // Without its INCREMENTAL FROM lines, as pg_combinebackup writes it.
+                    let mut whole = Vec::new();
+                    entry
+                        .read_to_end(&mut whole)
+                        .with_context(|| format!("reading {name} from the backup"))?;
+                    h.update(&whole);
+                    let stripped = strip_label(&whole);
+                    let mut unhashed = Hasher::new(Algo::None);
+                    bytes += copy_to_sink(
+                        &mut &stripped[..],
+                        sink,
+                        &path,
+                        mode,
+                        stripped.len() as u64,
+                        &name,
+                        &mut unhashed,
+                        &mut buf,
+                    )?;
+                    label = Some(stripped);
                     seen.insert(
                         name,
                         Seen {
-                            size: n,
+                            size: whole.len() as u64,
                             checksum: h.hex(),
                         },
                     );
                     continue;
                 }
-                let mut f = std::fs::File::create(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                let mut n = 0u64;
-                let mut flushed = 0u64;
-                let mut whole = Vec::new();
-                loop {
-                    let k = entry
-                        .read(&mut buf)
-                        .with_context(|| format!("reading {name} from the backup"))?;
-                    if k == 0 {
-                        break;
-                    }
-                    h.update(&buf[..k]);
-                    if is_label {
-                        whole.extend_from_slice(&buf[..k]);
-                    } else {
-                        f.write_all(&buf[..k])
-                            .with_context(|| format!("writing {}", path.display()))?;
-                    }
-                    n += k as u64;
-                    if n - flushed >= WRITEBACK_CHUNK {
-                        start_writeback(&f, flushed, n - flushed);
-                        flushed = n;
-                    }
-                }
-                if is_label {
-                    let stripped = strip_label(&whole);
-                    f.write_all(&stripped)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    bytes += stripped.len() as u64;
-                    label = Some(stripped);
-                } else {
-                    bytes += n;
-                }
-                f.set_permissions(std::fs::Permissions::from_mode(0o600 | (mode & 0o040)))
-                    .with_context(|| format!("chmod {}", path.display()))?;
-                start_writeback(&f, flushed, n - flushed);
-                syncer.sync(f, path.clone());
+                // Through the sink, as a plain restore writes (global/pg_control last).
+                let n = copy_to_sink(&mut entry, sink, &path, mode, size, &name, &mut h, &mut buf)?;
+                bytes += n;
                 seen.insert(
                     name,
                     Seen {
@@ -395,15 +349,7 @@ fn extract_newest(
                     },
                 );
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .context("a symlink target")?
-                    .ok_or_else(|| anyhow!("symlink {} without target", rel.display()))?;
-                let _ = std::fs::remove_file(&path);
-                std::os::unix::fs::symlink(&target, &path)
-                    .with_context(|| format!("creating link {}", path.display()))?;
-            }
+            tar::EntryType::Symlink => make_symlink(&entry, &rel, &path)?,
             other => {
                 tracing::warn!(path = %rel.display(), kind = ?other, "skipping an unexpected tar entry")
             }
@@ -709,7 +655,7 @@ pub(super) async fn extract_chain(
     );
     let sync = Syncer::start(2);
     // The interrupted-restore marker first; global/pg_control, held by the sink, last.
-    let sink = Arc::new(Sink::new(opts.sync_method, &opts.pgdata, false)?);
+    let sink = Arc::new(Sink::new(opts.sync_method, &opts.pgdata, true)?);
     let mut feeds = HashMap::new();
     let mut extractors = Vec::new();
     for (tar, oid, dir) in dests {
@@ -719,7 +665,6 @@ pub(super) async fn extract_chain(
         let prefix = oid.map(|o| format!("pg_tblspc/{o}/")).unwrap_or_default();
         let (algos, own, rebuilt) = (algos.clone(), own.clone(), rebuilt.clone());
         let tar_name = tar.clone();
-        let syncer = sync.syncer.clone();
         let sink = sink.clone();
         extractors.push(tokio::task::spawn_blocking(move || {
             extract_newest(
@@ -729,7 +674,6 @@ pub(super) async fn extract_chain(
                 &algos,
                 &own,
                 &rebuilt,
-                &syncer,
                 &sink,
             )
             .with_context(|| format!("extracting {tar_name}"))

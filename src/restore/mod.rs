@@ -835,40 +835,12 @@ fn extract_tar(
         let path = dest.join(&rel);
         let mode = entry.header().mode().unwrap_or(0o600) & 0o7777;
         match entry.header().entry_type() {
-            tar::EntryType::Directory => {
-                std::fs::create_dir_all(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                std::fs::set_permissions(
-                    &path,
-                    std::fs::Permissions::from_mode(0o700 | (mode & 0o050)),
-                )
-                .with_context(|| format!("chmod {}", path.display()))?;
-            }
+            tar::EntryType::Directory => make_dir(&path, mode)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {}", parent.display()))?;
-                }
                 let name = format!("{prefix}{}", rel.to_string_lossy());
                 let mut h = Hasher::new(algos.get(&name).copied().unwrap_or(Algo::None));
-                let mut f = sink.create(
-                    &path,
-                    entry.header().size().unwrap_or(0),
-                    0o600 | (mode & 0o040),
-                )?;
-                let mut n = 0u64;
-                loop {
-                    let k = entry
-                        .read(&mut buf)
-                        .with_context(|| format!("reading {name} from the backup"))?;
-                    if k == 0 {
-                        break;
-                    }
-                    h.update(&buf[..k]);
-                    f.write(&buf[..k])?;
-                    n += k as u64;
-                }
-                f.finish()?;
+                let size = entry.header().size().unwrap_or(0);
+                let n = copy_to_sink(&mut entry, sink, &path, mode, size, &name, &mut h, &mut buf)?;
                 bytes += n;
                 seen.insert(
                     name,
@@ -878,21 +850,69 @@ fn extract_tar(
                     },
                 );
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .context("a symlink target")?
-                    .ok_or_else(|| anyhow!("symlink {} without target", rel.display()))?;
-                let _ = std::fs::remove_file(&path);
-                std::os::unix::fs::symlink(&target, &path)
-                    .with_context(|| format!("creating link {}", path.display()))?;
-            }
+            tar::EntryType::Symlink => make_symlink(&entry, &rel, &path)?,
             other => {
                 tracing::warn!(path = %rel.display(), kind = ?other, "skipping an unexpected tar entry")
             }
         }
     }
     Ok((seen, bytes))
+}
+
+/// A directory entry of a backup tar: created, with the owner's rights and the group's
+/// read and search bits kept (`initdb -g`).
+fn make_dir(path: &Path, mode: u32) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(0o700 | (mode & 0o050)),
+    )
+    .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// A symlink entry of a backup tar (pg_tblspc links), replacing what is there.
+fn make_symlink<R: Read>(entry: &tar::Entry<'_, R>, rel: &Path, path: &Path) -> Result<()> {
+    let target = entry
+        .link_name()
+        .context("a symlink target")?
+        .ok_or_else(|| anyhow!("symlink {} without target", rel.display()))?;
+    let _ = std::fs::remove_file(path);
+    std::os::unix::fs::symlink(&target, path)
+        .with_context(|| format!("creating link {}", path.display()))
+}
+
+/// Copy a regular file's `size` bytes from `r` into `path` through the sink (its parent
+/// made first), hashing them with `h`; the bytes copied. `name` is the manifest path.
+#[allow(clippy::too_many_arguments)]
+fn copy_to_sink(
+    r: &mut impl Read,
+    sink: &sink::Sink,
+    path: &Path,
+    mode: u32,
+    size: u64,
+    name: &str,
+    h: &mut Hasher,
+    buf: &mut [u8],
+) -> Result<u64> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut f = sink.create(path, size, 0o600 | (mode & 0o040))?;
+    let mut n = 0u64;
+    loop {
+        let k = r
+            .read(buf)
+            .with_context(|| format!("reading {name} from the backup"))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        f.write(&buf[..k])?;
+        n += k as u64;
+    }
+    f.finish()?;
+    Ok(n)
 }
 
 fn empty_dir(dir: &Path) -> std::io::Result<()> {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn scrape(port: u16) -> BTreeMap<String, f64> {
+/// `GET /metrics` on `port`: every sample by its name and labels.
+pub(crate) fn scrape(port: u16) -> BTreeMap<String, f64> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")

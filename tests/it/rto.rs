@@ -4,10 +4,10 @@
 //! the server can), which brings the estimate back under; a drill records what it restored
 //! and replayed, and the estimate then uses the rates it measured.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use crate::metrics::scrape;
+use crate::schedule::runs;
 use crate::support::*;
 
 const MIB: u64 = 1 << 20;
@@ -31,31 +31,6 @@ fn rto_check(lb: &Lb) -> (String, String) {
         c["status"].as_str().unwrap().to_string(),
         c["message"].as_str().unwrap().to_string(),
     )
-}
-
-fn scrape(port: u16) -> BTreeMap<String, f64> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse::<f64>().ok()?))
-        })
-        .collect()
-}
-
-fn runs(lb: &Lb) -> Vec<serde_json::Value> {
-    std::fs::read(lb.spool.join("schedule.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["runs"].as_array().cloned())
-        .unwrap_or_default()
 }
 
 #[test]

@@ -37,7 +37,8 @@ fn schedule_json(lb: &Lb, args: &[&str]) -> serde_json::Value {
     json_of(&run_timeout(&mut c, Duration::from_secs(60), None).unwrap())
 }
 
-fn runs(lb: &Lb) -> Vec<serde_json::Value> {
+/// The runs `<spool>/schedule.json` records, oldest first.
+pub(crate) fn runs(lb: &Lb) -> Vec<serde_json::Value> {
     std::fs::read(lb.spool.join("schedule.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
