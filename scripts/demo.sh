@@ -129,3 +129,10 @@ say "lifeboat list"
 "$LB" --config "$WORK/lifeboat.toml" list
 
 say "done: the table dropped after T came back in the drill; every commit up to $COMMIT_LSN is archived, encrypted and verified"
+
+# The strategy's SQLite services: the same job for a WAL-mode SQLite database.
+if command -v sqlite3 >/dev/null; then
+  LIFEBOAT_DEMO_BIN="$LB" bash scripts/demo-sqlite.sh
+else
+  echo "(the SQLite part needs sqlite3: apt-get install sqlite3, then scripts/demo-sqlite.sh)"
+fi
