@@ -666,3 +666,63 @@ fn point_in_time_through_a_chain_equals_through_a_full_backup() {
         pitr(major);
     }
 }
+
+/// A promotion between backups: the full backup is the old primary's (timeline 1), the
+/// incremental one the promoted standby's (timeline 2), on top of it; the standby
+/// summarised the WAL it replayed. A restore through that chain to the end has every row
+/// of both timelines, and PostgreSQL replays it across the switch.
+#[test]
+fn incremental_across_a_promotion() {
+    let major = 17;
+    let opts = ClusterOpts::default()
+        .conf("summarize_wal = on")
+        .conf("wal_log_hints = on");
+    let primary = PgCluster::start(major, opts);
+    primary.psql("CREATE TABLE t (id int, src text)");
+    primary.psql("INSERT INTO t SELECT g, 'old' FROM generate_series(1, 1000) g");
+    // The standby first, so its summaries cover everything after the full backup.
+    let standby = primary.create_standby();
+    standby.wait_for("SHOW summarize_wal", "on", Duration::from_secs(30));
+    let lb = Lb::for_cluster(&primary, SMALL_PARTS);
+    let streamer = lb.start_streamer(&primary);
+    let full = backup_ok(&lb, &[]);
+    let full_id = full["id"].as_str().unwrap().to_string();
+    primary.psql("INSERT INTO t SELECT g, 'old' FROM generate_series(1001, 2000) g");
+    primary.psql("UPDATE t SET src = 'old' WHERE id <= 100");
+    wait_caught_up(&primary, Duration::from_secs(120), &lb);
+    standby.wait_for("SELECT count(*) FROM t", "2000", Duration::from_secs(60));
+    stop_streamer(streamer);
+    // A clean switchover: the primary stops, the standby has everything and is promoted.
+    primary.stop();
+    standby.promote();
+    assert_eq!(standby.timeline(), 2);
+    standby.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(2001, 2100) g");
+
+    lb.retarget(&standby);
+    let streamer = lb.start_streamer(&standby);
+    let inc = backup_ok(&lb, &["--incremental"]);
+    assert_eq!(inc["incremental"]["parent"], full_id.as_str(), "{inc:#}");
+    assert_eq!(inc["timeline"], 2, "{inc:#}");
+    standby.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(2101, 2200) g");
+    let end = parse_lsn(&standby.switch_wal());
+    wait_archived(&standby, end, Duration::from_secs(120), &lb);
+    stop_streamer(streamer);
+
+    // The restore picks the chain (the newest backup) and says so.
+    let inc_id = inc["id"].as_str().unwrap().to_string();
+    let target = pg_tempdir("lbincr-");
+    let (out, _) = crate::restore::restore(&lb, major, target.path(), &["--dry-run"]);
+    let text = expect_success(&out, "restore --dry-run across the promotion");
+    assert!(
+        text.contains(&format!(
+            "\nchain     {full_id} → {inc_id} (full {full_id} + 1 incremental; restore combines them)\n"
+        )),
+        "{text}"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let latest = crate::restore::restore_and_start(&lb, major, work.path(), &[]);
+    assert_eq!(
+        crate::failover::rows_by_source(&latest),
+        "new|200\nold|2000"
+    );
+}
