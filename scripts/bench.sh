@@ -425,19 +425,19 @@ bench_restore() {
 
   local lb_t=() lb_m=() br_t=() ab_t=() sf_t=() t m u k
   for i in $(seq 1 "$ROUNDS"); do
-    rm -rf "$WORK/r_lb"; sync
+    rm -rf "$WORK/r_lb"; drop_caches
     /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
       restore --pgdata "$WORK/r_lb" --pg-bin "$BIN" --target-immediate >/dev/null
     read -r t m u k < "$WORK/t"; lb_t+=("$t"); lb_m+=("$m")
     echo "round $i lifeboat restore (parallel fetch, age, zstd, manifest check, fsync): ${t}s (CPU ${u}s user, ${k}s sys), peak RSS $((m / 1024)) MiB"
-    rm -rf "$WORK/r_lb"; sync
+    rm -rf "$WORK/r_lb"; drop_caches
     /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
       restore --pgdata "$WORK/r_lb" --pg-bin "$BIN" --target-immediate --sync-method syncfs >/dev/null
     read -r t m u k < "$WORK/t"; sf_t+=("$t"); lb_m+=("$m")
     echo "round $i lifeboat restore --sync-method syncfs:                          ${t}s (CPU ${u}s user, ${k}s sys), peak RSS $((m / 1024)) MiB"
     rm -rf "$WORK/r_lb"
     if [[ -n "${LIFEBOAT_BENCH_AB:-}" ]]; then
-      sync
+      drop_caches
       /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "$LIFEBOAT_BENCH_AB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
         restore --pgdata "$WORK/r_lb" --pg-bin "$BIN" --target-immediate >/dev/null
       read -r t m u k < "$WORK/t"; ab_t+=("$t")
@@ -447,7 +447,7 @@ bench_restore() {
 
     rm -rf "$WORK/r_br"; mkdir -p "$WORK/r_br"; chmod 700 "$WORK/r_br"
     if [[ $(id -u) == 0 ]]; then chown lifeboat-test "$WORK/r_br"; fi
-    sync
+    drop_caches
     /usr/bin/time -f "%e %M %U %S" -o "$WORK/t" "${PGBR[@]}" restore --pg1-path="$WORK/r_br" --type=immediate
     read -r t m u k < "$WORK/t"; br_t+=("$t")
     echo "round $i pgbackrest restore (process-max 2, aes-256-cbc, zst):           ${t}s (CPU ${u}s user, ${k}s sys), peak RSS $((m / 1024)) MiB"
@@ -457,7 +457,7 @@ bench_restore() {
   # WAL replay through wal-fetch: without and with prefetch (one run each).
   local rp=()
   for pf in 0 8; do
-    rm -rf "$WORK/r_wal"; sync
+    rm -rf "$WORK/r_wal"; drop_caches
     "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
       restore --pgdata "$WORK/r_wal" --pg-bin "$BIN" --wal-prefetch "$pf" >/dev/null
     t=$(replay_seconds "$WORK/r_wal")
