@@ -81,10 +81,11 @@ fn rto_estimate(
     rates: &rto::Rates,
     wal_end: Option<Lsn>,
 ) -> Option<rto::Estimate> {
+    // Positions compare as (timeline, LSN).
     let base = backups
         .iter()
         .filter(|b| b.restorable)
-        .max_by(|a, b| a.end_lsn.cmp(&b.end_lsn))?;
+        .max_by_key(|b| (b.timeline, b.end_lsn))?;
     let mut bytes = base.plain_size;
     let mut parent = base.parent.as_deref();
     let mut hops = 0;
@@ -96,12 +97,13 @@ fn rto_estimate(
             break;
         }
     }
+    // The archive's end: the newest timeline's (a newer timeline starts where its parent
+    // forked, so its end is past the base's on the path replay takes).
     let listed = wal
         .iter()
         .filter(|r| r.timeline >= base.timeline)
-        .map(|r| r.end_lsn)
-        .max()
-        .unwrap_or(base.end_lsn);
+        .max_by_key(|r| (r.timeline, r.end_lsn))
+        .map_or(base.end_lsn, |r| r.end_lsn);
     let end = listed.max(wal_end.unwrap_or(Lsn(0))).max(base.end_lsn);
     Some(rto::estimate(&base.id, bytes, base.start_lsn, end, rates))
 }

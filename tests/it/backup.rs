@@ -11,7 +11,7 @@ use lifeboat::pipeline::Opener;
 use crate::support::*;
 
 /// `lifeboat --json backup ARGS`, which must succeed; its report.
-fn backup_ok(lb: &Lb, args: &[&str]) -> serde_json::Value {
+pub(crate) fn backup_ok(lb: &Lb, args: &[&str]) -> serde_json::Value {
     let mut a = vec!["--json", "backup"];
     a.extend_from_slice(args);
     let out = lb.run(&a, Duration::from_secs(600));

@@ -14,17 +14,9 @@ use crate::support::*;
 
 /// `lifeboat --json backup ARGS`, which must succeed; its report.
 fn backup_ok(lb: &Lb, args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["--json", "backup", "--fast"];
+    let mut a = vec!["--fast"];
     a.extend_from_slice(args);
-    let out = lb.run(&a, Duration::from_secs(600));
-    assert!(
-        out.status.success(),
-        "lifeboat backup failed ({}): {}\nstream log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        lb.stream_log()
-    );
-    json_of(&out)
+    crate::backup::backup_ok(lb, &a)
 }
 
 /// Backup `id` of the archive as a plain directory (base tar only), with its manifest.
