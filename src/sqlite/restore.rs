@@ -1,7 +1,7 @@
 //! `lifeboat sqlite restore`: the snapshot for a target (the newest at or before a time,
 //! one by id, or the newest) and its delta chain applied, full snapshot first, into a
-//! temporary file beside the destination (positioned writes on one thread while the next
-//! parts are fetched and opened); every page checked against the snapshot's group hashes
+//! temporary file beside the destination (positioned writes while the next parts are
+//! fetched and opened); every page checked against the snapshot's group hashes
 //! (hashed as written, read back only where no write was seen or the image is too big to
 //! keep a hash per page); `integrity_check` at the same time as that check and the fsync;
 //! renamed into place once all three succeeded.
@@ -11,7 +11,7 @@
 //! removed first, so SQLite cannot replay an old WAL onto the restored image).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -214,15 +214,10 @@ fn check(file: &std::fs::File, meta: &SnapshotMeta, written: Option<&WrittenHash
     Ok(())
 }
 
-/// What the writing thread is handed: a plain part's bytes, or the end of a snapshot.
-enum Piece {
-    Data(Vec<u8>),
-    End,
-}
-
-/// Apply `chain` (full first) into `file`. The parts are fetched and opened ahead by
-/// [`stream_parts`] while one blocking thread writes them (positioned writes, each page
-/// hashed as it is written), so fetching, opening and writing overlap.
+/// Apply `chain` (full first) into `file`, each page hashed as it is written. The parts
+/// are fetched and opened ahead by [`stream_parts`] while the current one is written; a
+/// writer thread of its own was tried and only held more parts in memory (more RSS, no
+/// gain: the opening tasks already overlap the writes).
 async fn apply(
     archive: &Archive,
     opener: &Arc<Opener>,
@@ -231,63 +226,33 @@ async fn apply(
 ) -> Result<(std::fs::File, Option<WrittenHashes>)> {
     let last = chain.last().expect("a chain has its snapshot");
     let mut hashes = WrittenHashes::new(last.page_size, last.page_count);
-    let metas: Vec<SnapshotMeta> = chain.iter().map(|s| (*s).clone()).collect();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(1);
-    let writer = tokio::task::spawn_blocking(move || -> Result<_> {
-        for s in &metas {
-            let mut w = PageWriter {
-                file: &file,
-                meta: s,
-                hashes: hashes.as_mut(),
-                run: 0,
-                done: 0,
-            };
-            loop {
-                match rx.blocking_recv() {
-                    Some(Piece::Data(d)) => w
-                        .write(&d)
-                        .with_context(|| format!("applying snapshot {}", s.id))?,
-                    Some(Piece::End) => break,
-                    // The fetching side stopped: its error is the one reported.
-                    None => bail!("applying snapshot {}: its parts stopped coming", s.id),
-                }
-            }
-            if !w.complete() {
-                bail!(
-                    "snapshot {} holds fewer page bytes than its runs name (its parts are incomplete)",
-                    s.id
-                );
-            }
-            file.set_len(s.page_count * s.page_size as u64)
-                .context("sizing the restored image")?;
-            if let Some(h) = hashes.as_mut() {
-                h.resized(s.page_count);
-            }
-        }
-        Ok((file, hashes))
-    });
-    let fetched = async {
-        for s in chain {
-            stream_parts(archive, opener, &s.parts, |plain| {
-                let tx = tx.clone();
-                // A stopped writer ends the stream; its error is reported below.
-                async move { Ok(tx.send(Piece::Data(plain)).await.is_ok()) }
-            })
-            .await
-            .with_context(|| format!("applying snapshot {}", s.id))?;
-            if tx.send(Piece::End).await.is_err() {
-                break;
-            }
-        }
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    drop(tx);
-    let written = writer
+    for s in chain {
+        let w = Mutex::new(PageWriter {
+            file: &file,
+            meta: s,
+            hashes: hashes.as_mut(),
+            run: 0,
+            done: 0,
+        });
+        stream_parts(archive, opener, &s.parts, |plain| {
+            let r = w.lock().expect("not poisoned").write(&plain);
+            async move { r.map(|_| true) }
+        })
         .await
-        .map_err(|e| anyhow!("the writing task failed: {e}"))?;
-    fetched?;
-    written
+        .with_context(|| format!("applying snapshot {}", s.id))?;
+        if !w.into_inner().expect("not poisoned").complete() {
+            bail!(
+                "snapshot {} holds fewer page bytes than its runs name (its parts are incomplete)",
+                s.id
+            );
+        }
+        file.set_len(s.page_count * s.page_size as u64)
+            .context("sizing the restored image")?;
+        if let Some(h) = hashes.as_mut() {
+            h.resized(s.page_count);
+        }
+    }
+    Ok((file, hashes))
 }
 
 /// Restore into `opts.to`.
