@@ -262,6 +262,14 @@ pub async fn plan(
                 retention::plan_sqlite(policy, now, &listing[from..to], &sqlite_points);
             pl.freed += delete.iter().map(|d| d.size).sum::<u64>();
             pl.delete.extend(delete);
+            // Their Object Lock dates, raised with the backups' (one group a snapshot).
+            let (retain, groups) = retention::sqlite_retain(&listing[from..to], &kept);
+            if !retain.is_empty() {
+                pl.retain.extend(retain);
+                pl.retain.sort_by(|a, b| a.key.cmp(&b.key));
+                pl.retain_groups.extend(groups);
+                pl.retain_groups.sort_by(|a, b| a.group.cmp(&b.group));
+            }
             pl.copies.extend(kept);
             pl
         });

@@ -152,7 +152,7 @@ pub fn render(r: &PruneReport) -> String {
         }
         if !plan.retain.is_empty() {
             s.push_str(&format!(
-                "  lock   {} objects of the backups the calendar tiers keep, until their keep-until dates (where the provider has Object Lock)\n",
+                "  lock   {} objects of the backups and SQLite snapshots the calendar tiers keep, until their keep-until dates (where the provider has Object Lock)\n",
                 plan.retain.len()
             ));
         }

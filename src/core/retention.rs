@@ -1079,8 +1079,40 @@ fn retain_dates(
             until.insert(l.key.as_str(), (u, HISTORY_GROUP));
         }
     }
-    // Each group's digest over its objects in key order: a new object, a replaced one (a
-    // new version has a new write time) or a dropped one changes it.
+    retain_groups(listing, until)
+}
+
+/// The lock targets of SQLite snapshots: every object of a snapshot the calendar tiers keep
+/// (its parts and `snapshot.json`; a delta's bases carry the dates of the points that need
+/// them, as [`plan_sqlite`] gives them), one group a snapshot (`sqlite/NAME/ID`).
+/// `listing` is sorted by key; `kept` is [`plan_sqlite`]'s.
+pub fn sqlite_retain(listing: &[Listed], kept: &[KeptCopy]) -> (Vec<Retain>, Vec<RetainGroup>) {
+    let mut until: BTreeMap<&str, (Timestamp, &str)> = BTreeMap::new();
+    let groups: Vec<(String, Timestamp)> = kept
+        .iter()
+        .filter(|k| k.set.starts_with("sqlite/"))
+        .filter_map(|k| Some((format!("{}/{}/", k.set, k.id), k.keep_until?)))
+        .collect();
+    for (prefix, u) in &groups {
+        let from = listing.partition_point(|l| l.key.as_str() < prefix.as_str());
+        for l in listing[from..]
+            .iter()
+            .take_while(|l| l.key.starts_with(prefix.as_str()))
+            .filter(|l| !l.key.contains(".tmp."))
+        {
+            until.insert(l.key.as_str(), (*u, prefix.trim_end_matches('/')));
+        }
+    }
+    retain_groups(listing, until)
+}
+
+/// Group the lock targets (key -> date and group), each group with its latest date and a
+/// digest over its objects in key order: a new object, a replaced one (a new version has a
+/// new write time) or a dropped one changes it.
+fn retain_groups(
+    listing: &[Listed],
+    until: BTreeMap<&str, (Timestamp, &str)>,
+) -> (Vec<Retain>, Vec<RetainGroup>) {
     use sha2::Digest;
     let mut groups: BTreeMap<&str, (Timestamp, sha2::Sha256)> = BTreeMap::new();
     for (key, (u, group)) in &until {
@@ -1960,6 +1992,31 @@ mod tests {
     ) {
         let (kept, delete) = plan_sqlite(policy, now, listing, points);
         let is_kept = |id: &str| kept.iter().any(|k| k.id == id);
+        // Object Lock: every object of a point with a keep-until date (a delta's bases
+        // carry it), until that date; nothing of any other point; one group a snapshot.
+        let (retain, groups) = sqlite_retain(listing, &kept);
+        let prefix = |k: &KeptCopy| format!("{}/{}/", k.set, k.id);
+        for k in &kept {
+            for l in listing.iter().filter(|l| l.key.starts_with(&prefix(k))) {
+                let r = retain.iter().find(|r| r.key == l.key);
+                assert_eq!(r.map(|r| r.until), k.keep_until, "{}", l.key);
+                if let Some(r) = r {
+                    assert_eq!(format!("{}/", r.group), prefix(k));
+                }
+            }
+        }
+        assert!(retain
+            .iter()
+            .all(|r| kept.iter().any(|k| r.key.starts_with(&prefix(k)))));
+        assert!(retain.windows(2).all(|w| w[0].key < w[1].key));
+        let locked: BTreeSet<&str> = retain.iter().map(|r| r.group.as_str()).collect();
+        assert_eq!(
+            groups
+                .iter()
+                .map(|g| g.group.as_str())
+                .collect::<BTreeSet<_>>(),
+            locked
+        );
         let window_start = Timestamp(now.0 - i64::from(policy.pitr_days) * DAY);
         let pos = |key: &str| delete.iter().position(|d| d.key == key);
         for p in points {
@@ -2036,6 +2093,23 @@ mod tests {
             .collect();
         assert!(!daily.is_empty());
         assert!(kept.iter().all(|k| k.set == "sqlite/app"));
+        // A daily delta's full base is locked until at least the daily's date.
+        let (retain, _) = sqlite_retain(&listing, &kept);
+        let d = daily[0];
+        let base_full = &points
+            .iter()
+            .find(|p| p.id == d.id)
+            .and_then(|p| {
+                let mut cur = p;
+                while let Some(b) = &cur.base {
+                    cur = points.iter().find(|q| &q.id == b)?;
+                }
+                Some(cur.id.clone())
+            })
+            .expect("a chain ends at a full snapshot");
+        let marker = crate::core::sqlite::snapshot_meta_key("app", base_full);
+        let r = retain.iter().find(|r| r.key == marker).expect("locked");
+        assert!(Some(r.until) >= d.keep_until, "{r:?} {d:?}");
         // The leftover of a snapshot that never committed goes; the drill stays.
         assert!(delete
             .iter()

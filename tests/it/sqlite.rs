@@ -1164,6 +1164,120 @@ fn prune_keeps_whole_sqlite_chains_and_every_kept_point_restores() {
     );
 }
 
+/// Object Lock on moto (governance, 1 day by default): prune raises the lock of every
+/// object of the SQLite snapshots a calendar tier keeps to their keep-until date, as it
+/// does for base backups (regression: snapshots kept by the daily tier stayed locked for
+/// the bucket's default day only); a second prune finds them recorded and asks nothing.
+#[test]
+fn prune_raises_the_object_lock_of_kept_sqlite_snapshots() {
+    use crate::support::s3::{Kind, S3Server};
+    let moto = S3Server::start(Kind::Moto);
+    moto.create_bucket("archive", true);
+    let storage = moto.storage_toml(
+        "moto",
+        "archive",
+        "lb",
+        "object_lock = { mode = \"governance\", days = 1 }",
+    );
+    let h = Host::new(&[("app", "")], Some(&storage));
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str("[retention]\npitr_days = 1\ndaily_days = 5\nweekly_weeks = 0\nmonthly_months = 0\nmin_backups = 1\n");
+    std::fs::write(&h.config, text).unwrap();
+    let c = open_wal(&h.db("app"));
+    c.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    for i in 0..300 {
+        c.execute("INSERT INTO t VALUES (?1, randomblob(1500))", [i])
+            .unwrap();
+    }
+    for round in 0..3 {
+        c.execute(
+            "UPDATE t SET v = randomblob(1500) WHERE x % 5 = ?1",
+            [round],
+        )
+        .unwrap();
+        h.snapshot("app");
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let prune = || {
+        let out = h.run(&["--json", "prune"]);
+        expect_success(&out, "prune");
+        json_of(&out)["providers"][0].clone()
+    };
+    let p = prune();
+    let plan = &p["plan"];
+    let dated: Vec<(String, String)> = plan["copies"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{plan}"))
+        .iter()
+        .filter(|k| k["set"] == "sqlite/app" && k["keep_until"].is_string())
+        .map(|k| {
+            (
+                k["id"].as_str().unwrap().to_string(),
+                k["keep_until"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        !dated.is_empty(),
+        "the day's first snapshot is a daily: {plan}"
+    );
+    let retain = plan["retain"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no lock targets: {plan}"))
+        .clone();
+    assert_eq!(p["locks_raised"].as_u64(), Some(retain.len() as u64), "{p}");
+    let keys = moto.keys("archive");
+    for (id, until) in &dated {
+        let want = aws_sdk_s3::primitives::DateTime::from_str(
+            until,
+            aws_sdk_s3::primitives::DateTimeFormat::DateTime,
+        )
+        .unwrap()
+        .secs();
+        let objects: Vec<&String> = keys
+            .iter()
+            .filter(|k| k.starts_with(&format!("lb/sqlite/app/{id}/")))
+            .collect();
+        assert!(objects.len() >= 2, "parts and snapshot.json: {objects:?}");
+        for key in objects {
+            assert!(
+                retain
+                    .iter()
+                    .any(|r| format!("lb/{}", r["key"].as_str().unwrap()) == *key
+                        && r["until"] == until.as_str()),
+                "{key} not in {retain:?}"
+            );
+            let got = moto
+                .block_on(
+                    moto.client()
+                        .head_object()
+                        .bucket("archive")
+                        .key(key)
+                        .send(),
+                )
+                .unwrap();
+            assert_eq!(
+                got.object_lock_retain_until_date().unwrap().secs(),
+                want,
+                "{key}"
+            );
+        }
+    }
+    // Only the dated snapshots' objects.
+    assert!(retain.iter().all(|r| dated.iter().any(|(id, _)| r["key"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("sqlite/app/{id}/")))));
+    let again = prune();
+    assert_eq!(again["locks_raised"].as_u64(), Some(0), "{again}");
+    assert_eq!(
+        again["locks_recorded"].as_u64(),
+        Some(retain.len() as u64),
+        "{again}"
+    );
+}
+
 /// `YYYY-MM-DD HH:MM:SS` (UTC) `days` from now.
 fn chrono_in_days(days: i64) -> String {
     let t = std::time::SystemTime::now() + Duration::from_secs(days as u64 * 86_400);
