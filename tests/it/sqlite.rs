@@ -1278,6 +1278,69 @@ fn prune_raises_the_object_lock_of_kept_sqlite_snapshots() {
     );
 }
 
+/// The restore checks every page against its snapshot's group hashes (taken as the pages
+/// are written): a record that does not match the image (snapshot.json edited here, as a
+/// damaged or forged record would be) refuses the restore, naming the pages, and leaves
+/// nothing at `--to` or beside it. For a full snapshot, and for a delta whose groups mix
+/// pages of the full one and of the delta.
+#[test]
+fn a_restore_whose_pages_differ_from_their_record_is_refused() {
+    let h = Host::new(&[("app", "")], None);
+    let c = open_wal(&h.db("app"));
+    c.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    for i in 0..1000 {
+        c.execute("INSERT INTO t VALUES (?1, randomblob(1500))", [i])
+            .unwrap();
+    }
+    let full = h.snapshot("app");
+    c.execute_batch("UPDATE t SET v = randomblob(1500) WHERE x % 50 = 0")
+        .unwrap();
+    let delta = h.snapshot("app");
+    assert_eq!(delta["kind"], "delta");
+    for (snap, group) in [(&full, 1u64), (&delta, 0)] {
+        let id = snap["id"].as_str().unwrap();
+        let pages = snap["page_count"].as_u64().unwrap();
+        assert!(pages > 256, "{pages}");
+        let meta = h.archive.join(format!("sqlite/app/{id}/snapshot.json"));
+        let good = std::fs::read(&meta).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        let hash = v["group_hashes"][group as usize]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let flipped = if hash.starts_with('0') { "1" } else { "0" };
+        v["group_hashes"][group as usize] = format!("{flipped}{}", &hash[1..]).into();
+        std::fs::write(&meta, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        let to = h.dir.path().join(format!("r-{id}.db"));
+        let out = h.run(&[
+            "sqlite",
+            "restore",
+            "app",
+            "--snapshot",
+            id,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        let (first, last) = (group * 256 + 1, ((group + 1) * 256).min(pages));
+        assert!(
+            err.contains(&format!("the restored image of snapshot {id} differs from its record in pages {first} to {last}\nhint: the archive may be damaged: `lifeboat verify --full`; try an older snapshot (`lifeboat sqlite list`)\n")),
+            "{err}"
+        );
+        assert!(!to.exists());
+        let left: Vec<String> = std::fs::read_dir(h.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".lifeboat-sqlite-") || n.starts_with("r-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        std::fs::write(&meta, good).unwrap();
+        h.restore("app", id);
+    }
+}
+
 /// `YYYY-MM-DD HH:MM:SS` (UTC) `days` from now.
 fn chrono_in_days(days: i64) -> String {
     let t = std::time::SystemTime::now() + Duration::from_secs(days as u64 * 86_400);
