@@ -12,7 +12,7 @@
 #   scripts/bench.sh sqlite     # lifeboat sqlite snapshot vs sqlite3 .backup | zstd | age under a
 #                               # writer (scripts/bench-sqlite.sh; needs no PostgreSQL)
 #   scripts/bench.sh incremental # (LIFEBOAT_BENCH_MAJOR >= 17) a full backup, then 6 incremental
-#                               # ones each after updating the rows of 2% of the blocks: the first
+#                               # ones each after changing about 2% of the blocks: the first
 #                               # incremental's time and bytes vs the full's; then, cold caches,
 #                               # alternating: restore of full+6 vs restore of one full backup of
 #                               # the same cluster vs copy + pg_combinebackup of the same chain
@@ -24,7 +24,10 @@
 #      LIFEBOAT_BENCH_ROUNDS (default 2, alternating), LIFEBOAT_BENCH_DIR (default /tmp),
 #      LIFEBOAT_BENCH_KEEP (set: keep the work directory, for profiling),
 #      LIFEBOAT_BENCH_AB (stream, restore: another lifeboat binary, e.g. an older build, timed
-#      in the same rounds on the same data: an A/B of two builds on one quiet machine).
+#      in the same rounds on the same data: an A/B of two builds on one quiet machine),
+#      LIFEBOAT_BENCH_PGBACKREST (the pgbackrest binary; default: Debian's, installed if
+#      missing. Block incremental and PostgreSQL 17 need pgBackRest 2.46 or later, e.g. the
+#      binary of Debian trixie's pgbackrest package, which runs on bookworm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ "${1:-}" == sqlite ]] && exec bash scripts/bench-sqlite.sh
@@ -280,7 +283,8 @@ bench_stream_s3() {
 # The backup benchmark's dataset, lifeboat's config ($WORK/lb.toml) and pgbackrest's
 # stanza (PGBR). Sets SIZE.
 setup_dataset() {
-  command -v pgbackrest >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbackrest >/dev/null; }
+  [[ -n "${LIFEBOAT_BENCH_PGBACKREST:-}" ]] || command -v pgbackrest >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq pgbackrest >/dev/null; }
   local scale="${LIFEBOAT_BENCH_PGBENCH_SCALE:-70}" text_mb="${LIFEBOAT_BENCH_TEXT_MB:-1000}"
   echo "building the dataset: pgbench scale $scale plus ~${text_mb} MiB of random-ish text ..."
   "$BIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
@@ -302,15 +306,17 @@ setup_dataset() {
   printf '%s\n' "[global]" "repo1-path=$WORK/pgbr/repo" "repo1-cipher-type=aes-256-cbc" \
     "repo1-cipher-pass=bench-only-passphrase" "compress-type=zst" "compress-level=3" "process-max=2" \
     "log-path=$WORK/pgbr/log" "lock-path=$WORK/pgbr/spool" "spool-path=$WORK/pgbr/spool" \
-    "start-fast=y" "archive-check=n" "log-level-console=warn" "" \
+    "start-fast=y" "archive-check=n" "log-level-console=warn" ${PGBR_EXTRA:-} "" \
     "[bench]" "pg1-path=$WORK/data" "pg1-socket-path=$WORK" "pg1-port=$PORT" "pg1-user=postgres" \
     > "$WORK/pgbr/pgbackrest.conf"
   if [[ $(id -u) == 0 ]]; then chown -R lifeboat-test "$WORK/pgbr"; fi
-  PGBR=("${AS[@]}" pgbackrest --config="$WORK/pgbr/pgbackrest.conf" --stanza=bench)
+  PGBR=("${AS[@]}" "${LIFEBOAT_BENCH_PGBACKREST:-pgbackrest}" --config="$WORK/pgbr/pgbackrest.conf" --stanza=bench)
+  PGBR_OK=1
   if ! "${PGBR[@]}" stanza-create >/dev/null 2>"$WORK/pgbr.err"; then
     # The incremental benchmark can do without it (an older pgbackrest knows no 17).
     [[ -n "${PGBR_OPTIONAL:-}" ]] || { cat "$WORK/pgbr.err"; exit 1; }
     echo "note: this pgbackrest cannot serve PostgreSQL $MAJOR ($(head -1 "$WORK/pgbr.err")): no pgbackrest figures"
+    PGBR_OK=
   fi
   SIZE="$size"
 }
@@ -670,12 +676,27 @@ drop_caches() {
   [[ -n "${WARNED_CACHE:-}" ]] || { echo "note: cannot drop the page cache here: warm-cache figures" >&2; WARNED_CACHE=1; }
 }
 
-# Change 2% of the cluster's blocks: update the rows of every 50th block of the two big
-# tables (their new versions go to new blocks: about as many again).
+# Change about 2% of the cluster's blocks: update the rows of every 150th block of the two
+# big tables. Each such block changes, their new versions fill about as many new blocks,
+# and the primary key of pgbench_accounts (fillfactor 100: no HOT) takes an entry per row,
+# so about three blocks change per block updated (every 50th block changed 6.2% of them).
+# The fraction that really changed is read back from the incremental backup's index.
+CHANGE_EVERY="${LIFEBOAT_BENCH_CHANGE_EVERY:-150}"
 change_blocks() {
   local k="$1"
-  "${PSQL[@]}" -c "UPDATE text_data SET b = substr(md5(random()::text), 1, 12) WHERE ((ctid::text::point)[0])::bigint % 50 = $k" >/dev/null
-  "${PSQL[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE ((ctid::text::point)[0])::bigint % 50 = $k" >/dev/null
+  "${PSQL[@]}" -c "UPDATE text_data SET b = substr(md5(random()::text), 1, 12) WHERE ((ctid::text::point)[0])::bigint % $CHANGE_EVERY = $k" >/dev/null
+  "${PSQL[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE ((ctid::text::point)[0])::bigint % $CHANGE_EVERY = $k" >/dev/null
+}
+
+# Of backup $1's files, the share of the cluster's bytes ($2) in blocks its INCREMENTAL
+# files carry (what PostgreSQL's WAL summaries say changed), as a percentage.
+changed_pct() {
+  python3 -c '
+import json, sys
+m = json.load(open(sys.argv[1]))
+blocks = sum(len(x["incremental"]["blocks"]) for x in m["members"] if x.get("incremental"))
+print(f"{blocks * 8192 * 100 / int(sys.argv[2]):.2f}")
+' "$WORK/arch/backups/$1/backup.json" "$2"
 }
 
 bench_incremental() {
@@ -683,7 +704,8 @@ bench_incremental() {
   "${PSQL[@]}" -c "ALTER SYSTEM SET summarize_wal = on" >/dev/null
   "${PSQL[@]}" -c "ALTER SYSTEM SET wal_log_hints = on" >/dev/null
   "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w restart >/dev/null
-  PGBR_OPTIONAL=1 setup_dataset
+  # pgBackRest's block incremental (2.46+; it needs bundling) on the same work, if it can.
+  PGBR_EXTRA="repo1-bundle=y repo1-block=y" PGBR_OPTIONAL=1 setup_dataset
   cp "$LB" "$WORK/lifeboat"; LB="$WORK/lifeboat"
   chmod 644 "$WORK/id.txt" "$WORK/lb.toml"
   "${PSQL[@]}" -c "SELECT pg_create_physical_replication_slot('lifeboat', true)" >/dev/null
@@ -705,12 +727,32 @@ bench_incremental() {
   local full_t="$T" full_b="$BYTES" full_id="$ID"
   echo "lifeboat full backup:            ${T}s, stored $((BYTES / 1048576)) MiB, peak RSS $((M / 1024)) MiB"
   "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/pb0" -Fp -c fast
-  local inc_t=() inc_b=() prev=0 last_id=""
+  # pgbackrest backup --type=TYPE, timed: sets BR_T, BR_M, BR_BYTES (what the repo grew by).
+  br_backup() {
+    local before
+    before=$(du -sb "$WORK/pgbr/repo" | cut -f1)
+    drop_caches
+    /usr/bin/time -f "%e %M" -o "$WORK/t" "${PGBR[@]}" backup --type="$1" >/dev/null
+    read -r BR_T BR_M < "$WORK/t"
+    BR_BYTES=$(( $(du -sb "$WORK/pgbr/repo" | cut -f1) - before ))
+  }
+  local br_full_t="" br_full_b="" br_inc_t=() br_inc_b=()
+  if [[ -n "${PGBR_OK:-}" ]]; then
+    br_backup full; br_full_t="$BR_T"; br_full_b="$BR_BYTES"
+    echo "pgbackrest full backup (block incremental on): ${BR_T}s, stored $((BR_BYTES / 1048576)) MiB, peak RSS $((BR_M / 1024)) MiB"
+  fi
+  local inc_t=() inc_b=() inc_pct=() prev=0 last_id="" CLUSTER_BYTES
+  CLUSTER_BYTES=$("${PSQL[@]}" -c "SELECT sum(pg_database_size(datname)) FROM pg_database")
   for k in 1 2 3 4 5 6; do
     change_blocks "$k"
     lb_backup --incremental
     inc_t+=("$T"); inc_b+=("$BYTES"); last_id="$ID"
-    echo "lifeboat incremental $k (2% of blocks changed): ${T}s, stored $((BYTES / 1048576)) MiB, peak RSS $((M / 1024)) MiB"
+    inc_pct+=("$(changed_pct "$ID" "$CLUSTER_BYTES")")
+    echo "lifeboat incremental $k (${inc_pct[-1]}% of the cluster's blocks changed): ${T}s, stored $((BYTES / 1048576)) MiB, peak RSS $((M / 1024)) MiB"
+    if [[ -n "${PGBR_OK:-}" ]]; then
+      br_backup incr; br_inc_t+=("$BR_T"); br_inc_b+=("$BR_BYTES")
+      echo "pgbackrest block incremental $k:              ${BR_T}s, stored $((BR_BYTES / 1048576)) MiB, peak RSS $((BR_M / 1024)) MiB"
+    fi
     "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$WORK/pb$k" -Fp -c fast --incremental="$WORK/pb$prev/backup_manifest"
     prev=$k
   done
@@ -724,7 +766,7 @@ bench_incremental() {
   # The plain chain where an archive would hold it, copied to local disk for the combine.
   mkdir -p "$WORK/plain"; mv "$WORK"/pb[0-6] "$WORK/plain/"
 
-  local ch_t=() ch_m=() fu_t=() fu_m=() cb_t=() cp_t=()
+  local ch_t=() ch_m=() fu_t=() fu_m=() cb_t=() cp_t=() brr_t=()
   for i in $(seq 1 "$ROUNDS"); do
     rm -rf "$WORK/r"; drop_caches
     /usr/bin/time -f "%e %M" -o "$WORK/t" "$LB" --config "$WORK/lb.toml" --identity "$WORK/id.txt" -q \
@@ -746,6 +788,16 @@ bench_incremental() {
     cb_t+=("$(python3 -c "print(f'{$t2 - $t1:.2f}')")"); cp_t+=("$(python3 -c "print(f'{$t2 - $t0:.2f}')")")
     echo "round $i copy + pg_combinebackup:                 ${cp_t[-1]}s (pg_combinebackup alone ${cb_t[-1]}s)"
     rm -rf "$WORK/r" "$WORK/copy"
+    if [[ -n "${PGBR_OK:-}" ]]; then
+      # pgbackrest restore of its newest block incremental (full + 6), files only.
+      mkdir -p "$WORK/r"; chmod 700 "$WORK/r"
+      if [[ $(id -u) == 0 ]]; then chown lifeboat-test "$WORK/r"; fi
+      drop_caches
+      /usr/bin/time -f "%e %M" -o "$WORK/t" "${PGBR[@]}" restore --pg1-path="$WORK/r" --type=immediate
+      read -r t m < "$WORK/t"; brr_t+=("$t")
+      echo "round $i pgbackrest restore of full + 6 block incrementals: ${t}s, peak RSS $((m / 1024)) MiB"
+      rm -rf "$WORK/r"
+    fi
   done
   python3 -c '
 import statistics as st, sys
@@ -755,13 +807,22 @@ ch, fu, cb, cp = ([float(x) for x in a.split()] for a in sys.argv[5:9])
 rss = max(int(x) for x in (sys.argv[9] + " " + sys.argv[10]).split()) / 1024
 print(f"\nincremental benchmark, cluster {sys.argv[11]}")
 print(f"  full backup                 {ft:7.2f} s  {fb / 1048576:8.1f} MiB stored")
-print(f"  first incremental (2%)      {it[0]:7.2f} s  {ib[0] / 1048576:8.1f} MiB stored: {it[0] / ft:.1%} of the time (target <= 15%), {ib[0] / fb:.1%} of the bytes (target <= 5%)")
+print(f"  first incremental ({sys.argv[17].split()[0]}% of the blocks changed) {it[0]:7.2f} s  {ib[0] / 1048576:8.1f} MiB stored: {it[0] / ft:.1%} of the time (target <= 15%), {ib[0] / fb:.1%} of the bytes (target <= 5%)")
 print(f"  incrementals 1-6            median {st.median(it):.2f} s, {st.median(ib) / 1048576:.1f} MiB")
 print(f"restore, medians of {len(ch)} alternating rounds (cold caches where allowed)")
 print(f"  full + 6 incrementals       {st.median(ch):7.2f} s  peak RSS {rss:.1f} MiB (target <= 128 MiB)")
 print(f"  one full backup             {st.median(fu):7.2f} s  ratio chain/full {st.median([a / b for a, b in zip(ch, fu)]):.2f}x (target <= 1.3x)")
 print(f"  copy + pg_combinebackup     {st.median(cp):7.2f} s  ratio chain/it {st.median([a / b for a, b in zip(ch, cp)]):.2f}x (target <= 0.7x); pg_combinebackup alone {st.median(cb):.2f} s")
-' "$full_t" "$full_b" "${inc_t[*]}" "${inc_b[*]}" "${ch_t[*]}" "${fu_t[*]}" "${cb_t[*]}" "${cp_t[*]}" "${ch_m[*]}" "${fu_m[*]}" "$SIZE"
+if sys.argv[12]:
+    bft, bfb = float(sys.argv[12]), int(sys.argv[13])
+    bit, bib = [float(x) for x in sys.argv[14].split()], [int(x) for x in sys.argv[15].split()]
+    brr = [float(x) for x in sys.argv[16].split()]
+    print("pgBackRest block incremental on the same work (beside, not a target)")
+    print(f"  full backup                 {bft:7.2f} s  {bfb / 1048576:8.1f} MiB stored")
+    print(f"  first incremental           {bit[0]:7.2f} s  {bib[0] / 1048576:8.1f} MiB stored: {bit[0] / bft:.1%} of the time, {bib[0] / bfb:.1%} of the bytes")
+    print(f"  restore of full + 6         {st.median(brr):7.2f} s  (lifeboat/pgbackrest {st.median(ch) / st.median(brr):.2f}x)")
+' "$full_t" "$full_b" "${inc_t[*]}" "${inc_b[*]}" "${ch_t[*]}" "${fu_t[*]}" "${cb_t[*]}" "${cp_t[*]}" "${ch_m[*]}" "${fu_m[*]}" "$SIZE" \
+  "$br_full_t" "$br_full_b" "${br_inc_t[*]}" "${br_inc_b[*]}" "${brr_t[*]}" "${inc_pct[*]}"
 }
 
 case "$WHAT" in

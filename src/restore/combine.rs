@@ -20,15 +20,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::sink::Sink;
 use super::{
-    copy_to_sink, fetch_open, finish_restore, free_bytes, make_dir, make_symlink, safe_relative,
-    Algo, Hasher, PartReader, RestoreOptions, Syncer,
+    copy_to_sink, fetch_open_in, finish_restore, free_bytes, make_dir, make_symlink, safe_relative,
+    Algo, Hasher, PartBuffers, PartReader, RestoreOptions, Syncer,
 };
 use crate::archive::Archive;
 use crate::core::catalog::{BackupMeta, BackupPart};
@@ -189,6 +190,123 @@ struct Rebuilt {
     /// Its manifest name (tablespace prefix included, without `INCREMENTAL.`).
     name: String,
     len: u64,
+    /// The CRC32C of each block as written (of a zero block until then), folded into the
+    /// file's manifest checksum at the end: the file is never read back.
+    crcs: Vec<AtomicU32>,
+}
+
+/// A piece of a block cut where a backup part ends: where it was written and its CRC32C.
+struct CutPiece {
+    target: usize,
+    at: u64,
+    len: u64,
+    crc: u32,
+}
+
+/// CRC32C arithmetic on whole blocks: the manifest checksum of a rebuilt file from its
+/// blocks' CRCs, in file order, whatever order they were written in.
+struct BlockCrc {
+    /// `shift[k][b]`: the CRC32C operator "append one block of zeros" applied to `b << 8k`
+    /// (it is linear, so four lookups apply it to any CRC).
+    shift: [[u32; 256]; 4],
+    /// The CRC32C of one zero block.
+    zero: u32,
+}
+
+impl BlockCrc {
+    fn new() -> BlockCrc {
+        let mut shift = [[0u32; 256]; 4];
+        for (k, t) in shift.iter_mut().enumerate() {
+            for (b, v) in t.iter_mut().enumerate() {
+                *v = crc32c::crc32c_combine((b as u32) << (8 * k), 0, BLCKSZ as usize);
+            }
+        }
+        BlockCrc {
+            shift,
+            zero: crc32c::crc32c(&[0u8; BLCKSZ as usize]),
+        }
+    }
+
+    /// The CRC32C of `a`'s bytes followed by a block whose CRC32C is `block`.
+    fn append(&self, a: u32, block: u32) -> u32 {
+        let s = &self.shift;
+        s[0][(a & 0xff) as usize]
+            ^ s[1][((a >> 8) & 0xff) as usize]
+            ^ s[2][((a >> 16) & 0xff) as usize]
+            ^ s[3][(a >> 24) as usize]
+            ^ block
+    }
+
+    /// The CRC32C of a whole file from its blocks' CRCs.
+    fn fold(&self, crcs: &[AtomicU32]) -> u32 {
+        crcs.iter()
+            .fold(0, |a, c| self.append(a, c.load(Ordering::Relaxed)))
+    }
+
+    /// Record the CRCs of `data` written at byte `dst` of rebuilt file `target`: whole
+    /// blocks at once; a block cut where a backup part ends arrives in two pieces (from
+    /// two parts, in any order), whose CRCs are kept in `cut` and joined at the end.
+    fn record_at(
+        crcs: &[AtomicU32],
+        cut: &Mutex<Vec<CutPiece>>,
+        target: usize,
+        dst: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let end = dst + data.len() as u64;
+        let whole_from = dst.next_multiple_of(BLCKSZ).min(end);
+        let whole_to = (end / BLCKSZ * BLCKSZ).max(whole_from);
+        for (from, to) in [(dst, whole_from), (whole_to, end)] {
+            if from < to {
+                let bytes = &data[(from - dst) as usize..(to - dst) as usize];
+                cut.lock().expect("not poisoned").push(CutPiece {
+                    target,
+                    at: from,
+                    len: to - from,
+                    crc: crc32c::crc32c(bytes),
+                });
+            }
+        }
+        BlockCrc::record(
+            crcs,
+            whole_from / BLCKSZ,
+            &data[(whole_from - dst) as usize..(whole_to - dst) as usize],
+        )
+    }
+
+    /// Join the pieces of cut blocks into their blocks' CRCs.
+    fn join_cut(rebuilt: &[Rebuilt], mut cut: Vec<CutPiece>) -> Result<()> {
+        cut.sort_by_key(|c| (c.target, c.at));
+        let mut i = 0;
+        while i < cut.len() {
+            let (t, block) = (cut[i].target, cut[i].at / BLCKSZ);
+            let mut crc = 0u32;
+            let mut next = block * BLCKSZ;
+            while i < cut.len() && cut[i].target == t && cut[i].at / BLCKSZ == block {
+                if cut[i].at != next {
+                    bail!("{}: block {block} was not written whole", rebuilt[t].name);
+                }
+                crc = crc32c::crc32c_combine(crc, cut[i].crc, cut[i].len as usize);
+                next += cut[i].len;
+                i += 1;
+            }
+            if next != (block + 1) * BLCKSZ {
+                bail!("{}: block {block} was not written whole", rebuilt[t].name);
+            }
+            rebuilt[t].crcs[block as usize].store(crc, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Record the CRCs of `data` (whole blocks) as blocks `first`, `first + 1`, ...
+    fn record(crcs: &[AtomicU32], first: u64, data: &[u8]) -> Result<()> {
+        for (i, b) in data.chunks(BLCKSZ as usize).enumerate() {
+            crcs.get(first as usize + i)
+                .ok_or_else(|| anyhow!("a block past the end of its rebuilt file"))?
+                .store(crc32c::crc32c(b), Ordering::Relaxed);
+        }
+        Ok(())
+    }
 }
 
 /// What the newest backup's stream writes of one of its `INCREMENTAL.*` files: into
@@ -250,54 +368,49 @@ fn extract_newest(
                 let name = format!("{prefix}{}", rel.to_string_lossy());
                 let mut h = Hasher::new(algos.get(&name).copied().unwrap_or(Algo::None));
                 if let Some(o) = own.get(&name) {
-                    // Only its blocks the plan takes from it, at their places.
+                    // Its header first, checked against the index before anything is
+                    // written; then only the blocks the plan takes from it, at their places
+                    // (buffered: they are the few changed blocks), each block's CRC kept.
                     let t = &rebuilt[o.target];
+                    let size = entry.size();
+                    let hl = o.header.header_len();
+                    let mut head = vec![0u8; hl.min(size) as usize];
+                    entry
+                        .read_exact(&mut head)
+                        .with_context(|| format!("reading {name} from the backup"))?;
+                    h.update(&head);
+                    let got = parse_header(&head, size)
+                        .map_err(|e| anyhow!("{name}: INCREMENTAL header: {e}"))?;
+                    if got != o.header {
+                        bail!("{name}: its INCREMENTAL header differs from the one backup.json indexed\nhint: backup.json was changed or damaged after the backup (`lifeboat verify` checks every backup); restore another backup with --backup");
+                    }
                     let f = std::fs::OpenOptions::new()
                         .write(true)
                         .open(&t.path)
                         .with_context(|| format!("opening {}", t.path.display()))?;
-                    let mut head = Vec::new();
-                    let mut pos = 0u64;
+                    let mut pos = hl;
                     let mut next = 0;
-                    loop {
-                        let k = entry
-                            .read(&mut buf)
+                    let batch = buf.len() / BLCKSZ as usize * BLCKSZ as usize;
+                    while pos < size {
+                        let k = ((size - pos) as usize).min(batch);
+                        entry
+                            .read_exact(&mut buf[..k])
                             .with_context(|| format!("reading {name} from the backup"))?;
-                        if k == 0 {
-                            break;
-                        }
                         h.update(&buf[..k]);
-                        let hl = o.header.header_len();
-                        if pos < hl {
-                            head.extend_from_slice(&buf[..k.min((hl - pos) as usize)]);
-                        }
                         let end = pos + k as u64;
-                        while next < o.blocks.len() {
-                            let (src, dst) = o.blocks[next];
+                        while let Some(&(src, dst)) = o.blocks.get(next) {
                             if src >= end {
                                 break;
                             }
-                            let from = src.max(pos);
-                            let to = (src + BLCKSZ).min(end);
-                            f.write_all_at(
-                                &buf[(from - pos) as usize..(to - pos) as usize],
-                                dst + (from - src),
-                            )
-                            .with_context(|| format!("writing {}", t.path.display()))?;
-                            bytes += to - from;
-                            if src + BLCKSZ <= end {
-                                next += 1;
-                            } else {
-                                break;
-                            }
+                            let at = (src - pos) as usize;
+                            let block = &buf[at..at + BLCKSZ as usize];
+                            f.write_all_at(block, dst)
+                                .with_context(|| format!("writing {}", t.path.display()))?;
+                            BlockCrc::record(&t.crcs, dst / BLCKSZ, block)?;
+                            bytes += BLCKSZ;
+                            next += 1;
                         }
                         pos = end;
-                    }
-                    // The header streamed is the one indexed.
-                    let got = parse_header(&head, pos)
-                        .map_err(|e| anyhow!("{name}: INCREMENTAL header: {e}"))?;
-                    if got != o.header {
-                        bail!("{name}: its INCREMENTAL header differs from the one backup.json indexed");
                     }
                     seen.insert(
                         name,
@@ -358,25 +471,27 @@ fn extract_newest(
     Ok((seen, bytes, label))
 }
 
-/// Write the pieces of one fetched part of an older backup.
-fn write_pieces(plain: &[u8], pieces: &[Piece], rebuilt: &[Rebuilt]) -> Result<u64> {
-    let mut open: Option<(usize, std::fs::File)> = None;
+/// Write the pieces of one fetched part of an older backup (direct writes through the
+/// sink: these are most of the restored bytes), keeping each block's CRC.
+fn write_pieces(
+    plain: &[u8],
+    pieces: &[Piece],
+    rebuilt: &[Rebuilt],
+    sink: &Sink,
+    cut: &Mutex<Vec<CutPiece>>,
+) -> Result<u64> {
+    let mut open: Option<(usize, super::sink::BlockFile<'_>)> = None;
     let mut n = 0;
     for &(off, len, target, dst) in pieces {
         let data = plain
             .get(off as usize..(off + len) as usize)
             .ok_or_else(|| anyhow!("a part is shorter than backup.json's index says"))?;
         if open.as_ref().map(|(t, _)| *t) != Some(target) {
-            let p = &rebuilt[target].path;
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(p)
-                .with_context(|| format!("opening {}", p.display()))?;
-            open = Some((target, f));
+            open = Some((target, sink.open_blocks(&rebuilt[target].path)?));
         }
-        let (_, f) = open.as_ref().expect("opened above");
-        f.write_all_at(data, dst)
-            .with_context(|| format!("writing {}", rebuilt[target].path.display()))?;
+        let (_, f) = open.as_mut().expect("opened above");
+        f.write_at(data, dst)?;
+        BlockCrc::record_at(&rebuilt[target].crcs, cut, target, dst, data)?;
         n += len;
     }
     Ok(n)
@@ -492,6 +607,7 @@ pub(super) async fn extract_chain(
         .collect();
 
     // The rebuilt files, what the newest stream writes of each, and what older backups do.
+    let bc = BlockCrc::new();
     let mut rebuilt: Vec<Rebuilt> = Vec::new();
     let mut own: HashMap<String, OwnBlocks> = HashMap::new();
     let mut runs: Runs = BTreeMap::new();
@@ -515,6 +631,7 @@ pub(super) async fn extract_chain(
             path: dir.join(safe_relative(Path::new(&f.path))?),
             name: format!("{prefix}{}", f.path),
             len,
+            crcs: (0..blocks.len()).map(|_| AtomicU32::new(bc.zero)).collect(),
         });
         for (b, src) in blocks.iter().enumerate() {
             let BlockSource::From {
@@ -607,6 +724,7 @@ pub(super) async fn extract_chain(
         }
         let f = std::fs::File::create(&r.path)
             .with_context(|| format!("creating {}", r.path.display()))?;
+        super::sink::fallocate(&f, r.len);
         f.set_len(r.len)
             .with_context(|| format!("sizing {}", r.path.display()))?;
         f.set_permissions(std::fs::Permissions::from_mode(0o600))
@@ -658,17 +776,21 @@ pub(super) async fn extract_chain(
     let sink = Arc::new(Sink::new(opts.sync_method, &opts.pgdata, true)?);
     let mut feeds = HashMap::new();
     let mut extractors = Vec::new();
+    let cut: Arc<Mutex<Vec<CutPiece>>> = Arc::default();
+    // Part buffers, reused (as in a plain restore).
+    let pool = PartBuffers::new(opts.jobs.max(1) + 2 * dests.len());
     for (tar, oid, dir) in dests {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
         feeds.insert(tar.clone(), tx);
         let dir = dir.clone();
         let prefix = oid.map(|o| format!("pg_tblspc/{o}/")).unwrap_or_default();
         let (algos, own, rebuilt) = (algos.clone(), own.clone(), rebuilt.clone());
         let tar_name = tar.clone();
         let sink = sink.clone();
+        let plain = pool.plain.clone();
         extractors.push(tokio::task::spawn_blocking(move || {
             extract_newest(
-                PartReader::new(rx),
+                PartReader::pooled(rx, plain),
                 &dir,
                 &prefix,
                 &algos,
@@ -686,14 +808,16 @@ pub(super) async fn extract_chain(
         let sem = sem.clone();
         let mirror = archive.mirror.clone();
         let opener = opener.clone();
+        let pool = pool.clone();
         tokio::spawn(async move {
             for j in jobs {
                 let permit = sem.clone().acquire_owned().await.expect("semaphore open");
                 let mirror = mirror.clone();
                 let opener = opener.clone();
+                let pool = pool.clone();
                 let h = tokio::spawn(async move {
                     let a = Archive { mirror };
-                    let r = fetch_open(&a, &opener, j.part()).await;
+                    let r = fetch_open_in(&a, &opener, j.part(), Some(&pool)).await;
                     (j, r, permit)
                 });
                 if htx.send(h).is_err() {
@@ -709,6 +833,7 @@ pub(super) async fn extract_chain(
     let mut writers = Vec::new();
     let mut fetch_done = Duration::ZERO;
     let mut failed: Option<anyhow::Error> = None;
+    let mut feed_err: Option<anyhow::Error> = None;
     while let Some(h) = hrx.recv().await {
         let (job, r, permit) = h.await.map_err(|e| anyhow!("fetch task failed: {e}"))?;
         let plain = match r {
@@ -723,17 +848,21 @@ pub(super) async fn extract_chain(
             Job::Stream(p) => {
                 let tx = feeds.get(&p.tar).expect("tar has a feed");
                 if tx.send(plain).await.is_err() {
-                    failed = Some(anyhow!("extraction stopped before {}", p.key));
+                    // The extractor stopped: its error, collected below, is the cause.
+                    feed_err = Some(anyhow!("extraction stopped before {}", p.key));
                     break;
                 }
                 drop(permit);
             }
             Job::Pieces(p, pieces) => {
-                let rebuilt = rebuilt.clone();
+                let (rebuilt, sink, back) = (rebuilt.clone(), sink.clone(), pool.plain.clone());
+                let cut = cut.clone();
                 writers.push(tokio::task::spawn_blocking(move || {
                     let _permit = permit;
-                    write_pieces(&plain, &pieces, &rebuilt)
-                        .with_context(|| format!("writing blocks from {}", p.key))
+                    let r = write_pieces(&plain, &pieces, &rebuilt, &sink, &cut)
+                        .with_context(|| format!("writing blocks from {}", p.key));
+                    back.give(plain);
+                    r
                 }));
             }
         }
@@ -767,7 +896,7 @@ pub(super) async fn extract_chain(
             }
         }
     }
-    if let Some(e) = first_err {
+    if let Some(e) = first_err.or(feed_err) {
         let _ = tokio::task::spawn_blocking(move || sync.finish()).await;
         return Err(e);
     }
@@ -802,58 +931,27 @@ pub(super) async fn extract_chain(
         );
     }
 
-    // The rebuilt files' checksums (read back, on two threads), then their fsync.
+    // The rebuilt files' checksums, folded from their blocks' CRCs (the files are not
+    // read back), then their fsync.
+    let cut = std::mem::take(&mut *cut.lock().expect("not poisoned"));
+    BlockCrc::join_cut(&rebuilt, cut)?;
     let sums: Vec<String> = {
-        let rebuilt = rebuilt.clone();
-        let syncer = sync.syncer.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-            let n = rebuilt.len();
-            let half = n / 2;
-            let one = |range: std::ops::Range<usize>| -> Result<Vec<String>> {
-                let mut buf = vec![0u8; 1 << 20];
-                let mut out = Vec::new();
-                for r in &rebuilt[range] {
-                    let mut f = std::fs::File::open(&r.path)
-                        .with_context(|| format!("opening {}", r.path.display()))?;
-                    let mut h = Hasher::new(Algo::Crc32c);
-                    let mut len = 0u64;
-                    loop {
-                        let k = f
-                            .read(&mut buf)
-                            .with_context(|| format!("reading {}", r.path.display()))?;
-                        if k == 0 {
-                            break;
-                        }
-                        h.update(&buf[..k]);
-                        len += k as u64;
-                    }
-                    if len != r.len {
-                        bail!(
-                            "{}: {len} bytes after combining, expected {}",
-                            r.name,
-                            r.len
-                        );
-                    }
-                    out.push(h.hex());
-                    let w = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&r.path)
-                        .with_context(|| format!("opening {}", r.path.display()))?;
-                    syncer.sync(w, r.path.clone());
-                }
-                Ok(out)
-            };
-            let (a, b) = std::thread::scope(|s| {
-                let t = s.spawn(|| one(half..n));
-                let a = one(0..half);
-                (a, t.join().expect("checksum thread"))
-            });
-            let mut a = a?;
-            a.extend(b?);
-            Ok(a)
-        })
-        .await
-        .map_err(|e| anyhow!("checksum task failed: {e}"))??
+        let mut out = Vec::with_capacity(rebuilt.len());
+        for r in rebuilt.iter() {
+            out.push(
+                bc.fold(&r.crcs)
+                    .to_le_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            );
+            let w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&r.path)
+                .with_context(|| format!("opening {}", r.path.display()))?;
+            sync.syncer.sync(w, r.path.clone());
+        }
+        out
     };
     let sum_of: HashMap<&str, (&Rebuilt, &String)> = rebuilt
         .iter()
@@ -896,6 +994,74 @@ pub(super) async fn extract_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file's CRC32C folded from its blocks' CRCs, recorded in any order, is the CRC32C
+    /// of the file; unwritten blocks count as zeros.
+    #[test]
+    fn block_crcs_fold_into_the_files_crc32c() {
+        let bc = BlockCrc::new();
+        let n = 37usize;
+        let mut file = vec![0u8; n * BLCKSZ as usize];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for b in file.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        // blocks 3 and 20 are never written: zeros
+        for z in [3usize, 20] {
+            file[z * BLCKSZ as usize..(z + 1) * BLCKSZ as usize].fill(0);
+        }
+        let crcs: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(bc.zero)).collect();
+        let bs = BLCKSZ as usize;
+        // written backwards, as runs of 1 to 3 blocks
+        let mut i = n;
+        while i > 0 {
+            let len = (i % 3 + 1).min(i);
+            let first = i - len;
+            if first != 3 && first != 20 && i - 1 != 3 && i - 1 != 20 {
+                BlockCrc::record(&crcs, first as u64, &file[first * bs..i * bs]).unwrap();
+            } else {
+                for b in first..i {
+                    if b != 3 && b != 20 {
+                        BlockCrc::record(&crcs, b as u64, &file[b * bs..(b + 1) * bs]).unwrap();
+                    }
+                }
+            }
+            i = first;
+        }
+        assert_eq!(bc.fold(&crcs), crc32c::crc32c(&file));
+        assert_eq!(bc.fold(&[]), crc32c::crc32c(b""));
+        assert!(BlockCrc::record(&crcs, n as u64, &file[..bs]).is_err());
+    }
+
+    /// Runs cut at arbitrary bytes (where backup parts end), recorded in any order, give
+    /// the same file CRC; a block left half written is an error.
+    #[test]
+    fn cut_blocks_join_into_their_crcs() {
+        let bc = BlockCrc::new();
+        let bs = BLCKSZ as usize;
+        let file: Vec<u8> = (0..6 * bs).map(|i| (i * 7 % 251) as u8).collect();
+        let rebuilt = vec![Rebuilt {
+            path: PathBuf::from("x"),
+            name: "base/5/16384".into(),
+            len: file.len() as u64,
+            crcs: (0..6).map(|_| AtomicU32::new(bc.zero)).collect(),
+        }];
+        let cut = Mutex::new(Vec::new());
+        // pieces [0, 5000), [5000, 3 blocks + 17), [3 blocks + 17, 6 blocks), last first
+        let at = [0, 5000, 3 * bs + 17, 6 * bs];
+        for w in at.windows(2).rev() {
+            BlockCrc::record_at(&rebuilt[0].crcs, &cut, 0, w[0] as u64, &file[w[0]..w[1]]).unwrap();
+        }
+        BlockCrc::join_cut(&rebuilt, cut.into_inner().unwrap()).unwrap();
+        assert_eq!(bc.fold(&rebuilt[0].crcs), crc32c::crc32c(&file));
+        let half = Mutex::new(Vec::new());
+        BlockCrc::record_at(&rebuilt[0].crcs, &half, 0, 0, &file[..5000]).unwrap();
+        let e = BlockCrc::join_cut(&rebuilt, half.into_inner().unwrap()).unwrap_err();
+        assert_eq!(e.to_string(), "base/5/16384: block 0 was not written whole");
+    }
 
     #[test]
     fn label_loses_its_incremental_lines_only() {

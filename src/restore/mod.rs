@@ -29,7 +29,7 @@ use crate::archive::Archive;
 use crate::core::catalog::{ArchiveMeta, BackupMeta, BackupPart, WalInventory};
 use crate::core::fmt;
 use crate::core::plan::{self, Inventory, ParsedTime, Plan, Target, TimelineChoice, Timestamp};
-use crate::pipeline::{self, Opener};
+use crate::pipeline::{self, BufPool, Opener};
 
 /// `recovery_target_action`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -171,9 +171,39 @@ pub async fn fetch_open(
     opener: &Arc<Opener>,
     part: &BackupPart,
 ) -> Result<Vec<u8>> {
+    fetch_open_in(archive, opener, part, None).await
+}
+
+/// Reused buffers of a restore's fetchers: `plain` for opened parts (given back by whoever
+/// consumes them, e.g. a [`PartReader`] made with it), `scratch` for their compressed
+/// bytes between decryption and decompression (given back at once).
+#[derive(Clone)]
+pub struct PartBuffers {
+    pub plain: BufPool,
+    pub scratch: BufPool,
+}
+
+impl PartBuffers {
+    /// Pools that keep `n` buffers of each kind.
+    pub fn new(n: usize) -> PartBuffers {
+        PartBuffers {
+            plain: BufPool::new(n),
+            scratch: BufPool::new(n),
+        }
+    }
+}
+
+/// [`fetch_open`] into buffers from `pool`.
+pub async fn fetch_open_in(
+    archive: &Archive,
+    opener: &Arc<Opener>,
+    part: &BackupPart,
+    pool: Option<&PartBuffers>,
+) -> Result<Vec<u8>> {
     let accept = |stored: bytes::Bytes| {
         let op = opener.clone();
         let want = part.clone();
+        let pool = pool.cloned();
         async move {
             tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
                 let c = pipeline::check(&stored).map_err(|e| e.to_string())?;
@@ -186,7 +216,19 @@ pub async fn fetch_open(
                         want.stored_len
                     ));
                 }
-                let plain = op.open(&stored).map_err(|e| e.to_string())?;
+                let take = |p: Option<&BufPool>, n: u64| {
+                    p.map(|p| p.take(n.min(1 << 30) as usize))
+                        .unwrap_or_default()
+                };
+                let mut scratch = take(pool.as_ref().map(|p| &p.scratch), stored.len() as u64);
+                let buf = take(pool.as_ref().map(|p| &p.plain), want.plain_len);
+                let plain = op
+                    .open_in(&stored, buf, &mut scratch)
+                    .map_err(|e| e.to_string());
+                if let Some(p) = &pool {
+                    p.scratch.give(scratch);
+                }
+                let plain = plain?;
                 if plain.len() as u64 != want.plain_len {
                     return Err(format!("decrypts to {} bytes, backup.json says {}", plain.len(), want.plain_len));
                 }
@@ -658,6 +700,8 @@ pub struct PartReader {
     rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    /// Where a part's buffer goes once read (for the fetchers to fill again).
+    pool: Option<BufPool>,
 }
 
 impl PartReader {
@@ -666,6 +710,15 @@ impl PartReader {
             rx,
             cur: Vec::new(),
             pos: 0,
+            pool: None,
+        }
+    }
+
+    /// A reader that gives each part's buffer back to `pool` when it is done with it.
+    pub fn pooled(rx: tokio::sync::mpsc::Receiver<Vec<u8>>, pool: BufPool) -> PartReader {
+        PartReader {
+            pool: Some(pool),
+            ..PartReader::new(rx)
         }
     }
 }
@@ -675,7 +728,10 @@ impl Read for PartReader {
         while self.pos == self.cur.len() {
             match self.rx.blocking_recv() {
                 Some(v) => {
-                    self.cur = v;
+                    let done = std::mem::replace(&mut self.cur, v);
+                    if let Some(p) = &self.pool {
+                        p.give(done);
+                    }
                     self.pos = 0;
                 }
                 None => return Ok(0),
@@ -1141,21 +1197,21 @@ async fn extract_all(
     let sink = Arc::new(sink::Sink::new(opts.sync_method, &opts.pgdata, true)?);
     let mut feeds = HashMap::new();
     let mut extractors = Vec::new();
+    // Part buffers, reused: as many as can be alive at once (fetched or fetching, queued
+    // for an extractor, being read) are kept.
+    let pool = PartBuffers::new(jobs + 2 * dests.len());
     for (tar, oid, dir) in dests {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
         feeds.insert(tar.clone(), tx);
         let dir = dir.clone();
         let prefix = oid.map(|o| format!("pg_tblspc/{o}/")).unwrap_or_default();
         let algos = algos.clone();
         let tar_name = tar.clone();
         let sink = sink.clone();
+        let pool = pool.clone();
         extractors.push(tokio::task::spawn_blocking(move || {
             extract_tar(
-                PartReader {
-                    rx,
-                    cur: Vec::new(),
-                    pos: 0,
-                },
+                PartReader::pooled(rx, pool.plain),
                 &dir,
                 &prefix,
                 &algos,
@@ -1187,6 +1243,7 @@ async fn extract_all(
     let (htx, mut hrx) = tokio::sync::mpsc::unbounded_channel();
     let driver = {
         let parts = parts.clone();
+        let pool = pool.clone();
         let sem = sem.clone();
         let archive_mirror = archive.mirror.clone();
         let opener = opener.clone();
@@ -1195,9 +1252,10 @@ async fn extract_all(
                 let permit = sem.clone().acquire_owned().await.expect("semaphore open");
                 let mirror = archive_mirror.clone();
                 let opener = opener.clone();
+                let pool = pool.clone();
                 let h = tokio::spawn(async move {
                     let a = Archive { mirror };
-                    let r = fetch_open(&a, &opener, &p).await;
+                    let r = fetch_open_in(&a, &opener, &p, Some(&pool)).await;
                     (p, r, permit)
                 });
                 if htx.send(h).is_err() {

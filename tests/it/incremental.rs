@@ -232,6 +232,44 @@ fn chain(major: u32) {
         )),
         "{text}"
     );
+    // A corrupt INCREMENTAL header in the index (backup.json is plain JSON; here its
+    // truncation length for one file is changed): the streamed header disagrees, and the
+    // restore refuses it by name.
+    let meta_path = lb.archive.join(format!("backups/{inc2_id}/backup.json"));
+    let good = std::fs::read(&meta_path).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let m = meta["members"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| {
+            m["incremental"]["blocks"]
+                .as_array()
+                .is_some_and(|b| !b.is_empty())
+        })
+        .expect("an INCREMENTAL file with blocks");
+    let bad_path = m["path"].as_str().unwrap().to_string();
+    let t = m["incremental"]["truncation_block_length"]
+        .as_u64()
+        .unwrap();
+    m["incremental"]["truncation_block_length"] = (t + 1).into();
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let bad_target = pg_tempdir("lbincr-");
+    let (out, _) = crate::restore::restore(
+        &lb,
+        major,
+        bad_target.path(),
+        &["--backup", &inc2_id, "--target-immediate"],
+    );
+    assert!(!out.status.success(), "{}", stderr_of(&out));
+    let e = first_error_line(&out);
+    assert!(
+        e.contains(&format!("{bad_path}: its INCREMENTAL header differs from the one backup.json indexed\nhint: backup.json was changed or damaged after the backup")),
+        "{e}"
+    );
+    std::fs::write(&meta_path, &good).unwrap();
+    drop(bad_target);
+
     // lifeboat restores the chain (at its length cap) itself.
     let (out, restored) = crate::restore::restore(
         &lb,
