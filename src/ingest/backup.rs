@@ -729,50 +729,62 @@ async fn stream_backup(
     let mut end = None;
     let mut index: Option<TarIndexer> = None;
     let mut members: Vec<TarMember> = Vec::new();
-    while let Some(ev) = bb.next().await? {
-        match ev {
-            Event::Archive {
-                name,
-                tablespace_oid,
-                location,
-            } => {
-                if !tablespaces.iter().any(|t| t.tar == name) {
-                    tablespaces.push(BackupTablespace {
-                        oid: tablespace_oid,
-                        location,
-                        tar: name.clone(),
-                    });
-                }
-                tars.push(name.clone());
-                if let Some(ix) = index.replace(TarIndexer::new(name.clone())) {
-                    members.extend(ix.finish());
-                }
-                writer.begin_tar(name).await?;
-            }
-            Event::Data(d) => match manifest.as_mut() {
-                Some(m) => m.extend_from_slice(&d),
-                None => {
-                    progress.add(d.len() as u64);
-                    if let Some(ix) = index.as_mut() {
-                        ix.push(&d)?;
+    let received: Result<()> = async {
+        while let Some(ev) = bb.next().await? {
+            match ev {
+                Event::Archive {
+                    name,
+                    tablespace_oid,
+                    location,
+                } => {
+                    if !tablespaces.iter().any(|t| t.tar == name) {
+                        tablespaces.push(BackupTablespace {
+                            oid: tablespace_oid,
+                            location,
+                            tar: name.clone(),
+                        });
                     }
-                    writer.push(&d).await?;
+                    tars.push(name.clone());
+                    if let Some(ix) = index.replace(TarIndexer::new(name.clone())) {
+                        members.extend(ix.finish());
+                    }
+                    writer.begin_tar(name).await?;
                 }
-            },
-            Event::Progress(_) => {}
-            Event::ManifestStart => {
-                if let Some(ix) = index.take() {
-                    members.extend(ix.finish());
+                Event::Data(d) => match manifest.as_mut() {
+                    Some(m) => m.extend_from_slice(&d),
+                    None => {
+                        progress.add(d.len() as u64);
+                        if let Some(ix) = index.as_mut() {
+                            ix.push(&d)?;
+                        }
+                        writer.push(&d).await?;
+                    }
+                },
+                Event::Progress(_) => {}
+                Event::ManifestStart => {
+                    if let Some(ix) = index.take() {
+                        members.extend(ix.finish());
+                    }
+                    writer.end_tar().await?;
+                    manifest = Some(Vec::new());
                 }
-                writer.end_tar().await?;
-                manifest = Some(Vec::new());
+                Event::End { end_lsn, timeline } => end = Some((end_lsn, timeline)),
             }
-            Event::End { end_lsn, timeline } => end = Some((end_lsn, timeline)),
         }
+        Ok(())
     }
+    .await;
     progress.finish();
-    let (end_lsn, end_tli) =
-        end.ok_or_else(|| anyhow!("the backup ended without an end position"))?;
+    let received = received
+        .and_then(|()| end.ok_or_else(|| anyhow!("the backup ended without an end position")));
+    let (end_lsn, end_tli) = match received {
+        Ok(e) => e,
+        Err(e) => {
+            // The parts on their way land before the caller's cleanup removes them.
+            writer.settle().await;
+            return Err(e);
+        }
+    };
     let parts = writer.finish(&tars).await?;
     let manifest = manifest.ok_or_else(|| anyhow!("the server sent no backup manifest"))?;
     let key = catalog::backup_manifest_key(id);

@@ -280,7 +280,7 @@ pub async fn run(cfg: &Config, opts: &DumpOptions) -> Result<DumpMeta> {
     let (streams, globals) = match result {
         Ok(r) => r,
         Err(e) => {
-            drop(writer);
+            writer.settle().await;
             cleanup(&archive.mirror, &id).await;
             return Err(e);
         }

@@ -169,6 +169,15 @@ impl PartWriter {
         Ok(())
     }
 
+    /// After a failure: wait until every part task has ended (stored or failed), so that
+    /// nothing lands after the caller removes what was written. Dropping the writer instead
+    /// would abort the tasks at their next await, but a part already handed to a blocking
+    /// write would still land, after the cleanup had listed the prefix.
+    pub async fn settle(mut self) {
+        self.cur = None;
+        while self.tasks.join_next().await.is_some() {}
+    }
+
     /// Wait for every part; returns them in (tar order of `tars`, seq) order.
     pub async fn finish(mut self, tars: &[String]) -> Result<Vec<BackupPart>> {
         self.end_tar().await?;

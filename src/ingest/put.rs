@@ -118,7 +118,10 @@ pub async fn run(cfg: &Config, name: &str, source: Source) -> Result<ExportMeta>
     let streamed = stream(&mut writer, source).await;
     let parts = match streamed {
         Ok(()) => writer.finish(&[catalog::EXPORT_STREAM.to_string()]).await,
-        Err(e) => Err(e),
+        Err(e) => {
+            writer.settle().await;
+            Err(e)
+        }
     };
     let parts = match parts {
         Ok(p) => p,
