@@ -229,8 +229,36 @@ for v in 0.5 0.3; do
   RSS=$(awk '/VmHWM/ {print $2}' "/proc/$LSP/status" 2>/dev/null || echo 0)
   kill "$LSP" 2>/dev/null || true; wait "$LSP" 2>/dev/null || true
   echo "litestream $v replicate peak RSS $((RSS / 1024)) MiB"
-  /usr/bin/time -f "%e %M" -o "$WORK/time" "$bin" restore -config "$WORK/ls-$v.yml" -o "$WORK/ls-$v-restored.db" "$LDB" > "$WORK/ls-$v-restore.log" 2>&1 || { echo "litestream $v restore failed: $(tail -3 "$WORK/ls-$v-restore.log")"; continue; }
-  read -r LSECS LRSS < "$WORK/time"
-  echo "litestream $v restore: ${LSECS}s, peak RSS $((LRSS / 1024)) MiB, integrity_check $(sqlite3 "$WORK/ls-$v-restored.db" 'PRAGMA quick_check' | head -1); lifeboat's restore takes $(python3 -c "print(f'{$RSECS/$LSECS:.2f}')")x its time"
-  rm -rf "$LDB" "$LDB-wal" "$LDB-shm" "$REP" "$WORK/ls-$v-restored.db"
+  rm -f "$LDB-wal" "$LDB-shm"
 done
+
+# Restores side by side: 3 alternating rounds, cold caches (as on a host restoring after a
+# loss): lifeboat's chain of 2 (every page hash, integrity_check, fsync) and each
+# Litestream's replica of its copy.
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+declare -A RT=()
+for round in 1 2 3; do
+  rm -f "$WORK/restored.db"; drop_caches
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "$LB" --config "$WORK/lifeboat.toml" --identity "$WORK/key.txt" -q sqlite restore app --to "$WORK/restored.db" >/dev/null
+  read -r t m < "$WORK/time"; RT[lb]+="$t "
+  echo "round $round lifeboat sqlite restore: ${t}s, peak RSS $((m / 1024)) MiB"
+  for v in 0.5 0.3; do
+    bin=$([[ $v == 0.5 ]] && echo "$LS05" || echo "$LS03")
+    rm -f "$WORK/ls-$v-restored.db"; drop_caches
+    if ! /usr/bin/time -f "%e %M" -o "$WORK/time" "$bin" restore -config "$WORK/ls-$v.yml" -o "$WORK/ls-$v-restored.db" "$WORK/ls-$v.db" > "$WORK/ls-$v-restore.log" 2>&1; then
+      echo "round $round litestream $v restore failed: $(tail -3 "$WORK/ls-$v-restore.log")"; continue
+    fi
+    read -r t m < "$WORK/time"; RT[$v]+="$t "
+    echo "round $round litestream $v restore: ${t}s, peak RSS $((m / 1024)) MiB, quick_check $(sqlite3 "$WORK/ls-$v-restored.db" 'PRAGMA quick_check' | head -1)"
+  done
+done
+python3 - "${RT[lb]}" "${RT[0.5]:-}" "${RT[0.3]:-}" <<'EOF'
+import statistics as st, sys
+lb = [float(x) for x in sys.argv[1].split()]
+print(f"restore, medians of {len(lb)} alternating rounds (cold caches): lifeboat {st.median(lb):.2f} s [best {min(lb):.2f}]")
+for v, a in (("0.5.17", sys.argv[2]), ("0.3.13", sys.argv[3])):
+    ls = [float(x) for x in a.split()]
+    if len(ls) == len(lb):
+        r = [x / y for x, y in zip(lb, ls)]
+        print(f"  Litestream {v}: {st.median(ls):.2f} s; lifeboat/Litestream per round: median {st.median(r):.2f}x, best {min(r):.2f}x" + (" (target <= 0.5x)" if v == "0.5.17" else ""))
+EOF
