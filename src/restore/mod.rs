@@ -957,14 +957,14 @@ fn copy_to_sink(
     let mut f = sink.create(path, size, 0o600 | (mode & 0o040))?;
     let mut n = 0u64;
     loop {
-        let k = r
-            .read(buf)
+        // Straight into the sink's aligned buffer where it writes direct.
+        let got = f
+            .fill_from(r, buf, &mut |b| h.update(b))
             .with_context(|| format!("reading {name} from the backup"))?;
+        let k = f.filled(got, buf)?;
         if k == 0 {
             break;
         }
-        h.update(&buf[..k]);
-        f.write(&buf[..k])?;
         n += k as u64;
     }
     f.finish()?;
