@@ -307,22 +307,13 @@ pub fn plan_copies(
             continue;
         }
         match meta {
-            Some(meta) => {
-                // Marker first: a crash after it leaves parts that read as a leftover.
-                let m = objects.iter().find(|l| &l.key == meta).expect("listed");
-                delete.push(Deletion {
-                    key: meta.clone(),
-                    size: m.size,
-                    why: Why::ExpiredCopy,
-                });
-                for l in objects.iter().filter(|l| &l.key != meta) {
-                    delete.push(Deletion {
-                        key: l.key.clone(),
-                        size: l.size,
-                        why: Why::ExpiredCopyPart,
-                    });
-                }
-            }
+            Some(meta) => delete_set(
+                &mut delete,
+                objects.iter().copied(),
+                meta,
+                Why::ExpiredCopy,
+                Why::ExpiredCopyPart,
+            ),
             None => {
                 // Never committed here: a leftover once nothing of it is recent, unless a
                 // marker exists on another provider (then it is a copy to repair, not junk).
@@ -332,18 +323,8 @@ pub fn plan_copies(
                     catalog::export_meta_key(set.trim_start_matches("exports/"), id)
                 };
                 let newest = objects.iter().filter_map(|l| l.modified).max();
-                let started = backup_id_time(id);
-                if !committed.contains(&marker)
-                    && started.is_some_and(|t| t <= grace_start)
-                    && newest.map_or(true, |w| w <= grace_start)
-                {
-                    for l in objects {
-                        delete.push(Deletion {
-                            key: l.key.clone(),
-                            size: l.size,
-                            why: Why::Interrupted,
-                        });
-                    }
+                if !committed.contains(&marker) && interrupted(id, newest, grace_start) {
+                    delete.extend(objects.iter().map(|l| deletion(l, Why::Interrupted)));
                 }
             }
         }
@@ -484,20 +465,13 @@ pub fn plan_sqlite(
     let mut delete = Vec::new();
     for ((name, id), (_, objects)) in expired {
         let marker = crate::core::sqlite::snapshot_meta_key(name, id);
-        for l in objects.iter().filter(|l| l.key == marker) {
-            delete.push(Deletion {
-                key: l.key.clone(),
-                size: l.size,
-                why: Why::ExpiredCopy,
-            });
-        }
-        for l in objects.iter().filter(|l| l.key != marker) {
-            delete.push(Deletion {
-                key: l.key.clone(),
-                size: l.size,
-                why: Why::ExpiredCopyPart,
-            });
-        }
+        delete_set(
+            &mut delete,
+            objects.iter().copied(),
+            &marker,
+            Why::ExpiredCopy,
+            Why::ExpiredCopyPart,
+        );
     }
     // Never committed here, nor anywhere: a leftover once nothing of it is recent.
     for ((name, id), (marker, objects)) in &groups {
@@ -505,16 +479,8 @@ pub fn plan_sqlite(
             continue;
         }
         let newest = objects.iter().filter_map(|l| l.modified).max();
-        if backup_id_time(id).is_some_and(|t| t <= grace_start)
-            && newest.map_or(true, |w| w <= grace_start)
-        {
-            for l in objects {
-                delete.push(Deletion {
-                    key: l.key.clone(),
-                    size: l.size,
-                    why: Why::Interrupted,
-                });
-            }
+        if interrupted(id, newest, grace_start) {
+            delete.extend(objects.iter().map(|l| deletion(l, Why::Interrupted)));
         }
     }
     (kept.into_values().collect(), delete)
@@ -566,6 +532,44 @@ pub(crate) fn add_months(first: i64, months: u32) -> i64 {
     let (y, m, _) = civil_from_days(first);
     let total = y * 12 + (m - 1) + i64::from(months);
     days_from_civil(total.div_euclid(12), total.rem_euclid(12) + 1, 1)
+}
+
+/// `l` deleted for `why`.
+fn deletion(l: &Listed, why: Why) -> Deletion {
+    Deletion {
+        key: l.key.clone(),
+        size: l.size,
+        why,
+    }
+}
+
+/// Delete a committed set's objects: its marker `marker` first (for `first`; a crash after
+/// it leaves parts that read as a leftover), then the others (for `rest`), in order.
+fn delete_set<'a>(
+    delete: &mut Vec<Deletion>,
+    objects: impl Iterator<Item = &'a Listed> + Clone,
+    marker: &str,
+    first: Why,
+    rest: Why,
+) {
+    delete.extend(
+        objects
+            .clone()
+            .filter(|l| l.key == marker)
+            .map(|l| deletion(l, first)),
+    );
+    delete.extend(
+        objects
+            .filter(|l| l.key != marker)
+            .map(|l| deletion(l, rest)),
+    );
+}
+
+/// Whether a set that never committed is the leftover of an interrupted run: started (by
+/// its id) and last written (`newest`, unknown counts as old) before the grace period.
+fn interrupted(id: &str, newest: Option<Timestamp>, grace_start: Timestamp) -> bool {
+    backup_id_time(id).is_some_and(|t| t <= grace_start)
+        && newest.map_or(true, |w| w <= grace_start)
 }
 
 /// The UTC start time encoded in a backup id (`YYYYMMDDTHHMMSSZ[-N]`).
@@ -817,26 +821,18 @@ pub fn plan_provider<'a>(
         for b in gone {
             let prefix = catalog::backup_prefix(&b.id);
             let meta = catalog::backup_meta_key(&b.id);
-            if let Some(l) = find(&meta) {
-                delete.push(Deletion {
-                    key: meta.clone(),
-                    size: l.size,
-                    why: Why::ExpiredBackup,
-                });
-            }
             // The listing is sorted by key: the backup's objects are one run of it.
             let from = listing.partition_point(|l| l.key.as_str() < prefix.as_str());
-            for l in listing[from..]
+            let objects = listing[from..]
                 .iter()
-                .take_while(|l| l.key.starts_with(&prefix))
-                .filter(|l| l.key != meta)
-            {
-                delete.push(Deletion {
-                    key: l.key.clone(),
-                    size: l.size,
-                    why: Why::ExpiredPart,
-                });
-            }
+                .take_while(|l| l.key.starts_with(&prefix));
+            delete_set(
+                &mut delete,
+                objects,
+                &meta,
+                Why::ExpiredBackup,
+                Why::ExpiredPart,
+            );
         }
     }
     // Leftovers of backups that never committed (no backup.json on any provider). A backup
@@ -868,14 +864,9 @@ pub fn plan_provider<'a>(
         if committed.contains(id) || has(&catalog::backup_meta_key(id)) {
             continue;
         }
-        let started = backup_id_time(id);
         let written = newest_write.get(id).copied().flatten();
-        if started.is_some_and(|t| t <= grace_start) && written.map_or(true, |w| w <= grace_start) {
-            delete.push(Deletion {
-                key: l.key.clone(),
-                size: l.size,
-                why: Why::Interrupted,
-            });
+        if interrupted(id, written, grace_start) {
+            delete.push(deletion(l, Why::Interrupted));
         }
     }
     // WAL: what nothing kept needs (only with an anchor), and superseded parts before it;
