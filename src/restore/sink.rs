@@ -136,6 +136,27 @@ impl Shared {
         }
     }
 
+    /// Write `data` (aligned) at `at` of `f`, opened with `O_DIRECT`. A refusal (`EINVAL`,
+    /// or the fault injection) turns direct writes off for the restore, clears `O_DIRECT`
+    /// on `f` and writes the same bytes buffered; `Ok(false)` says so.
+    fn write_direct_at(&self, f: &std::fs::File, data: &[u8], at: u64) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let r = if self.fault() {
+            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+        } else {
+            f.write_all_at(data, at)
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.refused(&e);
+                clear_direct(f).and_then(|_| f.write_all_at(data, at))?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether the fault injection refuses this direct write.
     fn fault(&self) -> bool {
         let mut left = self.fault_after.load(Ordering::Relaxed);
@@ -187,23 +208,11 @@ struct Job {
 /// Write jobs until the channel closes. A refusal (`EINVAL`) clears `O_DIRECT` on that
 /// file and writes the same bytes buffered.
 fn writer(shared: Arc<Shared>, rx: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>) {
-    use std::os::unix::fs::FileExt;
     loop {
         let next = rx.lock().expect("not poisoned").recv();
         let Ok(job) = next else { return };
         let data = &job.buf.as_ref()[..job.len];
-        let res = if shared.fault() {
-            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
-        } else {
-            job.f.write_all_at(data, job.at)
-        };
-        let res = match res {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                shared.refused(&e);
-                clear_direct(&job.f).and_then(|_| job.f.write_all_at(data, job.at))
-            }
-            r => r,
-        };
+        let res = shared.write_direct_at(&job.f, data, job.at).map(|_| ());
         let Job {
             f, buf, pending, ..
         } = job;
@@ -469,28 +478,21 @@ impl BlockFile<'_> {
 
     /// Write whole [`ALIGN`] multiples at an aligned offset through a pooled buffer.
     fn write_direct(&mut self, data: &[u8], at: u64) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         let mut buf = self.sink.shared.take_buf();
         let mut res = Ok(());
         for (i, chunk) in data.chunks(CHUNK).enumerate() {
-            let pos = at + (i * CHUNK) as u64;
             let b = &mut buf.as_mut()[..chunk.len()];
             b.copy_from_slice(chunk);
-            let r = if self.sink.shared.fault() {
-                Err(std::io::Error::from_raw_os_error(libc::EINVAL))
-            } else {
-                self.f.write_all_at(b, pos)
-            };
-            res = match r {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.sink.shared.refused(&e);
-                    self.direct = false;
-                    clear_direct(&self.f).and_then(|_| self.f.write_all_at(chunk, pos))
+            match self
+                .sink
+                .shared
+                .write_direct_at(&self.f, b, at + (i * CHUNK) as u64)
+            {
+                Ok(direct) => self.direct &= direct,
+                Err(e) => {
+                    res = Err(e);
+                    break;
                 }
-                r => r,
-            };
-            if res.is_err() {
-                break;
             }
         }
         self.sink.shared.give_buf(buf);
