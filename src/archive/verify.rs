@@ -598,18 +598,28 @@ pub async fn providers(archive: &Archive, repair: bool) -> Result<ProvidersRepor
         problems: Vec::new(),
     };
     for (key, sizes) in &by_key {
-        // A provider that holds a segment's `.seg` lacks nothing when it lacks one of the
-        // segment's parts (a part in flight at a crash is re-cut differently after the
-        // restart; the complete segment holds every byte of it).
-        let superseded = catalog::superseding_segment_key(key);
-        let holds_segment = |i: usize| {
-            superseded
-                .as_ref()
-                .and_then(|s| by_key.get(s))
-                .is_some_and(|v| v[i].is_some())
+        // A provider that holds every byte of a part in other objects of its segment (the
+        // `.seg`, or parts re-cut after a crash) lacks nothing when it lacks the part.
+        let segment = key
+            .find('.')
+            .map(|d| &key[..=d])
+            .filter(|_| key.ends_with(".part"));
+        let holds_bytes = |i: usize| {
+            segment.is_some_and(|prefix| {
+                let held: Vec<&str> = by_key
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .filter(|(_, v)| v[i].is_some())
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                catalog::part_covered(key, &held)
+            })
         };
         let lacking: Vec<usize> = (0..ps.len())
-            .filter(|i| sizes[*i].is_none() && !holds_segment(*i))
+            .filter(|i| sizes[*i].is_none() && !holds_bytes(*i))
             .collect();
         let present: Vec<u64> = sizes.iter().flatten().copied().collect();
         if present.windows(2).any(|w| w[0] != w[1]) {
@@ -725,6 +735,32 @@ mod tests {
                 ),
                 (format!("{SEG1}.seg"), vec!["b".to_string()]),
             ]
+        );
+    }
+
+    /// The segment of a timeline's switch never completes: after a crash its WAL is
+    /// streamed again and cut as one last part up to the switch, which holds every byte of
+    /// the cuts one provider kept from before the crash (chaos seed 77). A last part that
+    /// stops short of a kept cut leaves it missing.
+    #[tokio::test]
+    async fn parts_re_cut_up_to_a_switch_cover_the_earlier_cuts() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let archive = two_file_providers(a.path(), b.path());
+        for p in 0..2 {
+            put(&archive, p, &format!("{SEG1}.00000000-00EF7170.part")).await;
+        }
+        put(&archive, 0, &format!("{SEG1}.00288000-00588000.part")).await;
+        put(&archive, 0, &format!("{SEG1}.00C38000-00E26000.part")).await;
+        let rep = providers(&archive, false).await.unwrap();
+        assert!(rep.ok(), "{:?}", rep.missing);
+        put(&archive, 0, &format!("{SEG1}.00E26000-00F00000.part")).await;
+        let rep = providers(&archive, false).await.unwrap();
+        assert_eq!(
+            rep.missing,
+            vec![(
+                format!("{SEG1}.00E26000-00F00000.part"),
+                vec!["b".to_string()]
+            )]
         );
     }
 }

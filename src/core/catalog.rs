@@ -54,6 +54,62 @@ pub fn superseding_segment_key(key: &str) -> Option<String> {
         .then(|| segment_key(name))
 }
 
+/// A WAL key's segment prefix (`wal/<TLI>/<SEGMENT>.`) and its byte range in the segment
+/// (`None` for a complete `.seg`); `None` for any other key.
+fn wal_key_span(key: &str) -> Option<(&str, Option<(u64, u64)>)> {
+    let rest = key.strip_prefix("wal/")?;
+    let (tli_dir, file) = rest.split_once('/')?;
+    hex32(tli_dir)?;
+    let seg_name = file.get(..24)?;
+    if seg_name.bytes().any(|b| b.is_ascii_lowercase()) || seg_name.parse::<SegmentName>().is_err()
+    {
+        return None;
+    }
+    let prefix = &key[..4 + 9 + 25];
+    let tail = &file[24..];
+    if tail == ".seg" {
+        return Some((prefix, None));
+    }
+    let (a, b) = tail
+        .strip_prefix('.')?
+        .strip_suffix(".part")?
+        .split_once('-')?;
+    let (start, end) = (u64::from(hex32(a)?), u64::from(hex32(b)?));
+    (start < end).then_some((prefix, Some((start, end))))
+}
+
+/// Whether the objects `held` (one provider's keys) hold every byte of the part `key`: its
+/// segment's `.seg`, or other parts of its segment that cover its range. A part in flight
+/// at a crash is re-cut differently after the restart, and the segment of a timeline's
+/// switch never completes: its last part, streamed again, holds the bytes of the earlier
+/// cuts. Two providers that differ only in such parts hold the same WAL. `false` for a
+/// key that is not a part.
+pub fn part_covered(key: &str, held: &[&str]) -> bool {
+    let Some((prefix, Some((start, end)))) = wal_key_span(key) else {
+        return false;
+    };
+    let mut ranges = Vec::new();
+    for h in held {
+        match wal_key_span(h) {
+            Some((p, None)) if p == prefix => return true,
+            Some((p, Some(r))) if p == prefix && *h != key => ranges.push(r),
+            _ => {}
+        }
+    }
+    ranges.sort_unstable();
+    let mut at = start;
+    for (a, b) in ranges {
+        if a > at {
+            break;
+        }
+        at = at.max(b);
+        if at >= end {
+            return true;
+        }
+    }
+    false
+}
+
 /// Prefix under which every object of one segment lives.
 pub fn segment_prefix(name: SegmentName) -> String {
     format!("wal/{:08X}/{name}.", name.tli.0)
@@ -283,6 +339,38 @@ pub fn assemble_plan<'a>(parts: &[&'a WalObject]) -> (Vec<&'a WalObject>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_is_covered_by_its_segment_or_by_parts_that_span_it() {
+        let k = |r: &str| format!("wal/00000001/00000001000000000000000F.{r}.part");
+        let part = k("00288000-00588000");
+        let seg = "wal/00000001/00000001000000000000000F.seg";
+        assert!(part_covered(&part, &[seg]));
+        // The switch segment's last part, streamed again, spans the earlier cuts.
+        assert!(part_covered(&part, &[&k("00000000-00EF7170")]));
+        assert!(part_covered(
+            &part,
+            &[&k("00000000-00300000"), &k("00300000-00588000")]
+        ));
+        // A hole, a range that stops short, another segment or timeline: not covered.
+        assert!(!part_covered(
+            &part,
+            &[&k("00000000-00300000"), &k("00300001-00600000")]
+        ));
+        assert!(!part_covered(&part, &[&k("00290000-00600000")]));
+        assert!(!part_covered(
+            &part,
+            &[&k("00000000-00588000").replace("0F.", "10.")]
+        ));
+        assert!(!part_covered(
+            &part,
+            &["wal/00000002/00000002000000000000000F.seg"]
+        ));
+        // Not itself, and never a key that is not a part.
+        assert!(!part_covered(&part, &[&part]));
+        assert!(!part_covered(seg, &[seg]));
+        assert!(!part_covered("backups/x/base.tar.000000", &[seg]));
+    }
 
     #[test]
     fn a_part_is_superseded_by_its_segment() {

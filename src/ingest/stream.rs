@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 use crate::archive::Archive;
 use crate::config::Config;
 use crate::core::catalog;
-use crate::core::wal::{Lsn, SegmentName, TimelineHistory, TimelineId, WalSegSize};
+use crate::core::wal::{Lsn, SegNo, SegmentName, TimelineHistory, TimelineId, WalSegSize};
 use crate::ingest::outbox::{Ack, Delivery, Outgoing};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::replication::{StartOutcome, StreamEvent};
@@ -108,6 +108,12 @@ enum JobKind {
         switch: Lsn,
         content: Bytes,
     },
+    /// An object already sealed (read from a provider that holds it), stored as it is
+    /// under its key: WAL that no server can stream again, for a provider that lacks it.
+    Copy {
+        key: String,
+        sealed: Bytes,
+    },
 }
 
 struct Job {
@@ -127,6 +133,7 @@ struct Uploader {
     sealing: std::sync::Arc<tokio::sync::Semaphore>,
     storer: JoinHandle<()>,
     delivery: Delivery,
+    providers: Vec<std::sync::Arc<dyn crate::storage::ObjectStore>>,
 }
 
 impl Uploader {
@@ -140,7 +147,7 @@ impl Uploader {
         let (tx, mut rx) =
             mpsc::channel::<(Job, JoinHandle<Result<Sealed, String>>)>(PIPELINE_DEPTH);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let delivery = Delivery::start(providers, outbox, max_spool, ack_tx.clone())?;
+        let delivery = Delivery::start(providers.clone(), outbox, max_spool, ack_tx.clone())?;
         let input = delivery.input.clone();
         let storer = tokio::spawn(async move {
             // Sealing runs in parallel; objects leave in submission order.
@@ -162,19 +169,21 @@ impl Uploader {
                     JobKind::History { parent, switch, .. } => {
                         catalog::history_key(job.name.tli, *parent, *switch)
                     }
+                    JobKind::Copy { key, .. } => key.clone(),
                 };
                 let remove = match job.kind {
                     JobKind::Segment => true,
                     JobKind::Part { last, .. } => last,
-                    JobKind::History { .. } => false,
+                    JobKind::History { .. } | JobKind::Copy { .. } => false,
                 };
                 tracing::debug!(key, stored = sealed.bytes.len(), plain = sealed.plain_len, end = %job.end, "sealed");
                 let out = Outgoing {
                     key,
                     // A history file acknowledges nothing new (its end is the position
-                    // already acknowledged, which may lie on the parent timeline).
+                    // already acknowledged, which may lie on the parent timeline), nor
+                    // does a copy of an object some provider already holds.
                     end: match job.kind {
-                        JobKind::History { .. } => None,
+                        JobKind::History { .. } | JobKind::Copy { .. } => None,
                         _ => Some((job.name.tli, job.end)),
                     },
                     bytes: Bytes::from(sealed.bytes),
@@ -195,6 +204,7 @@ impl Uploader {
             )),
             storer,
             delivery,
+            providers,
         })
     }
 
@@ -205,12 +215,25 @@ impl Uploader {
         let range = match &job.kind {
             JobKind::Segment => Some((0, seg)),
             JobKind::Part { start, end, .. } => Some((*start, *end)),
-            JobKind::History { .. } => None,
+            JobKind::History { .. } | JobKind::Copy { .. } => None,
         };
         let content = match &job.kind {
             JobKind::History { content, .. } => Some(content.clone()),
             _ => None,
         };
+        if let JobKind::Copy { sealed, .. } = &job.kind {
+            let sealed = Sealed {
+                bytes: sealed.to_vec(),
+                plain_len: 0,
+                crc32: 0,
+            };
+            let handle = tokio::spawn(async move { Ok(sealed) });
+            return self
+                .queue
+                .send((job, handle))
+                .await
+                .map_err(|_| anyhow!("the archiving task stopped"));
+        }
         let permit = self
             .sealing
             .clone()
@@ -474,17 +497,26 @@ pub async fn run(cfg: &Config, opts: StreamOptions) -> Result<()> {
                         tracing::info!(acknowledged = %a.1, "resuming from the last acknowledged position; newer objects are sent again");
                     }
                 }
-                let mut histories = HashSet::new();
+                // The histories every provider holds: one that a provider lacks (it was
+                // slow when the others stored it, and the run was killed) is sent again
+                // when its timeline is streamed, and so is every history for a provider
+                // that cannot be listed now (a re-sent history is stored as identical).
+                let mut histories: Option<HashSet<TimelineId>> = None;
                 for p in &archive.mirror.providers {
-                    // A provider that is down gets a history it lacks from the outbox.
-                    match archive.inventory(p.as_ref(), seg).await {
-                        Ok(inv) => histories.extend(inv.histories.keys().copied()),
+                    let held: HashSet<TimelineId> = match archive.inventory(p.as_ref(), seg).await {
+                        Ok(inv) => inv.histories.keys().copied().collect(),
                         Err(e) if acknowledged.is_some() => {
                             tracing::debug!(provider = p.name(), error = %format!("{e:#}"), "provider unavailable at start");
+                            HashSet::new()
                         }
                         Err(e) => return Err(e),
-                    }
+                    };
+                    histories = Some(match histories {
+                        None => held,
+                        Some(h) => h.intersection(&held).copied().collect(),
+                    });
                 }
+                let histories = histories.unwrap_or_default();
                 let uploader = Uploader::start(
                     archive.mirror.providers.clone(),
                     sealer.clone(),
@@ -1017,6 +1049,7 @@ impl Streamer {
             )));
         };
         let fork = hist.entries[i].switch_lsn;
+        self.mirror_abandoned(tli, fork).await?;
         if self.state.submitted <= fork {
             // The server ends timeline `tli` at the fork and the stream follows it.
             return Ok(());
@@ -1030,6 +1063,114 @@ impl Streamer {
             "the server's history left timeline {tli} at {fork}, before the archive's end: the archived WAL of timeline {tli} after {fork} is not part of it (a standby that lagged was promoted, or a cluster restored to an earlier point). That WAL stays in the archive (a restore can still reach it with --target-timeline {tli}); archiving goes on on timeline {child} from {fork}"
         );
         self.switch_timeline(child, fork);
+        Ok(())
+    }
+
+    /// WAL of timeline `tli` past `fork`, where the server's history left it, is streamed
+    /// by no server again: a provider that lacks such an object (it was down or slow when
+    /// the others stored it, and lifeboat stopped before it caught up) gets a copy from one
+    /// that holds it, through the outbox like any object, so every provider keeps the
+    /// abandoned branch a restore with `--target-timeline` may need. The copies are
+    /// submitted before any WAL of the new timeline: nothing of it is acknowledged before
+    /// they are stored everywhere or in the fsync'd outbox (a crash before that resumes on
+    /// `tli` and copies again).
+    async fn mirror_abandoned(&mut self, tli: TimelineId, fork: Lsn) -> Result<()> {
+        let seg = self.state.seg;
+        let providers = self.uploader.providers.clone();
+        let prefix = format!("wal/{:08X}/", tli.0);
+        // Each provider's keys of the branch past the fork; `None`: it cannot list now.
+        let mut held: Vec<Option<HashSet<String>>> = Vec::new();
+        for p in &providers {
+            match p.list(&prefix).await {
+                // The segments that end past the fork (a listing of a long timeline is
+                // large; only these matter).
+                Ok(listed) => held.push(Some(
+                    listed
+                        .into_iter()
+                        .map(|m| m.key)
+                        .filter(|k| {
+                            catalog::parse_wal_key(k, seg)
+                                .is_some_and(|o| o.segno.start_lsn(seg).0 + seg.bytes() > fork.0)
+                        })
+                        .collect(),
+                )),
+                Err(e) => {
+                    tracing::warn!(provider = p.name(), error = %e, "cannot list the WAL of timeline {tli}: every object of it past {fork} is copied to this provider");
+                    held.push(None);
+                }
+            }
+        }
+        let mut past_fork: Vec<(SegNo, u64, String)> = held
+            .iter()
+            .flatten()
+            .flatten()
+            .filter_map(|k| {
+                let o = catalog::parse_wal_key(k, seg)?;
+                (o.end_lsn(seg) > fork).then(|| (o.segno, o.start, k.clone()))
+            })
+            .collect();
+        past_fork.sort();
+        past_fork.dedup();
+        // A part whose complete segment some provider holds adds nothing: the segment is
+        // what gets copied.
+        let listed: HashSet<String> = past_fork.iter().map(|o| o.2.clone()).collect();
+        past_fork.retain(|o| {
+            !catalog::superseding_segment_key(&o.2).is_some_and(|s| listed.contains(&s))
+        });
+        let lacks = |i: usize, key: &str| match &held[i] {
+            None => true,
+            Some(keys) => {
+                !keys.contains(key) && {
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    !catalog::part_covered(key, &keys)
+                }
+            }
+        };
+        let mut copied = 0;
+        for (_, _, key) in past_fork {
+            let lacking: Vec<&str> = (0..providers.len())
+                .filter(|&i| lacks(i, &key))
+                .map(|i| providers[i].name())
+                .collect();
+            if lacking.is_empty() {
+                continue;
+            }
+            let mut good = None;
+            for (i, p) in providers.iter().enumerate() {
+                if !held[i].as_ref().is_some_and(|k| k.contains(&key)) {
+                    continue;
+                }
+                match p.get(&key).await {
+                    Ok(Some(b)) if crate::pipeline::check(&b).is_ok() => {
+                        good = Some(b);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(provider = p.name(), key, error = %e, "cannot read a copy")
+                    }
+                }
+            }
+            let Some(sealed) = good else {
+                tracing::warn!(key, lacking = lacking.join(", "), "WAL of the abandoned timeline {tli} that some providers lack has no readable copy now: `lifeboat verify --providers --repair` copies it later");
+                continue;
+            };
+            tracing::info!(key, to = lacking.join(", "), "copying WAL of the abandoned timeline {tli} (past {fork}) to the providers that lack it");
+            let name = catalog::parse_wal_key(&key, seg)
+                .expect("listed above as a WAL key")
+                .name;
+            self.submit(vec![Job {
+                name,
+                kind: JobKind::Copy { key, sealed },
+                spool: PathBuf::new(),
+                end: self.state.acked,
+            }])
+            .await?;
+            copied += 1;
+        }
+        if copied > 0 {
+            tracing::warn!(objects = copied, "WAL of timeline {tli} past {fork}, which the server's history left, was on some providers only: copied to the others");
+        }
         Ok(())
     }
 

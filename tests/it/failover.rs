@@ -90,6 +90,168 @@ fn failover_to_a_lagging_standby_continues_from_the_fork() {
     }
 }
 
+/// A provider that was slow when the primary failed: lifeboat had stored the old primary's
+/// WAL past the fork on the other provider only, and was killed before the slow one caught
+/// up. No server streams that WAL again (the promoted standby's history left timeline 1
+/// before it), so the next run copies it from the provider that holds it, and both keep
+/// the abandoned branch. (The chaos campaign's seed 1269 found this.)
+#[test]
+fn wal_past_the_fork_reaches_the_provider_that_was_slow_at_the_failover() {
+    let primary = PgCluster::start(15, ClusterOpts::default());
+    primary.psql("CREATE TABLE t (id int, src text)");
+    primary.psql("INSERT INTO t SELECT g, 'shared' FROM generate_series(1, 1000) g");
+    let second = tempfile::tempdir().unwrap();
+    let lb = Lb::for_cluster(
+        &primary,
+        &format!(
+            "{SMALL_PARTS}\n[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n",
+            second.path().display()
+        ),
+    );
+    let flag = lb.dir.path().join("second-fault");
+    let fault = format!("second={}", flag.display());
+    let mut streamer = lb.spawn_stream_with(&[("LIFEBOAT_FAULT_INJECT", &fault)]);
+    let standby = primary.create_standby();
+    standby.wait_for("SELECT count(*) FROM t", "1000", Duration::from_secs(60));
+    wait_caught_up(&primary, Duration::from_secs(120), &lb);
+    standby.stop();
+    // From here on every write of timeline 1's WAL to "second" hangs (a slow provider).
+    std::fs::write(&flag, "stall wal/00000001/").unwrap();
+    for i in 0..3 {
+        primary.psql(&format!(
+            "INSERT INTO t SELECT g, 'lost' FROM generate_series({}, {}) g",
+            1001 + i * 1000,
+            2000 + i * 1000
+        ));
+        primary.switch_wal();
+    }
+    let old_end = parse_lsn(&primary.current_lsn());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lb.archived_end(1) < old_end {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first provider never reached {}: {:?}\n{}",
+            fmt_lsn(old_end),
+            lb.wal_ranges(),
+            lb.stream_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill9(&mut streamer.0);
+    drop(primary);
+    std::fs::remove_file(&flag).unwrap();
+    let segments = |root: &std::path::Path| -> Vec<String> {
+        files(root)
+            .into_iter()
+            .filter(|f| f.starts_with("wal/00000001/") && f.ends_with(".seg"))
+            .collect()
+    };
+    let lacking: Vec<String> = segments(&lb.archive)
+        .into_iter()
+        .filter(|f| !segments(second.path()).contains(f))
+        .collect();
+    assert!(
+        !lacking.is_empty(),
+        "the test needs WAL on the first provider only: {:?}",
+        files(second.path())
+    );
+
+    standby.start_again();
+    standby.promote();
+    standby.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(5001, 5100) g");
+    let end = standby.current_lsn();
+    lb.retarget(&standby);
+    let out = lb.run(&["stream", "--endpos", &end], Duration::from_secs(120));
+    expect_success(&out, "lifeboat stream --endpos on the promoted standby");
+    let log = stderr_of(&out);
+    for f in &lacking {
+        assert!(
+            files(second.path()).contains(f),
+            "{f} of the abandoned timeline is still missing on the second provider\n{log}"
+        );
+    }
+    assert!(log.contains("copied to the others"), "{log}");
+    lb.run_ok(&["verify", "--providers"], Duration::from_secs(60));
+    let (ok, report) = lb.verify(false);
+    assert!(ok, "{report}");
+    assert!(
+        lb.archived_end(2) >= parse_lsn(&end),
+        "timeline 2 archived to {end}: {:?}",
+        lb.wal_ranges()
+    );
+}
+
+/// The new timeline's history reached one provider only: the other held every write of it
+/// (a slow provider) when lifeboat was killed. The next run sends it again, so the second
+/// provider is not left with timeline 2's WAL and no history file (which no restore could
+/// follow). (The chaos campaign's seed 1269 found this too.)
+#[test]
+fn a_history_one_provider_missed_at_a_kill_is_sent_again() {
+    let primary = PgCluster::start(15, ClusterOpts::default());
+    primary.psql("CREATE TABLE t (id int, src text)");
+    primary.psql("INSERT INTO t SELECT g, 'old' FROM generate_series(1, 1000) g");
+    let second = tempfile::tempdir().unwrap();
+    let lb = Lb::for_cluster(
+        &primary,
+        &format!(
+            "{SMALL_PARTS}\n[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n",
+            second.path().display()
+        ),
+    );
+    let flag = lb.dir.path().join("second-fault");
+    let fault = format!("second={}", flag.display());
+    let streamer = lb.spawn_stream_with(&[("LIFEBOAT_FAULT_INJECT", &fault)]);
+    let standby = primary.create_standby();
+    wait_caught_up(&primary, Duration::from_secs(120), &lb);
+    stop_streamer(streamer);
+    primary.stop();
+    standby.promote();
+    lb.retarget(&standby);
+
+    // Every write of a history file to "second" hangs; the rest goes on.
+    std::fs::write(&flag, "stall history/").unwrap();
+    let mut streamer = lb.spawn_stream_with(&[("LIFEBOAT_FAULT_INJECT", &fault)]);
+    standby.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1001, 2000) g");
+    let mid = parse_lsn(&standby.switch_wal());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lb.archived_end(2) < mid {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first provider never reached {} on timeline 2: {:?}\n{}",
+            fmt_lsn(mid),
+            lb.wal_ranges(),
+            lb.stream_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill9(&mut streamer.0);
+    std::fs::remove_file(&flag).unwrap();
+    let history = |root: &std::path::Path| -> Vec<String> {
+        files(root)
+            .into_iter()
+            .filter(|f| f.starts_with("history/00000002.history."))
+            .collect()
+    };
+    assert_eq!(history(&lb.archive).len(), 1, "{:?}", files(&lb.archive));
+    assert!(
+        history(second.path()).is_empty(),
+        "the test needs the history on the first provider only"
+    );
+
+    let end = standby.switch_wal();
+    let out = lb.run(&["stream", "--endpos", &end], Duration::from_secs(120));
+    expect_success(&out, "lifeboat stream --endpos after the kill");
+    assert_eq!(
+        history(second.path()),
+        history(&lb.archive),
+        "{}",
+        stderr_of(&out)
+    );
+    lb.run_ok(&["verify", "--providers"], Duration::from_secs(60));
+    let (ok, report) = lb.verify(false);
+    assert!(ok, "{report}");
+}
+
 fn failover_to_an_up_to_date_standby(major: u32) {
     let primary = PgCluster::start(major, ClusterOpts::default());
     primary.psql("CREATE TABLE t (id int, src text)");
