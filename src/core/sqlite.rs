@@ -26,6 +26,17 @@ pub const PAGES_STREAM: &str = "pages";
 /// Pages per hash group in `group_hashes`.
 pub const GROUP_PAGES: u64 = 256;
 
+/// Bytes a probe hash covers: BLAKE3 hashes 16 KiB at full SIMD width (5 GB/s on this
+/// project's 2-core machine, against 2.3 GB/s for a 4 KiB page and 1.4 GB/s for SHA-256).
+const PROBE_BYTES: u32 = 16 << 10;
+
+/// Pages a probe covers: the local page state keeps one BLAKE3 hash per this many pages
+/// beside every page's SHA-256, so a delta hashes a block with SHA-256 only when its probe
+/// changed.
+pub fn probe_pages(page_size: u32) -> u32 {
+    (PROBE_BYTES / page_size.max(1)).max(1)
+}
+
 /// Database names follow export names: 1 to 64 of `A-Z a-z 0-9 . _ -`, no leading dot.
 pub fn is_db_name(name: &str) -> bool {
     is_export_name(name)
@@ -154,6 +165,10 @@ pub struct LocalState {
     pub id: String,
     pub page_size: u32,
     pub page_count: u64,
+    /// Pages per probe hash ([`probe_pages`]); 0 in a state file of an older lifeboat
+    /// (page hashes only), which no delta uses.
+    #[serde(default)]
+    pub probe_pages: u32,
 }
 
 /// Full or delta, and why: a delta only on top of the archive's newest snapshot of the
@@ -183,6 +198,12 @@ pub fn decide(
     }
     if n.page_size != page_size {
         return (SnapshotKind::Full, "the page size changed");
+    }
+    if l.probe_pages != probe_pages(page_size) {
+        return (
+            SnapshotKind::Full,
+            "the page hashes on this host are of an older lifeboat",
+        );
     }
     if n.chain_len + 1 > policy.full_every {
         return (SnapshotKind::Full, "full_every deltas reached");
@@ -341,6 +362,7 @@ mod tests {
             id: "B".into(),
             page_size: 4096,
             page_count: 100,
+            probe_pages: 4,
         };
         assert_eq!(
             decide(None, Some(&l), 4096, &p, false).0,
@@ -370,6 +392,17 @@ mod tests {
         assert_eq!(
             decide(Some(&n), Some(&other), 4096, &p, false).0,
             SnapshotKind::Full
+        );
+        let older = LocalState {
+            probe_pages: 0,
+            ..l.clone()
+        };
+        assert_eq!(
+            decide(Some(&n), Some(&older), 4096, &p, false),
+            (
+                SnapshotKind::Full,
+                "the page hashes on this host are of an older lifeboat"
+            )
         );
         let n2 = snap("B", 1, Some("A"), 2, 10);
         assert_eq!(
