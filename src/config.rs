@@ -223,6 +223,14 @@ pub struct SqliteConfig {
     /// How often `lifeboat sqlite run` snapshots it (unset: `schedule.sqlite`, else hourly).
     #[serde(default, deserialize_with = "sqlite_every")]
     pub every: Option<Duration>,
+    /// A delta snapshot runs `PRAGMA quick_check` in its read transaction when the newest
+    /// snapshot of its chain that passed one was taken longer ago than this (default 1h;
+    /// zero, written "always": every snapshot). A full snapshot always runs it.
+    #[serde(
+        default = "default_quick_check_every",
+        deserialize_with = "sqlite_quick_check_every"
+    )]
+    pub quick_check_every: Duration,
 }
 
 impl SqliteConfig {
@@ -255,6 +263,23 @@ fn default_max_delta_fraction() -> f64 {
 }
 fn default_wal_budget() -> ByteSize {
     ByteSize(1 << 30)
+}
+fn default_quick_check_every() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn sqlite_quick_check_every<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    typed(d, "sqlite.quick_check_every", |s| {
+        if s.trim().eq_ignore_ascii_case("always") {
+            return Ok(Duration::ZERO);
+        }
+        parse_duration(s).map_err(|m| {
+            (
+                m,
+                "write a duration like \"1h\" or \"30m\", or \"always\" for a quick_check in every snapshot",
+            )
+        })
+    })
 }
 
 fn sqlite_wal_budget<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {

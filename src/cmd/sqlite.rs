@@ -193,7 +193,7 @@ async fn snapshot_cmd(ctx: &Ctx<'_>, names: &[String], full: bool) -> Result<(),
             Ok((m, why)) => {
                 if !ctx.json() {
                     println!(
-                        "sqlite {} {}: {} ({why}), as of {}: {} of {} pages stored in {} run{} ({}), {} in the archive, quick_check ok",
+                        "sqlite {} {}: {} ({why}), as of {}: {} of {} pages stored in {} run{} ({}), {} in the archive, quick_check {}",
                         m.name,
                         m.id,
                         match m.kind {
@@ -207,6 +207,7 @@ async fn snapshot_cmd(ctx: &Ctx<'_>, names: &[String], full: bool) -> Result<(),
                         if m.runs.len() == 1 { "" } else { "s" },
                         fmt::size(m.plain_size),
                         fmt::size(m.stored_size),
+                        m.quick_check,
                     );
                 }
                 lines.push(SnapshotLine {

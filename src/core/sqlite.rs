@@ -130,7 +130,8 @@ pub struct SnapshotMeta {
     pub page_count: u64,
     /// The header's file change counter (offset 24).
     pub change_counter: u32,
-    /// `PRAGMA quick_check` in the same read transaction: `ok`.
+    /// `PRAGMA quick_check` in the same read transaction: `ok`; for a delta whose chain
+    /// passed one recently (`quick_check_every`), why it was not run.
     pub quick_check: String,
     /// (first page, count) of the pages stored, ascending and disjoint (pages number from 1).
     pub runs: Vec<(u64, u64)>,
@@ -218,6 +219,26 @@ pub fn decide(
         SnapshotKind::Delta,
         "pages changed since the newest snapshot",
     )
+}
+
+/// For a delta on top of `newest`: the newest snapshot of its chain that passed
+/// `quick_check`, when it was taken less than `every` before `now` (then the delta need not
+/// run it again). `None`: the delta runs it (`every` zero always does).
+pub fn recent_check<'a>(
+    all: &'a [SnapshotMeta],
+    newest: &'a SnapshotMeta,
+    now: Timestamp,
+    every: std::time::Duration,
+) -> Option<&'a SnapshotMeta> {
+    let mut cur = newest;
+    loop {
+        if cur.quick_check == "ok" {
+            let age = now.0.saturating_sub(cur.time.0);
+            return (age >= 0 && (age as u128) < every.as_micros()).then_some(cur);
+        }
+        let base = cur.base.as_deref()?;
+        cur = all.iter().find(|s| s.id == base)?;
+    }
 }
 
 /// Adds page `pgno` to ascending runs.
@@ -419,6 +440,30 @@ mod tests {
             decide(Some(&n4), Some(&l), 4096, &p, false).0,
             SnapshotKind::Delta
         );
+    }
+
+    #[test]
+    fn a_delta_checks_again_once_its_chains_last_check_is_old() {
+        let hour = std::time::Duration::from_secs(3600);
+        let mut a = snap("A", 10, None, 0, 0);
+        let mut b = snap("B", 20, Some("A"), 1, 1);
+        b.quick_check = "not run".into();
+        let all = vec![a.clone(), b.clone()];
+        let at = |secs: i64| Timestamp(secs * 1_000_000);
+        // B skipped its check; A (the full) passed one 10 s before B.
+        assert_eq!(
+            recent_check(&all, &b, at(30), hour).map(|s| &s.id[..]),
+            Some("A")
+        );
+        assert_eq!(recent_check(&all, &b, at(10 + 3600), hour), None);
+        assert_eq!(
+            recent_check(&all, &b, at(30), std::time::Duration::ZERO),
+            None
+        );
+        // A clock that went backwards checks again; so does a chain with no check at all.
+        assert_eq!(recent_check(&all, &b, at(5), hour), None);
+        a.quick_check = "not run".into();
+        assert_eq!(recent_check(&[a, b.clone()], &b, at(30), hour), None);
     }
 
     #[test]

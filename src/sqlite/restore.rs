@@ -325,8 +325,13 @@ pub async fn run(
     checked.map_err(|e| anyhow!("the checking task failed: {e}"))??;
     let integrity = integrity.map_err(|e| anyhow!("the checking task failed: {e}"))??;
     if integrity != "ok" {
+        let when = if last.quick_check == "ok" {
+            "the snapshot's quick_check passed when it was taken"
+        } else {
+            "the snapshot ran no quick_check of its own (its chain's last check passed)"
+        };
         bail!(
-            "integrity_check of the restored snapshot {} failed: {}\nhint: the snapshot's quick_check passed when it was taken; try an older snapshot (`lifeboat sqlite list`)",
+            "integrity_check of the restored snapshot {} failed: {}\nhint: {when}; try an older snapshot (`lifeboat sqlite list`)",
             last.id,
             integrity.lines().take(5).collect::<Vec<_>>().join("; ")
         );

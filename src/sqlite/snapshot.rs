@@ -39,6 +39,8 @@ use crate::pipeline::Sealer;
 use crate::storage::{durable, Mirror};
 
 const CHUNK: usize = 256 << 10;
+/// How `quick_check` in `snapshot.json` begins when a delta did not run it.
+pub const NOT_RUN: &str = "not run";
 /// Parts of SQLite snapshots are at most this big (`backup.part_size` when smaller): the
 /// part writer holds about (cores + 2) of them, and a host of small services should keep a
 /// snapshot's memory under 64 MiB (4 MiB parts: 59 MiB peak RSS against 79 MiB with 8 MiB).
@@ -180,10 +182,12 @@ impl Blocks<'_> {
 /// Read every page in one read transaction; send the pages a full snapshot (`prev` is
 /// `None`) or a delta needs; write the new page state to `new_state` (the blocks' records,
 /// completed by the caller with the JSON line and a rename). `prev` is the previous
-/// snapshot's state (after its JSON line) and its page count.
+/// snapshot's state (after its JSON line) and its page count. `skip_check`: why this
+/// delta runs no `quick_check` (its chain passed one recently).
 fn read_pages(
     db: &SqliteConfig,
     prev: Option<(BufReader<std::fs::File>, u64)>,
+    skip_check: Option<String>,
     new_state: &Path,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
 ) -> Result<(Read1, Vec<u8>)> {
@@ -317,7 +321,9 @@ fn read_pages(
         group_hashes.push(super::group_hash(&group));
     }
     // quick_check in the same transaction: the checked image is the stored one.
-    let quick_check = {
+    let quick_check = if let Some(why) = skip_check {
+        why
+    } else {
         let mut st = conn.prepare("PRAGMA quick_check")?;
         let rows: Vec<String> = st
             .query_map([], |r| r.get::<_, String>(0))?
@@ -327,7 +333,7 @@ fn read_pages(
     };
     conn.execute_batch("COMMIT").map_err(locked)?;
     drop(conn);
-    if quick_check != "ok" {
+    if quick_check != "ok" && !quick_check.starts_with(NOT_RUN) {
         bail!(
             "sqlite \"{name}\": quick_check of {} failed: {}\nhint: the database is damaged; no snapshot was stored (the earlier ones remain: `lifeboat sqlite list`)",
             path.display(),
@@ -435,6 +441,27 @@ pub async fn run_until(
         SnapshotKind::Delta => local.map(|l| (l.1, l.0.page_count)),
         SnapshotKind::Full => None,
     };
+    // A delta on a chain that passed quick_check recently does not run it again: on a
+    // large database it costs more than reading and hashing the pages.
+    let skip_check = match (kind, newest) {
+        (SnapshotKind::Delta, Some(n)) => sqlite::recent_check(
+            &snaps,
+            n,
+            now(),
+            db.quick_check_every,
+        )
+        .map(|c| {
+            format!(
+                "{NOT_RUN}: snapshot {} of this chain passed it {} before (quick_check_every {})",
+                c.id,
+                humantime::format_duration(std::time::Duration::from_secs(
+                    now().0.saturating_sub(c.time.0).max(0) as u64 / 1_000_000
+                )),
+                humantime::format_duration(db.quick_check_every)
+            )
+        }),
+        _ => None,
+    };
     let start_time = now();
     let secs = Timestamp::from_unix_secs(start_time.0.div_euclid(1_000_000));
     let id = crate::ingest::parts::fresh_id(
@@ -458,7 +485,8 @@ pub async fn run_until(
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let dbc = db.clone();
         let pt = pages_tmp.clone();
-        let reader = tokio::task::spawn_blocking(move || read_pages(&dbc, prev, &pt, tx));
+        let reader =
+            tokio::task::spawn_blocking(move || read_pages(&dbc, prev, skip_check, &pt, tx));
         // A stop while the pages are read abandons the snapshot; once they are all read
         // it is completed (the last parts and snapshot.json: moments).
         let pushed = match stop {

@@ -565,6 +565,76 @@ fn a_corrupt_database_is_not_snapshotted() {
     assert!(h.list("bad").is_empty());
 }
 
+/// A delta runs quick_check when its chain's last check is older than `quick_check_every`
+/// (default 1h; "always": every snapshot). A page damaged between snapshots: the delta
+/// that always checks refuses it; the one that relies on its chain's recent check stores
+/// it, says so in snapshot.json, and the restore's integrity_check refuses the result with
+/// a hint that says the snapshot ran no check of its own.
+#[test]
+fn a_delta_runs_quick_check_as_quick_check_every_says() {
+    let h = Host::new(
+        &[("always", "quick_check_every = \"always\""), ("hourly", "")],
+        None,
+    );
+    for name in ["always", "hourly"] {
+        let db = h.db(name);
+        {
+            let c = open_wal(&db);
+            c.execute_batch(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t_v ON t(v);",
+            )
+            .unwrap();
+            for i in 0..2000 {
+                c.execute("INSERT INTO t VALUES (?1, hex(randomblob(20)))", [i])
+                    .unwrap();
+            }
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap();
+        }
+        let full = h.snapshot(name);
+        assert_eq!(full["kind"], "full");
+        assert_eq!(full["quick_check"], "ok");
+        // Scribble over the middle of a b-tree page (not the header).
+        let mut b = std::fs::read(&db).unwrap();
+        let page = 4096 * 5;
+        for x in &mut b[page + 8..page + 64] {
+            *x = 0xff;
+        }
+        std::fs::write(&db, b).unwrap();
+    }
+    let out = h.run(&["sqlite", "snapshot", "always"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let e = first_error_line(&out);
+    assert!(
+        e.starts_with("error: sqlite \"always\": quick_check of "),
+        "{e}"
+    );
+    assert_eq!(h.list("always").len(), 1);
+
+    let delta = h.snapshot("hourly");
+    assert_eq!(delta["kind"], "delta");
+    let full_id = h.list("hourly")[0]["id"].as_str().unwrap().to_string();
+    let said = delta["quick_check"].as_str().unwrap();
+    assert!(
+        said.starts_with(&format!(
+            "not run: snapshot {full_id} of this chain passed it "
+        )) && said.ends_with(" before (quick_check_every 1h)"),
+        "{said}"
+    );
+    let to = h.dir.path().join("restored-hourly.db");
+    let out = h.run(&["sqlite", "restore", "hourly", "--to", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("integrity_check of the restored snapshot ")
+            && err.contains("hint: the snapshot ran no quick_check of its own (its chain's last check passed); try an older snapshot"),
+        "{err}"
+    );
+    assert!(!to.exists(), "a refused restore leaves no file");
+}
+
 /// kill -9 in the middle of a snapshot: no snapshot is visible, and the next one works
 /// (a full one: the interrupted one never became a base).
 #[test]
