@@ -165,12 +165,32 @@ pub fn integrity_check(path: &Path) -> Result<String> {
     // against 480 ms (fewer reads of the same index pages); larger caches cost more than
     // they save (the memory is touched as it fills) and count against the restore's RSS.
     conn.execute_batch("PRAGMA cache_size = -8192")?;
-    let mut st = conn.prepare("PRAGMA integrity_check")?;
-    let rows: Vec<String> = st
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow!("integrity_check of {}: {e}", path.display()))?;
-    Ok(rows.join("\n"))
+    check_rows(&conn, "integrity_check")
+        .map_err(|e| anyhow!("integrity_check of {}: {e}", path.display()))
+}
+
+/// The rows of `PRAGMA <pragma>` (`integrity_check` or `quick_check`), joined: `ok`, or the
+/// problems. A check that stops on a damaged page (SQLITE_CORRUPT, SQLITE_NOTADB) found a
+/// problem too: its message is the result, not an error.
+pub fn check_rows(conn: &rusqlite::Connection, pragma: &str) -> rusqlite::Result<String> {
+    let run = || -> rusqlite::Result<String> {
+        let mut st = conn.prepare(&format!("PRAGMA {pragma}"))?;
+        let rows: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows.join("\n"))
+    };
+    match run() {
+        Err(e)
+            if matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ) =>
+        {
+            Ok(e.to_string())
+        }
+        r => r,
+    }
 }
 
 #[cfg(test)]

@@ -117,28 +117,54 @@ struct PrevState {
     rec: Vec<u8>,
 }
 
-/// One block of pages read: probe it, hash what changed, send the changed pages, and
-/// write its record to the new state.
-struct Blocks<'a> {
+/// Pages arrive in batches of this many blocks on the hashing thread.
+const BATCH_BLOCKS: usize = 32;
+
+/// The hashing side of a snapshot, on its own thread while SQLite reads the pages: each
+/// block of pages is probed, what changed is hashed and sent on, and its record written
+/// to the new state.
+struct Blocks {
     prev: Option<PrevState>,
     page_size: usize,
-    /// The block being filled, and the page number of its first page.
-    buf: Vec<u8>,
+    /// The page number of the next block's first page.
     first: u64,
     state: BufWriter<std::fs::File>,
-    out: &'a mut ChunkSender,
+    out: ChunkSender,
     runs: Vec<(u64, u64)>,
     group: Vec<[u8; 32]>,
     group_hashes: Vec<String>,
 }
 
-impl Blocks<'_> {
-    fn flush(&mut self) -> Result<()> {
-        let n = self.buf.len() / self.page_size;
+impl Blocks {
+    /// Take batches of whole blocks (the last one may end short) until the reader is done,
+    /// handing each buffer back for reuse (a fresh megabyte a batch costs page faults).
+    fn run(
+        mut self,
+        batches: std::sync::mpsc::Receiver<Vec<u8>>,
+        empties: std::sync::mpsc::Sender<Vec<u8>>,
+        block: usize,
+    ) -> Result<Self> {
+        for mut batch in batches {
+            for b in batch.chunks(block) {
+                self.block(b)?;
+            }
+            batch.clear();
+            let _ = empties.send(batch);
+        }
+        if !self.group.is_empty() {
+            self.group_hashes.push(super::group_hash(&self.group));
+            self.group.clear();
+        }
+        self.out.flush()?;
+        Ok(self)
+    }
+
+    fn block(&mut self, buf: &[u8]) -> Result<()> {
+        let n = buf.len() / self.page_size;
         if n == 0 {
             return Ok(());
         }
-        let probe = blake3::hash(&self.buf);
+        let probe = blake3::hash(buf);
         // The previous snapshot's record of the pages at the same place (a shorter one
         // where it ended inside this block).
         let prev = match self.prev.as_mut() {
@@ -154,7 +180,7 @@ impl Blocks<'_> {
         let unchanged = prev.is_some_and(|(pn, rec)| pn == n && rec[..32] == probe.as_bytes()[..]);
         self.state.write_all(probe.as_bytes())?;
         for j in 0..n {
-            let page = &self.buf[j * self.page_size..(j + 1) * self.page_size];
+            let page = &buf[j * self.page_size..(j + 1) * self.page_size];
             let old: Option<[u8; 32]> = prev.and_then(|(pn, rec)| {
                 (j < pn).then(|| rec[32 + 32 * j..64 + 32 * j].try_into().expect("32 bytes"))
             });
@@ -174,7 +200,6 @@ impl Blocks<'_> {
             }
         }
         self.first += n as u64;
-        self.buf.clear();
         Ok(())
     }
 }
@@ -242,27 +267,39 @@ fn read_pages(
         .map_err(locked)?;
     let time = now();
 
-    let mut out = ChunkSender {
-        tx,
-        buf: Vec::with_capacity(CHUNK),
-    };
     let f = std::fs::File::create(new_state)
         .with_context(|| format!("creating {}", new_state.display()))?;
     let block = sqlite::probe_pages(page_size) as usize * page_size as usize;
-    let mut blocks = Blocks {
+    let blocks = Blocks {
         prev: prev.map(|(r, page_count)| PrevState {
             r,
             page_count,
             rec: vec![0; 32 + 32 * sqlite::probe_pages(page_size) as usize],
         }),
         page_size: page_size as usize,
-        buf: Vec::with_capacity(block),
         first: 1,
         state: BufWriter::new(f),
-        out: &mut out,
+        out: ChunkSender {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        },
         runs: Vec::new(),
         group: Vec::with_capacity(GROUP_PAGES as usize),
         group_hashes: Vec::new(),
+    };
+    let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let hasher = std::thread::Builder::new()
+        .name("sqlite-hash".into())
+        .spawn(move || blocks.run(batch_rx, empty_tx, block))
+        .context("starting the hashing thread")?;
+    let mut batch: Vec<u8> = Vec::with_capacity(block * BATCH_BLOCKS);
+    // The hashing thread's own error explains a closed channel.
+    let hashing_stopped = |hasher: std::thread::JoinHandle<Result<Blocks>>| -> anyhow::Error {
+        match hasher.join() {
+            Ok(Err(e)) => e,
+            _ => anyhow!("the hashing thread stopped"),
+        }
     };
     let mut change_counter = 0;
     let mut page1 = Vec::new();
@@ -285,9 +322,15 @@ fn read_pages(
                 change_counter = u32::from_be_bytes([data[24], data[25], data[26], data[27]]);
                 page1 = data[..100].to_vec();
             }
-            blocks.buf.extend_from_slice(data);
-            if blocks.buf.len() == block {
-                blocks.flush()?;
+            batch.extend_from_slice(data);
+            if batch.len() == block * BATCH_BLOCKS {
+                let next = empty_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(block * BATCH_BLOCKS));
+                let full = std::mem::replace(&mut batch, next);
+                if batch_tx.send(full).is_err() {
+                    return Err(hashing_stopped(hasher));
+                }
             }
             if pgno % 4096 == 0 {
                 let grown = wal_len(path).saturating_sub(wal_start);
@@ -303,33 +346,21 @@ fn read_pages(
             expect += 1;
         }
     }
-    blocks.flush()?;
-    let Blocks {
-        state: hashes,
-        runs,
-        group,
-        mut group_hashes,
-        ..
-    } = blocks;
+    if !batch.is_empty() && batch_tx.send(batch).is_err() {
+        return Err(hashing_stopped(hasher));
+    }
+    drop(batch_tx);
     if expect != page_count + 1 {
         bail!(
             "sqlite \"{name}\": sqlite_dbpage returned {} pages of the {page_count} the database has",
             expect - 1
         );
     }
-    if !group.is_empty() {
-        group_hashes.push(super::group_hash(&group));
-    }
     // quick_check in the same transaction: the checked image is the stored one.
     let quick_check = if let Some(why) = skip_check {
         why
     } else {
-        let mut st = conn.prepare("PRAGMA quick_check")?;
-        let rows: Vec<String> = st
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<_, _>>()
-            .map_err(locked)?;
-        rows.join("\n")
+        super::check_rows(&conn, "quick_check").map_err(locked)?
     };
     conn.execute_batch("COMMIT").map_err(locked)?;
     drop(conn);
@@ -340,7 +371,14 @@ fn read_pages(
             quick_check.lines().take(5).collect::<Vec<_>>().join("; ")
         );
     }
-    out.flush()?;
+    let Blocks {
+        state: hashes,
+        runs,
+        group_hashes,
+        ..
+    } = hasher
+        .join()
+        .map_err(|_| anyhow!("the hashing thread panicked"))??;
     let f = hashes
         .into_inner()
         .map_err(|e| anyhow!("writing {}: {e}", new_state.display()))?;
@@ -444,14 +482,9 @@ pub async fn run_until(
     // A delta on a chain that passed quick_check recently does not run it again: on a
     // large database it costs more than reading and hashing the pages.
     let skip_check = match (kind, newest) {
-        (SnapshotKind::Delta, Some(n)) => sqlite::recent_check(
-            &snaps,
-            n,
-            now(),
-            db.quick_check_every,
-        )
-        .map(|c| {
-            format!(
+        (SnapshotKind::Delta, Some(n)) => {
+            sqlite::recent_check(&snaps, n, now(), db.quick_check_every).map(|c| {
+                format!(
                 "{NOT_RUN}: snapshot {} of this chain passed it {} before (quick_check_every {})",
                 c.id,
                 humantime::format_duration(std::time::Duration::from_secs(
@@ -459,7 +492,8 @@ pub async fn run_until(
                 )),
                 humantime::format_duration(db.quick_check_every)
             )
-        }),
+            })
+        }
         _ => None,
     };
     let start_time = now();
