@@ -19,6 +19,7 @@
 //! budget is abandoned; nothing is visible before `snapshot.json`.
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -101,6 +102,73 @@ impl ChunkSender {
         }
         Ok(())
     }
+}
+
+/// A set of page numbers.
+struct PageSet(Vec<u64>);
+
+impl PageSet {
+    fn new(page_count: u64) -> PageSet {
+        PageSet(vec![0; (page_count as usize + 1).div_ceil(64)])
+    }
+    fn insert(&mut self, pgno: u64) {
+        if let Some(w) = self.0.get_mut((pgno / 64) as usize) {
+            *w |= 1 << (pgno % 64);
+        }
+    }
+    fn contains(&self, pgno: u64) -> bool {
+        self.0
+            .get((pgno / 64) as usize)
+            .is_some_and(|w| w & (1 << (pgno % 64)) != 0)
+    }
+}
+
+/// Every page number in a frame of the database's WAL as it is now, read inside the
+/// snapshot's read transaction: a superset of the pages whose image the snapshot takes from
+/// the WAL. Every other page the snapshot reads from the database file, and nothing writes
+/// it there while the transaction lasts (a checkpoint copies only frames the oldest reader
+/// may see, and those pages are in the set; a reader of the file alone holds off every
+/// checkpoint), so those pages are read from the file directly, in large reads, instead of
+/// one by one through SQLite.
+///
+/// The WAL is stable while the transaction reads from it (SQLite restarts it only when no
+/// reader uses it); frames of this generation carry the header's salts and come first, so
+/// the scan stops at the first frame with other salts (left over from an earlier
+/// generation). `None` when the WAL cannot be read or is not one SQLite wrote for this page
+/// size: every page then comes through SQLite.
+fn wal_pages(path: &Path, page_size: u32, page_count: u64) -> Option<PageSet> {
+    let mut w = path.as_os_str().to_owned();
+    w.push("-wal");
+    let mut set = PageSet::new(page_count);
+    let f = match std::fs::File::open(PathBuf::from(w)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(set),
+        Err(_) => return None,
+    };
+    let len = f.metadata().ok()?.len();
+    if len < 32 {
+        // No header, no frame: SQLite reads nothing from it.
+        return Some(set);
+    }
+    let mut hdr = [0u8; 32];
+    f.read_exact_at(&mut hdr, 0).ok()?;
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    if !matches!(be(&hdr[0..4]), 0x377f_0682 | 0x377f_0683) || be(&hdr[8..12]) != page_size {
+        return None;
+    }
+    let salts = &hdr[16..24];
+    let frame = 24 + u64::from(page_size);
+    let mut fh = [0u8; 24];
+    let mut at = 32;
+    while at + frame <= len {
+        f.read_exact_at(&mut fh, at).ok()?;
+        if &fh[8..16] != salts {
+            break;
+        }
+        set.insert(u64::from(be(&fh[0..4])));
+        at += frame;
+    }
+    Some(set)
 }
 
 fn wal_len(path: &Path) -> u64 {
@@ -303,36 +371,70 @@ fn read_pages(
     };
     let mut change_counter = 0;
     let mut page1 = Vec::new();
-    let mut expect = 1u64;
+    // Pages the snapshot may read from the WAL come through SQLite; every other page is
+    // read from the database file in large reads (see `wal_pages`).
+    let in_wal = wal_pages(path, page_size, page_count);
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("sqlite \"{name}\": opening {}", path.display()))?;
+    let ps = page_size as usize;
+    let cap = block * BATCH_BLOCKS;
     {
         let mut st = conn
-            .prepare("SELECT pgno, data FROM sqlite_dbpage('main')")
+            .prepare("SELECT data FROM sqlite_dbpage('main') WHERE pgno = ?1")
             .map_err(|e| anyhow!("sqlite \"{name}\": this lifeboat was built without the sqlite_dbpage table: {e}"))?;
-        let mut rows = st.query([]).map_err(locked)?;
-        while let Some(row) = rows.next().map_err(locked)? {
-            let pgno: u64 = row.get(0)?;
-            let data = row.get_ref(1)?.as_blob()?;
-            if pgno != expect || data.len() != page_size as usize {
-                bail!(
-                    "sqlite \"{name}\": sqlite_dbpage returned page {pgno} of {} bytes where page {expect} of {page_size} was expected",
-                    data.len()
-                );
+        let mut pgno = 1u64;
+        let mut budget_checked = 0u64;
+        while pgno <= page_count {
+            let from_wal = in_wal.as_ref().map_or(true, |w| w.contains(pgno));
+            let before = batch.len();
+            if from_wal {
+                let data: Vec<u8> = st.query_row([pgno as i64], |r| r.get(0)).map_err(locked)?;
+                if data.len() != ps {
+                    bail!(
+                        "sqlite \"{name}\": sqlite_dbpage returned {} bytes for page {pgno} of {page_size}",
+                        data.len()
+                    );
+                }
+                batch.extend_from_slice(&data);
+                pgno += 1;
+            } else {
+                // A run of pages not in the WAL, up to the batch's room.
+                let room = ((cap - batch.len()) / ps) as u64;
+                let mut end = pgno + 1;
+                while end <= page_count
+                    && end - pgno < room
+                    && !in_wal.as_ref().is_some_and(|w| w.contains(end))
+                {
+                    end += 1;
+                }
+                let n = ((end - pgno) as usize) * ps;
+                batch.resize(before + n, 0);
+                file.read_exact_at(&mut batch[before..], (pgno - 1) * u64::from(page_size))
+                    .with_context(|| {
+                        format!(
+                            "sqlite \"{name}\": reading pages {pgno}-{} of {}",
+                            end - 1,
+                            path.display()
+                        )
+                    })?;
+                pgno = end;
             }
-            if pgno == 1 {
-                change_counter = u32::from_be_bytes([data[24], data[25], data[26], data[27]]);
-                page1 = data[..100].to_vec();
+            if page1.is_empty() && batch.len() >= 100 {
+                let d = &batch[..100];
+                change_counter = u32::from_be_bytes([d[24], d[25], d[26], d[27]]);
+                page1 = d.to_vec();
             }
-            batch.extend_from_slice(data);
-            if batch.len() == block * BATCH_BLOCKS {
+            if batch.len() == cap {
                 let next = empty_rx
                     .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(block * BATCH_BLOCKS));
+                    .unwrap_or_else(|_| Vec::with_capacity(cap));
                 let full = std::mem::replace(&mut batch, next);
                 if batch_tx.send(full).is_err() {
                     return Err(hashing_stopped(hasher));
                 }
             }
-            if pgno % 4096 == 0 {
+            if pgno - budget_checked >= 4096 {
+                budget_checked = pgno;
                 let grown = wal_len(path).saturating_sub(wal_start);
                 if grown > db.wal_budget.bytes() {
                     bail!(
@@ -343,19 +445,12 @@ fn read_pages(
                     );
                 }
             }
-            expect += 1;
         }
     }
     if !batch.is_empty() && batch_tx.send(batch).is_err() {
         return Err(hashing_stopped(hasher));
     }
     drop(batch_tx);
-    if expect != page_count + 1 {
-        bail!(
-            "sqlite \"{name}\": sqlite_dbpage returned {} pages of the {page_count} the database has",
-            expect - 1
-        );
-    }
     // quick_check in the same transaction: the checked image is the stored one.
     let quick_check = if let Some(why) = skip_check {
         why
