@@ -169,19 +169,29 @@ for rate in "$TPS" 0; do
   writer_stop
 done
 
-echo "-- delta after about 1% of the pages changed"
-lb_snapshot --full > /dev/null # the base for the delta
-# Rows are stored in id order, about 6 a page: one block of 6 ids in 100.
-sqlite3 "$DB" "UPDATE items SET payload = hex(randomblob(250)) WHERE (id / 6) % 100 = 7;" >/dev/null
-read -r DSECS DRSS < <(lb_snapshot)
-python3 - "$WORK/snap.json" "$IDLE" "$FULL_STORED" "$DSECS" <<'EOF'
+echo "-- delta after about 1% of the pages changed, 3 rounds (full, change, delta)"
+# Each round: a full snapshot (the base, timed: the ratio's denominator), one block of 6 ids
+# in 100 rewritten (rows are stored in id order, about 6 a page), then the delta.
+for round in 1 2 3; do
+  read -r FSECS FRSS < <(lb_snapshot --full)
+  FSTORED=$(python3 -c "import json;print(json.load(open('$WORK/snap.json'))[0]['snapshot']['stored_size'])")
+  sqlite3 "$DB" "UPDATE items SET payload = hex(randomblob(250)) WHERE (id / 6) % 100 = $((6 + round));" >/dev/null
+  read -r DSECS DRSS < <(lb_snapshot)
+  python3 - "$WORK/snap.json" "$FSECS" "$FSTORED" "$DSECS" "$round" "$DRSS" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))[0]["snapshot"]
-idle, full_stored, secs = float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+full, full_stored, secs = float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 stored = sum(r[1] for r in s["runs"])
-print(f"lifeboat {s['kind']} snapshot: {secs:.2f}s ({secs/idle:.2f}x the full one), "
+print(f"round {sys.argv[5]}: full {full:.2f}s; {s['kind']} {secs:.2f}s ({secs/full:.3f}x the full one), "
       f"{stored} of {s['page_count']} pages ({100*stored/s['page_count']:.1f}%), "
-      f"{s['stored_size']/1048576:.1f} MiB stored ({s['stored_size']/full_stored:.3f}x the full one)")
+      f"{s['stored_size']/1048576:.1f} MiB stored ({s['stored_size']/full_stored:.3f}x the full one), "
+      f"peak RSS {int(sys.argv[6])//1024} MiB, quick_check: {s['quick_check'][:40]}")
+EOF
+done | tee "$WORK/delta.log"
+python3 - "$WORK/delta.log" <<'EOF'
+import re, statistics, sys
+r = [float(m.group(1)) for m in re.finditer(r"\(([0-9.]+)x the full one\), \d+ of", open(sys.argv[1]).read())]
+print(f"delta time / full time per round: median {statistics.median(r):.3f}x, best {min(r):.3f}x (target <= 0.1x)")
 EOF
 
 echo "-- restore"

@@ -1,7 +1,8 @@
 //! `lifeboat sqlite snapshot`: one database's page images, read in ONE read transaction on
-//! a dedicated read-only connection (`sqlite_dbpage`, byte-exact pages in page order),
-//! `quick_check` in the same transaction, sealed and stored on every provider by the part
-//! writer; `snapshot.json` last.
+//! a dedicated read-only connection (the pages in a WAL frame through `sqlite_dbpage`, the
+//! others from the database file directly: see [`wal_pages`]), `quick_check` in the same
+//! transaction (a delta skips it while its chain passed one within `quick_check_every`),
+//! sealed and stored on every provider by the part writer; `snapshot.json` last.
 //!
 //! Deltas: this host keeps the SHA-256 of every page of the last snapshot it stored
 //! (`<spool_dir>/sqlite/<NAME>.pages`: a JSON line naming the snapshot, then per block of
