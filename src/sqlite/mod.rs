@@ -88,12 +88,31 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
 
 /// With `LIFEBOAT_SQLITE_PRIORITY=low`, lower this process's CPU and I/O priority (every
 /// thread now running, and so every thread they start): nice 10 and best-effort I/O
-/// priority 7. Off by default: measured on a loaded 2-core host, a niced snapshot under a
-/// busy writer took 11x longer (137 s against 12 s) and its read transaction pinned the WAL
-/// that much longer, for no clear gain in the writer's p99 (docs/BENCHMARKS.md). Best
-/// effort: a failure is logged, not fatal.
+/// priority 7; with `idle`, the SCHED_IDLE policy instead (any other thread that wakes up
+/// preempts lifeboat's at once: two CPU burners raise the bench writer's p99 from 0.6 ms to
+/// 4.4 ms at normal priority and leave it at 0.4 ms under SCHED_IDLE). Off by default:
+/// measured on a loaded 2-core host, a niced snapshot under a busy writer took 11x longer
+/// (137 s against 12 s) and its read transaction pinned the WAL that much longer, and on a
+/// quiet one SCHED_IDLE lowered the writer's p99 during a full snapshot from about 5.5 ms
+/// to 1.4-4.3 ms, not to its 1 ms baseline (docs/BENCHMARKS.md). Best effort: a failure is
+/// logged, not fatal.
 pub fn background_priority() {
-    if std::env::var("LIFEBOAT_SQLITE_PRIORITY").as_deref() != Ok("low") {
+    let how = std::env::var("LIFEBOAT_SQLITE_PRIORITY");
+    #[cfg(target_os = "linux")]
+    if how.as_deref() == Ok("idle") {
+        for tid in own_threads() {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sched_setscheduler(2) on one of this process's own threads, with a
+            // valid parameter for SCHED_IDLE.
+            if unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_IDLE, &param) }
+                != 0
+            {
+                tracing::debug!(tid, error = %std::io::Error::last_os_error(), "cannot lower the priority");
+            }
+        }
+        return;
+    }
+    if how.as_deref() != Ok("low") {
         return;
     }
     #[cfg(target_os = "linux")]
@@ -101,13 +120,7 @@ pub fn background_priority() {
         // IOPRIO_CLASS_BE (2) << IOPRIO_CLASS_SHIFT (13) | level 7.
         const IOPRIO: libc::c_long = (2 << 13) | 7;
         const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-        let tids: Vec<libc::id_t> = std::fs::read_dir("/proc/self/task")
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for tid in tids {
+        for tid in own_threads() {
             // SAFETY: setpriority(2) and ioprio_set(2) on this process's own threads; on
             // Linux both act on the one thread named.
             let (n, io) = unsafe {
@@ -126,6 +139,17 @@ pub fn background_priority() {
             }
         }
     }
+}
+
+/// This process's threads.
+#[cfg(target_os = "linux")]
+fn own_threads() -> Vec<libc::id_t> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The SHA-256 of one page.
