@@ -13,6 +13,18 @@ pub(crate) fn rows_by_source(pg: &PgCluster) -> String {
     pg.psql("SELECT src, count(*) FROM t GROUP BY src ORDER BY src")
 }
 
+/// 3000 rows of `lost` in three segments: WAL a standby that stopped does not have.
+fn write_lost(primary: &PgCluster) {
+    for i in 0..3 {
+        primary.psql(&format!(
+            "INSERT INTO t SELECT g, 'lost' FROM generate_series({}, {}) g",
+            1001 + i * 1000,
+            2000 + i * 1000
+        ));
+        primary.switch_wal();
+    }
+}
+
 fn failover_to_a_lagging_standby(major: u32) {
     let primary = PgCluster::start(major, ClusterOpts::default());
     primary.psql("CREATE TABLE t (id int, src text)");
@@ -23,14 +35,7 @@ fn failover_to_a_lagging_standby(major: u32) {
     standby.wait_for("SELECT count(*) FROM t", "1000", Duration::from_secs(60));
     // The standby stops receiving: from here on it lags behind the archive.
     standby.stop();
-    for i in 0..3 {
-        primary.psql(&format!(
-            "INSERT INTO t SELECT g, 'lost' FROM generate_series({}, {}) g",
-            1001 + i * 1000,
-            2000 + i * 1000
-        ));
-        primary.switch_wal();
-    }
+    write_lost(&primary);
     wait_caught_up(&primary, Duration::from_secs(120), &lb);
     stop_streamer(streamer);
     let old_end = lb.archived_end(1);
@@ -90,16 +95,15 @@ fn failover_to_a_lagging_standby_continues_from_the_fork() {
     }
 }
 
-/// A provider that was slow when the primary failed: lifeboat had stored the old primary's
-/// WAL past the fork on the other provider only, and was killed before the slow one caught
-/// up. No server streams that WAL again (the promoted standby's history left timeline 1
-/// before it), so the next run copies it from the provider that holds it, and both keep
-/// the abandoned branch. (The chaos campaign's seed 1269 found this.)
-#[test]
-fn wal_past_the_fork_reaches_the_provider_that_was_slow_at_the_failover() {
+/// A PostgreSQL 15 primary with table `t` (1000 rows of `src`), archived to two `file://`
+/// providers; the second fails or stalls as its fault flag says (`LIFEBOAT_FAULT_INJECT`,
+/// the last element, for the streamer's environment).
+fn two_providers(src: &str) -> (PgCluster, Lb, tempfile::TempDir, std::path::PathBuf, String) {
     let primary = PgCluster::start(15, ClusterOpts::default());
     primary.psql("CREATE TABLE t (id int, src text)");
-    primary.psql("INSERT INTO t SELECT g, 'shared' FROM generate_series(1, 1000) g");
+    primary.psql(&format!(
+        "INSERT INTO t SELECT g, '{src}' FROM generate_series(1, 1000) g"
+    ));
     let second = tempfile::tempdir().unwrap();
     let lb = Lb::for_cluster(
         &primary,
@@ -110,6 +114,32 @@ fn wal_past_the_fork_reaches_the_provider_that_was_slow_at_the_failover() {
     );
     let flag = lb.dir.path().join("second-fault");
     let fault = format!("second={}", flag.display());
+    (primary, lb, second, flag, fault)
+}
+
+/// Wait (60 s at most) until the first provider holds timeline `tli`'s WAL up to `lsn`.
+fn wait_first_provider(lb: &Lb, tli: u64, lsn: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lb.archived_end(tli) < lsn {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first provider never reached {} on timeline {tli}: {:?}\n{}",
+            fmt_lsn(lsn),
+            lb.wal_ranges(),
+            lb.stream_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A provider that was slow when the primary failed: lifeboat had stored the old primary's
+/// WAL past the fork on the other provider only, and was killed before the slow one caught
+/// up. No server streams that WAL again (the promoted standby's history left timeline 1
+/// before it), so the next run copies it from the provider that holds it, and both keep
+/// the abandoned branch. (The chaos campaign's seed 1269 found this.)
+#[test]
+fn wal_past_the_fork_reaches_the_provider_that_was_slow_at_the_failover() {
+    let (primary, lb, second, flag, fault) = two_providers("shared");
     let mut streamer = lb.spawn_stream_with(&[("LIFEBOAT_FAULT_INJECT", &fault)]);
     let standby = primary.create_standby();
     standby.wait_for("SELECT count(*) FROM t", "1000", Duration::from_secs(60));
@@ -117,26 +147,8 @@ fn wal_past_the_fork_reaches_the_provider_that_was_slow_at_the_failover() {
     standby.stop();
     // From here on every write of timeline 1's WAL to "second" hangs (a slow provider).
     std::fs::write(&flag, "stall wal/00000001/").unwrap();
-    for i in 0..3 {
-        primary.psql(&format!(
-            "INSERT INTO t SELECT g, 'lost' FROM generate_series({}, {}) g",
-            1001 + i * 1000,
-            2000 + i * 1000
-        ));
-        primary.switch_wal();
-    }
-    let old_end = parse_lsn(&primary.current_lsn());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while lb.archived_end(1) < old_end {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first provider never reached {}: {:?}\n{}",
-            fmt_lsn(old_end),
-            lb.wal_ranges(),
-            lb.stream_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    write_lost(&primary);
+    wait_first_provider(&lb, 1, parse_lsn(&primary.current_lsn()));
     kill9(&mut streamer.0);
     drop(primary);
     std::fs::remove_file(&flag).unwrap();
@@ -187,19 +199,7 @@ fn wal_past_the_fork_reaches_the_provider_that_was_slow_at_the_failover() {
 /// follow). (The chaos campaign's seed 1269 found this too.)
 #[test]
 fn a_history_one_provider_missed_at_a_kill_is_sent_again() {
-    let primary = PgCluster::start(15, ClusterOpts::default());
-    primary.psql("CREATE TABLE t (id int, src text)");
-    primary.psql("INSERT INTO t SELECT g, 'old' FROM generate_series(1, 1000) g");
-    let second = tempfile::tempdir().unwrap();
-    let lb = Lb::for_cluster(
-        &primary,
-        &format!(
-            "{SMALL_PARTS}\n[[storage]]\nname = \"second\"\nurl = \"file://{}\"\n",
-            second.path().display()
-        ),
-    );
-    let flag = lb.dir.path().join("second-fault");
-    let fault = format!("second={}", flag.display());
+    let (primary, lb, second, flag, fault) = two_providers("old");
     let streamer = lb.spawn_stream_with(&[("LIFEBOAT_FAULT_INJECT", &fault)]);
     let standby = primary.create_standby();
     wait_caught_up(&primary, Duration::from_secs(120), &lb);
@@ -212,18 +212,7 @@ fn a_history_one_provider_missed_at_a_kill_is_sent_again() {
     std::fs::write(&flag, "stall history/").unwrap();
     let mut streamer = lb.spawn_stream_with(&[("LIFEBOAT_FAULT_INJECT", &fault)]);
     standby.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1001, 2000) g");
-    let mid = parse_lsn(&standby.switch_wal());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while lb.archived_end(2) < mid {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first provider never reached {} on timeline 2: {:?}\n{}",
-            fmt_lsn(mid),
-            lb.wal_ranges(),
-            lb.stream_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_first_provider(&lb, 2, parse_lsn(&standby.switch_wal()));
     kill9(&mut streamer.0);
     std::fs::remove_file(&flag).unwrap();
     let history = |root: &std::path::Path| -> Vec<String> {

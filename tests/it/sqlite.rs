@@ -526,34 +526,39 @@ fn bad_input_has_exact_messages() {
     );
 }
 
+/// A WAL-mode database at `db`: table `t` of 2000 rows with an index, checkpointed.
+fn indexed_table(db: &Path) {
+    let c = open_wal(db);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t_v ON t(v);")
+        .unwrap();
+    for i in 0..2000 {
+        c.execute("INSERT INTO t VALUES (?1, hex(randomblob(20)))", [i])
+            .unwrap();
+    }
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap();
+}
+
+/// Damage `db`: scribble over the middle of a b-tree page (not the header).
+fn scribble(db: &Path) {
+    let mut b = std::fs::read(db).unwrap();
+    let page = 4096 * 5;
+    for x in &mut b[page + 8..page + 64] {
+        *x = 0xff;
+    }
+    std::fs::write(db, b).unwrap();
+}
+
 /// A damaged database: quick_check in the snapshot's transaction fails it, nothing is
 /// stored.
 #[test]
 fn a_corrupt_database_is_not_snapshotted() {
     let h = Host::new(&[("bad", "")], None);
     let db = h.db("bad");
-    {
-        let c = open_wal(&db);
-        c.execute_batch(
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t_v ON t(v);",
-        )
-        .unwrap();
-        for i in 0..2000 {
-            c.execute("INSERT INTO t VALUES (?1, hex(randomblob(20)))", [i])
-                .unwrap();
-        }
-        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .unwrap();
-    }
-    // Scribble over the middle of a b-tree page (not the header).
-    let mut b = std::fs::read(&db).unwrap();
-    let page = 4096 * 5;
-    for x in &mut b[page + 8..page + 64] {
-        *x = 0xff;
-    }
-    std::fs::write(&db, b).unwrap();
+    indexed_table(&db);
+    scribble(&db);
     let out = h.run(&["sqlite", "snapshot", "bad"]);
     assert_eq!(out.status.code(), Some(1));
     let e = first_error_line(&out);
@@ -578,31 +583,11 @@ fn a_delta_runs_quick_check_as_quick_check_every_says() {
     );
     for name in ["always", "hourly"] {
         let db = h.db(name);
-        {
-            let c = open_wal(&db);
-            c.execute_batch(
-                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t_v ON t(v);",
-            )
-            .unwrap();
-            for i in 0..2000 {
-                c.execute("INSERT INTO t VALUES (?1, hex(randomblob(20)))", [i])
-                    .unwrap();
-            }
-            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .unwrap();
-        }
+        indexed_table(&db);
         let full = h.snapshot(name);
         assert_eq!(full["kind"], "full");
         assert_eq!(full["quick_check"], "ok");
-        // Scribble over the middle of a b-tree page (not the header).
-        let mut b = std::fs::read(&db).unwrap();
-        let page = 4096 * 5;
-        for x in &mut b[page + 8..page + 64] {
-            *x = 0xff;
-        }
-        std::fs::write(&db, b).unwrap();
+        scribble(&db);
     }
     let out = h.run(&["sqlite", "snapshot", "always"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
