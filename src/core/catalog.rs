@@ -43,15 +43,10 @@ pub fn part_key(name: SegmentName, start: u64, end: u64) -> String {
 /// byte they hold), so two providers that differ only in such parts are equivalent. `None`
 /// for any key that is not a part.
 pub fn superseding_segment_key(key: &str) -> Option<String> {
-    let rest = key.strip_prefix("wal/")?.strip_suffix(".part")?;
-    let (tli_dir, file) = rest.split_once('/')?;
-    let seg_name = file.get(..24)?;
-    if seg_name.bytes().any(|b| b.is_ascii_lowercase()) {
-        return None;
+    match wal_key_span(key)? {
+        (prefix, Some(_)) => Some(format!("{prefix}seg")),
+        (_, None) => None,
     }
-    let name: SegmentName = seg_name.parse().ok()?;
-    (hex32(tli_dir)? == name.tli.0 && file.as_bytes().get(24) == Some(&b'.'))
-        .then(|| segment_key(name))
 }
 
 /// A WAL key's segment prefix (`wal/<TLI>/<SEGMENT>.`) and its byte range in the segment
@@ -59,10 +54,12 @@ pub fn superseding_segment_key(key: &str) -> Option<String> {
 fn wal_key_span(key: &str) -> Option<(&str, Option<(u64, u64)>)> {
     let rest = key.strip_prefix("wal/")?;
     let (tli_dir, file) = rest.split_once('/')?;
-    hex32(tli_dir)?;
     let seg_name = file.get(..24)?;
-    if seg_name.bytes().any(|b| b.is_ascii_lowercase()) || seg_name.parse::<SegmentName>().is_err()
-    {
+    if seg_name.bytes().any(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    let name: SegmentName = seg_name.parse().ok()?;
+    if hex32(tli_dir)? != name.tli.0 {
         return None;
     }
     let prefix = &key[..4 + 9 + 25];

@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 use crate::archive::Archive;
 use crate::config::Config;
 use crate::core::catalog;
-use crate::core::wal::{Lsn, SegNo, SegmentName, TimelineHistory, TimelineId, WalSegSize};
+use crate::core::wal::{Lsn, SegmentName, TimelineHistory, TimelineId, WalSegSize};
 use crate::ingest::outbox::{Ack, Delivery, Outgoing};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::replication::{StartOutcome, StreamEvent};
@@ -1100,34 +1100,34 @@ impl Streamer {
                 }
             }
         }
-        let mut past_fork: Vec<(SegNo, u64, String)> = held
+        // Every object past the fork, in key order (segment, then start).
+        let listed: std::collections::BTreeSet<String> = held
             .iter()
             .flatten()
             .flatten()
-            .filter_map(|k| {
-                let o = catalog::parse_wal_key(k, seg)?;
-                (o.end_lsn(seg) > fork).then(|| (o.segno, o.start, k.clone()))
-            })
+            .filter(|k| catalog::parse_wal_key(k, seg).is_some_and(|o| o.end_lsn(seg) > fork))
+            .cloned()
             .collect();
-        past_fork.sort();
-        past_fork.dedup();
         // A part whose complete segment some provider holds adds nothing: the segment is
         // what gets copied.
-        let listed: HashSet<String> = past_fork.iter().map(|o| o.2.clone()).collect();
-        past_fork.retain(|o| {
-            !catalog::superseding_segment_key(&o.2).is_some_and(|s| listed.contains(&s))
-        });
-        let lacks = |i: usize, key: &str| match &held[i] {
-            None => true,
-            Some(keys) => {
-                !keys.contains(key) && {
-                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    !catalog::part_covered(key, &keys)
-                }
-            }
+        let past_fork: Vec<String> = listed
+            .iter()
+            .filter(|k| !catalog::superseding_segment_key(k).is_some_and(|s| listed.contains(&s)))
+            .cloned()
+            .collect();
+        let held_keys: Vec<Option<Vec<&str>>> = held
+            .iter()
+            .map(|h| {
+                h.as_ref()
+                    .map(|keys| keys.iter().map(String::as_str).collect())
+            })
+            .collect();
+        let lacks = |i: usize, key: &str| match (&held[i], &held_keys[i]) {
+            (Some(set), Some(keys)) => !set.contains(key) && !catalog::part_covered(key, keys),
+            _ => true,
         };
         let mut copied = 0;
-        for (_, _, key) in past_fork {
+        for key in past_fork {
             let lacking: Vec<&str> = (0..providers.len())
                 .filter(|&i| lacks(i, &key))
                 .map(|i| providers[i].name())
