@@ -86,35 +86,82 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
     Ok(h)
 }
 
-/// With `LIFEBOAT_SQLITE_PRIORITY=low`, lower this process's CPU and I/O priority (every
-/// thread now running, and so every thread they start): nice 10 and best-effort I/O
-/// priority 7; with `idle`, the SCHED_IDLE policy instead (any other thread that wakes up
-/// preempts lifeboat's at once: two CPU burners raise the bench writer's p99 from 0.6 ms to
-/// 4.4 ms at normal priority and leave it at 0.4 ms under SCHED_IDLE). Off by default:
-/// measured on a loaded 2-core host, a niced snapshot under a busy writer took 11x longer
-/// (137 s against 12 s) and its read transaction pinned the WAL that much longer, and on a
-/// quiet one SCHED_IDLE lowered the writer's p99 during a full snapshot from about 5.5 ms
-/// to 1.4-4.3 ms, not to its 1 ms baseline (docs/BENCHMARKS.md). Best effort: a failure is
-/// logged, not fatal.
-pub fn background_priority() {
-    let how = std::env::var("LIFEBOAT_SQLITE_PRIORITY");
+/// How a snapshot shares the host's CPUs with the application (`LIFEBOAT_SQLITE_PRIORITY`):
+/// - `spare` (the default): every thread of lifeboat runs on all the CPUs it may use but
+///   one, which is left to the application; a host (or an affinity mask) with one CPU is
+///   left as it is. On the bench's 2-core host this held the writer's p99 commit latency to
+///   +8 to +20% over its baseline with the archive on another device (against +380% using
+///   both cores), for a full snapshot 1.7x as long (docs/BENCHMARKS.md).
+/// - `all`: every CPU, at normal priority: the fastest snapshot.
+/// - `low`: every CPU, at nice 10 and best-effort I/O priority 7.
+/// - `idle`: every CPU under the SCHED_IDLE policy: any other thread that wakes up preempts
+///   lifeboat's. On the bench host it did worse than `spare`: the waking writer is placed
+///   on a CPU running lifeboat and waits for the kernel to switch (+20 to +250%).
+///
+/// Applied to every thread now running, and so to every thread they start. Best effort: a
+/// refused system call is logged, not fatal; an unknown value is an error.
+pub fn background_priority() -> Result<()> {
+    let how = std::env::var("LIFEBOAT_SQLITE_PRIORITY").unwrap_or_default();
+    match how.as_str() {
+        "" | "spare" => spare_a_cpu(),
+        "all" => {}
+        "idle" => idle_policy(),
+        "low" => low_priority(),
+        other => bail!(
+            "LIFEBOAT_SQLITE_PRIORITY is {other:?}, which is not a priority lifeboat knows\nhint: use spare (the default: leave one CPU to the application), all, low or idle"
+        ),
+    }
+    Ok(())
+}
+
+/// Run every thread on the CPUs this process may use, all but the lowest-numbered one.
+fn spare_a_cpu() {
     #[cfg(target_os = "linux")]
-    if how.as_deref() == Ok("idle") {
+    {
+        // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity(2) fills it for this
+        // thread, with its true size.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot read the CPU affinity");
+            return;
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect();
+        if cpus.len() < 2 {
+            return;
+        }
+        // SAFETY: CPU_CLR on a set this function owns, with a CPU number below CPU_SETSIZE.
+        unsafe { libc::CPU_CLR(cpus[0], &mut set) };
         for tid in own_threads() {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: sched_setscheduler(2) on one of this process's own threads, with a
-            // valid parameter for SCHED_IDLE.
-            if unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_IDLE, &param) }
-                != 0
-            {
-                tracing::debug!(tid, error = %std::io::Error::last_os_error(), "cannot lower the priority");
+            // SAFETY: sched_setaffinity(2) on one of this process's own threads, with a set
+            // of the right size holding at least one CPU it may already use.
+            if unsafe { libc::sched_setaffinity(tid as libc::pid_t, size, &set) } != 0 {
+                tracing::debug!(tid, error = %std::io::Error::last_os_error(), "cannot leave a CPU to the application");
             }
         }
-        return;
+        tracing::debug!(
+            spared = cpus[0],
+            of = cpus.len(),
+            "a CPU is left to the application"
+        );
     }
-    if how.as_deref() != Ok("low") {
-        return;
+}
+
+fn idle_policy() {
+    #[cfg(target_os = "linux")]
+    for tid in own_threads() {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler(2) on one of this process's own threads, with a
+        // valid parameter for SCHED_IDLE.
+        if unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::debug!(tid, error = %std::io::Error::last_os_error(), "cannot lower the priority");
+        }
     }
+}
+
+fn low_priority() {
     #[cfg(target_os = "linux")]
     {
         // IOPRIO_CLASS_BE (2) << IOPRIO_CLASS_SHIFT (13) | level 7.

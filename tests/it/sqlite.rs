@@ -913,6 +913,22 @@ fn a_snapshot_past_its_wal_budget_is_abandoned() {
 }
 
 /// Wait (up to `limit`) until `f` holds, polling; panics with `what` otherwise.
+/// The CPUs `/proc/<of>` may run on (its `Cpus_allowed_list`, e.g. "0-3,6").
+fn allowed_cpus(of: &str) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{of}/status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    let mut cpus = Vec::new();
+    for range in list.split(',') {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
 fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -972,6 +988,23 @@ fn sqlite_run_keeps_going_when_one_database_disappears() {
     let st = run_status(&h).expect("sqlite-status.json");
     assert_eq!(st["pid"], child.id(), "{st}");
     assert_eq!(db_status(&st, "keep")["every"], 10);
+    // By default every thread of the daemon leaves the lowest CPU this process may use to
+    // the application (LIFEBOAT_SQLITE_PRIORITY=spare).
+    let mine = allowed_cpus("self");
+    if mine.len() >= 2 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+        let mut threads = 0;
+        for t in tasks {
+            let tid = t.unwrap().file_name().into_string().unwrap();
+            assert_eq!(
+                allowed_cpus(&format!("{}/task/{tid}", child.id())),
+                mine[1..],
+                "thread {tid} of sqlite run"
+            );
+            threads += 1;
+        }
+        assert!(threads > 2, "{threads} threads");
+    }
     // The database disappears (a service removed, a volume not mounted).
     for suffix in ["", "-wal", "-shm"] {
         let mut p = h.db("gone").into_os_string();
