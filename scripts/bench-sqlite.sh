@@ -111,13 +111,18 @@ writer_stop() {
   echo "writer errors: $(cat "$WORK/writer.errors")"
 }
 now() { date +%s.%N; }
-# Peak size of the -wal file while PID runs.
+# Peak size of the -wal file while PID runs: one process polling every 50 ms (a `stat`
+# started 20 times a second would itself raise the writer's latency).
 watch_wal() {
-  local pid=$1 peak=0 s
-  while kill -0 "$pid" 2>/dev/null; do
-    s=$(stat -c %s "$DB-wal" 2>/dev/null || echo 0); (( s > peak )) && peak=$s; sleep 0.05
-  done
-  echo "$peak"
+  python3 - "$1" "$DB-wal" <<'PY'
+import os, sys, time
+pid, wal, peak = int(sys.argv[1]), sys.argv[2], 0
+while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "Z":
+    try: peak = max(peak, os.stat(wal).st_size)
+    except FileNotFoundError: pass
+    time.sleep(0.05)
+print(peak)
+PY
 }
 lb_snapshot() { # extra args; prints "secs rss_kib"
   /usr/bin/time -f "%e %M" -o "$WORK/time" "$LB" --config "${LBCONF:-$WORK/lifeboat.toml}" -q --json sqlite snapshot app "$@" > "$WORK/snap.json"

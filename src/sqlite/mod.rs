@@ -89,7 +89,8 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
 /// How a snapshot shares the host's CPUs with the application (`LIFEBOAT_SQLITE_PRIORITY`):
 /// - `spare` (the default): every thread of lifeboat runs on all the CPUs it may use but
 ///   one, which is left to the application; a host (or an affinity mask) with one CPU is
-///   left as it is. On the bench's 2-core host this held the writer's p99 commit latency to
+///   left as it is. A snapshot whose read transaction lets the WAL grow by an eighth of
+///   `wal_budget` takes every CPU back to end sooner ([`use_every_cpu`]). On the bench's 2-core host this held the writer's p99 commit latency to
 ///   +8 to +20% over its baseline with the archive on another device (against +380% using
 ///   both cores), for a full snapshot 1.7x as long (docs/BENCHMARKS.md).
 /// - `all`: every CPU, at normal priority: the fastest snapshot.
@@ -114,6 +115,56 @@ pub fn background_priority() -> Result<()> {
     Ok(())
 }
 
+/// The CPU affinity before [`spare_a_cpu`] left one CPU out, while it is left out.
+#[cfg(target_os = "linux")]
+static SPARED: std::sync::Mutex<Option<(libc::cpu_set_t, libc::cpu_set_t)>> =
+    std::sync::Mutex::new(None);
+/// Whether [`use_every_cpu`] has widened the affinity since.
+static WIDENED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set the CPU affinity of every thread of this process.
+#[cfg(target_os = "linux")]
+fn set_affinity(set: &libc::cpu_set_t) {
+    for tid in own_threads() {
+        // SAFETY: sched_setaffinity(2) on one of this process's own threads, with a set of
+        // the right size holding at least one CPU it may already use.
+        if unsafe {
+            libc::sched_setaffinity(
+                tid as libc::pid_t,
+                std::mem::size_of::<libc::cpu_set_t>(),
+                set,
+            )
+        } != 0
+        {
+            tracing::debug!(tid, error = %std::io::Error::last_os_error(), "cannot set the CPU affinity");
+        }
+    }
+}
+
+/// While a CPU is left to the application, give lifeboat every CPU again: a snapshot whose
+/// read transaction has let the WAL grow by an eighth of its budget serves the application
+/// better by ending sooner. True when this changed anything. [`spare_again`] undoes it.
+pub fn use_every_cpu() -> bool {
+    #[cfg(target_os = "linux")]
+    if let Some((all, _)) = *SPARED.lock().unwrap_or_else(|e| e.into_inner()) {
+        if !WIDENED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            set_affinity(&all);
+            return true;
+        }
+    }
+    false
+}
+
+/// Leave the CPU out again after [`use_every_cpu`] (the daemon, before each snapshot).
+pub fn spare_again() {
+    #[cfg(target_os = "linux")]
+    if WIDENED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if let Some((_, spared)) = *SPARED.lock().unwrap_or_else(|e| e.into_inner()) {
+            set_affinity(&spared);
+        }
+    }
+}
+
 /// Run every thread on the CPUs this process may use, all but the lowest-numbered one.
 fn spare_a_cpu() {
     #[cfg(target_os = "linux")]
@@ -132,15 +183,11 @@ fn spare_a_cpu() {
         if cpus.len() < 2 {
             return;
         }
+        let all = set;
         // SAFETY: CPU_CLR on a set this function owns, with a CPU number below CPU_SETSIZE.
         unsafe { libc::CPU_CLR(cpus[0], &mut set) };
-        for tid in own_threads() {
-            // SAFETY: sched_setaffinity(2) on one of this process's own threads, with a set
-            // of the right size holding at least one CPU it may already use.
-            if unsafe { libc::sched_setaffinity(tid as libc::pid_t, size, &set) } != 0 {
-                tracing::debug!(tid, error = %std::io::Error::last_os_error(), "cannot leave a CPU to the application");
-            }
-        }
+        set_affinity(&set);
+        *SPARED.lock().unwrap_or_else(|e| e.into_inner()) = Some((all, set));
         tracing::debug!(
             spared = cpus[0],
             of = cpus.len(),
@@ -267,6 +314,40 @@ pub fn check_rows(conn: &rusqlite::Connection, pragma: &str) -> rusqlite::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPUs the calling thread may run on.
+    #[cfg(target_os = "linux")]
+    fn allowed() -> Vec<usize> {
+        // SAFETY: as in spare_a_cpu.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0);
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    }
+
+    /// The spared CPU is left out, given back by use_every_cpu (once), and left out again.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_spared_cpu_is_given_back_and_left_out_again() {
+        let mine = allowed();
+        if mine.len() < 2 {
+            return;
+        }
+        assert!(!use_every_cpu(), "nothing spared yet");
+        spare_a_cpu();
+        assert_eq!(allowed(), mine[1..]);
+        assert!(use_every_cpu());
+        assert_eq!(allowed(), mine);
+        assert!(!use_every_cpu(), "already widened");
+        spare_again();
+        assert_eq!(allowed(), mine[1..]);
+        spare_again();
+        assert_eq!(allowed(), mine[1..], "spare_again twice");
+        assert!(use_every_cpu());
+        assert_eq!(allowed(), mine);
+    }
 
     #[test]
     fn headers() {

@@ -440,6 +440,13 @@ fn read_pages(
             if pgno - budget_checked >= 4096 {
                 budget_checked = pgno;
                 let grown = wal_len(path).saturating_sub(wal_start);
+                if grown > db.wal_budget.bytes() / 8 && super::use_every_cpu() {
+                    tracing::info!(
+                        db = name,
+                        grown = %crate::core::fmt::size(grown),
+                        "the WAL grew by an eighth of wal_budget during the snapshot: every CPU until it ends"
+                    );
+                }
                 if grown > db.wal_budget.bytes() {
                     bail!(
                         "sqlite \"{name}\": snapshot abandoned: the WAL of {} grew by {} while the snapshot held its read transaction (wal_budget {})\nhint: raise sqlite.wal_budget, or snapshot when the database is less busy",
@@ -552,6 +559,8 @@ pub async fn run_until(
     stop: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<(SnapshotMeta, &'static str)> {
     let name = db.name.clone();
+    // A CPU widened to every snapshot's end by the one before is left out again.
+    super::spare_again();
     let header = super::inspect(&name, &db.path)?;
     let state_dir = cfg.wal.spool_dir.join("sqlite");
     std::fs::create_dir_all(&state_dir)
