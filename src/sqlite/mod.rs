@@ -93,7 +93,9 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
 ///   `wal_budget` takes every CPU back to end sooner ([`use_every_cpu`]). On the bench's 2-core host this held the writer's p99 commit latency to
 ///   +8 to +20% over its baseline with the archive on another device (against +380% using
 ///   both cores), for a full snapshot 1.7x as long (docs/BENCHMARKS.md).
-/// - `all`: every CPU, at normal priority: the fastest snapshot.
+/// - `all`: every CPU, at normal priority, and the `file://` provider's usual writes: the
+///   fastest snapshot. Every other value writes through to the device 256 KiB at a time
+///   ([`crate::storage::flush_as_written`]).
 /// - `low`: every CPU, at nice 10 and best-effort I/O priority 7.
 /// - `idle`: every CPU under the SCHED_IDLE policy: any other thread that wakes up preempts
 ///   lifeboat's. On the bench host it did worse than `spare`: the waking writer is placed
@@ -103,6 +105,9 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
 /// refused system call is logged, not fatal; an unknown value is an error.
 pub fn background_priority() -> Result<()> {
     let how = std::env::var("LIFEBOAT_SQLITE_PRIORITY").unwrap_or_default();
+    if how != "all" {
+        crate::storage::flush_as_written();
+    }
     match how.as_str() {
         "" | "spare" => spare_a_cpu(),
         "all" => {}

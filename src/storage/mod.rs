@@ -309,23 +309,46 @@ thread_local! {
     static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Whether [`write_direct`] writes through to the device a [`GENTLE_CHUNK`] at a time.
+static FLUSH_AS_WRITTEN: AtomicBool = AtomicBool::new(false);
+/// Bytes per write (each one `O_DSYNC`) while [`FLUSH_AS_WRITTEN`].
+#[cfg(target_os = "linux")]
+const GENTLE_CHUNK: usize = 256 << 10;
+
+/// From now on, write large objects of the `file://` provider through to the device
+/// (`O_DSYNC`) 256 KiB at a time, for the sake of an application on the same disk: every
+/// fsync it makes flushes the device's cache, with whatever lifeboat wrote since its own
+/// last flush. Paced like a SQLite snapshot (2 MiB every 31 ms), writes of 1 MiB flushed per
+/// 2 MiB object raised a 200 commits/s writer's p99 by 19-20%, of 256 KiB each flushed by
+/// 3% and -8% (6 and 4 rounds, pooled). Set by SQLite snapshots unless
+/// `LIFEBOAT_SQLITE_PRIORITY=all`.
+pub fn flush_as_written() {
+    FLUSH_AS_WRITTEN.store(true, Ordering::Relaxed);
+}
+
 /// Create `tmp` and write `data` to it with `O_DIRECT`: whole 4 KiB blocks through an
 /// aligned buffer, then the unaligned tail with `O_DIRECT` cleared. The caller fsyncs.
 #[cfg(target_os = "linux")]
 fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
+    let gentle = FLUSH_AS_WRITTEN.load(Ordering::Relaxed);
+    let (sync, chunk_len) = if gentle {
+        (libc::O_DSYNC, GENTLE_CHUNK)
+    } else {
+        (0, DIRECT_CHUNK)
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .custom_flags(libc::O_DIRECT)
+        .custom_flags(libc::O_DIRECT | sync)
         .open(tmp)?;
     let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
     DIRECT_BUF.with_borrow_mut(|buf| -> std::io::Result<()> {
         buf.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
         let off = buf.as_ptr().align_offset(DIRECT_ALIGN);
         let stage = &mut buf[off..off + DIRECT_CHUNK];
-        for chunk in data[..whole].chunks(DIRECT_CHUNK) {
+        for chunk in data[..whole].chunks(chunk_len) {
             stage[..chunk.len()].copy_from_slice(chunk);
             f.write_all(&stage[..chunk.len()])?;
         }
