@@ -90,9 +90,11 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
 /// - `spare` (the default): every thread of lifeboat runs on all the CPUs it may use but
 ///   one, which is left to the application; a host (or an affinity mask) with one CPU is
 ///   left as it is. A snapshot whose read transaction lets the WAL grow by an eighth of
-///   `wal_budget` takes every CPU back to end sooner ([`use_every_cpu`]). On the bench's 2-core host this held the writer's p99 commit latency to
-///   +8 to +20% over its baseline with the archive on another device (against +380% using
-///   both cores), for a full snapshot 1.7x as long (docs/BENCHMARKS.md).
+///   `wal_budget` takes every CPU back to end sooner ([`use_every_cpu`]). On the bench's
+///   2-core host the writer's pooled p99 commit latency was 1.10-1.14x its baseline with
+///   the archive on another device and 1.26-1.42x with it on the database's disk (5.1-5.5x
+///   using every CPU), for a full snapshot 1.6-1.7x as long (docs/DESIGN.md "A CPU left to
+///   the application", docs/BENCHMARKS.md).
 /// - `all`: every CPU, at normal priority, and the `file://` provider's usual writes: the
 ///   fastest snapshot. Every other value writes through to the device 256 KiB at a time
 ///   ([`crate::storage::flush_as_written`]).
