@@ -177,8 +177,58 @@ fn wal_path(path: &Path) -> PathBuf {
     PathBuf::from(w)
 }
 
-fn wal_len(path: &Path) -> u64 {
-    std::fs::metadata(wal_path(path)).map_or(0, |m| m.len())
+/// Where the WAL stood: its wal-index header's salt and last frame (`mxFrame`), when the
+/// `-shm` file can be read, and the WAL file's length.
+struct WalMark {
+    index: Option<(u64, u32)>,
+    len: u64,
+}
+
+impl WalMark {
+    fn now(path: &Path) -> WalMark {
+        WalMark {
+            index: wal_index(path),
+            len: std::fs::metadata(wal_path(path)).map_or(0, |m| m.len()),
+        }
+    }
+
+    /// Bytes of WAL frames appended since `self`. From the wal-index's frame counts when
+    /// both marks have them: the WAL file keeps its largest size (SQLite reuses it from
+    /// the start after a checkpoint, unless `journal_size_limit` is set), so its length
+    /// does not grow until the frames pass it. A new salt means the WAL restarted since:
+    /// every frame in it is new.
+    fn grown_since(&self, start: &WalMark, page_size: u32) -> u64 {
+        match (start.index, self.index) {
+            (Some((salt0, mx0)), Some((salt, mx))) => {
+                let frames = if salt == salt0 {
+                    mx.saturating_sub(mx0)
+                } else {
+                    mx
+                };
+                u64::from(frames) * (24 + u64::from(page_size))
+            }
+            _ => self.len.saturating_sub(start.len),
+        }
+    }
+}
+
+/// The wal-index header in `<path>-shm` (SQLite's shared memory, in the host's byte
+/// order): the salt and `mxFrame` of its first copy when it is initialised and its two
+/// copies agree (a writer updates the second copy, then the first).
+fn wal_index(path: &Path) -> Option<(u64, u32)> {
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    let f = std::fs::File::open(shm).ok()?;
+    let mut h = [0u8; 96];
+    for _ in 0..3 {
+        f.read_exact_at(&mut h, 0).ok()?;
+        if h[..48] == h[48..] && h[12] == 1 {
+            let mx = u32::from_ne_bytes(h[16..20].try_into().ok()?);
+            let salt = u64::from_ne_bytes(h[32..40].try_into().ok()?);
+            return Some((salt, mx));
+        }
+    }
+    None
 }
 
 /// The previous snapshot's page state, read block by block in step with the pages.
@@ -325,7 +375,7 @@ fn read_pages(
             path.display()
         );
     }
-    let wal_start = wal_len(path);
+    let wal_start = WalMark::now(path);
     conn.execute_batch("BEGIN DEFERRED").map_err(locked)?;
     // The first read starts the read transaction: the image is of this moment.
     let page_size: u32 = conn
@@ -439,7 +489,7 @@ fn read_pages(
             }
             if pgno - budget_checked >= 4096 {
                 budget_checked = pgno;
-                let grown = wal_len(path).saturating_sub(wal_start);
+                let grown = WalMark::now(path).grown_since(&wal_start, page_size);
                 if grown > db.wal_budget.bytes() / 8 && super::use_every_cpu() {
                     tracing::info!(
                         db = name,
@@ -752,4 +802,31 @@ pub async fn run_until(
         "sqlite snapshot stored"
     );
     Ok((meta, why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_growth_counts_frames_and_restarts() {
+        let mark = |index, len| WalMark { index, len };
+        let start = mark(Some((7, 100)), 50_000_000);
+        // The file keeps its size while frames are appended inside it.
+        assert_eq!(
+            mark(Some((7, 150)), 50_000_000).grown_since(&start, 4096),
+            50 * 4120
+        );
+        // A restart (a new salt): every frame is new.
+        assert_eq!(
+            mark(Some((8, 30)), 50_000_000).grown_since(&start, 4096),
+            30 * 4120
+        );
+        // Without the wal-index on both sides: the file's length.
+        assert_eq!(mark(None, 50_004_120).grown_since(&start, 4096), 4120);
+        assert_eq!(
+            mark(Some((7, 150)), 10).grown_since(&mark(None, 20), 4096),
+            0
+        );
+    }
 }

@@ -913,6 +913,82 @@ fn a_snapshot_past_its_wal_budget_is_abandoned() {
 }
 
 /// Wait (up to `limit`) until `f` holds, polling; panics with `what` otherwise.
+/// The WAL budget counts frames, not the WAL file's length: a WAL file left large by an
+/// earlier long read is reused from its start, so it does not grow while a snapshot pins
+/// frames below its old size (the old code, which compared lengths, stored this snapshot).
+#[test]
+fn the_wal_budget_sees_growth_inside_a_wal_file_left_large() {
+    let h = Host::new(&[("busy", "wal_budget = \"2MiB\"")], None);
+    let db = h.db("busy");
+    let c = open_wal(&db);
+    c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+    let tx = c.unchecked_transaction().unwrap();
+    for _ in 0..300 {
+        tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    // A long reader lets four rewrites of every row pile up in the WAL (about 120 MB);
+    // then a checkpoint that leaves the file at that size for the next writer to reuse.
+    let reader = open_wal(&db);
+    reader.execute_batch("BEGIN").unwrap();
+    reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    for _ in 0..4 {
+        c.execute("UPDATE t SET v = randomblob(100000)", [])
+            .unwrap();
+    }
+    reader.execute_batch("COMMIT").unwrap();
+    c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    let left = std::fs::metadata(format!("{}-wal", db.display()))
+        .unwrap()
+        .len();
+    assert!(left > 100_000_000, "the WAL file is {left} bytes");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let c = Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::ZERO).unwrap();
+            c.execute_batch("PRAGMA synchronous = OFF").unwrap();
+            // About 25 MB/s: past the budget within the snapshot, far from the WAL
+            // file's old size within the test.
+            let mut written = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                c.execute(
+                    "UPDATE t SET v = randomblob(50000) WHERE rowid = abs(random()) % 300 + 1",
+                    [],
+                )
+                .unwrap();
+                written += 50_000;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            written
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let out = h.run(&["sqlite", "snapshot", "busy"]);
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written < left, "the writer wrote {written} bytes");
+    assert_eq!(
+        std::fs::metadata(format!("{}-wal", db.display()))
+            .unwrap()
+            .len(),
+        left,
+        "the WAL file grew: this test no longer tests what it says"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let e = first_error_line(&out);
+    assert!(
+        e.contains("snapshot abandoned: the WAL of") && e.contains("(wal_budget 2MB)"),
+        "{e}"
+    );
+    assert!(h.list("busy").is_empty());
+}
+
 /// The CPUs `/proc/<of>` may run on (its `Cpus_allowed_list`, e.g. "0-3,6").
 fn allowed_cpus(of: &str) -> Vec<usize> {
     let status = std::fs::read_to_string(format!("/proc/{of}/status")).unwrap();
