@@ -185,9 +185,10 @@ struct WalMark {
 }
 
 impl WalMark {
-    fn now(path: &Path) -> WalMark {
+    /// `shm`: a descriptor of `<path>-shm` that stays open while SQLite's connection is.
+    fn now(path: &Path, shm: Option<&std::fs::File>) -> WalMark {
         WalMark {
-            index: wal_index(path),
+            index: shm.and_then(wal_index),
             len: std::fs::metadata(wal_path(path)).map_or(0, |m| m.len()),
         }
     }
@@ -212,13 +213,18 @@ impl WalMark {
     }
 }
 
-/// The wal-index header in `<path>-shm` (SQLite's shared memory, in the host's byte
-/// order): the salt and `mxFrame` of its first copy when it is initialised and its two
-/// copies agree (a writer updates the second copy, then the first).
-fn wal_index(path: &Path) -> Option<(u64, u32)> {
-    let mut shm = path.as_os_str().to_owned();
-    shm.push("-shm");
-    let f = std::fs::File::open(shm).ok()?;
+/// The database's wal-index: `<path>-shm`.
+fn shm_path(path: &Path) -> PathBuf {
+    let mut w = path.as_os_str().to_owned();
+    w.push("-shm");
+    PathBuf::from(w)
+}
+
+/// The wal-index header read from `f`, the `-shm` file (SQLite's shared memory, in the
+/// host's byte order): the salt and `mxFrame` of its first copy when it is initialised and
+/// its two copies agree (a writer updates the second copy, then the first). Never open and
+/// close the file here: see [`read_pages`] on descriptors and SQLite's locks.
+fn wal_index(f: &std::fs::File) -> Option<(u64, u32)> {
     let mut h = [0u8; 96];
     for _ in 0..3 {
         f.read_exact_at(&mut h, 0).ok()?;
@@ -340,6 +346,15 @@ fn read_pages(
 ) -> Result<(Read1, Vec<u8>)> {
     let name = &db.name;
     let path = &db.path;
+    // lifeboat's own descriptors on the database and its `-shm` file, declared before the
+    // connection so that they close after it, on every path: closing any descriptor of a
+    // file drops every POSIX lock this process holds on it (fcntl(2)), SQLite's included:
+    // its SHARED lock on the database, its read mark and dead-man switch in `-shm`. With its
+    // read mark gone, a checkpoint copies frames newer than the snapshot into the database
+    // under its read transaction (sqlite.org/howtocorrupt.html, 2.2).
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("sqlite \"{name}\": opening {}", path.display()))?;
+    let shm: Option<std::fs::File>;
     let conn = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -375,7 +390,9 @@ fn read_pages(
             path.display()
         );
     }
-    let wal_start = WalMark::now(path);
+    // The connection's first read above opened (or created) the `-shm` file.
+    shm = std::fs::File::open(shm_path(path)).ok();
+    let wal_start = WalMark::now(path, shm.as_ref());
     conn.execute_batch("BEGIN DEFERRED").map_err(locked)?;
     // The first read starts the read transaction: the image is of this moment.
     let page_size: u32 = conn
@@ -428,8 +445,6 @@ fn read_pages(
     // Pages the snapshot may read from the WAL come through SQLite; every other page is
     // read from the database file in large reads (see `wal_pages`).
     let in_wal = wal_pages(path, page_size, page_count);
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("sqlite \"{name}\": opening {}", path.display()))?;
     let ps = page_size as usize;
     let cap = block * BATCH_BLOCKS;
     {
@@ -489,7 +504,7 @@ fn read_pages(
             }
             if pgno - budget_checked >= 4096 {
                 budget_checked = pgno;
-                let grown = WalMark::now(path).grown_since(&wal_start, page_size);
+                let grown = WalMark::now(path, shm.as_ref()).grown_since(&wal_start, page_size);
                 if grown > db.wal_budget.bytes() / 8 && super::use_every_cpu() {
                     tracing::info!(
                         db = name,

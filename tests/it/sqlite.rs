@@ -913,6 +913,94 @@ fn a_snapshot_past_its_wal_budget_is_abandoned() {
 }
 
 /// Wait (up to `limit`) until `f` holds, polling; panics with `what` otherwise.
+/// A large database (40,000 pages of 512 bytes: many WAL-budget checks mid-snapshot) under a
+/// writer that checkpoints after every commit: each full snapshot restores to a consistent
+/// bank. A snapshot that opened and closed its own descriptor of `-shm` mid-read (to read
+/// the wal-index) dropped SQLite's POSIX locks with it, its read mark included; the
+/// writer's checkpoints then copied newer pages into the file under the read transaction
+/// (quick_check failed, or the money did not add up).
+#[test]
+fn snapshots_keep_their_read_mark_under_a_checkpointing_writer() {
+    let h = Host::new(&[("bank", "")], None);
+    let db = h.db("bank");
+    const ACCOUNTS: i64 = 80_000;
+    {
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch("PRAGMA page_size = 512; PRAGMA journal_mode = WAL;")
+            .unwrap();
+        c.execute_batch(
+            "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL, pad BLOB)",
+        )
+        .unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for i in 0..ACCOUNTS {
+            tx.execute(
+                "INSERT INTO accounts VALUES (?1, 1000, randomblob(150))",
+                [i],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        assert!(pages > 3 * 4096, "{pages} pages");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let mut c = Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::ZERO).unwrap();
+            c.execute_batch("PRAGMA wal_autocheckpoint = 1").unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
+                let r = (|| -> rusqlite::Result<()> {
+                    let tx =
+                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance - 7 WHERE id = ?1",
+                        [a],
+                    )?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance + 7 WHERE id = ?1",
+                        [b],
+                    )?;
+                    tx.commit()
+                })();
+                if let Err(e) = r {
+                    errors.push(e.to_string());
+                }
+            }
+            errors
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let out = h.run(&["--json", "sqlite", "snapshot", "bank", "--full"]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(v[0]["snapshot"]["id"].as_str().unwrap().to_string());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let errors = writer.join().unwrap();
+    assert!(errors.is_empty(), "the writer met errors: {errors:?}");
+    for id in &ids {
+        let restored = h.restore("bank", id);
+        assert_eq!(integrity(&restored), "ok", "snapshot {id}");
+        let c = Connection::open(&restored).unwrap();
+        let total: i64 = c
+            .query_row("SELECT sum(balance) FROM accounts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            total,
+            ACCOUNTS * 1000,
+            "snapshot {id}: the money does not add up"
+        );
+    }
+}
+
 /// The WAL budget counts frames, not the WAL file's length: a WAL file left large by an
 /// earlier long read is reused from its start, so it does not grow while a snapshot pins
 /// frames below its old size (the old code, which compared lengths, stored this snapshot).
