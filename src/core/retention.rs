@@ -746,11 +746,15 @@ pub fn plan_provider<'a>(
             None => continue,
         };
         let mut at = b;
+        // A chain has fewer links than there are backups; more means a cycle. (A cap on
+        // all the walks together cut the long chains of many kept incrementals short.)
+        let mut steps = 0;
         while let Some(inc) = &at.incremental {
             let Some(p) = here.iter().copied().find(|p| p.id == inc.parent) else {
                 break;
             };
-            if links.len() > 4 * here.len() {
+            steps += 1;
+            if steps > here.len() {
                 break;
             }
             links.push((p, tiers.clone(), until));
