@@ -624,7 +624,7 @@ pub async fn run_until(
     stop: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<(SnapshotMeta, &'static str)> {
     let name = db.name.clone();
-    // A CPU widened to every snapshot's end by the one before is left out again.
+    // If the snapshot before took every CPU back, this one starts with the CPU left out.
     super::spare_again();
     let header = super::inspect(&name, &db.path)?;
     let state_dir = cfg.wal.spool_dir.join("sqlite");
