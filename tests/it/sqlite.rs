@@ -913,7 +913,7 @@ fn a_snapshot_past_its_wal_budget_is_abandoned() {
 }
 
 /// Wait (up to `limit`) until `f` holds, polling; panics with `what` otherwise.
-/// A large database (40,000 pages of 512 bytes: many WAL-budget checks mid-snapshot) under a
+/// A large database (27,000 pages of 512 bytes: six WAL-budget checks mid-snapshot) under a
 /// writer that checkpoints after every commit: each full snapshot restores to a consistent
 /// bank. A snapshot that opened and closed its own descriptor of `-shm` mid-read (to read
 /// the wal-index) dropped SQLite's POSIX locks with it, its read mark included; the
