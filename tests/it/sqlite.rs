@@ -136,6 +136,36 @@ fn open_wal(path: &Path) -> Connection {
 }
 
 /// The test's own copy of the database as of now (no write may be in flight): the file
+/// A table `accounts` of `n` accounts holding 1000 each, with `pad` random bytes a row.
+fn fill_bank(c: &Connection, n: i64, pad: i64) {
+    c.execute_batch(
+        "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL, pad BLOB)",
+    )
+    .unwrap();
+    let tx = c.unchecked_transaction().unwrap();
+    for i in 0..n {
+        tx.execute(
+            "INSERT INTO accounts VALUES (?1, 1000, randomblob(?2))",
+            [i, pad],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// A table `t(v BLOB)` of `rows` rows of 100 kB, in one transaction; the connection.
+fn blob_table(db: &Path, rows: usize) -> Connection {
+    let c = open_wal(db);
+    c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+    let tx = c.unchecked_transaction().unwrap();
+    for _ in 0..rows {
+        tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    c
+}
+
 /// and its -wal copied, the copy checkpointed by SQLite, its bytes.
 fn oracle_image(path: &Path, scratch: &Path) -> Vec<u8> {
     let _ = std::fs::remove_dir_all(scratch);
@@ -190,20 +220,11 @@ fn snapshots_under_a_concurrent_writer_are_consistent() {
     const TOTAL: i64 = ACCOUNTS * 1000;
     {
         let c = open_wal(&db);
+        fill_bank(&c, ACCOUNTS, 400);
         c.execute_batch(
-            "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL, pad BLOB);
-             CREATE TABLE transfers(id INTEGER PRIMARY KEY, src INT, dst INT, amount INT, ts INT);",
+            "CREATE TABLE transfers(id INTEGER PRIMARY KEY, src INT, dst INT, amount INT, ts INT)",
         )
         .unwrap();
-        let tx = c.unchecked_transaction().unwrap();
-        for i in 0..ACCOUNTS {
-            tx.execute(
-                "INSERT INTO accounts VALUES (?1, 1000, randomblob(400))",
-                [i],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -626,16 +647,7 @@ fn a_delta_runs_quick_check_as_quick_check_every_says() {
 fn kill9_mid_snapshot_leaves_no_snapshot() {
     let h = Host::new(&[("big", "")], None);
     let db = h.db("big");
-    {
-        let c = open_wal(&db);
-        c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
-        let tx = c.unchecked_transaction().unwrap();
-        for _ in 0..1200 {
-            tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
-                .unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    blob_table(&db, 1200);
     h.snapshot("big");
     let mut child = h
         .cmd(&["sqlite", "snapshot", "big", "--full"])
@@ -863,14 +875,7 @@ fn a_snapshot_past_its_wal_budget_is_abandoned() {
     let h = Host::new(&[("busy", "wal_budget = \"2MiB\"")], None);
     let db = h.db("busy");
     {
-        let c = open_wal(&db);
-        c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
-        let tx = c.unchecked_transaction().unwrap();
-        for _ in 0..600 {
-            tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
-                .unwrap();
-        }
-        tx.commit().unwrap();
+        let c = blob_table(&db, 600);
         c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             r.get::<_, i64>(0)
         })
@@ -928,19 +933,7 @@ fn snapshots_keep_their_read_mark_under_a_checkpointing_writer() {
         let c = Connection::open(&db).unwrap();
         c.execute_batch("PRAGMA page_size = 512; PRAGMA journal_mode = WAL;")
             .unwrap();
-        c.execute_batch(
-            "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL, pad BLOB)",
-        )
-        .unwrap();
-        let tx = c.unchecked_transaction().unwrap();
-        for i in 0..ACCOUNTS {
-            tx.execute(
-                "INSERT INTO accounts VALUES (?1, 1000, randomblob(150))",
-                [i],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
+        fill_bank(&c, ACCOUNTS, 150);
         let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
         assert!(pages > 3 * 4096, "{pages} pages");
     }
@@ -1008,14 +1001,7 @@ fn snapshots_keep_their_read_mark_under_a_checkpointing_writer() {
 fn the_wal_budget_sees_growth_inside_a_wal_file_left_large() {
     let h = Host::new(&[("busy", "wal_budget = \"2MiB\"")], None);
     let db = h.db("busy");
-    let c = open_wal(&db);
-    c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
-    let tx = c.unchecked_transaction().unwrap();
-    for _ in 0..300 {
-        tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
-            .unwrap();
-    }
-    tx.commit().unwrap();
+    let c = blob_table(&db, 300);
     // A long reader lets four rewrites of every row pile up in the WAL (about 120 MB);
     // then a checkpoint that leaves the file at that size for the next writer to reuse.
     let reader = open_wal(&db);
@@ -1266,16 +1252,7 @@ fn sqlite_run_keeps_going_when_one_database_disappears() {
 fn sqlite_run_sigterm_mid_snapshot_leaves_no_half_snapshot() {
     let h = Host::new(&[("big", "")], None);
     let db = h.db("big");
-    {
-        let c = open_wal(&db);
-        c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
-        let tx = c.unchecked_transaction().unwrap();
-        for _ in 0..1200 {
-            tx.execute("INSERT INTO t VALUES (randomblob(100000))", [])
-                .unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    blob_table(&db, 1200);
     let mut child = KillOnDrop(
         h.cmd(&["sqlite", "run"])
             .stdout(Stdio::null())
