@@ -127,6 +127,7 @@ pub fn background_priority() -> Result<()> {
 static SPARED: std::sync::Mutex<Option<(libc::cpu_set_t, libc::cpu_set_t)>> =
     std::sync::Mutex::new(None);
 /// Whether [`use_every_cpu`] has widened the affinity since.
+#[cfg(target_os = "linux")]
 static WIDENED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Set the CPU affinity of every thread of this process.
@@ -172,6 +173,15 @@ pub fn spare_again() {
     }
 }
 
+/// The CPUs in `set`, in order.
+#[cfg(target_os = "linux")]
+fn cpus_of(set: &libc::cpu_set_t) -> Vec<usize> {
+    // SAFETY: CPU_ISSET reads a set this function borrows, with numbers below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, set) })
+        .collect()
+}
+
 /// Run every thread on the CPUs this process may use, all but the lowest-numbered one.
 fn spare_a_cpu() {
     #[cfg(target_os = "linux")]
@@ -184,9 +194,7 @@ fn spare_a_cpu() {
             tracing::debug!(error = %std::io::Error::last_os_error(), "cannot read the CPU affinity");
             return;
         }
-        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect();
+        let cpus = cpus_of(&set);
         if cpus.len() < 2 {
             return;
         }
@@ -329,9 +337,7 @@ mod tests {
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::cpu_set_t>();
         assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0);
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect()
+        cpus_of(&set)
     }
 
     /// The spared CPU is left out, given back by use_every_cpu (once), and left out again.

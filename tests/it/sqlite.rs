@@ -868,6 +868,40 @@ fn a_provider_outage_fails_the_snapshot_and_leaves_none() {
     assert!(std::fs::read(restored).unwrap() == oracle_image(&db, &h.dir.path().join("o")));
 }
 
+/// `sqlite snapshot NAME` while a writer runs `sql` in a loop (busy_timeout 0,
+/// synchronous OFF, `pause` between commits), started 200 ms before it and stopped after:
+/// the snapshot's output, the writer's errors and its commit count.
+fn snapshot_beside_a_writer(
+    h: &Host,
+    name: &str,
+    sql: &'static str,
+    pause: Duration,
+) -> (Output, Vec<String>, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), h.db(name));
+        std::thread::spawn(move || {
+            let c = Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::ZERO).unwrap();
+            c.execute_batch("PRAGMA synchronous = OFF").unwrap();
+            let (mut errors, mut commits) = (Vec::new(), 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                match c.execute(sql, []) {
+                    Ok(_) => commits += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+                std::thread::sleep(pause);
+            }
+            (errors, commits)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let out = h.run(&["sqlite", "snapshot", name]);
+    stop.store(true, Ordering::Relaxed);
+    let (errors, commits) = writer.join().unwrap();
+    (out, errors, commits)
+}
+
 /// A snapshot whose read transaction lets the WAL grow past `wal_budget` is abandoned
 /// with its message, and leaves no snapshot; the writer is never blocked.
 #[test]
@@ -881,27 +915,13 @@ fn a_snapshot_past_its_wal_budget_is_abandoned() {
         })
         .unwrap();
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, db) = (stop.clone(), db.clone());
-        std::thread::spawn(move || {
-            let c = Connection::open(&db).unwrap();
-            c.busy_timeout(Duration::ZERO).unwrap();
-            // Fast commits: the WAL must outgrow the budget within the snapshot.
-            c.execute_batch("PRAGMA synchronous = OFF").unwrap();
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = c.execute("INSERT INTO t VALUES (randomblob(50000))", []) {
-                    errors.push(e.to_string());
-                }
-            }
-            errors
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    let out = h.run(&["sqlite", "snapshot", "busy"]);
-    stop.store(true, Ordering::Relaxed);
-    let errors = writer.join().unwrap();
+    // Fast commits: the WAL must outgrow the budget within the snapshot.
+    let (out, errors, _) = snapshot_beside_a_writer(
+        &h,
+        "busy",
+        "INSERT INTO t VALUES (randomblob(50000))",
+        Duration::ZERO,
+    );
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let e = first_error_line(&out);
@@ -1020,32 +1040,16 @@ fn the_wal_budget_sees_growth_inside_a_wal_file_left_large() {
         .unwrap()
         .len();
     assert!(left > 100_000_000, "the WAL file is {left} bytes");
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, db) = (stop.clone(), db.clone());
-        std::thread::spawn(move || {
-            let c = Connection::open(&db).unwrap();
-            c.busy_timeout(Duration::ZERO).unwrap();
-            c.execute_batch("PRAGMA synchronous = OFF").unwrap();
-            // About 25 MB/s: past the budget within the snapshot, far from the WAL
-            // file's old size within the test.
-            let mut written = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                c.execute(
-                    "UPDATE t SET v = randomblob(50000) WHERE rowid = abs(random()) % 300 + 1",
-                    [],
-                )
-                .unwrap();
-                written += 50_000;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            written
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    let out = h.run(&["sqlite", "snapshot", "busy"]);
-    stop.store(true, Ordering::Relaxed);
-    let written = writer.join().unwrap();
+    // About 25 MB/s: past the budget within the snapshot, far from the WAL file's old
+    // size within the test.
+    let (out, errors, commits) = snapshot_beside_a_writer(
+        &h,
+        "busy",
+        "UPDATE t SET v = randomblob(50000) WHERE rowid = abs(random()) % 300 + 1",
+        Duration::from_millis(2),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let written = commits * 50_000;
     assert!(written < left, "the writer wrote {written} bytes");
     assert_eq!(
         std::fs::metadata(format!("{}-wal", db.display()))
