@@ -82,7 +82,8 @@ pub async fn run(ctx: &Ctx<'_>, a: &Args) -> Result<(), Failure> {
                     ctx.cfg_name()
                 )));
             }
-            crate::sqlite::background_priority().map_err(|e| usage(format!("{e:#}")))?;
+            let paths: Vec<_> = ctx.cfg.sqlite.iter().map(|d| d.path.as_path()).collect();
+            crate::sqlite::background_priority(&paths).map_err(|e| usage(format!("{e:#}")))?;
             let stop = crate::sqlite::daemon::stop_on_signals();
             crate::sqlite::daemon::run(ctx.cfg.clone(), stop).await?;
             Ok(())
@@ -184,7 +185,8 @@ async fn snapshot_cmd(ctx: &Ctx<'_>, names: &[String], full: bool) -> Result<(),
     if dbs.is_empty() {
         dbs = ctx.cfg.sqlite.iter().collect();
     }
-    crate::sqlite::background_priority().map_err(|e| usage(format!("{e:#}")))?;
+    let paths: Vec<_> = dbs.iter().map(|d| d.path.as_path()).collect();
+    crate::sqlite::background_priority(&paths).map_err(|e| usage(format!("{e:#}")))?;
     let mut lines = Vec::new();
     let mut failures = 0;
     for db in dbs {

@@ -13,6 +13,7 @@ pub mod drill;
 pub mod restore;
 pub mod snapshot;
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -88,13 +89,14 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
 
 /// How a snapshot shares the host's CPUs with the application (`LIFEBOAT_SQLITE_PRIORITY`):
 /// - `spare` (the default): every thread of lifeboat runs on all the CPUs it may use but
-///   one, which is left to the application; a host (or an affinity mask) with one CPU is
-///   left as it is. A snapshot whose read transaction lets the WAL grow by an eighth of
-///   `wal_budget` takes every CPU back to end sooner ([`use_every_cpu`]). On the bench's
-///   2-core host the writer's pooled p99 commit latency was 1.10-1.14x its baseline with
-///   the archive on another device and 1.26-1.42x with it on the database's disk (5.1-5.5x
-///   using every CPU), for a full snapshot 1.6-1.7x as long (docs/DESIGN.md "A CPU left to
-///   the application", docs/BENCHMARKS.md).
+///   one, which is left to the application: the one that serves the interrupts of the
+///   disks holding `dbs` (the writer's fsyncs complete there), else the lowest-numbered. A
+///   host (or an affinity mask) with one CPU is left as it is. A snapshot whose read
+///   transaction lets the WAL grow by an eighth of `wal_budget` takes every CPU back to end
+///   sooner ([`use_every_cpu`]). On the bench's 2-core host the writer's pooled p99 commit
+///   latency stayed within 1.00x of its baseline, the archive on the database's disk
+///   (1.13-1.42x leaving the CPU that served none of the disk's interrupts; 5.1-5.5x using
+///   every CPU) (docs/DESIGN.md "A CPU left to the application", docs/BENCHMARKS.md).
 /// - `all`: every CPU, at normal priority, and the `file://` provider's usual writes: the
 ///   fastest snapshot. Every other value writes through to the device 256 KiB at a time
 ///   ([`crate::storage::flush_as_written`]).
@@ -105,13 +107,13 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
 ///
 /// Applied to every thread now running, and so to every thread they start. Best effort: a
 /// refused system call is logged, not fatal; an unknown value is an error.
-pub fn background_priority() -> Result<()> {
+pub fn background_priority(dbs: &[&Path]) -> Result<()> {
     let how = std::env::var("LIFEBOAT_SQLITE_PRIORITY").unwrap_or_default();
     if how != "all" {
         crate::storage::flush_as_written();
     }
     match how.as_str() {
-        "" | "spare" => spare_a_cpu(),
+        "" | "spare" => spare_a_cpu(&disk_interrupts(dbs)),
         "all" => {}
         "idle" => idle_policy(),
         "low" => low_priority(),
@@ -182,8 +184,9 @@ fn cpus_of(set: &libc::cpu_set_t) -> Vec<usize> {
         .collect()
 }
 
-/// Run every thread on the CPUs this process may use, all but the lowest-numbered one.
-fn spare_a_cpu() {
+/// Run every thread on the CPUs this process may use, all but the one [`cpu_to_spare`]
+/// picks from `load` (interrupts by CPU).
+fn spare_a_cpu(load: &BTreeMap<usize, u64>) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity(2) fills it for this
@@ -199,16 +202,177 @@ fn spare_a_cpu() {
             return;
         }
         let all = set;
+        let spared = cpu_to_spare(&cpus, load);
         // SAFETY: CPU_CLR on a set this function owns, with a CPU number below CPU_SETSIZE.
-        unsafe { libc::CPU_CLR(cpus[0], &mut set) };
+        unsafe { libc::CPU_CLR(spared, &mut set) };
         set_affinity(&set);
         *SPARED.lock().unwrap_or_else(|e| e.into_inner()) = Some((all, set));
         tracing::debug!(
-            spared = cpus[0],
+            spared,
             of = cpus.len(),
+            disk_interrupts = load.get(&spared).copied().unwrap_or(0),
             "a CPU is left to the application"
         );
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = load;
+}
+
+/// The CPU of `allowed` (not empty) that serves the most of `load`, the lowest-numbered
+/// one on a tie or without any.
+///
+/// The CPU to leave to the application is the one where its fsyncs complete. With the disk's
+/// interrupts served by the CPU lifeboat runs on, each completion (and the block layer's
+/// work after it) waited behind lifeboat: on the bench's 2-core VM, whose one disk queue
+/// interrupts CPU 1, leaving CPU 0 put the writer's p99 at 1.13-1.23x its baseline, leaving
+/// CPU 1 at 0.98-1.00x.
+fn cpu_to_spare(allowed: &[usize], load: &BTreeMap<usize, u64>) -> usize {
+    allowed
+        .iter()
+        .copied()
+        .max_by_key(|c| (load.get(c).copied().unwrap_or(0), std::cmp::Reverse(*c)))
+        .unwrap_or(0)
+}
+
+/// The interrupts raised by the controllers of the block devices holding `paths` (a file,
+/// or its directory when the file is missing), by the CPU they are now routed to: each
+/// interrupt line's count so far, shared among the CPUs of its `effective_affinity_list`
+/// (or, without one, as `/proc/interrupts` counted it). Stacked devices (device-mapper,
+/// md) count the devices under them. Empty where Linux tells nothing (tmpfs, no sysfs).
+fn disk_interrupts(paths: &[&Path]) -> BTreeMap<usize, u64> {
+    let mut load = BTreeMap::new();
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mut lines = std::collections::BTreeSet::new();
+        for p in paths {
+            let Some(dev) = std::fs::metadata(p)
+                .or_else(|e| std::fs::metadata(p.parent().ok_or(e)?))
+                .ok()
+                .map(|m| m.dev())
+            else {
+                continue;
+            };
+            let node = format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev));
+            irq_lines(Path::new(&node), &mut lines, 0);
+        }
+        if lines.is_empty() {
+            return load;
+        }
+        let counts =
+            parse_interrupts(&std::fs::read_to_string("/proc/interrupts").unwrap_or_default());
+        for irq in lines {
+            let Some(by_cpu) = counts.get(&irq) else {
+                continue;
+            };
+            let routed =
+                std::fs::read_to_string(format!("/proc/irq/{irq}/effective_affinity_list"))
+                    .ok()
+                    .and_then(|l| parse_cpu_list(&l))
+                    .filter(|cpus| !cpus.is_empty());
+            match routed {
+                Some(cpus) => {
+                    let total: u64 = by_cpu.iter().map(|(_, n)| n).sum();
+                    for c in &cpus {
+                        *load.entry(*c).or_default() += total / cpus.len() as u64;
+                    }
+                }
+                None => {
+                    for (c, n) in by_cpu {
+                        *load.entry(*c).or_default() += n;
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = paths;
+    load
+}
+
+/// The interrupt lines of the controller of the block device at `node` (a `/sys/dev/block`
+/// or `slaves` entry): the `msi_irqs` (or the `irq`) of its nearest device ancestor.
+#[cfg(target_os = "linux")]
+fn irq_lines(node: &Path, lines: &mut std::collections::BTreeSet<u32>, depth: u32) {
+    let Ok(mut dir) = node.canonicalize() else {
+        return;
+    };
+    if depth > 8 {
+        return;
+    }
+    if dir.join("partition").exists() {
+        dir.pop();
+    }
+    let under: Vec<_> = std::fs::read_dir(dir.join("slaves"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    if !under.is_empty() {
+        for u in under {
+            irq_lines(&u, lines, depth + 1);
+        }
+        return;
+    }
+    for at in dir
+        .ancestors()
+        .take_while(|a| a.starts_with("/sys/devices/"))
+    {
+        if let Ok(msi) = std::fs::read_dir(at.join("msi_irqs")) {
+            lines.extend(
+                msi.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()),
+            );
+            return;
+        }
+        if let Some(irq) = std::fs::read_to_string(at.join("irq"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|&n| n > 0)
+        {
+            lines.insert(irq);
+            return;
+        }
+    }
+}
+
+/// `/proc/interrupts`: each numbered line's counts, by CPU (the header names the columns).
+fn parse_interrupts(table: &str) -> BTreeMap<u32, Vec<(usize, u64)>> {
+    let mut rows = table.lines();
+    let cpus: Vec<usize> = rows
+        .next()
+        .map(|h| {
+            h.split_whitespace()
+                .filter_map(|c| c.strip_prefix("CPU")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let mut fields = row.split_whitespace();
+        let Some(irq) = fields
+            .next()
+            .and_then(|f| f.strip_suffix(':'))
+            .and_then(|f| f.parse().ok())
+        else {
+            continue;
+        };
+        let counts = cpus
+            .iter()
+            .zip(fields)
+            .map_while(|(&c, n)| Some((c, n.parse().ok()?)))
+            .collect();
+        out.insert(irq, counts);
+    }
+    out
+}
+
+/// A CPU list as Linux writes it ("0-3,6"); None if it is not one.
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for range in list.trim().split(',').filter(|r| !r.is_empty()) {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?);
+    }
+    Some(cpus)
 }
 
 fn idle_policy() {
@@ -349,7 +513,7 @@ mod tests {
             return;
         }
         assert!(!use_every_cpu(), "nothing spared yet");
-        spare_a_cpu();
+        spare_a_cpu(&BTreeMap::new());
         assert_eq!(allowed(), mine[1..]);
         assert!(use_every_cpu());
         assert_eq!(allowed(), mine);
@@ -360,6 +524,64 @@ mod tests {
         assert_eq!(allowed(), mine[1..], "spare_again twice");
         assert!(use_every_cpu());
         assert_eq!(allowed(), mine);
+    }
+
+    /// The CPU left to the application is the one serving the disk's interrupts.
+    #[test]
+    fn the_cpu_serving_the_disk_is_spared() {
+        let load = |pairs: &[(usize, u64)]| pairs.iter().copied().collect::<BTreeMap<_, _>>();
+        assert_eq!(cpu_to_spare(&[0, 1], &load(&[(1, 26_393_727), (0, 3)])), 1);
+        assert_eq!(
+            cpu_to_spare(&[0, 1], &load(&[])),
+            0,
+            "nothing known: the lowest"
+        );
+        assert_eq!(
+            cpu_to_spare(&[2, 3, 5], &load(&[(3, 7), (5, 7)])),
+            3,
+            "a tie: the lowest"
+        );
+        assert_eq!(
+            cpu_to_spare(&[2, 3], &load(&[(0, 900), (3, 5)])),
+            3,
+            "only CPUs lifeboat may use"
+        );
+        assert_eq!(cpu_to_spare(&[4, 6], &load(&[(1, 5)])), 4);
+    }
+
+    #[test]
+    fn interrupt_tables_and_cpu_lists() {
+        let table = "           CPU0       CPU1       \n \
+             31:          0       5829 PCI-MSIX-0000:00:01.0   3-edge      virtio0-stats\n \
+             36:          2   26393727 PCI-MSIX-0000:00:02.0   1-edge      virtio1-req.0\n\
+            NMI:          0          0   Non-maskable interrupts\n\
+            LOC:    1234567    7654321   Local timer interrupts\n";
+        let t = parse_interrupts(table);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(t[&36], vec![(0, 2), (1, 26_393_727)]);
+        assert_eq!(t[&31], vec![(0, 0), (1, 5829)]);
+        assert_eq!(parse_cpu_list("0-3,6\n"), Some(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_cpu_list("1"), Some(vec![1]));
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    /// On Linux the database's own disk is found: this file's (the test's) device has a
+    /// controller with interrupts, unless it is a memory file system or a container's.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_disk_s_interrupts_are_found_or_nothing_is_claimed() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let load = disk_interrupts(&[&here]);
+        let cpus: Vec<usize> = std::fs::read_to_string("/proc/interrupts")
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .filter_map(|c| c.strip_prefix("CPU")?.parse().ok())
+            .collect();
+        assert!(load.keys().all(|c| cpus.contains(c)), "{load:?} {cpus:?}");
+        assert!(disk_interrupts(&[Path::new("/proc/self/status")]).is_empty());
     }
 
     #[test]
