@@ -94,8 +94,8 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
 ///   host (or an affinity mask) with one CPU is left as it is. A snapshot whose read
 ///   transaction lets the WAL grow by an eighth of `wal_budget` takes every CPU back to end
 ///   sooner ([`use_every_cpu`]). On the bench's 2-core host the writer's pooled p99 commit
-///   latency stayed within 1.00x of its baseline, the archive on the database's disk
-///   (1.13-1.42x leaving the CPU that served none of the disk's interrupts; 5.1-5.5x using
+///   latency was 0.98x and 1.00x its baseline with the archive on the database's disk
+///   (1.26-1.42x leaving the CPU that served none of the disk's interrupts; 4.7-5.5x using
 ///   every CPU) (docs/DESIGN.md "A CPU left to the application", docs/BENCHMARKS.md).
 /// - `all`: every CPU, at normal priority, and the `file://` provider's usual writes: the
 ///   fastest snapshot. Every other value writes through to the device 256 KiB at a time
@@ -224,8 +224,8 @@ fn spare_a_cpu(load: &BTreeMap<usize, u64>) {
 /// The CPU to leave to the application is the one where its fsyncs complete. With the disk's
 /// interrupts served by the CPU lifeboat runs on, each completion (and the block layer's
 /// work after it) waited behind lifeboat: on the bench's 2-core VM, whose one disk queue
-/// interrupts CPU 1, leaving CPU 0 put the writer's p99 at 1.13-1.23x its baseline, leaving
-/// CPU 1 at 0.98-1.00x.
+/// interrupts CPU 1, leaving CPU 0 put the writer's p99 at 1.21x and 1.22x its baseline
+/// (4.1x in a third, disturbed run), leaving CPU 1 at 0.95-0.99x in the same pooled runs.
 fn cpu_to_spare(allowed: &[usize], load: &BTreeMap<usize, u64>) -> usize {
     allowed
         .iter()
