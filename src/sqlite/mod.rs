@@ -94,9 +94,9 @@ pub fn inspect(name: &str, path: &Path) -> Result<Header> {
 ///   host (or an affinity mask) with one CPU is left as it is. A snapshot whose read
 ///   transaction lets the WAL grow by an eighth of `wal_budget` takes every CPU back to end
 ///   sooner ([`use_every_cpu`]). On the bench's 2-core host the writer's pooled p99 commit
-///   latency was 0.98x and 1.00x its baseline with the archive on the database's disk
-///   (1.26-1.42x leaving the CPU that served none of the disk's interrupts; 4.7-5.5x using
-///   every CPU) (docs/DESIGN.md "A CPU left to the application", docs/BENCHMARKS.md).
+///   latency was 0.98-1.10x its baseline in four runs with the archive on the database's
+///   disk (1.26-1.42x leaving the CPU that served none of the disk's interrupts; 4.7-6.8x
+///   using every CPU) (docs/DESIGN.md "A CPU left to the application", docs/BENCHMARKS.md).
 /// - `all`: every CPU, at normal priority, and the `file://` provider's usual writes: the
 ///   fastest snapshot. Every other value writes through to the device 256 KiB at a time
 ///   ([`crate::storage::flush_as_written`]).
